@@ -1,0 +1,138 @@
+"""The exception tree: every error the library raises derives from `VobizError`.
+
+Status errors carry the evidence a caller needs to act or to ask support: the status code,
+the response headers, the parsed body and Vobiz's correlation id. Which class a status maps to
+is decided in exactly one place, `vobiz_async.protocol.make_status_error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConfigurationError",
+    "ConflictError",
+    "DiskError",
+    "DownloadError",
+    "IntegrityError",
+    "InvalidRecordingIdError",
+    "NotFoundError",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "ServerError",
+    "UnprocessableEntityError",
+    "UnsafeURLError",
+    "VobizError",
+]
+
+
+class VobizError(Exception):
+    """Root of every error raised by vobiz_async."""
+
+
+class ConfigurationError(VobizError):
+    """The client is misconfigured: missing credentials, a bad base URL."""
+
+
+class InvalidRecordingIdError(VobizError, ValueError):
+    """A recording id that cannot be used safely in a URL path or as a file name."""
+
+
+class APIStatusError(VobizError):
+    """Vobiz answered with a non-success status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        headers: Mapping[str, str] | None = None,
+        body: Any = None,
+        api_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.headers: Mapping[str, str] = dict(headers or {})
+        self.body = body
+        self.api_id = api_id
+
+    def __str__(self) -> str:
+        ref = f" (api_id {self.api_id})" if self.api_id else ""
+        return f"{self.status_code}: {self.message}{ref}"
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was malformed."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the auth id or token is wrong, rotated or missing (or the path's case is wrong)."""
+
+
+class PaymentRequiredError(APIStatusError):
+    """402: the account's balance is insufficient."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: not allowed, or (for export) an export is already running."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the recording does not exist, was deleted, or expired."""
+
+
+class ConflictError(APIStatusError):
+    """409: the request conflicts with the resource's state."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the request was well-formed but its values were refused."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; `headers` may carry Retry-After."""
+
+
+class ServerError(APIStatusError):
+    """5xx: Vobiz or a proxy in front of it failed."""
+
+
+class APIConnectionError(VobizError):
+    """The request never got a complete HTTP answer: DNS, connect, reset, broken body."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+class ResponseValidationError(VobizError):
+    """A success response whose body is not JSON or not shaped as documented."""
+
+    def __init__(self, message: str, *, body: Any = None) -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class DownloadError(VobizError):
+    """A recording could not be saved whole and verified."""
+
+
+class IntegrityError(DownloadError):
+    """The bytes received disagree with what the server announced (short body, bad range)."""
+
+
+class UnsafeURLError(DownloadError):
+    """A recording URL (or a redirect) the downloader refuses to fetch."""
+
+
+class DiskError(DownloadError):
+    """Writing to the destination failed: disk full, permission denied, and the like."""

@@ -1,0 +1,246 @@
+"""Protocol decisions as pure functions: no I/O, no clock unless passed in.
+
+What a response means, how long to wait before a retry, how to read a page's `meta.next`,
+how to parse Vobiz's timestamps and which recording ids are safe in a URL: all decided here,
+and tested without a socket.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from .errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InvalidRecordingIdError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    ServerError,
+    UnprocessableEntityError,
+)
+
+__all__ = [
+    "MAX_RETRY_AFTER",
+    "RETRYABLE_STATUSES",
+    "backoff_delay",
+    "decipher_response",
+    "error_details",
+    "format_timestamp",
+    "is_retryable_status",
+    "make_status_error",
+    "next_page_params",
+    "parse_retry_after",
+    "parse_timestamp",
+    "quote_path_segment",
+]
+
+#: Longest server-requested wait we honour, in seconds.
+MAX_RETRY_AFTER = 60.0
+#: Statuses worth retrying on an idempotent request.
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+_STATUS_CLASSES: Mapping[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: PaymentRequiredError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def is_retryable_status(status: int) -> bool:
+    """408, 429 and every 5xx are transient; other statuses are answers."""
+    return status in RETRYABLE_STATUSES or 500 <= status <= 599
+
+
+def parse_body(body: bytes) -> Any:
+    """JSON when the bytes are JSON, else the decoded text (HTML error pages), else None."""
+    if not body:
+        return None
+    text = body.decode("utf-8", errors="replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def error_details(body: Any) -> tuple[str | None, str | None]:
+    """Message and correlation id from any of Vobiz's three error shapes.
+
+    `{"api_id", "error": "…"}`, `{"status": "failure", "message": "…"}` and
+    `{"status": "error", "error": {"code", "message", "details"}, "requestId"}`.
+    """
+    if not isinstance(body, Mapping):
+        return None, None
+    error = body.get("error")
+    message: str | None = None
+    if isinstance(error, str) and error:
+        message = error
+    elif isinstance(error, Mapping):
+        inner = error.get("message") or error.get("code")
+        message = str(inner) if inner else None
+    if message is None and isinstance(body.get("message"), str) and body["message"]:
+        message = body["message"]
+    correlation = body.get("api_id") or body.get("requestId")
+    return message, str(correlation) if correlation else None
+
+
+def _text_snippet(body: Any) -> str | None:
+    if isinstance(body, str):
+        title = re.search(r"<title>(.*?)</title>|<h1>(.*?)</h1>", body, re.I | re.S)
+        text = next((g for g in title.groups() if g), None) if title else body
+        snippet = " ".join((text or "").split())
+        return snippet[:200] or None
+    return None
+
+
+def make_status_error(
+    status: int, headers: Mapping[str, str], body: Any, *, reason: str | None = None
+) -> APIStatusError:
+    """The one place a non-success status becomes an exception class."""
+    message, api_id = error_details(body)
+    message = message or _text_snippet(body) or reason or f"HTTP {status}"
+    cls = _STATUS_CLASSES.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else APIStatusError
+    return cls(message, status_code=status, headers=headers, body=body, api_id=api_id)
+
+
+def decipher_response(status: int, headers: Mapping[str, str], body: bytes) -> Any:
+    """Status, headers and body in; the parsed JSON (None for no content) or a typed error out."""
+    parsed = parse_body(body)
+    if not 200 <= status < 300:
+        raise make_status_error(status, headers, parsed)
+    if parsed is None:
+        return None
+    if isinstance(parsed, str):
+        snippet = _text_snippet(parsed)
+        raise ResponseValidationError(
+            f"expected JSON from Vobiz, got {headers.get('Content-Type', 'no content type')}: "
+            f"{snippet}",
+            body=parsed,
+        )
+    return parsed
+
+
+def parse_retry_after(
+    value: str | None, *, now: datetime | None = None, cap: float = MAX_RETRY_AFTER
+) -> float | None:
+    """Seconds to wait from a Retry-After header (delta seconds or HTTP date), capped.
+
+    None when the header is absent or unreadable, so the caller falls back to backoff.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), cap)
+
+
+def backoff_delay(
+    attempt: int,
+    retry_after: float | None = None,
+    *,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Delay before retry number `attempt` (0-based).
+
+    The server's Retry-After wins when given (already capped); otherwise
+    `min(0.5 * 2**attempt, 8)` less up to 25 % jitter, so retrying clients spread out.
+    """
+    if retry_after is not None:
+        return retry_after
+    base = min(0.5 * 2.0**attempt, 8.0)
+    return base * (1 - 0.25 * rand())
+
+
+def next_page_params(next_ref: str | None) -> dict[str, str] | None:
+    """The query of a page's `meta.next`, or None on the last page.
+
+    `meta.next` is a path relative to the API root without its `/api` prefix
+    (`/v1/Account/MA_…/Recording/?limit=20&offset=20`): joining it onto the host gives a 404,
+    so only its query is used and the path is rebuilt by the client.
+    """
+    if not next_ref:
+        return None
+    return dict(parse_qsl(urlsplit(next_ref).query, keep_blank_values=True))
+
+
+_TIMESTAMP = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}:\d{2})"
+    r"(?:\.(?P<frac>\d{1,9}))?"
+    r"(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """A tz-aware datetime from Vobiz's `add_time`.
+
+    Accepts a space or `T` separator, 0 to 6 fraction digits (more are truncated), and a
+    `+HH:MM`, `+HHMM`, `+HH` or `Z` offset. A value without an offset is taken as UTC.
+    """
+    match = _TIMESTAMP.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"not a Vobiz timestamp: {value!r}")
+    frac = (match["frac"] or "")[:6].ljust(6, "0")
+    naive = datetime.fromisoformat(f"{match['date']}T{match['time']}.{frac}")
+    tz_text = match["tz"]
+    tz: timezone = UTC
+    if tz_text and tz_text not in ("Z", "z"):
+        sign = -1 if tz_text[0] == "-" else 1
+        digits = tz_text[1:].replace(":", "")
+        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"not a Vobiz timestamp offset: {value!r}")
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    return naive.replace(tzinfo=tz)
+
+
+def format_timestamp(value: datetime) -> str:
+    """The wire form of a timestamp: `2026-05-07 09:45:35.792760+05:30`."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat(sep=" ")
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._~:@+=-]{1,200}$")
+
+
+def quote_path_segment(value: str, *, what: str = "recording id") -> str:
+    """Percent-encode one path segment, refusing values that would change the path.
+
+    Ids are opaque strings to us; the ones Vobiz issues are UUIDs. Anything with a slash,
+    a dot-only segment, control characters or no characters at all could address another
+    resource, so it is refused rather than sent.
+    """
+    if not isinstance(value, str) or not _SAFE_ID.match(value) or set(value) <= {"."}:
+        raise InvalidRecordingIdError(f"unsafe {what}: {value!r}")
+    return quote(value, safe="")

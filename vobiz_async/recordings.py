@@ -1,0 +1,166 @@
+"""`session.recordings`: the Recording resource."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .converter import structure
+from .errors import ResponseValidationError
+from .models import ExportResult, Page, Recording
+from .pager import AsyncPager
+from .protocol import quote_path_segment
+
+if TYPE_CHECKING:
+    from .session import AsyncSession
+
+__all__ = ["MAX_PAGE_SIZE", "Recordings"]
+
+MAX_PAGE_SIZE = 100
+_BULK_DELETE_FILTERS = frozenset(
+    {
+        "add_time__gt",
+        "add_time__gte",
+        "add_time__lt",
+        "add_time__lte",
+        "call_uuid",
+        "conference_name",
+        "from_number",
+        "to_number",
+        "recording_format",
+        "recording_type",
+    }
+)
+
+
+def _query_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _query(filters: Mapping[str, object]) -> dict[str, str]:
+    return {key: _query_value(value) for key, value in filters.items() if value is not None}
+
+
+class Recordings:
+    """List, fetch, delete, export and download recordings."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def get(self, recording_id: str) -> Recording:
+        """One recording by id; `NotFoundError` when deleted or expired."""
+        url = self._session.account_url("Recording", quote_path_segment(recording_id))
+        body = await self._session.request("GET", url)
+        if isinstance(body, Mapping) and "objects" in body:  # older docs: a list envelope
+            objects = body.get("objects")
+            if not isinstance(objects, list) or not objects:
+                raise ResponseValidationError("recording envelope holds no object", body=body)
+            body = {"api_id": body.get("api_id"), **objects[0]}
+        return structure(body, Recording)
+
+    def list(
+        self,
+        *,
+        limit: int | None = None,
+        offset: int | None = None,
+        call_uuid: str | None = None,
+        recording_type: str | None = None,
+        page_concurrency: int = 4,
+        **filters: object,
+    ) -> AsyncPager:
+        """A pager: `await` it for the first `Page`, `async for` it for every `Recording`.
+
+        `limit` is the page size (1 to 100; the API's default is 20). Other keyword filters
+        (`add_time__gte`, `from_number`, …) are passed through; Vobiz documents only
+        `call_uuid` and `recording_type` for listing.
+        """
+        if limit is not None and not 1 <= limit <= MAX_PAGE_SIZE:
+            raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
+        if offset is not None and offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset}")
+        params = _query(
+            {
+                "limit": limit,
+                "offset": offset,
+                "call_uuid": call_uuid,
+                "recording_type": recording_type,
+                **filters,
+            }
+        )
+        return AsyncPager(
+            self._fetch_page, params, page_size=MAX_PAGE_SIZE, concurrency=page_concurrency
+        )
+
+    async def _fetch_page(self, params: Mapping[str, str]) -> Page:
+        body = await self._session.request(
+            "GET", self._session.account_url("Recording"), params=params
+        )
+        return structure(body, Page)
+
+    async def delete(self, recording_id: str) -> None:
+        """Delete one recording (204); `NotFoundError` when it is already gone."""
+        url = self._session.account_url("Recording", quote_path_segment(recording_id))
+        await self._session.request("DELETE", url)
+
+    async def bulk_delete(self, *, all_recordings: bool = False, **filters: object) -> Any:
+        """Delete every recording matching the filters, in the background (202).
+
+        Filters travel in the query string (`add_time__lte`, `call_uuid`, `from_number`, …).
+        With no filter this would delete the whole account, so it is refused unless
+        `all_recordings=True`. Returns the parsed body, whose shape Vobiz does not document.
+        """
+        unknown = set(filters) - _BULK_DELETE_FILTERS
+        if unknown:
+            raise TypeError(f"unknown bulk_delete filter(s): {', '.join(sorted(unknown))}")
+        params = _query(filters)
+        if not params and not all_recordings:
+            raise ValueError(
+                "bulk_delete without filters deletes every recording; "
+                "pass all_recordings=True if that is what you mean"
+            )
+        url = self._session.account_url("Recording", "BulkDelete")
+        return await self._session.request("DELETE", url, params=params)
+
+    async def export(
+        self,
+        recipients: Sequence[str] | str,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        **storage_duration: int,
+    ) -> ExportResult:
+        """Ask Vobiz to e-mail an export of recordings (202). Never retried.
+
+        Select by time (`start`/`end`) or by `recording_storage_duration[__gt|__gte|__lt|
+        __lte]=days`, not both. `PermissionDeniedError` (403) means an export is already
+        running.
+        """
+        emails = [recipients] if isinstance(recipients, str) else list(recipients)
+        if not emails or not all(isinstance(e, str) and "@" in e for e in emails):
+            raise ValueError("export needs at least one recipient e-mail address")
+        allowed = {"recording_storage_duration"} | {
+            f"recording_storage_duration__{op}" for op in ("gt", "gte", "lt", "lte")
+        }
+        unknown = set(storage_duration) - allowed
+        if unknown:
+            raise TypeError(f"unknown export filter(s): {', '.join(sorted(unknown))}")
+        by_time = start is not None or end is not None
+        if by_time == bool(storage_duration):
+            raise ValueError(
+                "export selects by start/end or by recording_storage_duration, exactly one"
+            )
+        payload: dict[str, Any] = {"recipient": {"customer_account": emails}}
+        if by_time:
+            if start is None or end is None:
+                raise ValueError("export by time needs both start and end")
+            payload["from"] = _query_value(start)
+            payload["to"] = _query_value(end)
+        payload.update(storage_duration)
+        url = self._session.account_url("export", "recording")
+        body = await self._session.request("POST", url, json=payload, retry=False)
+        return structure(body, ExportResult)

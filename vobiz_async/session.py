@@ -1,0 +1,292 @@
+"""`AsyncSession`: credentials, the HTTP connection pool, and the one I/O seam.
+
+Every HTTP request the library makes, API call or media download, goes through
+`AsyncSession._send`, which alone decides whether credentials may travel with a request.
+`AsyncSession.request` adds JSON decoding and retries for API calls on top of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+from yarl import URL
+
+from . import __version__
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ConfigurationError,
+    UnsafeURLError,
+)
+from .protocol import (
+    backoff_delay,
+    decipher_response,
+    is_retryable_status,
+    make_status_error,
+    parse_body,
+    parse_retry_after,
+    quote_path_segment,
+)
+from .recordings import Recordings
+
+__all__ = ["DEFAULT_BASE_URL", "AsyncSession"]
+
+logger = logging.getLogger("vobiz_async")
+
+DEFAULT_BASE_URL = "https://api.vobiz.ai/api/v1/"
+#: Vobiz's own domain: its media hosts (media., recordings., storage.) live under it.
+VOBIZ_DOMAIN = "vobiz.ai"
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class _Secret:
+    """A string that never shows itself in a repr, a traceback's locals or a log."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+def _is_loopback(host: str) -> bool:
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def host_matches(host: str, patterns: Iterable[str]) -> bool:
+    """`host` equals a pattern or is a subdomain of one (case-insensitive)."""
+    host = host.lower().rstrip(".")
+    return any(host == p or host.endswith("." + p) for p in patterns)
+
+
+class AsyncSession:
+    """An authenticated connection to the Vobiz API.
+
+    Use it as an async context manager. It owns an `aiohttp.ClientSession` unless one is
+    passed as `http_session`, which is then borrowed and never closed here.
+    """
+
+    def __init__(
+        self,
+        auth_id: str | None = None,
+        auth_token: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+        http_session: aiohttp.ClientSession | None = None,
+        trusted_hosts: Iterable[str] = (VOBIZ_DOMAIN,),
+        max_connections: int = 100,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        auth_id = auth_id or os.environ.get("VOBIZ_AUTH_ID")
+        token = auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
+        if not auth_id or not token:
+            raise ConfigurationError(
+                "Vobiz credentials are missing: pass auth_id and auth_token, or set "
+                "VOBIZ_AUTH_ID and VOBIZ_AUTH_TOKEN"
+            )
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.auth_id = auth_id
+        self._account_segment = quote_path_segment(auth_id, what="auth id")
+        self._token = _Secret(token)
+        self.base_url = self._check_base_url(
+            base_url or os.environ.get("VOBIZ_BASE_URL") or DEFAULT_BASE_URL
+        )
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.trusted_hosts = frozenset(
+            [self.base_url.host or "", *(h.lower().strip(".") for h in trusted_hosts)]
+        )
+        self.max_connections = max_connections
+        self._media_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._http = http_session
+        self._owns_http = http_session is None
+        self._seen_advisories: set[tuple[str, str]] = set()
+        self.recordings = Recordings(self)
+
+    @staticmethod
+    def _check_base_url(raw: str) -> URL:
+        url = URL(raw if raw.endswith("/") else raw + "/")
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigurationError(f"base_url must be an http(s) URL, got {raw!r}")
+        if url.scheme == "http" and not _is_loopback(url.host):
+            raise ConfigurationError(
+                f"refusing to send credentials over plain http to {url.host}; use https"
+            )
+        return url
+
+    def __repr__(self) -> str:
+        return f"AsyncSession(auth_id={self.auth_id!r}, base_url={str(self.base_url)!r})"
+
+    async def __aenter__(self) -> Self:
+        self.http  # noqa: B018 - create the owned ClientSession inside the running loop
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this object opened it; a borrowed one stays open."""
+        if self._owns_http and self._http is not None:
+            http, self._http = self._http, None
+            await http.close()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The underlying aiohttp session, created on first use."""
+        if self._http is None or (self._owns_http and self._http.closed):
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            self._http = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._media_timeout,
+                headers={"User-Agent": f"vobiz-async/{__version__}"},
+            )
+        return self._http
+
+    def account_url(self, *segments: str) -> URL:
+        """`{base}/Account/{auth_id}/{segments…}/`, keeping Vobiz's case and trailing slash."""
+        path = "/".join(["Account", self._account_segment, *segments])
+        return self.base_url.join(URL(path + "/", encoded=True))
+
+    def is_trusted(self, url: URL) -> bool:
+        """Credentials may go to `url`: an https Vobiz host, or the configured API host."""
+        host = (url.host or "").lower()
+        if url.scheme == "http" and not (host == self.base_url.host and _is_loopback(host)):
+            return False
+        return host_matches(host, self.trusted_hosts)
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send one request without following redirects; the caller releases the response.
+
+        Credentials are attached only when `is_trusted(url)`. Transport failures become
+        `APIConnectionError`/`APITimeoutError`; cancellation passes through untouched.
+        """
+        if url.scheme not in ("http", "https"):
+            raise UnsafeURLError(f"refusing to fetch a non-HTTP URL ({url.scheme}:)")
+        all_headers = dict(headers or {})
+        if self.is_trusted(url):
+            all_headers["X-Auth-ID"] = self.auth_id
+            all_headers["X-Auth-Token"] = self._token.value
+        try:
+            return await self.http.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                headers=all_headers,
+                allow_redirects=False,
+                timeout=client_timeout or self._media_timeout,
+            )
+        except TimeoutError as err:
+            raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
+        except aiohttp.ClientError as err:
+            raise APIConnectionError(
+                f"{method} {url.host}{url.path} failed: {type(err).__name__}: {err}"
+            ) from err
+
+    def note_advisories(self, headers: Mapping[str, str], path: str) -> None:
+        """Log `Deprecation` and `Sunset` headers once per distinct value."""
+        for name in ("Deprecation", "Sunset"):
+            value = headers.get(name)
+            if value and (name, value) not in self._seen_advisories:
+                self._seen_advisories.add((name, value))
+                logger.warning("Vobiz sent %s: %s for %s", name, value, path)
+
+    async def request(
+        self,
+        method: str,
+        url: URL,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        retry: bool = True,
+    ) -> Any:
+        """An API call: the parsed JSON body (None for 204) or a typed error.
+
+        With `retry` (idempotent calls) 408/429/5xx and connection errors are retried up to
+        `max_retries` times, honouring Retry-After.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=self.timeout,
+            sock_connect=self._media_timeout.sock_connect,
+            sock_read=self._media_timeout.sock_read,
+        )
+        attempts = self.max_retries + 1 if retry else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            started = time.monotonic()
+            try:
+                resp = await self._send(
+                    method, url, params=params, json=json, client_timeout=timeout
+                )
+                async with resp:
+                    body = await resp.read()
+            except APIConnectionError as err:
+                if last:
+                    raise
+                delay = backoff_delay(attempt)
+                logger.debug("%s %s failed (%s); retrying in %.2fs", method, url.path, err, delay)
+                await asyncio.sleep(delay)
+                continue
+            except aiohttp.ClientError as err:  # the body broke off while reading it
+                if last:
+                    raise APIConnectionError(f"{method} {url.path}: {err}") from err
+                await asyncio.sleep(backoff_delay(attempt))
+                continue
+            except TimeoutError as err:
+                if last:
+                    raise APITimeoutError(f"{method} {url.path} timed out") from err
+                await asyncio.sleep(backoff_delay(attempt))
+                continue
+            logger.debug(
+                "%s %s -> %d (attempt %d, %.3fs)",
+                method,
+                url.path,
+                resp.status,
+                attempt + 1,
+                time.monotonic() - started,
+            )
+            self.note_advisories(resp.headers, url.path)
+            if is_retryable_status(resp.status) and not last:
+                delay = backoff_delay(attempt, parse_retry_after(resp.headers.get("Retry-After")))
+                logger.debug("retrying %s %s in %.2fs", method, url.path, delay)
+                await asyncio.sleep(delay)
+                continue
+            return decipher_response(resp.status, resp.headers, body)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def status_error_from(resp: aiohttp.ClientResponse, body: bytes) -> APIStatusError:
+    """The typed error for a response already known to be a failure."""
+    return make_status_error(resp.status, resp.headers, parse_body(body), reason=resp.reason)
