@@ -7,6 +7,13 @@ try:
 except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
     __version__ = "0.0.0"
 
+from .download import (
+    DownloadReport,
+    DownloadResult,
+    DownloadStatus,
+    ProgressEvent,
+    ProgressKind,
+)
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -29,6 +36,7 @@ from .errors import (
     UnsafeURLError,
     VobizError,
 )
+from .manifest import Manifest, ManifestEntry
 from .models import ExportResult, Page, PageMeta, Recording
 from .pager import AsyncPager
 from .recordings import Recordings
@@ -46,14 +54,21 @@ __all__ = [
     "ConflictError",
     "DiskError",
     "DownloadError",
+    "DownloadReport",
+    "DownloadResult",
+    "DownloadStatus",
     "ExportResult",
     "IntegrityError",
     "InvalidRecordingIdError",
+    "Manifest",
+    "ManifestEntry",
     "NotFoundError",
     "Page",
     "PageMeta",
     "PaymentRequiredError",
     "PermissionDeniedError",
+    "ProgressEvent",
+    "ProgressKind",
     "RateLimitError",
     "Recording",
     "Recordings",

@@ -37,13 +37,18 @@ __all__ = [
     "backoff_delay",
     "decipher_response",
     "error_details",
+    "file_extension",
     "format_timestamp",
     "is_retryable_status",
     "make_status_error",
     "next_page_params",
+    "parse_body",
+    "parse_content_range",
     "parse_retry_after",
     "parse_timestamp",
     "quote_path_segment",
+    "safe_file_stem",
+    "sniff_container",
 ]
 
 #: Longest server-requested wait we honour, in seconds.
@@ -244,3 +249,57 @@ def quote_path_segment(value: str, *, what: str = "recording id") -> str:
     if not isinstance(value, str) or not _SAFE_ID.match(value) or set(value) <= {"."}:
         raise InvalidRecordingIdError(f"unsafe {what}: {value!r}")
     return quote(value, safe="")
+
+
+def sniff_container(head: bytes) -> str | None:
+    """The audio container from a file's first bytes: "wav", "mp3", or None if unknown.
+
+    `RIFF....WAVE` is WAV; an `ID3` tag or an 11-bit MPEG frame sync (0xFF, then the top
+    three bits of the next byte set, e.g. `FF E3` for MPEG-2.5) is MP3.
+    """
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head[:3] == b"ID3":
+        return "mp3"
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
+        return "mp3"
+    return None
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
+_SAFE_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+
+
+def safe_file_stem(recording_id: str) -> str:
+    """The file name stem for a recording id, or `InvalidRecordingIdError`.
+
+    Only plain names pass: letters, digits, `.`, `_`, `-`, not starting with a dot, at most
+    200 characters. Separators, `..`, absolute paths and control characters never reach
+    the file system.
+    """
+    if not isinstance(recording_id, str) or not _SAFE_NAME.match(recording_id):
+        raise InvalidRecordingIdError(f"recording id is not a safe file name: {recording_id!r}")
+    return recording_id
+
+
+def file_extension(container: str | None, recording_format: str | None) -> str:
+    """The extension for a saved recording: sniffed container first, then the API's claim."""
+    for candidate in (container, (recording_format or "").lower()):
+        if candidate and _SAFE_EXT.match(candidate) and candidate != "part":
+            return candidate
+    return "bin"
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """`bytes START-END/TOTAL` as (start, end inclusive, total or None); None if malformed."""
+    match = _CONTENT_RANGE.match(value or "")
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if end < start or (total is not None and end >= total):
+        return None
+    return start, end, total

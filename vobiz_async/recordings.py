@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .converter import structure
+from .download import (
+    Downloader,
+    DownloadReport,
+    DownloadResult,
+    Layout,
+    ProgressCallback,
+    Source,
+)
 from .errors import ResponseValidationError
+from .manifest import Manifest
 from .models import ExportResult, Page, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
@@ -164,3 +174,48 @@ class Recordings:
         url = self._session.account_url("export", "recording")
         body = await self._session.request("POST", url, json=payload, retry=False)
         return structure(body, ExportResult)
+
+    async def download(
+        self,
+        recording: Recording | str,
+        dest: str | os.PathLike[str],
+        **options: Any,
+    ) -> DownloadResult:
+        """Download one recording (or id) into `dest`; failures come back as a failed result.
+
+        Options are those of `download_many` except `concurrency`.
+        """
+        return await Downloader(self._session, dest, concurrency=1, **options).one(recording)
+
+    async def download_many(
+        self,
+        source: Source,
+        dest: str | os.PathLike[str],
+        *,
+        concurrency: int = 16,
+        on_progress: ProgressCallback | None = None,
+        manifest: str | os.PathLike[str] | Manifest | None = None,
+        overwrite: bool = False,
+        max_attempts: int = 5,
+        fsync: bool = False,
+        layout: Layout = "flat",
+    ) -> DownloadReport:
+        """Download every recording of `source` into `dest`, `concurrency` at a time.
+
+        `source` is any iterable or async iterable of `Recording` or id strings, such as
+        `session.recordings.list()`: downloads start with its first page. One item's failure
+        is recorded and the rest go on; an error raised by `source` itself propagates after
+        in-flight transfers are cancelled (their `.part` files stay for a later resume).
+        """
+        downloader = Downloader(
+            self._session,
+            dest,
+            concurrency=concurrency,
+            on_progress=on_progress,
+            manifest=manifest,
+            overwrite=overwrite,
+            max_attempts=max_attempts,
+            fsync=fsync,
+            layout=layout,
+        )
+        return await downloader.run(source)

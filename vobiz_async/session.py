@@ -192,8 +192,8 @@ class AsyncSession:
         Credentials are attached only when `is_trusted(url)`. Transport failures become
         `APIConnectionError`/`APITimeoutError`; cancellation passes through untouched.
         """
-        if url.scheme not in ("http", "https"):
-            raise UnsafeURLError(f"refusing to fetch a non-HTTP URL ({url.scheme}:)")
+        if url.scheme not in ("http", "https") or not url.host:
+            raise UnsafeURLError(f"refusing to fetch a non-HTTP URL ({url.scheme or 'no'} scheme)")
         all_headers = dict(headers or {})
         if self.is_trusted(url):
             all_headers["X-Auth-ID"] = self.auth_id

@@ -1,0 +1,591 @@
+"""The streaming bulk downloader: every recording lands whole and verified, or is reported.
+
+Each file streams into `<dest>/<id>.part` while its sha256 is computed, its byte count is
+checked against `Content-Length`/`Content-Range`, and only then is it renamed to its final
+name with `os.replace`. A dropped connection resumes with `Range` (and `If-Range` when the
+server gave a strong ETag); a stale media URL is refreshed once through the API; redirects are
+followed here, not by aiohttp, so credentials never leave Vobiz's hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import errno
+import hashlib
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import aiohttp
+import attrs
+from yarl import URL
+
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    DiskError,
+    IntegrityError,
+    UnsafeURLError,
+    VobizError,
+)
+from .manifest import Manifest
+from .models import Recording
+from .protocol import (
+    backoff_delay,
+    file_extension,
+    format_timestamp,
+    is_retryable_status,
+    make_status_error,
+    parse_content_range,
+    parse_retry_after,
+    safe_file_stem,
+    sniff_container,
+)
+
+if TYPE_CHECKING:
+    from .session import AsyncSession
+
+__all__ = [
+    "DownloadReport",
+    "DownloadResult",
+    "DownloadStatus",
+    "Downloader",
+    "ProgressEvent",
+    "ProgressKind",
+]
+
+logger = logging.getLogger("vobiz_async")
+
+MAX_REDIRECTS = 10
+#: Read size for media bodies; large reads keep per-chunk overhead low.
+CHUNK_SIZE = 256 * 1024
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Media answers that may mean the signed URL went stale: worth one fresh `get()`.
+_STALE_STATUSES = frozenset({401, 403, 404, 410})
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_ETAG_XATTR = "user.vobiz.etag"
+_HEAD = 16
+
+
+class DownloadStatus(enum.StrEnum):
+    """What happened to one recording."""
+
+    DOWNLOADED = "downloaded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class DownloadResult:
+    """The outcome for one input item."""
+
+    recording_id: str
+    status: DownloadStatus
+    path: Path | None = None
+    size: int = 0
+    sha256: str | None = None
+    container: str | None = None
+    attempts: int = 0
+    error: VobizError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Downloaded or skipped."""
+        return self.status is not DownloadStatus.FAILED
+
+
+@attrs.frozen
+class DownloadReport:
+    """Every item's result, in input order, with totals."""
+
+    results: tuple[DownloadResult, ...]
+    elapsed: float
+
+    def _with(self, status: DownloadStatus) -> tuple[DownloadResult, ...]:
+        return tuple(r for r in self.results if r.status is status)
+
+    @property
+    def downloaded(self) -> tuple[DownloadResult, ...]:
+        """Results that were fetched and verified in this run."""
+        return self._with(DownloadStatus.DOWNLOADED)
+
+    @property
+    def skipped(self) -> tuple[DownloadResult, ...]:
+        """Results that were already on disk."""
+        return self._with(DownloadStatus.SKIPPED)
+
+    @property
+    def failed(self) -> tuple[DownloadResult, ...]:
+        """Results that could not be saved; each carries its error."""
+        return self._with(DownloadStatus.FAILED)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes written by this run (downloaded files only)."""
+        return sum(r.size for r in self.downloaded)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed."""
+        return not self.failed
+
+
+class ProgressKind(enum.StrEnum):
+    """The kinds of progress event."""
+
+    STARTED = "started"
+    BYTES = "bytes"
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class ProgressEvent:
+    """A cheap progress notification; `bytes` is the increment for BYTES events."""
+
+    kind: ProgressKind
+    recording_id: str
+    bytes: int = 0
+    total: int | None = None
+    result: DownloadResult | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], object]
+Item = Recording | str
+Source = Iterable[Item] | AsyncIterable[Item]
+Layout = Literal["flat", "date"]
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may fix."""
+
+    def __init__(self, error: VobizError, retry_after: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after = retry_after
+
+
+class _Stale(Exception):
+    """The media URL was refused; a fresh `get()` may repair it."""
+
+    def __init__(self, error: APIStatusError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _disk_error(err: OSError, path: Path) -> DiskError:
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    disk_error = DiskError(f"cannot write {path}: {reason}")
+    disk_error.errno = err.errno  # type: ignore[attr-defined]
+    return disk_error
+
+
+def _is_disk_full(error: VobizError | None) -> bool:
+    return isinstance(error, DiskError) and getattr(error, "errno", None) in _DISK_FULL
+
+
+@attrs.define
+class _Transfer:
+    """The mutable state of one file's transfer across attempts."""
+
+    recording: Recording
+    part: Path
+    url: str
+    offset: int = 0
+    etag: str | None = None
+    head: bytes = b""
+    hasher: hashlib._Hash = attrs.field(factory=hashlib.sha256)
+    refreshed: bool = False
+
+    def restart(self) -> None:
+        self.offset = 0
+        self.etag = None
+        self.head = b""
+        self.hasher = hashlib.sha256()
+
+    def absorb(self, chunk: bytes) -> None:
+        if len(self.head) < _HEAD:
+            self.head += chunk[: _HEAD - len(self.head)]
+        self.hasher.update(chunk)
+        self.offset += len(chunk)
+
+    def adopt_partial(self) -> None:
+        """Continue from a `.part` an earlier run left: hash what is there, keep its ETag."""
+        try:
+            with self.part.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    self.absorb(chunk)
+        except FileNotFoundError:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            self.etag = os.getxattr(self.part, _ETAG_XATTR).decode() or None
+
+    def remember_etag(self) -> None:
+        if self.etag:
+            with contextlib.suppress(OSError, AttributeError):
+                os.setxattr(self.part, _ETAG_XATTR, self.etag.encode())
+
+
+async def _iterate(source: Source) -> AsyncGenerator[Item, None]:
+    """Items of a sync or async iterable; an async one is closed when we stop early."""
+    if not isinstance(source, AsyncIterable):
+        for item in source:
+            yield item
+        return
+    iterator = aiter(source)
+    try:
+        async for item in iterator:
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class Downloader:
+    """Downloads recordings into `dest` for one session; see `Recordings.download_many`."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        dest: str | os.PathLike[str],
+        *,
+        concurrency: int = 16,
+        overwrite: bool = False,
+        max_attempts: int = 5,
+        fsync: bool = False,
+        on_progress: ProgressCallback | None = None,
+        manifest: str | os.PathLike[str] | Manifest | None = None,
+        layout: Layout = "flat",
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if layout not in ("flat", "date"):
+            raise ValueError(f"layout must be 'flat' or 'date', got {layout!r}")
+        self._session = session
+        self.dest = Path(dest)
+        self.concurrency = concurrency
+        self.overwrite = overwrite
+        self.max_attempts = max_attempts
+        self.fsync = fsync
+        self.layout = layout
+        self.chunk_size = chunk_size
+        self._on_progress = on_progress
+        self._manifest_arg = manifest
+        self._manifest: Manifest | None = None
+        self._claimed: set[str] = set()
+        self._disk_full = False
+
+    # -- batch ---------------------------------------------------------------------------
+
+    async def run(self, source: Source) -> DownloadReport:
+        """Download every item of `source`, `concurrency` at a time, pipelined."""
+        started = time.monotonic()
+        self._prepare()
+        results: list[DownloadResult | None] = []
+        queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(self.concurrency * 2)
+
+        async def produce() -> None:
+            async with contextlib.aclosing(_iterate(source)) as items:
+                async for item in items:
+                    if self._disk_full:
+                        break
+                    results.append(None)
+                    await queue.put((len(results) - 1, item))
+            for _ in range(self.concurrency):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (job := await queue.get()) is not None:
+                index, item = job
+                results[index] = await self.one(item)
+
+        tasks = [asyncio.create_task(produce())]
+        tasks += [asyncio.create_task(work()) for _ in range(self.concurrency)]
+        try:
+            for finished in asyncio.as_completed(tasks):
+                await finished
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._close_manifest()
+        final = tuple(r for r in results if r is not None)
+        assert len(final) == len(results)
+        return DownloadReport(results=final, elapsed=time.monotonic() - started)
+
+    def _prepare(self) -> None:
+        """Create `dest`, open the manifest, and warn when the pool is smaller than asked."""
+        try:
+            self.dest.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _disk_error(err, self.dest) from err
+        if isinstance(self._manifest_arg, Manifest):
+            self._manifest = self._manifest_arg
+        elif self._manifest_arg is not None:
+            self._manifest = Manifest(self._manifest_arg)
+        limit = self._session.http.connector.limit if self._session.http.connector else 0
+        if limit and limit < self.concurrency:
+            logger.warning(
+                "connection pool limit %d is below concurrency %d; raise max_connections",
+                limit,
+                self.concurrency,
+            )
+
+    def _close_manifest(self) -> None:
+        if self._manifest is not None and self._manifest is not self._manifest_arg:
+            self._manifest.close()
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self._on_progress is None:
+            return
+        try:
+            self._on_progress(event)
+        except Exception:
+            logger.exception("on_progress callback failed; progress reporting continues")
+
+    # -- one item ------------------------------------------------------------------------
+
+    async def one(self, item: Item) -> DownloadResult:
+        """Download one recording or id; failures become a failed result, never a raise."""
+        recording_id = item if isinstance(item, str) else item.recording_id
+        result = await self._one(item, recording_id)
+        kind = {
+            DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
+            DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
+            DownloadStatus.FAILED: ProgressKind.FAILED,
+        }[result.status]
+        if result.status is DownloadStatus.FAILED:
+            logger.info("recording %s failed: %s", recording_id, result.error)
+            if _is_disk_full(result.error):
+                self._disk_full = True
+        self._emit(ProgressEvent(kind, recording_id, total=result.size, result=result))
+        return result
+
+    async def _one(self, item: Item, recording_id: str) -> DownloadResult:
+        failed = DownloadResult(recording_id, DownloadStatus.FAILED)
+        if self._disk_full:
+            error = DiskError("not started: the destination disk is full")
+            return attrs.evolve(failed, error=error)
+        if recording_id in self._claimed:
+            return DownloadResult(recording_id, DownloadStatus.SKIPPED)  # a duplicate input
+        self._claimed.add(recording_id)
+        try:
+            stem = safe_file_stem(recording_id)
+            recording = item if isinstance(item, Recording) else None
+            flat_by_id = recording is None and self.layout == "flat"
+            if flat_by_id and (done := self._already_done(recording_id, stem, None)):
+                return done
+            if recording is None:
+                recording = await self._session.recordings.get(recording_id)
+            if (done := self._already_done(recording_id, stem, recording)) is not None:
+                return done
+            return await self._transfer(recording, stem)
+        except VobizError as err:
+            return attrs.evolve(failed, error=err)
+        except OSError as err:
+            return attrs.evolve(failed, error=_disk_error(err, self.dest))
+        finally:
+            self._claimed.discard(recording_id)
+
+    def _directory(self, recording: Recording | None) -> Path:
+        if self.layout == "date" and recording is not None:
+            return self.dest / recording.add_time.strftime("%Y/%m/%d")
+        return self.dest
+
+    def _already_done(
+        self, recording_id: str, stem: str, recording: Recording | None
+    ) -> DownloadResult | None:
+        """A skipped result when the recording is already saved, without any request."""
+        if self.overwrite:
+            return None
+        entry = self._manifest.get(recording_id) if self._manifest else None
+        if entry is not None:
+            path = self.dest / entry.path
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == entry.size:
+                    return DownloadResult(
+                        recording_id,
+                        DownloadStatus.SKIPPED,
+                        path=path,
+                        size=entry.size,
+                        sha256=entry.sha256,
+                        container=entry.container,
+                    )
+            return None  # the manifest knows it, but the file is gone or changed: fetch again
+        directory = self._directory(recording)
+        fmt = recording.recording_format if recording else None
+        for ext in dict.fromkeys(("mp3", "wav", file_extension(None, fmt))):
+            path = directory / f"{stem}.{ext}"
+            with contextlib.suppress(OSError):
+                if path.is_file():
+                    size = path.stat().st_size
+                    return DownloadResult(
+                        recording_id, DownloadStatus.SKIPPED, path=path, size=size
+                    )
+        return None
+
+    async def _transfer(self, recording: Recording, stem: str) -> DownloadResult:
+        directory = self._directory(recording)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = _Transfer(recording, directory / f"{stem}.part", recording.recording_url)
+        await asyncio.to_thread(state.adopt_partial)
+        self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._attempt(state)
+                break
+            except _Stale as stale:
+                if state.refreshed:
+                    return self._failed(recording, attempts, stale.error)
+                state.refreshed = True
+                fresh = await self._session.recordings.get(recording.recording_id)
+                state.url = fresh.recording_url
+            except _Retryable as err:
+                if attempts >= self.max_attempts:
+                    return self._failed(recording, attempts, err.error)
+                delay = backoff_delay(attempts - 1, err.retry_after)
+                logger.debug("retrying %s in %.2fs: %s", recording.recording_id, delay, err)
+                await asyncio.sleep(delay)
+            except VobizError as err:
+                return self._failed(recording, attempts, err)
+        return await self._finish(state, directory, stem, attempts)
+
+    def _failed(self, recording: Recording, attempts: int, error: VobizError) -> DownloadResult:
+        return DownloadResult(
+            recording.recording_id, DownloadStatus.FAILED, attempts=attempts, error=error
+        )
+
+    async def _finish(
+        self, state: _Transfer, directory: Path, stem: str, attempts: int
+    ) -> DownloadResult:
+        recording = state.recording
+        container = sniff_container(state.head)
+        final = directory / f"{stem}.{file_extension(container, recording.recording_format)}"
+        if self.fsync:
+            await asyncio.to_thread(_fsync_path, state.part)
+        os.replace(state.part, final)
+        if self.fsync:
+            await asyncio.to_thread(_fsync_path, directory)
+        digest = state.hasher.hexdigest()
+        if self._manifest is not None:
+            self._manifest.record(
+                recording.recording_id,
+                final.relative_to(self.dest).as_posix(),
+                size=state.offset,
+                sha256=digest,
+                container=container,
+                add_time=format_timestamp(recording.add_time),
+            )
+        return DownloadResult(
+            recording.recording_id,
+            DownloadStatus.DOWNLOADED,
+            path=final,
+            size=state.offset,
+            sha256=digest,
+            container=container,
+            attempts=attempts,
+        )
+
+    # -- one attempt ---------------------------------------------------------------------
+
+    async def _attempt(self, state: _Transfer) -> None:
+        """One GET (following redirects) streamed into the `.part` file."""
+        headers = {"Accept-Encoding": "identity"}
+        if state.offset:
+            headers["Range"] = f"bytes={state.offset}-"
+            if state.etag:
+                headers["If-Range"] = state.etag
+        try:
+            resp = await self._get(URL(state.url, encoded=True), headers)
+        except APIConnectionError as err:
+            raise _Retryable(err) from err
+        async with resp:
+            expected = self._check_status(resp, state)
+            etag = resp.headers.get("ETag")
+            state.etag = etag if etag and not etag.startswith("W/") else None
+            state.remember_etag()
+            await self._stream(resp, state, expected)
+
+    async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET `url`, following up to MAX_REDIRECTS redirects with a fresh trust decision
+        for every hop (the session's `_send` attaches credentials only to trusted hosts)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = await self._session._send("GET", url, headers=headers)
+            if resp.status not in _REDIRECT_STATUSES:
+                return resp
+            location = resp.headers.get("Location")
+            resp.release()
+            if not location:
+                raise UnsafeURLError(f"redirect {resp.status} without a Location header")
+            target = url.join(URL(location, encoded=True))
+            if target.scheme not in ("http", "https"):
+                raise UnsafeURLError(f"refusing a redirect to a non-HTTP URL ({target.scheme}:)")
+            if url.scheme == "https" and target.scheme == "http":
+                raise UnsafeURLError(f"refusing a redirect from https to http ({target.host})")
+            url = target
+        raise UnsafeURLError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _check_status(self, resp: aiohttp.ClientResponse, state: _Transfer) -> int | None:
+        """The number of body bytes to expect, or raise what the status means."""
+        if resp.status == 200:
+            state.restart()  # a full body, whether or not we asked for a range
+            return resp.content_length
+        if resp.status == 206:
+            content_range = parse_content_range(resp.headers.get("Content-Range"))
+            if content_range is None or content_range[0] != state.offset:
+                state.restart()
+                got = resp.headers.get("Content-Range")
+                raise _Retryable(IntegrityError(f"unexpected Content-Range {got!r}"))
+            return content_range[1] - content_range[0] + 1
+        if resp.status == 416:
+            state.restart()
+            raise _Retryable(IntegrityError("the server refused the resume range (416)"))
+        error = make_status_error(resp.status, resp.headers, None, reason=resp.reason)
+        if resp.status in _STALE_STATUSES:
+            raise _Stale(error)
+        if is_retryable_status(resp.status):
+            raise _Retryable(error, parse_retry_after(resp.headers.get("Retry-After")))
+        raise error
+
+    async def _stream(
+        self, resp: aiohttp.ClientResponse, state: _Transfer, expected: int | None
+    ) -> None:
+        recording_id = state.recording.recording_id
+        received = 0
+        try:
+            with state.part.open("ab" if state.offset else "wb") as file:
+                async for chunk in resp.content.iter_chunked(self.chunk_size):
+                    file.write(chunk)
+                    state.absorb(chunk)
+                    received += len(chunk)
+                    self._emit(
+                        ProgressEvent(ProgressKind.BYTES, recording_id, len(chunk), expected)
+                    )
+        except OSError as err:
+            state.restart()  # the part file's tail is unknown now
+            raise _disk_error(err, state.part) from err
+        except (aiohttp.ClientError, TimeoutError) as err:
+            message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
+            raise _Retryable(APIConnectionError(message)) from err
+        if expected is not None and received != expected:
+            raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
