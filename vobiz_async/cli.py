@@ -1,0 +1,466 @@
+"""`vobiz-recordings`: list, fetch, delete, archive and verify recordings from a shell.
+
+Exit codes: 0 success, 1 some items failed, 2 usage error, 3 authentication or
+configuration error, 130 interrupted (Ctrl-C). Errors print one line; `--debug` adds the
+traceback and debug logs. The auth token is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__
+from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
+from .errors import AuthenticationError, ConfigurationError, VobizError
+from .manifest import MANIFEST_NAME, Manifest, verify_manifest
+from .models import Recording
+from .pager import AsyncPager
+from .session import AsyncSession
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+logger = logging.getLogger("vobiz_async")
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as written."""
+
+
+# -- output helpers ---------------------------------------------------------------------
+
+
+def _human_bytes(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _print_json_lines(recordings: Sequence[Recording], out: TextIO) -> None:
+    for recording in recordings:
+        out.write(json.dumps(recording.to_dict(), separators=(",", ":")) + "\n")
+
+
+def _print_table(recordings: Sequence[Recording], out: TextIO) -> None:
+    header = ("RECORDING ID", "ADDED", "TYPE", "SECONDS", "FORMAT", "FROM", "TO")
+    rows = [
+        (
+            r.recording_id,
+            r.add_time.strftime("%Y-%m-%d %H:%M:%S%z"),
+            r.recording_type,
+            f"{r.recording_duration_ms / 1000:.1f}",
+            r.recording_format,
+            r.from_number,
+            r.to_number,
+        )
+        for r in recordings
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        out.write("\n")
+
+
+class Progress:
+    """Counts progress events and renders them: a rich bar on a TTY, plain lines otherwise."""
+
+    def __init__(self, out: TextIO, *, interval: float = 5.0) -> None:
+        self.out = out
+        self.interval = interval
+        self.total: int | None = None
+        self.done = self.failed = self.skipped = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self._last_line = self.started
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.out.isatty():
+            with contextlib.suppress(ImportError):
+                from rich.console import Console
+                from rich.progress import (
+                    BarColumn,
+                    DownloadColumn,
+                    MofNCompleteColumn,
+                    TextColumn,
+                    TimeRemainingColumn,
+                    TransferSpeedColumn,
+                )
+                from rich.progress import Progress as RichProgress
+
+                self._bar = RichProgress(
+                    TextColumn("[bold]archiving"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=Console(file=self.out),
+                )
+                self._bar.start()
+                self._task = self._bar.add_task("files", total=None)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.update(self._task, total=total)
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.kind is ProgressKind.BYTES:
+            self.bytes += event.bytes
+        elif event.kind is ProgressKind.FINISHED:
+            self.done += 1
+        elif event.kind is ProgressKind.SKIPPED:
+            self.skipped += 1
+        elif event.kind is ProgressKind.FAILED:
+            self.failed += 1
+        else:
+            return
+        if self._bar is not None:
+            # rich's bar counts files as "completed"; bytes feed its speed column separately.
+            self._bar.update(self._task, completed=self.done + self.skipped + self.failed)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= self.interval:
+            self._last_line = now
+            self.out.write(self.line() + "\n")
+            self.out.flush()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        finished = self.done + self.skipped + self.failed
+        of = f"/{self.total}" if self.total is not None else ""
+        return (
+            f"progress: {finished}{of} files ({self.done} downloaded, {self.skipped} skipped, "
+            f"{self.failed} failed), {_human_bytes(self.bytes)}, "
+            f"{_human_bytes(self.bytes / elapsed)}/s"
+        )
+
+
+def print_summary(report: DownloadReport, out: TextIO) -> None:
+    """The closing summary of a download: counts, failures with reasons, throughput."""
+    rate = report.total_bytes / report.elapsed if report.elapsed > 0 else 0.0
+    out.write(
+        f"downloaded {len(report.downloaded)}, skipped {len(report.skipped)}, "
+        f"failed {len(report.failed)}; {_human_bytes(report.total_bytes)} in "
+        f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s)\n"
+    )
+    for result in report.failed:
+        out.write(f"  failed {result.recording_id}: {result.error}\n")
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+def _session(args: argparse.Namespace) -> AsyncSession:
+    return AsyncSession(args.auth_id, args.auth_token, base_url=args.base_url)
+
+
+async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
+    recordings: list[Recording] = []
+    async for recording in pager:
+        if limit is not None and len(recordings) >= limit:
+            break
+        recordings.append(recording)
+    return recordings
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    page_size = min(args.limit, 100) if args.limit else 100
+    async with _session(args) as session:
+        pager = session.recordings.list(
+            limit=page_size, recording_type=args.recording_type, call_uuid=args.call_uuid
+        )
+        recordings = await _collect(pager, args.limit)
+    if args.json or not sys.stdout.isatty():
+        _print_json_lines(recordings, sys.stdout)
+    else:
+        _print_table(recordings, sys.stdout)
+    return EXIT_OK
+
+
+async def cmd_get(args: argparse.Namespace) -> int:
+    async with _session(args) as session:
+        recording = await session.recordings.get(args.id)
+    if args.json or not sys.stdout.isatty():
+        _print_json_lines([recording], sys.stdout)
+    else:
+        _print_table([recording], sys.stdout)
+    return EXIT_OK
+
+
+async def cmd_delete(args: argparse.Namespace) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to delete without a terminal to confirm; pass --yes")
+        prompt = f"Delete {len(args.ids)} recording(s) for good? [y/N] "
+        answer = await asyncio.to_thread(input, prompt)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return EXIT_OK
+    failed = 0
+    async with _session(args) as session:
+        for recording_id in args.ids:
+            try:
+                await session.recordings.delete(recording_id)
+            except AuthenticationError:
+                raise
+            except VobizError as err:
+                failed += 1
+                print(f"failed {recording_id}: {err}", file=sys.stderr)
+            else:
+                print(f"deleted {recording_id}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _read_ids(args: argparse.Namespace) -> list[str] | None:
+    ids = list(args.ids or [])
+    if args.ids_file:
+        text = sys.stdin.read() if args.ids_file == "-" else Path(args.ids_file).read_text()
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    return ids if (args.ids or args.ids_file) else None
+
+
+async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recording]:
+    """Every recording of the pager, telling the progress display the total on page one."""
+    seen: set[str] = set()
+    async for page in pager.iter_pages():
+        if progress.total is None:
+            progress.set_total(page.meta.total_count)
+        for recording in page.objects:
+            if recording.recording_id not in seen:
+                seen.add(recording.recording_id)
+                yield recording
+
+
+async def run_download(
+    session: AsyncSession,
+    args: argparse.Namespace,
+    progress: Progress,
+    reports: list[DownloadReport],
+) -> int:
+    """The archive job shared by `download` and `demo`."""
+    ids = _read_ids(args)
+    source: Any
+    if ids is not None:
+        progress.set_total(len(ids))
+        source = ids
+    else:
+        pager = session.recordings.list(
+            limit=100, recording_type=args.recording_type, call_uuid=args.call_uuid
+        )
+        source = _listing(pager, progress)
+    out = Path(args.out)
+    report = await session.recordings.download_many(
+        source,
+        out,
+        concurrency=args.concurrency,
+        on_progress=progress,
+        manifest=None if args.no_manifest else out / MANIFEST_NAME,
+        overwrite=args.overwrite,
+    )
+    reports.append(report)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def cmd_download(args: argparse.Namespace) -> int:
+    reports: list[DownloadReport] = []
+    with Progress(sys.stderr) as progress:
+        try:
+            async with _session(args) as session:
+                code = await run_download(session, args, progress, reports)
+        except asyncio.CancelledError:
+            sys.stderr.write("interrupted: " + progress.line() + "\n")
+            raise
+    print_summary(reports[0], sys.stdout)
+    return code
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    manifest_path = Path(args.manifest) if args.manifest else root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UsageError(f"no manifest at {manifest_path}")
+    with Manifest(manifest_path) as manifest:
+        problems = await asyncio.to_thread(verify_manifest, root, manifest)
+        count = len(manifest)
+    for problem in problems:
+        print(f"{problem.problem}: {problem.path} ({problem.recording_id})")
+    print(f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    from .testing import FakeVobiz
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vobiz-demo-"))
+    print(f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}")
+    fake = FakeVobiz(
+        recordings=args.count,
+        seed=args.seed,
+        fault_rate=0.1,
+        wav_as_mp3_rate=0.1,
+        foreign_redirect_rate=0.1,
+    )
+    reports: list[DownloadReport] = []
+    async with fake:
+        args.base_url, args.auth_id, args.auth_token = fake.base_url, fake.auth_id, fake.auth_token
+        with Progress(sys.stderr) as progress:
+            async with _session(args) as session:
+                code = await run_download(session, args, progress, reports)
+        report = reports[0]
+        print_summary(report, sys.stdout)
+        wrong = [
+            r.recording_id
+            for r in report.results
+            if r.status is DownloadStatus.DOWNLOADED and r.sha256 != fake.sha256(r.recording_id)
+        ]
+        leaked = fake.stats.foreign_credentials_seen
+    with Manifest(out / MANIFEST_NAME) as manifest:
+        problems = await asyncio.to_thread(verify_manifest, out, manifest)
+    print(
+        f"verified: {len(report.results) - len(wrong)} files match the served bytes, "
+        f"manifest problems: {len(problems)}, credentials sent to the foreign host: {leaked}"
+    )
+    if wrong or problems or leaked:
+        return EXIT_FAILED
+    return code
+
+
+async def cmd_fake_server(args: argparse.Namespace) -> int:
+    from .testing import FakeVobiz
+
+    async with FakeVobiz(recordings=args.count, seed=args.seed, port=args.port) as fake:
+        print(f"fake Vobiz on {fake.base_url} with {args.count} recordings (Ctrl-C stops)")
+        print(f"export VOBIZ_BASE_URL={fake.base_url}")
+        print(f"export VOBIZ_AUTH_ID={fake.auth_id}")
+        print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
+        sys.stdout.flush()
+        await asyncio.Event().wait()
+    return EXIT_OK  # pragma: no cover - only Ctrl-C ends it
+
+
+# -- argument parsing -------------------------------------------------------------------
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--auth-id", default=None, help="default: $VOBIZ_AUTH_ID")
+    common.add_argument("--auth-token", default=None, help="default: $VOBIZ_AUTH_TOKEN")
+    common.add_argument("--base-url", default=None, help="default: $VOBIZ_BASE_URL or Vobiz")
+    common.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+
+    parser = argparse.ArgumentParser(
+        prog="vobiz-recordings", description=__doc__.splitlines()[0], parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[..., Coroutine[Any, Any, int]], text: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(func=func)
+        return sub
+
+    listing = add("list", cmd_list, "list recordings (a table on a terminal, else JSON Lines)")
+    listing.add_argument("--json", action="store_true", help="JSON Lines in the wire form")
+    listing.add_argument("--recording-type")
+    listing.add_argument("--call-uuid")
+    listing.add_argument("--limit", type=_positive, help="stop after N recordings")
+
+    get = add("get", cmd_get, "show one recording")
+    get.add_argument("id")
+    get.add_argument("--json", action="store_true")
+
+    delete = add("delete", cmd_delete, "delete recordings (asks first unless --yes)")
+    delete.add_argument("ids", nargs="+", metavar="ID")
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+
+    def download_options(sub: Any) -> None:
+        sub.add_argument("--concurrency", type=_positive, default=16)
+        sub.add_argument("--overwrite", action="store_true", help="fetch files already saved")
+        sub.add_argument("--no-manifest", action="store_true", help=f"skip {MANIFEST_NAME}")
+        sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None)
+
+    download = add("download", cmd_download, "archive recordings into a folder")
+    download.add_argument("--out", required=True, help="destination folder")
+    download.add_argument("--recording-type")
+    download.add_argument("--call-uuid")
+    download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
+    download.add_argument("--ids-file", help="a file of ids, one a line ('-' for stdin)")
+    download_options(download)
+
+    verify = add("verify", cmd_verify, "re-hash an archive against its manifest")
+    verify.add_argument("dir")
+    verify.add_argument("--manifest", help=f"default: DIR/{MANIFEST_NAME}")
+
+    demo = add("demo", cmd_demo, "archive from an in-process fake Vobiz: offline, no account")
+    demo.add_argument("--count", type=_positive, default=300)
+    demo.add_argument("--out", help="destination folder (default: a new temporary folder)")
+    demo.add_argument("--seed", type=int, default=0)
+    download_options(demo)
+
+    fake = add("fake-server", cmd_fake_server, "serve the fake Vobiz on 127.0.0.1")
+    fake.add_argument("--port", type=int, default=0)
+    fake.add_argument("--count", type=int, default=100)
+    fake.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: parse, run, and turn every failure into an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.debug:
+        logging.getLogger("aiohttp").setLevel(logging.ERROR)
+    try:
+        code: int = asyncio.run(args.func(args))
+        return code
+    except KeyboardInterrupt:
+        print("interrupted; partial downloads are kept as .part files for resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as err:
+        return _fail(args, err, EXIT_USAGE)
+    except (AuthenticationError, ConfigurationError) as err:
+        return _fail(args, err, EXIT_AUTH)
+    except (VobizError, OSError) as err:
+        return _fail(args, err, EXIT_FAILED)
+
+
+def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
+    if args.debug:
+        logger.exception("command failed")
+    print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
