@@ -522,7 +522,9 @@ class Downloader:
         """GET `url`, following up to MAX_REDIRECTS redirects with a fresh trust decision
         for every hop (the session's `_send` attaches credentials only to trusted hosts)."""
         for _ in range(MAX_REDIRECTS + 1):
-            resp = await self._session._send("GET", url, headers=headers)
+            resp = await self._session._send(
+                "GET", url, headers=headers, read_bufsize=self.chunk_size
+            )
             if resp.status not in _REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
@@ -541,6 +543,8 @@ class Downloader:
         """The number of body bytes to expect, or raise what the status means."""
         if resp.status == 200:
             state.restart()  # a full body, whether or not we asked for a range
+            if resp.headers.get("Content-Encoding", "identity") != "identity":
+                return None  # the length is of the encoded body; aiohttp checks that itself
             return resp.content_length
         if resp.status == 206:
             content_range = parse_content_range(resp.headers.get("Content-Range"))

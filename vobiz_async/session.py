@@ -186,6 +186,7 @@ class AsyncSession:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
+        read_bufsize: int | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request without following redirects; the caller releases the response.
 
@@ -207,6 +208,7 @@ class AsyncSession:
                 headers=all_headers,
                 allow_redirects=False,
                 timeout=client_timeout or self._media_timeout,
+                read_bufsize=read_bufsize,
             )
         except TimeoutError as err:
             raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
