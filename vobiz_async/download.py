@@ -324,20 +324,16 @@ class Downloader:
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
 
     def _prepare(self) -> None:
-        """Create `dest`, open the manifest, and warn when the pool is smaller than asked."""
-        try:
-            self.dest.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise _disk_error(err, self.dest) from err
+        """Open the manifest, and warn when the connection pool is smaller than asked."""
         if isinstance(self._manifest_arg, Manifest):
             self._manifest = self._manifest_arg
         elif self._manifest_arg is not None:
             self._manifest = Manifest(self._manifest_arg)
-        limit = self._session.http.connector.limit if self._session.http.connector else 0
-        if limit and limit < self.concurrency:
+        connector = self._session.http.connector
+        if connector is not None and 0 < connector.limit < self.concurrency:
             logger.warning(
                 "connection pool limit %d is below concurrency %d; raise max_connections",
-                limit,
+                connector.limit,
                 self.concurrency,
             )
 
@@ -354,6 +350,14 @@ class Downloader:
             logger.exception("on_progress callback failed; progress reporting continues")
 
     # -- one item ------------------------------------------------------------------------
+
+    async def download(self, item: Item) -> DownloadResult:
+        """Download a single recording or id, with the manifest opened and closed around it."""
+        self._prepare()
+        try:
+            return await self.one(item)
+        finally:
+            self._close_manifest()
 
     async def one(self, item: Item) -> DownloadResult:
         """Download one recording or id; failures become a failed result, never a raise."""

@@ -185,7 +185,7 @@ class Recordings:
 
         Options are those of `download_many` except `concurrency`.
         """
-        return await Downloader(self._session, dest, concurrency=1, **options).one(recording)
+        return await Downloader(self._session, dest, concurrency=1, **options).download(recording)
 
     async def download_many(
         self,
