@@ -60,7 +60,7 @@ from urllib.parse import quote, urlencode
 
 import attrs
 from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 __all__ = [
     "DEFAULT_AUTH_ID",
@@ -88,7 +88,7 @@ _ERROR_BODIES: Final = frozenset(get_args(ErrorBody))
 _BLOCK: Final = 64 * 1024  # body generation unit: any block can be made without the earlier ones
 _SLOW_CHUNK: Final = 4 * 1024
 _SLOW_DELAY: Final = 0.05  # "slow" streams about 80 KB/s
-_SHUTDOWN_TIMEOUT: Final = 1.0
+_SHUTDOWN_TIMEOUT: Final = 0.25
 
 _M64: Final = (1 << 64) - 1
 _M62: Final = (1 << 62) - 1
@@ -204,8 +204,8 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
         return None
     start = int(first)
     stop = size if not last else int(last) + 1
-    if stop <= start:
-        return None
+    if last and stop <= start:
+        return None  # an invalid range is ignored, not refused
     if start >= size:
         raise _Unsatisfiable
     return start, min(stop, size)
@@ -473,18 +473,18 @@ def _bulk_filter(query: Mapping[str, str]) -> _BulkFilter | str:
             times[suffix] = _parse_instant(raw)
         except ValueError:
             return f"Invalid value for add_time__{suffix}: {raw!r}."
-    text = {
-        name: query.get(name)
-        for name in (
-            "call_uuid",
-            "recording_type",
-            "recording_format",
-            "from_number",
-            "to_number",
-            "conference_name",
-        )
-    }
-    return _BulkFilter(**times, **text)  # type: ignore[arg-type]
+    return _BulkFilter(
+        gte=times.get("gte"),
+        gt=times.get("gt"),
+        lte=times.get("lte"),
+        lt=times.get("lt"),
+        call_uuid=query.get("call_uuid"),
+        recording_type=query.get("recording_type"),
+        recording_format=query.get("recording_format"),
+        from_number=query.get("from_number"),
+        to_number=query.get("to_number"),
+        conference_name=query.get("conference_name"),
+    )
 
 
 def _export_problem(body: Any) -> str | None:
@@ -687,7 +687,7 @@ class FakeVobiz:
             raise
 
     async def close(self) -> None:
-        """Stop both servers; in-flight responses get a second to finish."""
+        """Stop both servers; in-flight responses get a quarter second to finish."""
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
@@ -1276,7 +1276,7 @@ class FakeVobiz:
             return self._fault_response(fault, fault.body)
         return None
 
-    def _middleware(self, *, foreign: bool) -> Any:
+    def _middleware(self, *, foreign: bool) -> Middleware:
         @web.middleware
         async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             operation = self._ops.get(request.match_info.route, "unknown")
@@ -1489,8 +1489,10 @@ class FakeVobiz:
         hop_raw = request.query.get("hop", "0")
         hop = int(hop_raw) if hop_raw.isdigit() else 0
         redirects = hop < rec.extra_hops or rec.redirect_foreign
-        fault = self._take_media_fault(rec, status_only=redirects)
-        if fault is not None and fault.kind == "status" and (hop == 0 or not redirects):
+        fault = None
+        if hop == 0 or not redirects:  # a redirecting URL answers status faults on its first hop
+            fault = self._take_media_fault(rec, status_only=redirects)
+        if fault is not None and fault.kind == "status":
             return self._fault_response(fault, "json")
         if self.media_latency > 0:
             await asyncio.sleep(self.media_latency)
