@@ -74,7 +74,9 @@ def _structure_page(conv: cattrs.Converter) -> Any:
     def structure_page(value: Any, _: type) -> Page:
         if not isinstance(value, Mapping):
             raise TypeError(f"expected a list envelope, got {type(value).__name__}")
-        objects = value.get("objects") or []
+        objects = value.get("objects")
+        if objects is None:
+            objects = []
         if not isinstance(objects, list):
             raise TypeError("objects must be a list")
         api_id = value.get("api_id")

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
@@ -61,7 +63,7 @@ class APIStatusError(VobizError):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
-        self.headers: Mapping[str, str] = dict(headers or {})
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(headers or {}))
         self.body = body
         self.api_id = api_id
 

@@ -183,7 +183,7 @@ def backoff_delay(
     """
     if retry_after is not None:
         return retry_after
-    base = min(0.5 * 2.0**attempt, 8.0)
+    base = min(0.5 * 2.0 ** min(attempt, 10), 8.0)
     return base * (1 - 0.25 * rand())
 
 
@@ -236,7 +236,7 @@ def format_timestamp(value: datetime) -> str:
     return value.isoformat(sep=" ")
 
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._~:@+=-]{1,200}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
 
 
 def quote_path_segment(value: str, *, what: str = "recording id") -> str:
@@ -246,7 +246,7 @@ def quote_path_segment(value: str, *, what: str = "recording id") -> str:
     a dot-only segment, control characters or no characters at all could address another
     resource, so it is refused rather than sent.
     """
-    if not isinstance(value, str) or not _SAFE_ID.match(value) or set(value) <= {"."}:
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or set(value) <= {"."}:
         raise InvalidRecordingIdError(f"unsafe {what}: {value!r}")
     return quote(value, safe="")
 
@@ -266,8 +266,8 @@ def sniff_container(head: bytes) -> str | None:
     return None
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
-_SAFE_EXT = re.compile(r"^[a-z0-9]{1,8}$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+_SAFE_EXT = re.compile(r"[a-z0-9]{1,8}")
 
 
 def safe_file_stem(recording_id: str) -> str:
@@ -277,7 +277,7 @@ def safe_file_stem(recording_id: str) -> str:
     200 characters. Separators, `..`, absolute paths and control characters never reach
     the file system.
     """
-    if not isinstance(recording_id, str) or not _SAFE_NAME.match(recording_id):
+    if not isinstance(recording_id, str) or not _SAFE_NAME.fullmatch(recording_id):
         raise InvalidRecordingIdError(f"recording id is not a safe file name: {recording_id!r}")
     return recording_id
 
@@ -285,7 +285,7 @@ def safe_file_stem(recording_id: str) -> str:
 def file_extension(container: str | None, recording_format: str | None) -> str:
     """The extension for a saved recording: sniffed container first, then the API's claim."""
     for candidate in (container, (recording_format or "").lower()):
-        if candidate and _SAFE_EXT.match(candidate) and candidate != "part":
+        if candidate and _SAFE_EXT.fullmatch(candidate) and candidate != "part":
             return candidate
     return "bin"
 

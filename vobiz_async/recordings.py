@@ -68,7 +68,7 @@ class Recordings:
         body = await self._session.request("GET", url)
         if isinstance(body, Mapping) and "objects" in body:  # older docs: a list envelope
             objects = body.get("objects")
-            if not isinstance(objects, list) or not objects:
+            if not isinstance(objects, list) or not objects or not isinstance(objects[0], Mapping):
                 raise ResponseValidationError("recording envelope holds no object", body=body)
             body = {"api_id": body.get("api_id"), **objects[0]}
         return structure(body, Recording)

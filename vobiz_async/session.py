@@ -24,6 +24,7 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     ConfigurationError,
+    InvalidRecordingIdError,
     UnsafeURLError,
 )
 from .protocol import (
@@ -102,7 +103,10 @@ class AsyncSession:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.auth_id = auth_id
-        self._account_segment = quote_path_segment(auth_id, what="auth id")
+        try:
+            self._account_segment = quote_path_segment(auth_id, what="auth id")
+        except InvalidRecordingIdError as err:
+            raise ConfigurationError(f"auth_id is not a valid Vobiz account id: {err}") from None
         self._token = _Secret(token)
         self.base_url = self._check_base_url(
             base_url or os.environ.get("VOBIZ_BASE_URL") or DEFAULT_BASE_URL

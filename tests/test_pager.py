@@ -1,0 +1,330 @@
+"""AsyncPager against FakeVobiz: first page, every item in order, concurrency, drift."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+
+from vobiz_async import (
+    AsyncSession,
+    NotFoundError,
+    Page,
+    PermissionDeniedError,
+    ServerError,
+)
+from vobiz_async.testing import FakeVobiz
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN", "VOBIZ_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=57, seed=0) as fake:
+        yield fake
+
+
+@pytest.fixture(name="session")
+async def _session(fake: FakeVobiz) -> AsyncIterator[AsyncSession]:
+    async with AsyncSession(**fake.session_kwargs(), max_retries=0) as session:
+        yield session
+
+
+def list_queries(fake: FakeVobiz) -> list[dict[str, str]]:
+    """The query of every list request the fake received, in arrival order."""
+    return [
+        dict(parse_qsl(urlsplit(r.path).query))
+        for r in fake.stats.requests
+        if r.operation == "list"
+    ]
+
+
+# --- awaiting the pager -------------------------------------------------------------------
+
+
+async def test_await_gives_first_page(fake: FakeVobiz, session: AsyncSession) -> None:
+    """`await list()` is the first page with the server's meta, in one request."""
+    page = await session.recordings.list(limit=20)
+
+    assert isinstance(page, Page)
+    assert [r.recording_id for r in page.objects] == fake.recording_ids[:20]
+    assert page.meta.total_count == 57
+    assert page.meta.next is not None
+    assert page.api_id
+    assert len(fake.stats.requests) == 1
+
+
+async def test_await_with_offset(fake: FakeVobiz, session: AsyncSession) -> None:
+    """limit and offset select the window."""
+    page = await session.recordings.list(limit=5, offset=50)
+
+    assert [r.recording_id for r in page.objects] == fake.recording_ids[50:55]
+
+
+async def test_last_page_has_no_next(fake: FakeVobiz, session: AsyncSession) -> None:
+    """A window reaching the end has a null next."""
+    page = await session.recordings.list(limit=20, offset=40)
+
+    assert len(page.objects) == 17
+    assert page.meta.next is None
+
+
+# --- walking every recording --------------------------------------------------------------
+
+
+async def test_57_over_pages_of_20(fake: FakeVobiz, session: AsyncSession) -> None:
+    """`async for` yields all 57 recordings once, in the server's order."""
+    ids = [rec.recording_id async for rec in session.recordings.list(limit=20)]
+
+    assert ids == fake.recording_ids
+    assert len(set(ids)) == 57
+
+
+async def test_pages_of_20(fake: FakeVobiz, session: AsyncSession) -> None:
+    """iter_pages() yields the three pages in order: 20, 20 and 17 recordings."""
+    pages = [page async for page in session.recordings.list(limit=20).iter_pages()]
+
+    assert [len(p.objects) for p in pages] == [20, 20, 17]
+    assert [p.meta.offset for p in pages] == [0, 20, 40]
+
+
+async def test_follow_ups_use_the_api_path(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Follow-up pages are requested under /api/v1/, never at meta.next's relative path."""
+    [rec async for rec in session.recordings.list(limit=20)]
+
+    paths = [urlsplit(r.path).path for r in fake.stats.requests]
+    assert paths == [f"/api/v1/Account/{fake.auth_id}/Recording/"] * 3
+    assert {r.status for r in fake.stats.requests} == {200}
+
+
+async def test_default_page_size_walk(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Without a limit the walk still yields everything once, in order."""
+    ids = [rec.recording_id async for rec in session.recordings.list()]
+
+    assert ids == fake.recording_ids
+
+
+async def test_large_pages_after_the_first() -> None:
+    """Without a limit, follow-up pages use the maximum size: 250 recordings in 4 requests."""
+    async with FakeVobiz(recordings=250, seed=3) as fake:
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            ids = [rec.recording_id async for rec in session.recordings.list()]
+
+        assert ids == fake.recording_ids
+        assert len(list_queries(fake)) == 4
+
+
+async def test_server_clamps_page_size() -> None:
+    """A server that caps the page size below the plan still yields everything once."""
+    async with FakeVobiz(recordings=130, seed=4, max_limit=30) as fake:
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            ids = [rec.recording_id async for rec in session.recordings.list()]
+
+        assert ids == fake.recording_ids
+
+
+async def test_filters_carried_to_every_page(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Filters stay on follow-up page requests, so every item matches."""
+    expected = [rid for rid, rec in fake.recordings.items() if rec.recording_type == "call"]
+
+    recs = [rec async for rec in session.recordings.list(limit=10, recording_type="call")]
+
+    assert [r.recording_id for r in recs] == expected
+    assert len(list_queries(fake)) > 1
+    assert all(q.get("recording_type") == "call" for q in list_queries(fake))
+
+
+async def test_concurrent_page_fetch(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Once total_count is known, more than one page request is in flight at a time."""
+    fake.latency = 0.05
+
+    ids = [rec.recording_id async for rec in session.recordings.list(limit=10)]
+
+    assert ids == fake.recording_ids
+    assert fake.stats.api_in_flight_max > 1
+
+
+async def test_concurrency_bounded(fake: FakeVobiz, session: AsyncSession) -> None:
+    """page_concurrency bounds the follow-up requests in flight."""
+    fake.latency = 0.02
+
+    ids = [rec.recording_id async for rec in session.recordings.list(limit=5, page_concurrency=2)]
+
+    assert ids == fake.recording_ids
+    assert fake.stats.api_in_flight_max == 2
+
+
+async def test_sequential_with_concurrency_one(fake: FakeVobiz, session: AsyncSession) -> None:
+    """page_concurrency=1 fetches one page at a time."""
+    fake.latency = 0.01
+
+    ids = [rec.recording_id async for rec in session.recordings.list(limit=10, page_concurrency=1)]
+
+    assert ids == fake.recording_ids
+    assert fake.stats.api_in_flight_max == 1
+
+
+# --- empty accounts and failures ----------------------------------------------------------
+
+
+@pytest.fixture(name="empty")
+async def _empty() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=0) as fake:
+        yield fake
+
+
+async def test_empty_account_page(empty: FakeVobiz) -> None:
+    """An empty account's first page has no objects and no next."""
+    async with AsyncSession(**empty.session_kwargs()) as session:
+        page = await session.recordings.list()
+
+    assert page.objects == ()
+    assert page.meta.total_count == 0
+    assert page.meta.next is None
+
+
+async def test_empty_account_walk(empty: FakeVobiz) -> None:
+    """`async for` over an empty account yields nothing, after one request."""
+    async with AsyncSession(**empty.session_kwargs()) as session:
+        recs = [rec async for rec in session.recordings.list()]
+
+    assert recs == []
+    assert len(empty.stats.requests) == 1
+
+
+async def test_no_match(fake: FakeVobiz, session: AsyncSession) -> None:
+    """A filter matching nothing is an empty walk, not an error."""
+    recs = [rec async for rec in session.recordings.list(call_uuid="no-such-call")]
+
+    assert recs == []
+
+
+async def test_first_page_failure_in_async_for(fake: FakeVobiz, session: AsyncSession) -> None:
+    """`async for` over a listing whose first page fails raises the typed error."""
+    fake.api_fault("list", 403)
+
+    seen: list[str] = []
+
+    async def walk() -> None:
+        async for rec in session.recordings.list():
+            seen.append(rec.recording_id)
+
+    with pytest.raises(PermissionDeniedError):
+        await walk()
+
+    assert seen == []
+
+
+async def test_first_page_failure_await(fake: FakeVobiz, session: AsyncSession) -> None:
+    """`await list()` raises the first page's typed error."""
+    fake.api_fault("list", 404)
+
+    with pytest.raises(NotFoundError):
+        await session.recordings.list()
+
+
+async def test_later_page_failure(fake: FakeVobiz, session: AsyncSession) -> None:
+    """A follow-up page that fails raises its typed error after the earlier items."""
+    seen: list[str] = []
+
+    async def walk() -> None:
+        async for rec in session.recordings.list(limit=20):
+            if not seen:
+                fake.api_fault("list", 503, times=10)
+            seen.append(rec.recording_id)
+
+    with pytest.raises(ServerError):
+        await walk()
+
+    assert seen == fake.recording_ids[:20]
+
+
+async def test_stop_early(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Breaking out after a few items fetches no more than the first page."""
+    ids = []
+    async for rec in session.recordings.list(limit=20):
+        ids.append(rec.recording_id)
+        if len(ids) == 3:
+            break
+
+    assert ids == fake.recording_ids[:3]
+    assert len(list_queries(fake)) == 1
+
+
+def page_fetches() -> list[asyncio.Task[object]]:
+    """The page-fetch tasks still running in this loop."""
+    return [t for t in asyncio.all_tasks() if "_fetch_page" in repr(t.get_coro())]
+
+
+async def test_stop_with_pages_in_flight(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Breaking out while a follow-up page is in flight cancels that fetch."""
+    fake.latency = 0.2
+    in_flight_at_break = 0
+    ids = []
+    async for rec in session.recordings.list(limit=5):
+        ids.append(rec.recording_id)
+        if len(ids) == 12:  # page 3; page 6 was just scheduled
+            in_flight_at_break = len(page_fetches())
+            break
+    await asyncio.sleep(0.05)
+
+    assert in_flight_at_break > 0
+    assert page_fetches() == []
+    assert ids == fake.recording_ids[:12]
+
+
+async def test_walk_from_offset(fake: FakeVobiz, session: AsyncSession) -> None:
+    """A walk that starts at an offset yields the rest of the listing, in order."""
+    ids = [rec.recording_id async for rec in session.recordings.list(limit=20, offset=10)]
+
+    assert ids == fake.recording_ids[10:]
+
+
+async def test_walk_twice(fake: FakeVobiz, session: AsyncSession) -> None:
+    """A pager can be awaited and walked again; each use starts from the beginning."""
+    pager = session.recordings.list(limit=20)
+
+    first = await pager
+    again = [rec.recording_id async for rec in pager]
+
+    assert [r.recording_id for r in first.objects] == fake.recording_ids[:20]
+    assert again == fake.recording_ids
+
+
+# --- offsets shifting during a listing ----------------------------------------------------
+
+
+async def test_new_recordings_during_listing(fake: FakeVobiz, session: AsyncSession) -> None:
+    """Recordings added mid-listing shift offsets; every original one is yielded exactly once."""
+    original = fake.recording_ids
+    ids: list[str] = []
+
+    async for rec in session.recordings.list(limit=20):
+        if not ids:
+            for _ in range(3):
+                fake.add_recording()
+        ids.append(rec.recording_id)
+
+    assert len(ids) == len(set(ids))
+    assert set(original) <= set(ids)
+
+
+async def test_growth_beyond_the_plan(fake: FakeVobiz, session: AsyncSession) -> None:
+    """When the account grows past the planned pages the pager follows meta.next to the end."""
+    original = fake.recording_ids
+    ids: list[str] = []
+
+    async for rec in session.recordings.list(limit=20):
+        if not ids:
+            for _ in range(10):
+                fake.add_recording()
+        ids.append(rec.recording_id)
+
+    assert len(ids) == len(set(ids))
+    assert set(original) <= set(ids)

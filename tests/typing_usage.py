@@ -1,0 +1,150 @@
+"""Type-checked usage of the public API: `mypy --strict vobiz_async tests/typing_usage.py`.
+
+Never run, never collected by pytest (no `test_` prefix); every await lives in an
+`async def`. If a public signature changes in a way that breaks callers, mypy fails here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+import vobiz_async
+from vobiz_async import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    AsyncPager,
+    AsyncSession,
+    AuthenticationError,
+    ConfigurationError,
+    ExportResult,
+    InvalidRecordingIdError,
+    NotFoundError,
+    Page,
+    PageMeta,
+    PermissionDeniedError,
+    RateLimitError,
+    Recording,
+    ResponseValidationError,
+    ServerError,
+    VobizError,
+)
+
+version: str = vobiz_async.__version__
+exported: list[str] = vobiz_async.__all__
+
+
+def build_sessions() -> list[AsyncSession]:
+    """Both constructor forms: explicit credentials, and env vars with defaults."""
+    explicit = AsyncSession(
+        auth_id="MA_XXXXXXXX",
+        auth_token="token",
+        base_url="https://api.vobiz.ai/api/v1/",
+        timeout=30.0,
+        max_retries=3,
+    )
+    from_env = AsyncSession()
+    return [explicit, from_env]
+
+
+async def borrowed(http: aiohttp.ClientSession) -> AsyncSession:
+    """A caller-owned aiohttp session."""
+    return AsyncSession("MA_XXXXXXXX", "token", http_session=http)
+
+
+def describe(rec: Recording) -> str:
+    """Every Recording field with its declared type."""
+    rid: str = rec.recording_id
+    call_uuid: str = rec.call_uuid
+    url: str = rec.recording_url
+    fmt: str = rec.recording_format
+    kind: str = rec.recording_type
+    added: datetime = rec.add_time
+    duration: Decimal = rec.recording_duration_ms
+    start: Decimal | None = rec.recording_start_ms
+    end: Decimal | None = rec.recording_end_ms
+    rounded: int = rec.rounded_recording_duration
+    numbers: tuple[str, str] = (rec.from_number, rec.to_number)
+    conference: str | None = rec.conference_name
+    days: int = rec.recording_storage_duration
+    rate: Decimal = rec.recording_storage_rate
+    amount: Decimal = rec.monthly_recording_storage_amount
+    uri: str = rec.resource_uri
+    api_id: str | None = rec.api_id
+    parts = [rid, call_uuid, url, fmt, kind, added.isoformat(), str(duration), str(start)]
+    parts += [str(end), str(rounded), *numbers, str(conference), str(days), str(rate)]
+    parts += [str(amount), uri, str(api_id)]
+    return " ".join(parts)
+
+
+def round_trip(data: Mapping[str, Any]) -> Recording:
+    """from_dict / to_dict."""
+    rec = Recording.from_dict(data)
+    wire: dict[str, Any] = rec.to_dict()
+    return Recording.from_dict(wire)
+
+
+def page_parts(page: Page) -> tuple[str | None, tuple[int, int, int], tuple[Recording, ...]]:
+    """A Page and its PageMeta."""
+    meta: PageMeta = page.meta
+    counts: tuple[int, int, int] = (meta.limit, meta.offset, meta.total_count)
+    links: tuple[str | None, str | None] = (meta.next, meta.previous)
+    return links[0] or page.api_id, counts, page.objects
+
+
+async def walk(session: AsyncSession) -> list[str]:
+    """The dual-use pager: await for the first page, async for every item or page."""
+    pager: AsyncPager = session.recordings.list(limit=20, recording_type="call")
+    first: Page = await pager
+    ids = [rec.recording_id for rec in first.objects]
+    async for rec in session.recordings.list(add_time__gte=datetime(2026, 1, 1)):
+        ids.append(rec.recording_id)
+    async for page in session.recordings.list(call_uuid="abc", offset=40).iter_pages():
+        ids.extend(rec.recording_id for rec in page.objects)
+    return ids
+
+
+async def manage(session: AsyncSession) -> ExportResult:
+    """get, delete, bulk_delete and export."""
+    rec: Recording = await session.recordings.get("d7801b2e-5a5c-4c1d-9d4e-1a2b3c4d5e6f")
+    await session.recordings.delete(rec.recording_id)
+    await session.recordings.bulk_delete(add_time__lte="2026-01-01 00:00:00")
+    await session.recordings.bulk_delete(all_recordings=True)
+    await session.recordings.export(["ops@example.com"], recording_storage_duration__gte=7)
+    return await session.recordings.export(
+        ["ops@example.com"], start=datetime(2026, 1, 1), end=datetime(2026, 2, 1)
+    )
+
+
+async def handle_errors() -> str | None:
+    """The error tree and the evidence status errors carry."""
+    try:
+        async with AsyncSession("MA_XXXXXXXX", "token") as session:
+            await session.recordings.get("gone")
+    except NotFoundError as err:
+        status: int = err.status_code
+        headers: Mapping[str, str] = err.headers
+        body: Any = err.body
+        return f"{status} {err.message} {headers} {body} {err.api_id}"
+    except (AuthenticationError, PermissionDeniedError, RateLimitError, ServerError) as err:
+        return err.api_id
+    except APIStatusError as err:
+        return str(err.status_code)
+    except APITimeoutError:
+        return "timeout"
+    except APIConnectionError:
+        return "connection"
+    except ResponseValidationError as err:
+        return repr(err.body)
+    except (ConfigurationError, InvalidRecordingIdError):
+        return "config"
+    except VobizError:
+        return "other"
+    finally:
+        pass
+    return None
