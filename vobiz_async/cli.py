@@ -312,6 +312,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     from .testing import FakeVobiz
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vobiz-demo-"))
+    args.out = str(out)
     print(f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}")
     fake = FakeVobiz(
         recordings=args.count,
@@ -334,6 +335,18 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             if r.status is DownloadStatus.DOWNLOADED and r.sha256 != fake.sha256(r.recording_id)
         ]
         leaked = fake.stats.foreign_credentials_seen
+        retried = sum(1 for r in report.results if r.attempts > 1)
+        relabelled = sum(
+            1
+            for r in report.results
+            if r.container and r.container != fake.recordings[r.recording_id].recording_format
+        )
+        redirected = sum(1 for rid in fake.recording_ids if fake.recordings[rid].redirect_foreign)
+    print(
+        f"survived: {retried} transfers retried or resumed after injected faults, "
+        f"{relabelled} WAV files served as .mp3 saved as .wav, "
+        f"{redirected} redirects to a foreign storage host"
+    )
     with Manifest(out / MANIFEST_NAME) as manifest:
         problems = await asyncio.to_thread(verify_manifest, out, manifest)
     print(
