@@ -93,11 +93,9 @@ class Progress:
                 from rich.console import Console
                 from rich.progress import (
                     BarColumn,
-                    DownloadColumn,
                     MofNCompleteColumn,
                     TextColumn,
                     TimeRemainingColumn,
-                    TransferSpeedColumn,
                 )
                 from rich.progress import Progress as RichProgress
 
@@ -105,17 +103,19 @@ class Progress:
                     TextColumn("[bold]archiving"),
                     BarColumn(),
                     MofNCompleteColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
+                    TextColumn("{task.fields[size]}"),
+                    TextColumn("{task.fields[rate]}"),
+                    TextColumn("{task.fields[failed]}"),
                     TimeRemainingColumn(),
                     console=Console(file=self.out),
                 )
                 self._bar.start()
-                self._task = self._bar.add_task("files", total=None)
+                self._task = self._bar.add_task("files", total=None, size="", rate="", failed="")
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._bar is not None:
+            self._render_bar(time.monotonic())
             self._bar.stop()
 
     def set_total(self, total: int) -> None:
@@ -134,15 +134,26 @@ class Progress:
             self.failed += 1
         else:
             return
-        if self._bar is not None:
-            # rich's bar counts files as "completed"; bytes feed its speed column separately.
-            self._bar.update(self._task, completed=self.done + self.skipped + self.failed)
-            return
         now = time.monotonic()
+        if self._bar is not None:
+            if event.kind is not ProgressKind.BYTES or now - self._last_line >= 0.1:
+                self._last_line = now
+                self._render_bar(now)
+            return
         if now - self._last_line >= self.interval:
             self._last_line = now
             self.out.write(self.line() + "\n")
             self.out.flush()
+
+    def _render_bar(self, now: float) -> None:
+        rate = self.bytes / max(now - self.started, 1e-9)
+        self._bar.update(
+            self._task,
+            completed=self.done + self.skipped + self.failed,
+            size=_human_bytes(self.bytes),
+            rate=f"{_human_bytes(rate)}/s",
+            failed=f"[red]{self.failed} failed" if self.failed else "",
+        )
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
