@@ -8,10 +8,11 @@ Every HTTP request the library makes, API call or media download, goes through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -21,7 +22,6 @@ from yarl import URL
 from . import __version__
 from .errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     ConfigurationError,
     InvalidRecordingIdError,
@@ -31,8 +31,6 @@ from .protocol import (
     backoff_delay,
     decipher_response,
     is_retryable_status,
-    make_status_error,
-    parse_body,
     parse_retry_after,
     quote_path_segment,
 )
@@ -70,6 +68,19 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
     """`host` equals a pattern or is a subdomain of one (case-insensitive)."""
     host = host.lower().rstrip(".")
     return any(host == p or host.endswith("." + p) for p in patterns)
+
+
+@contextlib.contextmanager
+def _transport_errors(method: str, url: URL) -> Iterator[None]:
+    """Turn aiohttp's transport failures into the library's connection errors."""
+    try:
+        yield
+    except TimeoutError as err:
+        raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
+    except aiohttp.ClientError as err:
+        raise APIConnectionError(
+            f"{method} {url.host}{url.path} failed: {type(err).__name__}: {err}"
+        ) from err
 
 
 class AsyncSession:
@@ -203,7 +214,7 @@ class AsyncSession:
         if self.is_trusted(url):
             all_headers["X-Auth-ID"] = self.auth_id
             all_headers["X-Auth-Token"] = self._token.value
-        try:
+        with _transport_errors(method, url):
             return await self.http.request(
                 method,
                 url,
@@ -214,12 +225,6 @@ class AsyncSession:
                 timeout=client_timeout or self._media_timeout,
                 read_bufsize=read_bufsize,
             )
-        except TimeoutError as err:
-            raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
-        except aiohttp.ClientError as err:
-            raise APIConnectionError(
-                f"{method} {url.host}{url.path} failed: {type(err).__name__}: {err}"
-            ) from err
 
     def note_advisories(self, headers: Mapping[str, str], path: str) -> None:
         """Log `Deprecation` and `Sunset` headers once per distinct value."""
@@ -257,23 +262,14 @@ class AsyncSession:
                     method, url, params=params, json=json, client_timeout=timeout
                 )
                 async with resp:
-                    body = await resp.read()
+                    with _transport_errors(method, url):
+                        body = await resp.read()
             except APIConnectionError as err:
                 if last:
                     raise
                 delay = backoff_delay(attempt)
                 logger.debug("%s %s failed (%s); retrying in %.2fs", method, url.path, err, delay)
                 await asyncio.sleep(delay)
-                continue
-            except aiohttp.ClientError as err:  # the body broke off while reading it
-                if last:
-                    raise APIConnectionError(f"{method} {url.path}: {err}") from err
-                await asyncio.sleep(backoff_delay(attempt))
-                continue
-            except TimeoutError as err:
-                if last:
-                    raise APITimeoutError(f"{method} {url.path} timed out") from err
-                await asyncio.sleep(backoff_delay(attempt))
                 continue
             logger.debug(
                 "%s %s -> %d (attempt %d, %.3fs)",
@@ -291,8 +287,3 @@ class AsyncSession:
                 continue
             return decipher_response(resp.status, resp.headers, body)
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def status_error_from(resp: aiohttp.ClientResponse, body: bytes) -> APIStatusError:
-    """The typed error for a response already known to be a failure."""
-    return make_status_error(resp.status, resp.headers, parse_body(body), reason=resp.reason)
