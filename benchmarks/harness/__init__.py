@@ -1,0 +1,1 @@
+"""Benchmark harness for vobiz_async: data, servers, peers, measurement and reports."""

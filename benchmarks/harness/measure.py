@@ -1,0 +1,122 @@
+"""Run one peer as a child process and measure it from outside, then check its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.data import verify
+from harness.peers import Job, Peer
+
+UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class ChildStats:
+    exit_code: int
+    timed_out: bool
+    wall_s: float
+    user_s: float
+    sys_s: float
+    peak_rss_mb: float
+
+
+def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> ChildStats:
+    """Start `cmd`, reap it with wait4 to get its own CPU time and peak RSS."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        timed_out = not watchdog.is_alive()
+        watchdog.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ChildStats(
+        exit_code=proc.returncode,
+        timed_out=timed_out,
+        wall_s=wall,
+        user_s=usage.ru_utime,
+        sys_s=usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss * 1024 / 1e6,
+    )
+
+
+def peer_figures(stdout: Path) -> dict[str, Any]:
+    """The JSON line a Python peer prints last (its own transfer time), if any."""
+    lines = stdout.read_text(errors="replace").strip().splitlines()
+    if lines and lines[-1].startswith("{"):
+        return dict(json.loads(lines[-1]))
+    return {}
+
+
+def tail(path: Path, limit: int = 600) -> str:
+    return path.read_text(errors="replace")[-limit:].strip()
+
+
+def measure(peer: Peer, job: Job, timeout: float) -> dict[str, Any]:
+    """One measured run of `peer`: a record for the results file. Removes the output."""
+    job.scratch.mkdir(parents=True, exist_ok=True)
+    cmd = peer.command(job)
+    stdout, stderr = job.scratch / "stdout.txt", job.scratch / "stderr.txt"
+    stats = run_child(cmd, stdout, stderr, timeout)
+    figures = peer_figures(stdout)
+    record: dict[str, Any] = {
+        "workload": job.dataset.workload.name,
+        "storage": job.dataset.storage,
+        "peer": peer.name,
+        **asdict(stats),
+        "cpu_s": stats.user_s + stats.sys_s,
+        "transfer_s": figures.get("transfer_s"),
+    }
+    record.update({k: v for k, v in figures.items() if k in ("list_s", "download_s")})
+    if "unavailable" in figures:
+        record.update(status=UNAVAILABLE, note=figures["unavailable"])
+    else:
+        record.update(outcome(peer, job, stats, figures, stderr))
+        record.update(throughput(peer, job, stats.wall_s))
+    shutil.rmtree(job.out_dir, ignore_errors=True)
+    return record
+
+
+def throughput(peer: Peer, job: Job, wall_s: float) -> dict[str, Any]:
+    files = len(job.dataset.recordings)
+    bytes_ = job.dataset.total_bytes if peer.downloads else 0
+    return {
+        "files": files,
+        "bytes": bytes_,
+        "files_per_s": files / wall_s,
+        "mb_per_s": bytes_ / 1e6 / wall_s if peer.downloads else None,
+    }
+
+
+def outcome(
+    peer: Peer, job: Job, stats: ChildStats, figures: dict[str, Any], stderr: Path
+) -> dict[str, Any]:
+    """Status and evidence: exit code, then every output file's sha256 (or the item count)."""
+    if stats.timed_out:
+        return {"status": "timeout", "note": f"killed after the time limit; {tail(stderr)}"}
+    if peer.downloads:
+        check = verify(job.dataset, job.out_dir, peer.allowed_extra)
+        correct = check.ok
+        detail = f"missing {check.missing}, wrong {check.mismatched}, extra {check.extra[:5]}"
+    else:
+        correct = figures.get("items") == len(job.dataset.recordings)
+        detail = f"listed {figures.get('items')} of {len(job.dataset.recordings)}"
+    if stats.exit_code != 0:
+        return {
+            "status": "failed",
+            "correct": correct,
+            "note": f"exit {stats.exit_code}; {tail(stderr)}",
+        }
+    if not correct:
+        return {"status": "wrong output", "correct": False, "note": detail}
+    return {"status": "ok", "correct": True, "note": ""}

@@ -1,0 +1,197 @@
+"""Benchmark vobiz_async's bulk downloader against curl, aria2c, wget, httpx, naive aiohttp
+and vobiz-python on 127.0.0.1. Normally started by `benchmarks/run`, which installs nginx,
+curl, aria2, wget and the bench venv first. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.bench import Settings, run_workload
+from harness.data import BENCH_DIR, SMOKE_WORKLOADS, WORK_DIR, WORKLOADS, Workload
+from harness.measure import UNAVAILABLE
+from harness.peers import LIBRARY, Peer, download_peers, listing_peers
+from harness.report import add_run_ratios, chart, summarize, update_results_md, write_results
+from harness.services import media_server, nginx_binary, nginx_version, prepare_work_dirs
+
+SWEEP = [1, 4, 16, 32, 64]
+SMOKE_LATENCY_MS = 5.0
+RESULTS_DIR = BENCH_DIR / "results"
+PYTHON_PACKAGES = ("vobiz-async", "aiohttp", "httpx", "requests", "vobiz-python", "matplotlib")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long check, for CI")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per peer (default 3)")
+    parser.add_argument("--concurrency", type=int, default=16, help="transfers in flight")
+    parser.add_argument("--sweep", action="store_true", help=f"concurrency {SWEEP}")
+    parser.add_argument(
+        "--workload",
+        choices=[*WORKLOADS, "all"],
+        default="all",
+        help="small: 2,000 x 100 KiB; large: 100 x 10 MiB; mix: ~300 log-normal; "
+        "listing: 20,000 recordings at 50 ms API latency (default: all)",
+    )
+    parser.add_argument("--storage", choices=["tmpfs", "disk", "both"], default="tmpfs")
+    parser.add_argument("--latency", type=float, help="API latency in ms (listing: 50)")
+    parser.add_argument("--server", choices=["auto", "nginx", "aiohttp"], default="auto")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        metavar="SLUG",
+        help="run only these peers (repeatable): vobiz_async, curl, aria2c, wget, httpx, "
+        "aiohttp-naive, requests; listing: sequential, pager, list-then-download, pipelined",
+    )
+    parser.add_argument("--seed", type=int, default=5, help="seed of the peer order")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
+    return parser.parse_args()
+
+
+def tool_version(cmd: list[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).strip().splitlines()[0]
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(server: str) -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    nginx = nginx_binary()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "server": server,
+        "nginx": nginx_version(nginx) if nginx else None,
+        "curl": tool_version(["curl", "--version"]),
+        "aria2c": tool_version(["aria2c", "--version"]),
+        "wget": tool_version(["wget", "--version"]),
+        "packages": {name: package_version(name) for name in PYTHON_PACKAGES},
+    }
+
+
+def plan(args: argparse.Namespace) -> list[tuple[Workload, list[Peer]]]:
+    if args.smoke:
+        workloads = [
+            (SMOKE_WORKLOADS["smoke"], download_peers()),
+            (SMOKE_WORKLOADS["smoke-listing"], listing_peers()),
+        ]
+    else:
+        names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+        workloads = [
+            (WORKLOADS[name], listing_peers() if name == "listing" else download_peers())
+            for name in names
+        ]
+    chosen = set(args.peer or [])
+    return [
+        (workload, [peer for peer in peers if not chosen or peer.slug in chosen])
+        for workload, peers in workloads
+    ]
+
+
+def settings_for(args: argparse.Namespace, workload: Workload) -> Settings:
+    levels = SWEEP if args.sweep and "listing" not in workload.name else [args.concurrency]
+    return Settings(
+        reps=1 if args.smoke else args.reps,
+        levels=levels,
+        storages=["tmpfs", "disk"] if args.storage == "both" else [args.storage],
+        latency_ms=SMOKE_LATENCY_MS if args.smoke and args.latency is None else args.latency,
+        seed=args.seed,
+        timeout=60 if args.smoke else args.timeout,
+        scratch=WORK_DIR / "runs",
+        warmup=not args.smoke,
+    )
+
+
+def payload_for(
+    workload: Workload,
+    peers: list[Peer],
+    settings: Settings,
+    runs: list[dict[str, Any]],
+    machine: dict[str, Any],
+    peer_filter: list[str] | None,
+) -> dict[str, Any]:
+    add_run_ratios(runs)
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv[1:],
+        "workloads": {workload.name: workload.describe()},
+        "settings": {
+            "reps": settings.reps,
+            "concurrency": settings.levels,
+            "storages": settings.storages,
+            "latency_ms": {workload.name: settings.latency_for(workload) * 1000},
+            "seed": settings.seed,
+        },
+        "peer_filter": peer_filter,
+        "machine": machine,
+        "medians": summarize(runs, [peer.name for peer in peers]),
+        "runs": runs,
+    }
+
+
+def library_worked(runs: list[dict[str, Any]]) -> bool:
+    """Smoke verdict: every run of the library (downloads and listing modes) was correct."""
+    ours = [run for run in runs if LIBRARY in run["peer"]]
+    return bool(ours) and all(run["status"] == "ok" for run in ours)
+
+
+def main() -> int:
+    args = parse_args()
+    prepare_work_dirs()
+    results_dir = Path(tempfile.mkdtemp(prefix="vobiz-bench-smoke-")) if args.smoke else RESULTS_DIR
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    all_runs: list[dict[str, Any]] = []
+    with media_server(args.server) as (media_base, server):
+        machine = machine_info(server)
+        print(f"[bench] media server: {server} at {media_base}", flush=True)
+        for workload, peers in plan(args):
+            settings = settings_for(args, workload)
+            runs = run_workload(workload, peers, settings, media_base)
+            payload = payload_for(workload, peers, settings, runs, machine, args.peer)
+            write_results(results_dir / f"{stamp}-{workload.name}.json", payload)
+            all_runs += runs
+    results_md = results_dir / "RESULTS.md" if args.smoke else BENCH_DIR / "RESULTS.md"
+    update_results_md(results_md, results_dir)
+    drew = chart(results_dir, results_dir / "throughput.png")
+    print(
+        f"[bench] results in {results_dir}; {results_md}; chart {'written' if drew else 'skipped'}"
+    )
+    if not args.smoke:
+        return 0
+    unavailable = sorted({run["peer"] for run in all_runs if run["status"] == UNAVAILABLE})
+    print(f"[bench] smoke: unavailable peers: {', '.join(unavailable) or 'none'}")
+    worked = library_worked(all_runs)
+    print(f"[bench] smoke: library path {'works' if worked else 'FAILED or unavailable'}")
+    return 0 if worked else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
