@@ -284,6 +284,8 @@ class Downloader:
         self._manifest: Manifest | None = None
         self._claimed: set[str] = set()
         self._disk_full = False
+        #: Batch mode lists each destination folder once instead of a stat per file.
+        self._scans: dict[Path, set[str]] | None = None
 
     # -- batch ---------------------------------------------------------------------------
 
@@ -291,6 +293,7 @@ class Downloader:
         """Download every item of `source`, `concurrency` at a time, pipelined."""
         started = time.monotonic()
         self._prepare()
+        self._scans = {}
         results: list[DownloadResult | None] = []
         queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(self.concurrency * 2)
 
@@ -406,6 +409,19 @@ class Downloader:
             return self.dest / recording.add_time.strftime("%Y/%m/%d")
         return self.dest
 
+    def _exists(self, path: Path) -> bool:
+        """Whether `path` exists, from one listing of its folder per batch."""
+        if self._scans is None:
+            return path.exists()
+        names = self._scans.get(path.parent)
+        if names is None:
+            try:
+                names = set(os.listdir(path.parent))
+            except OSError:
+                names = set()
+            self._scans[path.parent] = names
+        return path.name in names
+
     def _already_done(
         self, recording_id: str, stem: str, recording: Recording | None
     ) -> DownloadResult | None:
@@ -430,8 +446,8 @@ class Downloader:
         fmt = recording.recording_format if recording else None
         for ext in dict.fromkeys(("mp3", "wav", file_extension(None, fmt))):
             path = directory / f"{stem}.{ext}"
-            with contextlib.suppress(OSError):
-                if path.is_file():
+            if self._exists(path):
+                with contextlib.suppress(OSError):
                     size = path.stat().st_size
                     return DownloadResult(
                         recording_id, DownloadStatus.SKIPPED, path=path, size=size
@@ -440,10 +456,13 @@ class Downloader:
 
     async def _transfer(self, recording: Recording, stem: str) -> DownloadResult:
         directory = self._directory(recording)
-        directory.mkdir(parents=True, exist_ok=True)
+        if self._scans is None or directory not in self._scans:
+            directory.mkdir(parents=True, exist_ok=True)
         state = _Transfer(recording, directory / f"{stem}.part", recording.recording_url)
-        await asyncio.to_thread(state.adopt_partial)
-        self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
+        if self._exists(state.part):
+            await asyncio.to_thread(state.adopt_partial)
+        if self._on_progress is not None:
+            self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
         attempts = 0
         while True:
             attempts += 1
@@ -519,8 +538,11 @@ class Downloader:
             expected = self._check_status(resp, state)
             etag = resp.headers.get("ETag")
             state.etag = etag if etag and not etag.startswith("W/") else None
-            state.remember_etag()
-            await self._stream(resp, state, expected)
+            try:
+                await self._stream(resp, state, expected)
+            except BaseException:
+                state.remember_etag()  # so a later run can resume this .part with If-Range
+                raise
 
     async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """GET `url`, following up to MAX_REDIRECTS redirects with a fresh trust decision
@@ -572,15 +594,19 @@ class Downloader:
     ) -> None:
         recording_id = state.recording.recording_id
         received = 0
+        progress = self._on_progress is not None
         try:
+            # Writing and hashing in the loop measured faster than a writer thread (see
+            # benchmarks/RESULTS.md): the second core is busy with the kernel's copies.
             with state.part.open("ab" if state.offset else "wb") as file:
                 async for chunk in resp.content.iter_chunked(self.chunk_size):
                     file.write(chunk)
                     state.absorb(chunk)
                     received += len(chunk)
-                    self._emit(
-                        ProgressEvent(ProgressKind.BYTES, recording_id, len(chunk), expected)
-                    )
+                    if progress:
+                        self._emit(
+                            ProgressEvent(ProgressKind.BYTES, recording_id, len(chunk), expected)
+                        )
         except OSError as err:
             state.restart()  # the part file's tail is unknown now
             raise _disk_error(err, state.part) from err

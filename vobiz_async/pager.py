@@ -1,7 +1,7 @@
 """`AsyncPager`: await it for the first page, `async for` it for every recording.
 
 Vobiz paginates by offset. Once the first page tells `total_count`, the remaining pages are
-fetched a few at a time concurrently and still yielded in order, so listing 20,000
+fetched several at a time concurrently and still yielded in order, so listing 20,000
 recordings costs about 200 / `concurrency` round trips, not 200. Offsets shift when
 recordings arrive during a listing, so items are de-duplicated by `recording_id`.
 """

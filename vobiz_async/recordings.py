@@ -80,7 +80,7 @@ class Recordings:
         offset: int | None = None,
         call_uuid: str | None = None,
         recording_type: str | None = None,
-        page_concurrency: int = 4,
+        page_concurrency: int = 8,
         **filters: object,
     ) -> AsyncPager:
         """A pager: `await` it for the first `Page`, `async for` it for every `Recording`.
