@@ -80,18 +80,29 @@ class DownloadStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+def _optional_str(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
 @attrs.frozen
 class DownloadResult:
     """The outcome for one input item."""
 
     recording_id: str
     status: DownloadStatus
-    path: Path | None = None
+    # Kept as a string: a batch of 100,000 results holds 100,000 of these, and a Path costs
+    # several times the memory of its string. `path` gives the Path.
+    _path: str | None = attrs.field(default=None, converter=_optional_str)
     size: int = 0
     sha256: str | None = None
     container: str | None = None
     attempts: int = 0
     error: VobizError | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """Where the recording is on disk (downloaded or skipped), else None."""
+        return None if self._path is None else Path(self._path)
 
     @property
     def ok(self) -> bool:
@@ -286,6 +297,7 @@ class Downloader:
         self._disk_full = False
         #: Batch mode lists each destination folder once instead of a stat per file.
         self._scans: dict[Path, set[str]] | None = None
+        self._made_dirs: set[Path] = set()
 
     # -- batch ---------------------------------------------------------------------------
 
@@ -299,9 +311,7 @@ class Downloader:
 
         async def produce() -> None:
             async with contextlib.aclosing(_iterate(source)) as items:
-                async for item in items:
-                    if self._disk_full:
-                        break
+                async for item in items:  # after a full disk, items fail at once
                     results.append(None)
                     await queue.put((len(results) - 1, item))
             for _ in range(self.concurrency):
@@ -456,8 +466,9 @@ class Downloader:
 
     async def _transfer(self, recording: Recording, stem: str) -> DownloadResult:
         directory = self._directory(recording)
-        if self._scans is None or directory not in self._scans:
+        if directory not in self._made_dirs:
             directory.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(directory)
         state = _Transfer(recording, directory / f"{stem}.part", recording.recording_url)
         if self._exists(state.part):
             await asyncio.to_thread(state.adopt_partial)
@@ -541,7 +552,7 @@ class Downloader:
             try:
                 await self._stream(resp, state, expected)
             except BaseException:
-                state.remember_etag()  # so a later run can resume this .part with If-Range
+                state.remember_etag()  # so a later run resumes this .part with If-Range
                 raise
 
     async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
@@ -599,6 +610,8 @@ class Downloader:
             # Writing and hashing in the loop measured faster than a writer thread (see
             # benchmarks/RESULTS.md): the second core is busy with the kernel's copies.
             with state.part.open("ab" if state.offset else "wb") as file:
+                if expected is None or expected > self.chunk_size:
+                    state.remember_etag()  # survives even a kill -9 mid-transfer
                 async for chunk in resp.content.iter_chunked(self.chunk_size):
                     file.write(chunk)
                     state.absorb(chunk)
@@ -607,12 +620,13 @@ class Downloader:
                         self._emit(
                             ProgressEvent(ProgressKind.BYTES, recording_id, len(chunk), expected)
                         )
+        except (aiohttp.ClientError, TimeoutError) as err:
+            # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
+            message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
+            raise _Retryable(APIConnectionError(message)) from err
         except OSError as err:
             state.restart()  # the part file's tail is unknown now
             raise _disk_error(err, state.part) from err
-        except (aiohttp.ClientError, TimeoutError) as err:
-            message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
-            raise _Retryable(APIConnectionError(message)) from err
         if expected is not None and received != expected:
             raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
 
