@@ -245,7 +245,10 @@ async def cmd_delete(args: argparse.Namespace) -> int:
 def _read_ids(args: argparse.Namespace) -> list[str] | None:
     ids = list(args.ids or [])
     if args.ids_file:
-        text = sys.stdin.read() if args.ids_file == "-" else Path(args.ids_file).read_text()
+        try:
+            text = sys.stdin.read() if args.ids_file == "-" else Path(args.ids_file).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read ids file {args.ids_file}: {err}") from None
         ids += [line.strip() for line in text.splitlines() if line.strip()]
     return ids if (args.ids or args.ids_file) else None
 
@@ -393,14 +396,23 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--auth-id", default=None, help="default: $VOBIZ_AUTH_ID")
-    common.add_argument("--auth-token", default=None, help="default: $VOBIZ_AUTH_TOKEN")
-    common.add_argument("--base-url", default=None, help="default: $VOBIZ_BASE_URL or Vobiz")
-    common.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+    def shared_options(defaults: bool) -> argparse.ArgumentParser:
+        # Accepted before or after the command. Only the top level sets defaults: with
+        # defaults on both, a command's would silently replace what came before it.
+        options = argparse.ArgumentParser(add_help=False)
+        if not defaults:
+            options.argument_default = argparse.SUPPRESS
+        options.add_argument("--auth-id", help="default: $VOBIZ_AUTH_ID")
+        options.add_argument("--auth-token", help="default: $VOBIZ_AUTH_TOKEN")
+        options.add_argument("--base-url", help="default: $VOBIZ_BASE_URL or Vobiz")
+        options.add_argument("--debug", action="store_true", help="debug logs and tracebacks")
+        return options
 
+    common = shared_options(defaults=False)
     parser = argparse.ArgumentParser(
-        prog="vobiz-recordings", description=__doc__.splitlines()[0], parents=[common]
+        prog="vobiz-recordings",
+        description=__doc__.splitlines()[0],
+        parents=[shared_options(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
