@@ -50,7 +50,6 @@ from vobiz_async import (
 )
 from vobiz_async.testing import FakeVobiz, RequestRecord
 
-ENV_VARS = ("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN", "VOBIZ_BASE_URL")
 FINAL_SUFFIXES = (".mp3", ".wav")
 
 
@@ -224,22 +223,10 @@ class Scripted:
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture(name="fake")
 async def _fake() -> AsyncIterator[FakeVobiz]:
     async with FakeVobiz(recordings=0, seed=0) as fake:
         yield fake
-
-
-@pytest.fixture(name="session")
-async def _session(fake: FakeVobiz) -> AsyncIterator[AsyncSession]:
-    async with AsyncSession(**fake.session_kwargs()) as session:
-        yield session
 
 
 @pytest.fixture(name="dest")

@@ -18,12 +18,6 @@ from vobiz_async import (
 from vobiz_async.testing import FakeVobiz
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN", "VOBIZ_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture(name="fake")
 async def _fake() -> AsyncIterator[FakeVobiz]:
     async with FakeVobiz(recordings=57, seed=0) as fake:

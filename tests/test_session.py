@@ -36,25 +36,11 @@ from vobiz_async import (
 )
 from vobiz_async.testing import FakeVobiz
 
-ENV_VARS = ("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN", "VOBIZ_BASE_URL")
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-
 
 @pytest.fixture(name="fake")
 async def _fake() -> AsyncIterator[FakeVobiz]:
     async with FakeVobiz(recordings=57, seed=0) as fake:
         yield fake
-
-
-@pytest.fixture(name="session")
-async def _session(fake: FakeVobiz) -> AsyncIterator[AsyncSession]:
-    async with AsyncSession(**fake.session_kwargs()) as session:
-        yield session
 
 
 @pytest.fixture(name="sleeps")

@@ -1,0 +1,25 @@
+"""Fixtures shared by the test modules; each module brings its own `fake` (sizes differ)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from vobiz_async import AsyncSession
+from vobiz_async.testing import FakeVobiz
+
+ENV_VARS = ("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN", "VOBIZ_BASE_URL")
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own Vobiz credentials."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(name="session")
+async def _session(fake: FakeVobiz) -> AsyncIterator[AsyncSession]:
+    async with AsyncSession(**fake.session_kwargs()) as session:
+        yield session
