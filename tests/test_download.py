@@ -1158,6 +1158,39 @@ async def test_duplicate_input_downloaded_once(
     assert tree(dest) == {f"{rid}.mp3"}
 
 
+async def test_repeated_input_after_completion_is_skipped(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """A recording repeated after its first copy finished is skipped, not fetched again."""
+    (rid,) = add(fake)
+    rec = recording(fake, rid)
+
+    report = await session.recordings.download_many([rec, rec], dest, concurrency=1)
+
+    assert [r.status for r in report.results] == [
+        DownloadStatus.DOWNLOADED,
+        DownloadStatus.SKIPPED,
+    ]
+    assert len(media(fake)) == 1
+
+
+async def test_refresh_of_stale_url_that_fails_keeps_attempts(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """When the refreshing get() fails too, the item fails with that error and its attempts."""
+    (rid,) = add(fake)
+    rec = recording(fake, rid)
+    fake.media_fault(rid, "expired")
+    fake.api_fault("get", 404)
+
+    result = await session.recordings.download(rec, dest)
+
+    assert result.status is DownloadStatus.FAILED
+    assert isinstance(result.error, NotFoundError)
+    assert result.attempts == 1
+    assert tree(dest) == set()
+
+
 async def test_source_error_propagates(fake: FakeVobiz, session: AsyncSession, dest: Path) -> None:
     """An AuthenticationError from the pager propagates from download_many."""
     add(fake, 3)

@@ -484,7 +484,10 @@ class Downloader:
                 if state.refreshed:
                     return self._failed(recording, attempts, stale.error)
                 state.refreshed = True
-                fresh = await self._session.recordings.get(recording.recording_id)
+                try:
+                    fresh = await self._session.recordings.get(recording.recording_id)
+                except VobizError as err:
+                    return self._failed(recording, attempts, err)
                 state.url = fresh.recording_url
             except _Retryable as err:
                 if attempts >= self.max_attempts:
@@ -510,6 +513,8 @@ class Downloader:
         if self.fsync:
             await asyncio.to_thread(_fsync_path, state.part)
         os.replace(state.part, final)
+        if self._scans is not None and directory in self._scans:
+            self._scans[directory].add(final.name)  # a repeated id later in the batch skips
         if self.fsync:
             await asyncio.to_thread(_fsync_path, directory)
         digest = state.hasher.hexdigest()
