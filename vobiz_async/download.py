@@ -567,6 +567,8 @@ class Downloader:
             resp = await self._session._send(
                 "GET", url, headers=headers, read_bufsize=self.chunk_size
             )
+            # Host and path only: a signed URL's query is a credential of its own.
+            logger.debug("GET %s%s -> %d", url.host, url.path, resp.status)
             if resp.status not in _REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
