@@ -9,6 +9,9 @@ import pytest
 from vobiz_async import AsyncSession
 from vobiz_async.testing import FakeVobiz
 
+# The opt-in plugin users get; loading it here also tests it (tests/test_pytest_plugin.py).
+pytest_plugins = ["vobiz_async.pytest_plugin"]
+
 ENV_VARS = ("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN", "VOBIZ_BASE_URL")
 
 

@@ -55,7 +55,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, TypedDict, get_args
 from urllib.parse import quote, urlencode
 
 import attrs
@@ -72,7 +72,17 @@ __all__ = [
     "FakeVobiz",
     "MediaFaultKind",
     "RequestRecord",
+    "SessionKwargs",
 ]
+
+
+class SessionKwargs(TypedDict):
+    """What `FakeVobiz.session_kwargs` returns: `AsyncSession(**kwargs)` connects to the fake."""
+
+    auth_id: str
+    auth_token: str
+    base_url: str
+
 
 DEFAULT_AUTH_ID: Final = "MA_FAKE00000000000000"
 DEFAULT_AUTH_TOKEN: Final = "fake-token-not-a-secret-0123456789"  # noqa: S105 - a public fixture
@@ -720,7 +730,7 @@ class FakeVobiz:
             raise RuntimeError("FakeVobiz is not started")
         return f"http://localhost:{self._foreign_port}/"
 
-    def session_kwargs(self) -> dict[str, str]:
+    def session_kwargs(self) -> SessionKwargs:
         """Return ``auth_id``, ``auth_token`` and ``base_url`` for ``AsyncSession(**...)``."""
         return {"auth_id": self.auth_id, "auth_token": self.auth_token, "base_url": self.base_url}
 
