@@ -419,18 +419,18 @@ class Downloader:
             return self.dest / recording.add_time.strftime("%Y/%m/%d")
         return self.dest
 
-    def _exists(self, path: Path) -> bool:
-        """Whether `path` exists, from one listing of its folder per batch."""
+    def _exists(self, directory: Path, name: str) -> bool:
+        """Whether `directory/name` exists, from one listing of the folder per batch."""
         if self._scans is None:
-            return path.exists()
-        names = self._scans.get(path.parent)
+            return (directory / name).exists()
+        names = self._scans.get(directory)
         if names is None:
             try:
-                names = set(os.listdir(path.parent))
+                names = set(os.listdir(directory))
             except OSError:
                 names = set()
-            self._scans[path.parent] = names
-        return path.name in names
+            self._scans[directory] = names
+        return name in names
 
     def _already_done(
         self, recording_id: str, stem: str, recording: Recording | None
@@ -455,8 +455,8 @@ class Downloader:
         directory = self._directory(recording)
         fmt = recording.recording_format if recording else None
         for ext in dict.fromkeys(("mp3", "wav", file_extension(None, fmt))):
-            path = directory / f"{stem}.{ext}"
-            if self._exists(path):
+            if self._exists(directory, f"{stem}.{ext}"):
+                path = directory / f"{stem}.{ext}"
                 with contextlib.suppress(OSError):
                     size = path.stat().st_size
                     return DownloadResult(
@@ -470,7 +470,7 @@ class Downloader:
             directory.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(directory)
         state = _Transfer(recording, directory / f"{stem}.part", recording.recording_url)
-        if self._exists(state.part):
+        if self._exists(directory, state.part.name):
             await asyncio.to_thread(state.adopt_partial)
         if self._on_progress is not None:
             self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
@@ -509,19 +509,20 @@ class Downloader:
     ) -> DownloadResult:
         recording = state.recording
         container = sniff_container(state.head)
-        final = directory / f"{stem}.{file_extension(container, recording.recording_format)}"
+        name = f"{stem}.{file_extension(container, recording.recording_format)}"
+        final = directory / name
         if self.fsync:
             await asyncio.to_thread(_fsync_path, state.part)
         os.replace(state.part, final)
         if self._scans is not None and directory in self._scans:
-            self._scans[directory].add(final.name)  # a repeated id later in the batch skips
+            self._scans[directory].add(name)  # a repeated id later in the batch skips
         if self.fsync:
             await asyncio.to_thread(_fsync_path, directory)
         digest = state.hasher.hexdigest()
         if self._manifest is not None:
             self._manifest.record(
                 recording.recording_id,
-                final.relative_to(self.dest).as_posix(),
+                name if directory is self.dest else final.relative_to(self.dest).as_posix(),
                 size=state.offset,
                 sha256=digest,
                 container=container,
