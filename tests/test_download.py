@@ -154,6 +154,10 @@ class Scripted:
         self.app.router.add_get("/loop", self._loop)
         self.app.router.add_get("/stall.mp3", self._stall)
         self.app.router.add_get("/reset.mp3", self._reset)
+        self.app.router.add_get("/plain.mp3", self._plain)
+        self.app.router.add_get("/short206.mp3", self._short206)
+        self.app.router.add_get("/etag206.mp3", self._etag206)
+        self.credentials_seen = 0
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.25)
         self.port = 0
         self.tls_port = 0
@@ -191,6 +195,53 @@ class Scripted:
 
     async def _reset(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "reset")
+
+    async def _plain(self, request: web.Request) -> web.StreamResponse:
+        """The whole body; counts requests that arrive with Vobiz credentials."""
+        if "X-Auth-ID" in request.headers or "X-Auth-Token" in request.headers:
+            self.credentials_seen += 1
+        return web.Response(body=self.body, content_type="audio/mpeg")
+
+    async def _short206(self, request: web.Request) -> web.StreamResponse:
+        """Drops the first body halfway; answers the first resume with only 10 bytes."""
+        self.hits["short206"] += 1
+        range_header = request.headers.get("Range")
+        self.ranges.append(range_header)
+        body, half = self.body, len(self.body) // 2
+        if self.hits["short206"] == 2 and range_header:
+            start = int(range_header.removeprefix("bytes=").rstrip("-"))
+            headers = {"Content-Range": f"bytes {start}-{start + 9}/{len(body)}"}
+            return web.Response(status=206, body=body[start : start + 10], headers=headers)
+        if self.hits["short206"] == 1:
+            return await self._drop_halfway(request, body, half, {})
+        start = int(range_header.removeprefix("bytes=").rstrip("-")) if range_header else 0
+        headers = {"Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"}
+        return web.Response(status=206 if start else 200, body=body[start:], headers=headers)
+
+    async def _etag206(self, request: web.Request) -> web.StreamResponse:
+        """ETag "a" and a drop halfway, then a 206 under ETag "b" that ignores If-Range."""
+        self.hits["etag206"] += 1
+        range_header = request.headers.get("Range")
+        self.ranges.append(range_header)
+        body = self.body
+        if self.hits["etag206"] == 1:
+            return await self._drop_halfway(request, body, len(body) // 2, {"ETag": '"a"'})
+        start = int(range_header.removeprefix("bytes=").rstrip("-")) if range_header else 0
+        headers = {"ETag": '"b"'}
+        if start:
+            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+        return web.Response(status=206 if start else 200, body=body[start:], headers=headers)
+
+    async def _drop_halfway(
+        self, request: web.Request, body: bytes, half: int, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=headers)
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:half])
+        assert request.transport is not None
+        request.transport.close()
+        return resp
 
     async def _serve(self, request: web.Request, name: str) -> web.StreamResponse:
         """Serve `body` with Range support; the first response misbehaves as `name` says."""
@@ -1449,3 +1500,81 @@ async def test_full_disk_stops_new_transfers(
     for result in report.downloaded:
         assert_verified(fake, result)
     assert_no_partial_finals(fake, small_disk)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+async def test_no_credentials_to_another_port_on_the_api_host(
+    fake: FakeVobiz, session: AsyncSession, scripted: Scripted, dest: Path
+) -> None:
+    """Same host as the API but another port is another origin: it gets no credentials."""
+    rid = fake.add_recording(recording_url=scripted.url("/plain.mp3")).recording_id
+
+    result = await session.recordings.download(recording(fake, rid), dest)
+
+    assert result.status is DownloadStatus.DOWNLOADED, repr(result.error)
+    assert scripted.credentials_seen == 0
+
+
+async def test_trusted_hosts_option_reaches_the_downloader(
+    fake: FakeVobiz, session: AsyncSession, scripted: Scripted, dest: Path
+) -> None:
+    """download_many(trusted_hosts=...) replaces the session's domains for media requests."""
+    rid = fake.add_recording(recording_url=scripted.url("/plain.mp3")).recording_id
+
+    report = await session.recordings.download_many(
+        [recording(fake, rid)], dest, trusted_hosts=["example.invalid"]
+    )
+
+    assert report.ok
+    assert scripted.credentials_seen == 0
+
+
+async def test_short_206_is_resumed_not_finished(
+    fake: FakeVobiz, session: AsyncSession, scripted: Scripted, dest: Path
+) -> None:
+    """A 206 that stops before the end of the file is resumed, never renamed short."""
+    rid = fake.add_recording(recording_url=scripted.url("/short206.mp3")).recording_id
+
+    result = await session.recordings.download(recording(fake, rid), dest)
+
+    assert result.status is DownloadStatus.DOWNLOADED, repr(result.error)
+    assert result.path is not None
+    assert result.path.read_bytes() == scripted.body
+    assert result.attempts == 3
+    half = len(scripted.body) // 2
+    assert scripted.ranges == [None, f"bytes={half}-", f"bytes={half + 10}-"]
+
+
+async def test_206_under_a_new_etag_restarts(
+    fake: FakeVobiz, session: AsyncSession, scripted: Scripted, dest: Path
+) -> None:
+    """A resume answered under a different ETag (If-Range ignored) starts over from zero."""
+    rid = fake.add_recording(recording_url=scripted.url("/etag206.mp3")).recording_id
+
+    result = await session.recordings.download(recording(fake, rid), dest)
+
+    assert result.status is DownloadStatus.DOWNLOADED, repr(result.error)
+    assert result.path is not None
+    assert result.path.read_bytes() == scripted.body
+    assert scripted.ranges == [None, f"bytes={len(scripted.body) // 2}-", None]
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http:///no-host.mp3"])
+async def test_malformed_url_fails_only_its_item(
+    fake: FakeVobiz, session: AsyncSession, dest: Path, url: str
+) -> None:
+    """A recording URL that does not parse fails that item; the rest of the batch lands."""
+    bad = fake.add_recording(recording_url=url).recording_id
+    (good,) = add(fake)
+
+    report = await session.recordings.download_many(
+        [recording(fake, bad), recording(fake, good)], dest
+    )
+
+    assert [r.status for r in report.results] == [
+        DownloadStatus.FAILED,
+        DownloadStatus.DOWNLOADED,
+    ]
+    assert isinstance(report.results[0].error, UnsafeURLError)

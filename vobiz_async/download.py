@@ -209,6 +209,8 @@ class _Transfer:
     part: Path
     url: str
     offset: int = 0
+    #: The full size, once a response has told it.
+    total: int | None = None
     etag: str | None = None
     head: bytes = b""
     hasher: hashlib._Hash = attrs.field(factory=hashlib.sha256)
@@ -216,6 +218,7 @@ class _Transfer:
 
     def restart(self) -> None:
         self.offset = 0
+        self.total = None
         self.etag = None
         self.head = b""
         self.hasher = hashlib.sha256()
@@ -275,6 +278,7 @@ class Downloader:
         manifest: str | os.PathLike[str] | Manifest | None = None,
         layout: Layout = "flat",
         chunk_size: int = CHUNK_SIZE,
+        trusted_hosts: Iterable[str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -290,6 +294,8 @@ class Downloader:
         self.fsync = fsync
         self.layout = layout
         self.chunk_size = chunk_size
+        #: Domains whose https hosts receive credentials; None means the session's.
+        self.trusted_hosts = None if trusted_hosts is None else frozenset(trusted_hosts)
         self._on_progress = on_progress
         self._manifest_arg = manifest
         self._manifest: Manifest | None = None
@@ -548,25 +554,34 @@ class Downloader:
             if state.etag:
                 headers["If-Range"] = state.etag
         try:
-            resp = await self._get(URL(state.url, encoded=True), headers)
+            url = URL(state.url, encoded=True)
+        except ValueError:
+            raise UnsafeURLError("malformed recording URL") from None
+        try:
+            resp = await self._get(url, headers)
         except APIConnectionError as err:
             raise _Retryable(err) from err
         async with resp:
             expected = self._check_status(resp, state)
-            etag = resp.headers.get("ETag")
-            state.etag = etag if etag and not etag.startswith("W/") else None
             try:
                 await self._stream(resp, state, expected)
             except BaseException:
                 state.remember_etag()  # so a later run resumes this .part with If-Range
                 raise
+        if state.total is not None and state.offset != state.total:
+            # A 206 that ended before the end of the file: ask for the rest.
+            raise _Retryable(IntegrityError(f"have {state.offset} of {state.total} bytes"))
 
     async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """GET `url`, following up to MAX_REDIRECTS redirects with a fresh trust decision
         for every hop (the session's `_send` attaches credentials only to trusted hosts)."""
         for _ in range(MAX_REDIRECTS + 1):
             resp = await self._session._send(
-                "GET", url, headers=headers, read_bufsize=self.chunk_size
+                "GET",
+                url,
+                headers=headers,
+                read_bufsize=self.chunk_size,
+                trusted_hosts=self.trusted_hosts,
             )
             # Host and path only: a signed URL's query is a credential of its own.
             logger.debug("GET %s%s -> %d", url.host, url.path, resp.status)
@@ -576,7 +591,10 @@ class Downloader:
             resp.release()
             if not location:
                 raise UnsafeURLError(f"redirect {resp.status} without a Location header")
-            target = url.join(URL(location, encoded=True))
+            try:
+                target = url.join(URL(location, encoded=True))
+            except ValueError:
+                raise UnsafeURLError("malformed redirect Location") from None
             if target.scheme not in ("http", "https"):
                 raise UnsafeURLError(f"refusing a redirect to a non-HTTP URL ({target.scheme}:)")
             if url.scheme == "https" and target.scheme == "http":
@@ -585,11 +603,19 @@ class Downloader:
         raise UnsafeURLError(f"more than {MAX_REDIRECTS} redirects")
 
     def _check_status(self, resp: aiohttp.ClientResponse, state: _Transfer) -> int | None:
-        """The number of body bytes to expect, or raise what the status means."""
+        """The number of body bytes to expect, or raise what the status means.
+
+        Also keeps the transfer's ETag and total size: a resumed range must come from the
+        same version of the file, or the transfer starts over.
+        """
+        etag = resp.headers.get("ETag")
+        etag = etag if etag and not etag.startswith("W/") else None
         if resp.status == 200:
             state.restart()  # a full body, whether or not we asked for a range
+            state.etag = etag
             if resp.headers.get("Content-Encoding", "identity") != "identity":
                 return None  # the length is of the encoded body; aiohttp checks that itself
+            state.total = resp.content_length
             return resp.content_length
         if resp.status == 206:
             content_range = parse_content_range(resp.headers.get("Content-Range"))
@@ -597,7 +623,16 @@ class Downloader:
                 state.restart()
                 got = resp.headers.get("Content-Range")
                 raise _Retryable(IntegrityError(f"unexpected Content-Range {got!r}"))
-            return content_range[1] - content_range[0] + 1
+            start, end, total = content_range
+            changed = (state.etag is not None and etag is not None and etag != state.etag) or (
+                state.total is not None and total is not None and total != state.total
+            )
+            if changed:
+                state.restart()
+                raise _Retryable(IntegrityError("the recording changed during resume"))
+            state.etag = etag or state.etag
+            state.total = total if total is not None else state.total
+            return end - start + 1
         if resp.status == 416:
             state.restart()
             raise _Retryable(IntegrityError("the server refused the resume range (416)"))

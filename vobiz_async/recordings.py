@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -199,6 +199,7 @@ class Recordings:
         max_attempts: int = 5,
         fsync: bool = False,
         layout: Layout = "flat",
+        trusted_hosts: Iterable[str] | None = None,
     ) -> DownloadReport:
         """Download every recording of `source` into `dest`, `concurrency` at a time.
 
@@ -217,5 +218,6 @@ class Recordings:
             max_attempts=max_attempts,
             fsync=fsync,
             layout=layout,
+            trusted_hosts=trusted_hosts,
         )
         return await downloader.run(source)

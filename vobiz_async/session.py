@@ -75,6 +75,8 @@ def _transport_errors(method: str, url: URL) -> Iterator[None]:
     """Turn aiohttp's transport failures into the library's connection errors."""
     try:
         yield
+    except aiohttp.InvalidURL as err:  # before ClientError: retrying cannot fix a bad URL
+        raise UnsafeURLError(f"{method}: malformed URL for {url.host}") from err
     except TimeoutError as err:
         raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
     except aiohttp.ClientError as err:
@@ -124,9 +126,9 @@ class AsyncSession:
         )
         self.max_retries = max_retries
         self.timeout = timeout
-        self.trusted_hosts = frozenset(
-            [self.base_url.host or "", *(h.lower().strip(".") for h in trusted_hosts)]
-        )
+        #: Domains (and their subdomains) that receive credentials over https, besides the
+        #: API's own origin.
+        self.trusted_hosts = frozenset(h.lower().strip(".") for h in trusted_hosts)
         self.max_connections = max_connections
         self._media_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
@@ -185,12 +187,17 @@ class AsyncSession:
         path = "/".join(["Account", self._account_segment, *segments])
         return self.base_url.join(URL(path + "/", encoded=True))
 
-    def is_trusted(self, url: URL) -> bool:
-        """Credentials may go to `url`: an https Vobiz host, or the configured API host."""
-        host = (url.host or "").lower()
-        if url.scheme == "http" and not (host == self.base_url.host and _is_loopback(host)):
-            return False
-        return host_matches(host, self.trusted_hosts)
+    def is_trusted(self, url: URL, trusted_hosts: Iterable[str] | None = None) -> bool:
+        """Credentials may go to `url`: the API's exact origin (scheme, host and port), or
+        an https URL on a trusted domain (`trusted_hosts`, default the session's)."""
+        if (url.scheme, url.host, url.port) == (
+            self.base_url.scheme,
+            self.base_url.host,
+            self.base_url.port,
+        ):
+            return True
+        patterns = self.trusted_hosts if trusted_hosts is None else trusted_hosts
+        return url.scheme == "https" and host_matches(url.host or "", patterns)
 
     async def _send(
         self,
@@ -202,6 +209,7 @@ class AsyncSession:
         headers: Mapping[str, str] | None = None,
         client_timeout: aiohttp.ClientTimeout | None = None,
         read_bufsize: int | None = None,
+        trusted_hosts: Iterable[str] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send one request without following redirects; the caller releases the response.
 
@@ -211,7 +219,7 @@ class AsyncSession:
         if url.scheme not in ("http", "https") or not url.host:
             raise UnsafeURLError(f"refusing to fetch a non-HTTP URL ({url.scheme or 'no'} scheme)")
         all_headers = dict(headers or {})
-        if self.is_trusted(url):
+        if self.is_trusted(url, trusted_hosts):
             all_headers["X-Auth-ID"] = self.auth_id
             all_headers["X-Auth-Token"] = self._token.value
         with _transport_errors(method, url):
