@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from vobiz_async import (
     AsyncSession,
@@ -16,6 +18,27 @@ from vobiz_async import (
     ServerError,
 )
 from vobiz_async.testing import FakeVobiz
+
+#: One recording in the API's wire form, for hand-written servers.
+WIRE = {
+    "recording_id": "r0",
+    "call_uuid": "c0",
+    "recording_url": "https://media.vobiz.ai/r0.mp3",
+    "recording_format": "mp3",
+    "recording_type": "call",
+    "add_time": "2026-05-07 09:45:35.79276+05:30",
+    "recording_duration_ms": "7880.00000",
+    "recording_start_ms": None,
+    "recording_end_ms": None,
+    "rounded_recording_duration": 60,
+    "from_number": "+918000000000",
+    "to_number": "918000000001",
+    "conference_name": None,
+    "recording_storage_duration": 3,
+    "recording_storage_rate": 0.004,
+    "monthly_recording_storage_amount": 0,
+    "resource_uri": "/v1/Account/MA_X/Recording/r0/",
+}
 
 
 @pytest.fixture(name="fake")
@@ -104,14 +127,50 @@ async def test_default_page_size_walk(fake: FakeVobiz, session: AsyncSession) ->
     assert ids == fake.recording_ids
 
 
-async def test_large_pages_after_the_first() -> None:
-    """Without a limit, follow-up pages use the maximum size: 250 recordings in 4 requests."""
-    async with FakeVobiz(recordings=250, seed=3) as fake:
+async def test_default_page_size_is_the_servers() -> None:
+    """Without a limit, pages keep the server's default size and still overlap."""
+    async with FakeVobiz(recordings=250, seed=3, latency=0.02) as fake:
         async with AsyncSession(**fake.session_kwargs()) as session:
             ids = [rec.recording_id async for rec in session.recordings.list()]
 
         assert ids == fake.recording_ids
-        assert len(list_queries(fake)) == 4
+        assert len(list_queries(fake)) == 13
+        assert fake.stats.api_in_flight_max > 1
+
+
+async def test_clamped_page_size_is_replanned_concurrently() -> None:
+    """When the server caps the page size, the rest is planned at that size, in parallel."""
+    async with FakeVobiz(recordings=100, seed=3, latency=0.02, max_limit=20) as fake:
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            ids = [rec.recording_id async for rec in session.recordings.list(limit=100)]
+
+        assert ids == fake.recording_ids
+        assert len(list_queries(fake)) == 5
+        assert fake.stats.api_in_flight_max > 1
+
+
+async def test_filters_kept_when_next_omits_them() -> None:
+    """Later pages keep the caller's filters even if meta.next's query leaves them out."""
+    queries: list[dict[str, str]] = []
+
+    async def listing(request: web.Request) -> web.Response:
+        queries.append(dict(request.query))
+        offset = int(request.query.get("offset", 0))
+        next_ref = None if offset else "/v1/Account/MA_X/Recording/?limit=1&offset=1"
+        wire = {**WIRE, "recording_id": f"r{offset}"}
+        meta = {"limit": 1, "offset": offset, "total_count": 2, "next": next_ref}
+        return web.json_response({"api_id": "a", "meta": meta, "objects": [wire]})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/Account/MA_X/Recording/", listing)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base_url = str(server.make_url("/api/v1/"))
+        async with AsyncSession("MA_X", "token", base_url=base_url) as session:
+            pager = session.recordings.list(limit=1, recording_type="call")
+            ids = [rec.recording_id async for rec in pager]
+
+    assert ids == ["r0", "r1"]
+    assert [q.get("recording_type") for q in queries] == ["call", "call"]
 
 
 async def test_server_clamps_page_size() -> None:

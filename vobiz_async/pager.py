@@ -9,8 +9,9 @@ recordings arrive during a listing, so items are de-duplicated by `recording_id`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 from .models import Page, Recording
@@ -29,14 +30,12 @@ class AsyncPager:
         fetch: FetchPage,
         params: Mapping[str, str],
         *,
-        page_size: int = 100,
-        concurrency: int = 4,
+        concurrency: int = 8,
     ) -> None:
         if concurrency < 1:
             raise ValueError("page concurrency must be >= 1")
         self._fetch = fetch
         self._params = dict(params)
-        self._page_size = page_size
         self._concurrency = concurrency
 
     def __await__(self) -> Generator[Any, None, Page]:
@@ -47,57 +46,47 @@ class AsyncPager:
 
     async def _items(self) -> AsyncIterator[Recording]:
         seen: set[str] = set()
-        async for page in self.iter_pages():
-            for recording in page.objects:
-                if recording.recording_id not in seen:
-                    seen.add(recording.recording_id)
-                    yield recording
+        async with contextlib.aclosing(self.iter_pages()) as pages:
+            async for page in pages:
+                for recording in page.objects:
+                    if recording.recording_id not in seen:
+                        seen.add(recording.recording_id)
+                        yield recording
 
-    async def iter_pages(self) -> AsyncIterator[Page]:
-        """Every page in order: the first alone, then the planned rest concurrently.
+    async def iter_pages(self) -> AsyncGenerator[Page, None]:
+        """Every page in order: the first alone, then the rest `concurrency` at a time.
 
-        Follow-up requests reuse the query of `meta.next` (never its path). When a page's
-        `meta.next` disagrees with the plan (the server clamped the page size, or the account
-        grew meanwhile), the pager stops planning and follows `meta.next` one page at a time.
+        Follow-up requests keep the caller's filters and take `limit`/`offset` from
+        `meta.next`'s query (never its path, which lacks the `/api` prefix). The pages up to
+        `total_count` are planned from the first reply; whenever a page's `meta.next`
+        disagrees with the plan (the server clamped the page size, or recordings arrived
+        meanwhile) the rest is planned again from that page.
         """
         page = await self._fetch(self._params)
         yield page
-        follow = next_page_params(page.meta.next)
-        if follow is None:
-            return
-        size = int(follow.get("limit") or page.meta.limit or self._page_size)
-        if "limit" not in self._params:
-            size = max(size, self._page_size)
-        start = int(follow.get("offset") or page.meta.offset + len(page.objects))
-        planned = iter(range(start, page.meta.total_count, size))
-        base_query = follow
-        pending: deque[tuple[int, asyncio.Task[Page]]] = deque()
-
-        def schedule() -> None:
-            while len(pending) < self._concurrency:
-                offset = next(planned, None)
-                if offset is None:
-                    return
-                query = {**base_query, "limit": str(size), "offset": str(offset)}
-                pending.append((offset, asyncio.ensure_future(self._fetch(query))))
-
-        try:
-            schedule()
-            while pending:
-                offset, task = pending.popleft()
-                page = await task
-                yield page
-                follow = next_page_params(page.meta.next)
-                if follow is None or int(follow.get("offset", -1)) != offset + size:
-                    break
-                schedule()
-        finally:
-            for _, task in pending:
-                task.cancel()
-            await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
-        while follow is not None:
-            page = await self._fetch(follow)
-            if not page.objects:
-                return
-            yield page
-            follow = next_page_params(page.meta.next)
+        while (follow := next_page_params(page.meta.next)) is not None and page.objects:
+            query = {**self._params, **follow}
+            size = int(query.get("limit") or page.meta.limit or len(page.objects))
+            start = int(query.get("offset") or page.meta.offset + len(page.objects))
+            planned = iter(range(start, max(page.meta.total_count, start + 1), size))
+            pending: deque[tuple[int, asyncio.Task[Page]]] = deque()
+            try:
+                while True:
+                    while (
+                        len(pending) < self._concurrency
+                        and (offset := next(planned, None)) is not None
+                    ):
+                        request = {**query, "limit": str(size), "offset": str(offset)}
+                        pending.append((offset, asyncio.ensure_future(self._fetch(request))))
+                    if not pending:
+                        break
+                    offset, task = pending.popleft()
+                    page = await task
+                    yield page
+                    after = next_page_params(page.meta.next)
+                    if after is None or int(after.get("offset", -1)) != offset + size:
+                        break  # the last page, or the plan no longer fits: plan again
+            finally:
+                for _, task in pending:
+                    task.cancel()
+                await asyncio.gather(*(task for _, task in pending), return_exceptions=True)

@@ -85,7 +85,9 @@ class Recordings:
     ) -> AsyncPager:
         """A pager: `await` it for the first `Page`, `async for` it for every `Recording`.
 
-        `limit` is the page size (1 to 100; the API's default is 20). Other keyword filters
+        `limit` is the page size (1 to 100; the API's default is 20; for large listings 100
+        means fewer round trips). `page_concurrency` pages are fetched at once after the
+        first. Other keyword filters
         (`add_time__gte`, `from_number`, …) are passed through; Vobiz documents only
         `call_uuid` and `recording_type` for listing.
         """
@@ -102,9 +104,7 @@ class Recordings:
                 **filters,
             }
         )
-        return AsyncPager(
-            self._fetch_page, params, page_size=MAX_PAGE_SIZE, concurrency=page_concurrency
-        )
+        return AsyncPager(self._fetch_page, params, concurrency=page_concurrency)
 
     async def _fetch_page(self, params: Mapping[str, str]) -> Page:
         body = await self._session.request(
