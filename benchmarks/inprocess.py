@@ -39,7 +39,7 @@ async def download(api: str, chunk: int, concurrency: int) -> tuple[DownloadRepo
         downloader = Downloader(
             session, OUT, concurrency=concurrency, manifest=OUT / "manifest.jsonl", chunk_size=chunk
         )
-        report = await downloader.run(session.recordings.list())
+        report = await downloader.run(session.recordings.list(limit=100))
         return report, time.perf_counter() - started
 
 

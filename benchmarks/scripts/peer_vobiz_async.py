@@ -1,4 +1,4 @@
-"""Peer: this library, `download_many(session.recordings.list(), ...)` with the manifest on.
+"""Peer: this library, `download_many(session.recordings.list(limit=100), ...)`, manifest on.
 
 Lists through the fake API (so the real code path runs), then streams every recording with
 verification, sha256 and atomic rename, as shipped.
@@ -26,7 +26,7 @@ async def main() -> int:
         if not hasattr(session.recordings, "download_many"):
             unavailable("session.recordings.download_many does not exist yet")
         result = await session.recordings.download_many(
-            session.recordings.list(),
+            session.recordings.list(limit=100),
             args.out,
             concurrency=args.concurrency,
             manifest=args.out / "manifest.jsonl",
