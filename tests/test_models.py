@@ -500,3 +500,40 @@ class TestGetEnvelope:
 
         with pytest.raises(ResponseValidationError):
             await session.recordings.get(RID)
+
+
+def _decimals(*, places: int | None = None) -> st.SearchStrategy[Decimal]:
+    return st.decimals(allow_nan=False, allow_infinity=False, places=places)
+
+
+@st.composite
+def built_recordings(draw: st.DrawFn) -> Recording:
+    """Recordings built directly, with values the wire never shows but the type allows."""
+    maybe_decimal = st.none() | _decimals()
+    return Recording(
+        recording_id=draw(st.text(min_size=1)),
+        call_uuid=draw(st.text()),
+        recording_url=draw(st.text()),
+        recording_format=draw(st.sampled_from(["mp3", "wav", "ogg"])),
+        recording_type=draw(st.text()),
+        add_time=draw(st.datetimes(timezones=st.none() | st.timezones())),
+        recording_duration_ms=draw(_decimals()),
+        recording_start_ms=draw(maybe_decimal),
+        recording_end_ms=draw(maybe_decimal),
+        rounded_recording_duration=draw(st.integers()),
+        from_number=draw(st.text()),
+        to_number=draw(st.text()),
+        conference_name=draw(st.none() | st.text()),
+        recording_storage_duration=draw(st.integers(min_value=0)),
+        recording_storage_rate=draw(_decimals()),
+        monthly_recording_storage_amount=draw(_decimals()),
+        resource_uri=draw(st.text()),
+        api_id=draw(st.none() | st.text()),
+    )
+
+
+@given(recording=built_recordings())
+def test_built_recording_round_trips(recording: Recording) -> None:
+    """Any Recording survives to_dict -> JSON -> from_dict unchanged."""
+    wire = json.loads(json.dumps(recording.to_dict()))
+    assert Recording.from_dict(wire) == recording

@@ -62,12 +62,14 @@ def _structure_datetime(value: Any, _: type) -> datetime:
     return parse_timestamp(value)
 
 
-def _money_to_wire(value: Decimal) -> int | float:
-    """Money goes back as the JSON number the API sends: an int when whole, else a float."""
+def _money_to_wire(value: Decimal) -> int | float | str:
+    """Money goes back as the JSON number the API sends: an int when whole, else a float,
+    unless a float would change it; then the exact decimal string (which reads back equal)."""
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent >= 0:
         return int(value)
-    return float(value)
+    as_float = float(value)
+    return as_float if Decimal(repr(as_float)) == value else str(value)
 
 
 def _structure_page(conv: cattrs.Converter) -> Any:

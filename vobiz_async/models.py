@@ -7,13 +7,18 @@ Structuring and unstructuring go through one private cattrs converter
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import attrs
 
 __all__ = ["ExportResult", "Page", "PageMeta", "Recording"]
+
+
+def _aware(value: datetime) -> datetime:
+    """Vobiz's times carry an offset; a naive one is taken as UTC, as the parser does."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @attrs.frozen
@@ -29,7 +34,7 @@ class Recording:
     recording_url: str = attrs.field(repr=False)
     recording_format: str
     recording_type: str
-    add_time: datetime
+    add_time: datetime = attrs.field(converter=_aware)
     recording_duration_ms: Decimal
     recording_start_ms: Decimal | None
     recording_end_ms: Decimal | None

@@ -202,7 +202,7 @@ def next_page_params(next_ref: str | None) -> dict[str, str] | None:
 _TIMESTAMP = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<time>\d{2}:\d{2}:\d{2})"
     r"(?:\.(?P<frac>\d{1,9}))?"
-    r"(?P<tz>Z|z|[+-]\d{2}(?::?\d{2})?)?$"
+    r"(?P<tz>Z|z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?)?$"
 )
 
 
@@ -210,7 +210,8 @@ def parse_timestamp(value: str) -> datetime:
     """A tz-aware datetime from Vobiz's `add_time`.
 
     Accepts a space or `T` separator, 0 to 6 fraction digits (more are truncated), and a
-    `+HH:MM`, `+HHMM`, `+HH` or `Z` offset. A value without an offset is taken as UTC.
+    `+HH:MM`, `+HHMM`, `+HH`, `+HH:MM:SS[.ffffff]` (Python's own form) or `Z` offset. A
+    value without an offset is taken as UTC.
     """
     match = _TIMESTAMP.match(value.strip()) if isinstance(value, str) else None
     if match is None:
@@ -221,11 +222,14 @@ def parse_timestamp(value: str) -> datetime:
     tz: timezone = UTC
     if tz_text and tz_text not in ("Z", "z"):
         sign = -1 if tz_text[0] == "-" else 1
-        digits = tz_text[1:].replace(":", "")
-        hours, minutes = int(digits[:2]), int(digits[2:4] or 0)
-        if hours > 23 or minutes > 59:
+        digits, _, micro = tz_text[1:].replace(":", "").partition(".")
+        hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+        if hours > 23 or minutes > 59 or seconds > 59:
             raise ValueError(f"not a Vobiz timestamp offset: {value!r}")
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        offset = timedelta(
+            hours=hours, minutes=minutes, seconds=seconds, microseconds=int(micro.ljust(6, "0"))
+        )
+        tz = timezone(sign * offset)
     return naive.replace(tzinfo=tz)
 
 
