@@ -372,7 +372,7 @@ async def test_batch_report_counts(batch: tuple[FakeVobiz, Path, DownloadReport]
     assert report.ok
     assert [r.recording_id for r in report.results] == fake.recording_ids
     assert len(report.downloaded) == len(fake.recording_ids)
-    assert report.skipped == report.failed == ()
+    assert report.skipped == report.failed == []
     assert report.total_bytes == sum(fake.size(rid) for rid in fake.recording_ids)
     assert report.elapsed > 0
 
@@ -1173,7 +1173,7 @@ async def test_missing_id_fails_not_found(
     assert_verified(fake, first)
     assert_verified(fake, last)
     assert not report.ok
-    assert report.failed == (gone,)
+    assert report.failed == [gone]
 
 
 async def test_failing_item_does_not_sink_batch(

@@ -385,13 +385,13 @@ class TestPage:
             next="/v1/Account/MA_TEST/Recording/?limit=20&offset=20",
             previous=None,
         )
-        assert page.objects == (Recording.from_dict(wire_recording()),)
+        assert page.objects == [Recording.from_dict(wire_recording())]
 
     def test_empty(self) -> None:
         """No match is a page with no objects and a null next."""
         page = Page.from_dict(wire_page([]))
 
-        assert page.objects == ()
+        assert page.objects == []
         assert page.meta.total_count == 0
         assert page.meta.next is None
 

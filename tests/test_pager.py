@@ -237,7 +237,7 @@ async def test_empty_account_page(empty: FakeVobiz) -> None:
     async with AsyncSession(**empty.session_kwargs()) as session:
         page = await session.recordings.list()
 
-    assert page.objects == ()
+    assert page.objects == []
     assert page.meta.total_count == 0
     assert page.meta.next is None
 

@@ -89,7 +89,7 @@ def round_trip(data: Mapping[str, Any]) -> Recording:
     return Recording.from_dict(wire)
 
 
-def page_parts(page: Page) -> tuple[str | None, tuple[int, int, int], tuple[Recording, ...]]:
+def page_parts(page: Page) -> tuple[str | None, tuple[int, int, int], list[Recording]]:
     """A Page and its PageMeta."""
     meta: PageMeta = page.meta
     counts: tuple[int, int, int] = (meta.limit, meta.offset, meta.total_count)

@@ -85,7 +85,7 @@ def _structure_page(conv: cattrs.Converter) -> Any:
         return Page(
             api_id=api_id if isinstance(api_id, str) else None,
             meta=conv.structure(value.get("meta"), PageMeta),
-            objects=tuple(conv.structure(item, Recording) for item in objects),
+            objects=[conv.structure(item, Recording) for item in objects],
         )
 
     return structure_page

@@ -114,24 +114,24 @@ class DownloadResult:
 class DownloadReport:
     """Every item's result, in input order, with totals."""
 
-    results: tuple[DownloadResult, ...]
+    results: list[DownloadResult]
     elapsed: float
 
-    def _with(self, status: DownloadStatus) -> tuple[DownloadResult, ...]:
-        return tuple(r for r in self.results if r.status is status)
+    def _with(self, status: DownloadStatus) -> list[DownloadResult]:
+        return [r for r in self.results if r.status is status]
 
     @property
-    def downloaded(self) -> tuple[DownloadResult, ...]:
+    def downloaded(self) -> list[DownloadResult]:
         """Results that were fetched and verified in this run."""
         return self._with(DownloadStatus.DOWNLOADED)
 
     @property
-    def skipped(self) -> tuple[DownloadResult, ...]:
+    def skipped(self) -> list[DownloadResult]:
         """Results that were already on disk."""
         return self._with(DownloadStatus.SKIPPED)
 
     @property
-    def failed(self) -> tuple[DownloadResult, ...]:
+    def failed(self) -> list[DownloadResult]:
         """Results that could not be saved; each carries its error."""
         return self._with(DownloadStatus.FAILED)
 
@@ -338,7 +338,7 @@ class Downloader:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._close_manifest()
-        final = tuple(r for r in results if r is not None)
+        final = [r for r in results if r is not None]
         assert len(final) == len(results)
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
 

@@ -7,7 +7,7 @@ Structuring and unstructuring go through one private cattrs converter
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -17,8 +17,19 @@ __all__ = ["ExportResult", "Page", "PageMeta", "Recording"]
 
 
 def _aware(value: datetime) -> datetime:
-    """Vobiz's times carry an offset; a naive one is taken as UTC, as the parser does."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    """A timestamp as the wire carries it: a fixed UTC offset.
+
+    A naive time is taken as UTC, as the parser does; a zone (`ZoneInfo`) becomes its offset
+    at that moment, so equality does not depend on the zone's rules (PEP 495 makes times in
+    a gap or fold unequal to every other zone's).
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    if isinstance(value.tzinfo, timezone):
+        return value
+    offset = value.utcoffset()
+    assert offset is not None  # tzinfo is set
+    return value.replace(tzinfo=timezone(offset), fold=0)
 
 
 @attrs.frozen
@@ -80,7 +91,7 @@ class Page:
 
     api_id: str | None
     meta: PageMeta
-    objects: tuple[Recording, ...]
+    objects: list[Recording]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Page:
