@@ -838,8 +838,14 @@ async def test_usage_errors_exit_2(cli: Cli, tmp_path: Path, argv: list[str]) ->
 
 @pytest.mark.parametrize(
     "argv",
-    [["list"], ["get", "{rid}"], ["download", "--out", "{out}"], ["delete", "--yes", "{rid}"]],
-    ids=["list", "get", "download", "delete"],
+    [
+        ["list"],
+        ["get", "{rid}"],
+        ["download", "--out", "{out}"],
+        ["download", "--out", "{out}", "--ids", "{rid}"],
+        ["delete", "--yes", "{rid}"],
+    ],
+    ids=["list", "get", "download", "download-ids", "delete"],
 )
 async def test_bad_token_flag_exits_3_without_leaking_it(
     cli: Cli, fake: FakeVobiz, out: Path, argv: list[str]

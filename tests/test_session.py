@@ -604,3 +604,16 @@ async def test_deprecation_logged_once(caplog: pytest.LogCaptureFixture) -> None
     messages = [r.getMessage() for r in caplog.records if r.name == "vobiz_async"]
     assert len([m for m in messages if "Deprecation" in m]) == 1
     assert len([m for m in messages if "Sunset" in m and "2026" in m]) == 1
+
+
+async def test_check_credentials_accepts_good_ones(session: AsyncSession) -> None:
+    """check_credentials() answers with the account for valid credentials."""
+    assert await session.check_credentials()
+
+
+async def test_check_credentials_rejects_a_bad_token(fake: FakeVobiz) -> None:
+    """check_credentials() raises AuthenticationError for a wrong token."""
+    kwargs = {**fake.session_kwargs(), "auth_token": "wrong"}
+    async with AsyncSession(**kwargs) as session:
+        with pytest.raises(AuthenticationError):
+            await session.check_credentials()

@@ -275,6 +275,8 @@ async def run_download(
     ids = _read_ids(args)
     source: Any
     if ids is not None:
+        # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
+        await session.check_credentials()
         progress.set_total(len(ids))
         source = ids
     else:

@@ -187,6 +187,10 @@ class AsyncSession:
         path = "/".join(["Account", self._account_segment, *segments])
         return self.base_url.join(URL(path + "/", encoded=True))
 
+    async def check_credentials(self) -> Any:
+        """`GET auth/me`: the account's details, or `AuthenticationError` for bad credentials."""
+        return await self.request("GET", self.base_url.join(URL("auth/me", encoded=True)))
+
     def is_trusted(self, url: URL, trusted_hosts: Iterable[str] | None = None) -> bool:
         """Credentials may go to `url`: the API's exact origin (scheme, host and port), or
         an https URL on a trusted domain (`trusted_hosts`, default the session's)."""
