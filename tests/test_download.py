@@ -1578,3 +1578,27 @@ async def test_malformed_url_fails_only_its_item(
         DownloadStatus.DOWNLOADED,
     ]
     assert isinstance(report.results[0].error, UnsafeURLError)
+
+
+async def test_pool_is_sized_to_the_concurrency(fake: FakeVobiz, dest: Path) -> None:
+    """A fresh session's pool grows to the batch's concurrency before the first request."""
+    (rid,) = add(fake)
+    async with AsyncSession(**fake.session_kwargs(), max_connections=4) as session:
+        report = await session.recordings.download_many(
+            [recording(fake, rid)], dest, concurrency=32
+        )
+        assert report.ok
+        assert session.http.connector is not None
+        assert session.http.connector.limit == 32
+
+
+async def test_small_existing_pool_is_warned_about(
+    fake: FakeVobiz, dest: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pool already open and smaller than the concurrency is logged, not silently kept."""
+    (rid,) = add(fake)
+    async with AsyncSession(**fake.session_kwargs(), max_connections=4) as session:
+        await session.recordings.list()  # opens the pool at 4
+        with caplog.at_level("WARNING", logger="vobiz_async"):
+            await session.recordings.download_many([recording(fake, rid)], dest, concurrency=32)
+    assert any("below concurrency 32" in r.getMessage() for r in caplog.records)

@@ -89,6 +89,11 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.out.isatty():
+            try:
+                import rich  # noqa: F401 - only to learn whether the bar is available
+            except ImportError:
+                self.out.write("(pip install 'vobiz-async[cli]' for a progress bar)\n")
+                return self
             with contextlib.suppress(ImportError):
                 from rich.console import Console
                 from rich.progress import (

@@ -343,16 +343,16 @@ class Downloader:
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
 
     def _prepare(self) -> None:
-        """Open the manifest, and warn when the connection pool is smaller than asked."""
+        """Open the manifest and size the connection pool to the concurrency."""
         if isinstance(self._manifest_arg, Manifest):
             self._manifest = self._manifest_arg
         elif self._manifest_arg is not None:
             self._manifest = Manifest(self._manifest_arg)
-        connector = self._session.http.connector
-        if connector is not None and 0 < connector.limit < self.concurrency:
+        limit = self._session.reserve_connections(self.concurrency)
+        if 0 < limit < self.concurrency:
             logger.warning(
                 "connection pool limit %d is below concurrency %d; raise max_connections",
-                connector.limit,
+                limit,
                 self.concurrency,
             )
 

@@ -153,8 +153,7 @@ class AsyncSession:
         return f"AsyncSession(auth_id={self.auth_id!r}, base_url={str(self.base_url)!r})"
 
     async def __aenter__(self) -> Self:
-        self.http  # noqa: B018 - create the owned ClientSession inside the running loop
-        return self
+        return self  # the pool is created on first use, so a download can size it first
 
     async def __aexit__(
         self,
@@ -169,6 +168,14 @@ class AsyncSession:
         if self._owns_http and self._http is not None:
             http, self._http = self._http, None
             await http.close()
+
+    def reserve_connections(self, count: int) -> int:
+        """Make the owned pool hold at least `count` connections if it does not exist yet;
+        return the pool's limit (0: unlimited)."""
+        if self._owns_http and (self._http is None or self._http.closed):
+            self.max_connections = max(self.max_connections, count)
+        connector = self.http.connector
+        return connector.limit if connector is not None else 0
 
     @property
     def http(self) -> aiohttp.ClientSession:
