@@ -1602,3 +1602,18 @@ async def test_small_existing_pool_is_warned_about(
         with caplog.at_level("WARNING", logger="vobiz_async"):
             await session.recordings.download_many([recording(fake, rid)], dest, concurrency=32)
     assert any("below concurrency 32" in r.getMessage() for r in caplog.records)
+
+
+async def test_skip_removes_a_stale_part(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """A .part beside a finished file (an aborted overwrite) is removed when it is skipped."""
+    (rid,) = add(fake)
+    first = await session.recordings.download_many([recording(fake, rid)], dest)
+    assert first.ok
+    write_part(dest, rid, b"ID3 stale")
+
+    again = await session.recordings.download_many([recording(fake, rid)], dest)
+
+    assert [r.status for r in again.results] == [DownloadStatus.SKIPPED]
+    assert tree(dest) == {f"{rid}.mp3"}

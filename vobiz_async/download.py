@@ -465,6 +465,8 @@ class Downloader:
                 path = directory / f"{stem}.{ext}"
                 with contextlib.suppress(OSError):
                     size = path.stat().st_size
+                    if self._exists(directory, f"{stem}.part"):  # an aborted --overwrite
+                        (directory / f"{stem}.part").unlink(missing_ok=True)
                     return DownloadResult(
                         recording_id, DownloadStatus.SKIPPED, path=path, size=size
                     )
