@@ -488,7 +488,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = asyncio.run(args.func(args))
         return code
     except KeyboardInterrupt:
-        print("interrupted; partial downloads are kept as .part files for resume", file=sys.stderr)
+        kept = "; partial downloads are kept as .part files for resume"
+        downloading = args.command in ("download", "demo")
+        print(f"interrupted{kept if downloading else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as err:
         return _fail(args, err, EXIT_USAGE)
