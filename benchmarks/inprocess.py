@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=CHUNK_SIZE, help="read size in bytes")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="one run under cProfile")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     args = parser.parse_args()
     dataset = data.ensure_dataset(data.WORKLOADS[args.workload], "tmpfs")
     services.prepare_work_dirs()
@@ -63,7 +64,13 @@ def main() -> None:
             cpu = time.process_time()
             if profiler:
                 profiler.enable()
-            report, wall = asyncio.run(download(api, args.chunk, args.concurrency))
+            coroutine = download(api, args.chunk, args.concurrency)
+            if args.uvloop:
+                import uvloop
+
+                report, wall = uvloop.run(coroutine)
+            else:
+                report, wall = asyncio.run(coroutine)
             if profiler:
                 profiler.disable()
                 pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
