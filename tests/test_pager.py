@@ -381,3 +381,16 @@ async def test_growth_beyond_the_plan(fake: FakeVobiz, session: AsyncSession) ->
 
     assert len(ids) == len(set(ids))
     assert set(original) <= set(ids)
+
+
+async def test_total_count_known_once_iteration_starts(
+    fake: FakeVobiz, session: AsyncSession
+) -> None:
+    """The pager exposes the listing's total_count from the first page on."""
+    pager = session.recordings.list(limit=20)
+    assert pager.total_count is None
+
+    first = await anext(aiter(pager))
+
+    assert first.recording_id == fake.recording_ids[0]
+    assert pager.total_count == 57

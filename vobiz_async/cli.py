@@ -25,6 +25,7 @@ from .errors import AuthenticationError, ConfigurationError, VobizError
 from .manifest import MANIFEST_NAME, Manifest, verify_manifest
 from .models import Recording
 from .pager import AsyncPager
+from .recordings import MAX_PAGE_SIZE
 from .session import AsyncSession
 
 __all__ = ["main"]
@@ -200,7 +201,7 @@ async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
 
 
 async def cmd_list(args: argparse.Namespace) -> int:
-    page_size = min(args.limit, 100) if args.limit else 100
+    page_size = min(args.limit, MAX_PAGE_SIZE) if args.limit else MAX_PAGE_SIZE
     async with _session(args) as session:
         pager = session.recordings.list(
             limit=page_size, recording_type=args.recording_type, call_uuid=args.call_uuid
@@ -259,15 +260,11 @@ def _read_ids(args: argparse.Namespace) -> list[str] | None:
 
 
 async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recording]:
-    """Every recording of the pager, telling the progress display the total on page one."""
-    seen: set[str] = set()
-    async for page in pager.iter_pages():
-        if progress.total is None:
-            progress.set_total(page.meta.total_count)
-        for recording in page.objects:
-            if recording.recording_id not in seen:
-                seen.add(recording.recording_id)
-                yield recording
+    """Every recording of the pager, telling the progress display the total once known."""
+    async for recording in pager:
+        if progress.total is None and pager.total_count is not None:
+            progress.set_total(pager.total_count)
+        yield recording
 
 
 async def run_download(
@@ -286,7 +283,7 @@ async def run_download(
         source = ids
     else:
         pager = session.recordings.list(
-            limit=100, recording_type=args.recording_type, call_uuid=args.call_uuid
+            limit=MAX_PAGE_SIZE, recording_type=args.recording_type, call_uuid=args.call_uuid
         )
         source = _listing(pager, progress)
     out = Path(args.out)

@@ -37,6 +37,8 @@ class AsyncPager:
         self._fetch = fetch
         self._params = dict(params)
         self._concurrency = concurrency
+        #: `meta.total_count` of the latest page fetched while iterating; None before.
+        self.total_count: int | None = None
 
     def __await__(self) -> Generator[Any, None, Page]:
         return self._fetch(self._params).__await__()
@@ -63,6 +65,7 @@ class AsyncPager:
         meanwhile) the rest is planned again from that page.
         """
         page = await self._fetch(self._params)
+        self.total_count = page.meta.total_count
         yield page
         while (follow := next_page_params(page.meta.next)) is not None and page.objects:
             query = {**self._params, **follow}
@@ -82,6 +85,7 @@ class AsyncPager:
                         break
                     offset, task = pending.popleft()
                     page = await task
+                    self.total_count = page.meta.total_count
                     yield page
                     after = next_page_params(page.meta.next)
                     if after is None or int(after.get("offset", -1)) != offset + size:
