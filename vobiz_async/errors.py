@@ -7,6 +7,7 @@ is decided in exactly one place, `vobiz_async.protocol.make_status_error`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,6 +72,19 @@ class APIStatusError(VobizError):
         ref = f" (api_id {self.api_id})" if self.api_id else ""
         return f"{self.status_code}: {self.message}{ref}"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle (for worker processes) must call __init__ with the keyword-only fields.
+        rebuild = functools.partial(
+            type(self),
+            self.message,
+            status_code=self.status_code,
+            headers=CIMultiDict(self.headers),
+            body=self.body,
+            api_id=self.api_id,
+        )
+        extra = {k: v for k, v in self.__dict__.items() if k != "headers"}  # a proxy: no pickle
+        return (rebuild, (), extra)
+
 
 class BadRequestError(APIStatusError):
     """400: the request was malformed."""
@@ -122,6 +136,9 @@ class ResponseValidationError(VobizError):
     def __init__(self, message: str, *, body: Any = None) -> None:
         super().__init__(message)
         self.body = body
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (functools.partial(type(self), str(self), body=self.body), (), self.__dict__)
 
 
 class DownloadError(VobizError):
