@@ -7,6 +7,7 @@ started with `asyncio.create_subprocess_exec` and awaited, never with a blocking
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -194,10 +195,12 @@ async def test_version(base_env: dict[str, str]) -> None:
 # -- download -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["1", "3"])
 async def test_download_with_faults_saves_every_file_intact(
-    cli: Cli, fake: FakeVobiz, out: Path
+    cli: Cli, fake: FakeVobiz, out: Path, workers: str
 ) -> None:
-    """Dropped, short, 503 and expired-URL transfers all end byte for byte right, exit 0."""
+    """Dropped, short, 503 and expired-URL transfers all end byte for byte right, exit 0,
+    in one process or spread over worker processes."""
     ids = fake.recording_ids
     fake.media_fault(ids[0], "drop")
     fake.media_fault(ids[1], "short")
@@ -205,7 +208,7 @@ async def test_download_with_faults_saves_every_file_intact(
     fake.media_fault(ids[3], "expired")
     fake.media_fault(ids[4], "drop", times=2)
 
-    result = await cli("download", "--out", str(out), "--concurrency", "4")
+    result = await cli("download", "--out", str(out), "--concurrency", "4", "--workers", workers)
 
     assert result.code == 0, result.output
     assert_archived(fake, out, ids)
@@ -214,11 +217,15 @@ async def test_download_with_faults_saves_every_file_intact(
     assert {403, 503} <= statuses, "the status faults were never served"
 
 
-async def test_download_writes_manifest_of_every_file(cli: Cli, fake: FakeVobiz, out: Path) -> None:
-    """The manifest lists every saved file with its size and the served sha256."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_download_writes_manifest_of_every_file(
+    cli: Cli, fake: FakeVobiz, out: Path, workers: str
+) -> None:
+    """The manifest lists every saved file, one whole line each, with its size and the
+    served sha256; worker processes share it."""
     fake.media_fault(fake.recording_ids[0], "drop")
 
-    result = await cli("download", "--out", str(out))
+    result = await cli("download", "--out", str(out), "--workers", workers)
 
     assert result.code == 0, result.output
     files = saved(out)
@@ -228,6 +235,9 @@ async def test_download_writes_manifest_of_every_file(cli: Cli, fake: FakeVobiz,
             assert out / entry.path == files[entry.recording_id]
             assert entry.size == fake.size(entry.recording_id)
             assert entry.sha256 == fake.sha256(entry.recording_id)
+    lines = (out / MANIFEST_NAME).read_bytes().splitlines()
+    assert len(lines) == len(fake.recording_ids)
+    assert all(json.loads(line)["recording_id"] in files for line in lines)
 
 
 async def test_verify_after_download_passes(cli: Cli, fake: FakeVobiz, out: Path) -> None:
@@ -246,15 +256,17 @@ async def test_verify_after_download_passes(cli: Cli, fake: FakeVobiz, out: Path
     [(404, 2), (500, 50)],
     ids=["not-found-even-after-refresh", "server-error-every-attempt"],
 )
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_permanent_failure_exits_1_and_saves_the_rest(
-    cli: Cli, fake: FakeVobiz, out: Path, status: int, times: int
+    cli: Cli, fake: FakeVobiz, out: Path, status: int, times: int, workers: str
 ) -> None:
-    """One recording that never downloads: exit 1, named with its reason; the rest are saved."""
+    """One recording that never downloads: exit 1, named with its reason (also when a
+    worker process met it); the rest are saved."""
     ids = fake.recording_ids
     doomed = ids[5]
     fake.media_fault(doomed, "status", status=status, times=times, retry_after=0)
 
-    result = await cli("download", "--out", str(out))
+    result = await cli("download", "--out", str(out), "--workers", workers)
 
     assert result.code == 1, result.output
     assert summary(result).startswith(f"downloaded {len(ids) - 1}, skipped 0, failed 1;")
@@ -330,11 +342,12 @@ async def test_overwrite_fetches_everything_again(cli: Cli, fake: FakeVobiz, out
     assert_archived(fake, out, fake.recording_ids)
 
 
-async def test_download_ids(cli: Cli, fake: FakeVobiz, out: Path) -> None:
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["default", "2-workers"])
+async def test_download_ids(cli: Cli, fake: FakeVobiz, out: Path, workers: list[str]) -> None:
     """`--ids A B` downloads exactly those recordings."""
     wanted = fake.recording_ids[2:4]
 
-    result = await cli("download", "--out", str(out), "--ids", *wanted)
+    result = await cli("download", "--out", str(out), "--ids", *wanted, *workers)
 
     assert result.code == 0, result.output
     assert_archived(fake, out, wanted)
@@ -439,21 +452,49 @@ async def wait_for_bytes(part: Path, proc: asyncio.subprocess.Process) -> None:
     raise AssertionError(f"{part.name} never appeared")
 
 
+def children(pid: int) -> set[int]:
+    """The live child processes of `pid`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit():
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """`pid` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_ctrl_c_stops_cleanly_and_rerun_completes(
-    base_env: dict[str, str], out: Path
+    base_env: dict[str, str], out: Path, workers: str
 ) -> None:
-    """SIGINT mid-download: exit 130, no partial final file; a re-run resumes and completes."""
+    """SIGINT mid-download: exit 130, no partial final file, no worker process left behind;
+    a re-run resumes and completes."""
     async with FakeVobiz(recordings=6, seed=2) as fake:
         big = fake.add_recording(size=2_000_000).recording_id  # ~25 s at the "slow" rate
         for rid in fake.recording_ids:
             fake.media_fault(rid, "slow")
         env = env_for(base_env, fake)
 
-        proc = await start_cli("download", "--out", str(out), "--concurrency", "8", env=env)
+        proc = await start_cli(
+            "download", "--out", str(out), "--concurrency", "8", "--workers", workers, env=env
+        )
         await wait_for_bytes(out / f"{big}.part", proc)
+        workers_seen = children(proc.pid)
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)
 
+        assert len(workers_seen) == (0 if workers == "1" else 2)
+        assert not [pid for pid in workers_seen if running(pid)], "a worker outlived the CLI"
         assert interrupted.code == 130, interrupted.output
         assert "interrupted" in interrupted.err
         assert "Traceback" not in interrupted.output

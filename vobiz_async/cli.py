@@ -27,10 +27,13 @@ from .models import Recording
 from .pager import AsyncPager
 from .recordings import MAX_PAGE_SIZE
 from .session import AsyncSession
+from .workers import configure_logging, default_workers, download_in_workers
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Fewer ids than this download in-process even when workers are available.
+SMALL_JOB = 64
 logger = logging.getLogger("vobiz_async")
 
 
@@ -267,6 +270,21 @@ async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recor
         yield recording
 
 
+def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:
+    """`--workers`, or one per CPU (at most 4); a short list of ids stays in-process,
+    where starting interpreters would cost more than it saves."""
+    if args.workers is not None:
+        workers: int = args.workers
+    elif ids is not None and len(ids) < SMALL_JOB:
+        workers = 1
+    else:
+        workers = default_workers()
+    if ids is not None:
+        workers = min(workers, len(ids))
+    concurrency: int = args.concurrency
+    return max(1, min(workers, concurrency))
+
+
 async def run_download(
     session: AsyncSession,
     args: argparse.Namespace,
@@ -287,14 +305,19 @@ async def run_download(
         )
         source = _listing(pager, progress)
     out = Path(args.out)
-    report = await session.recordings.download_many(
-        source,
-        out,
-        concurrency=args.concurrency,
-        on_progress=progress,
-        manifest=None if args.no_manifest else out / MANIFEST_NAME,
-        overwrite=args.overwrite,
-    )
+    options: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "on_progress": progress,
+        "manifest": None if args.no_manifest else out / MANIFEST_NAME,
+        "overwrite": args.overwrite,
+    }
+    workers = _worker_count(args, ids)
+    if workers > 1:
+        report = await download_in_workers(
+            session, source, out, workers=workers, debug=args.debug, **options
+        )
+    else:
+        report = await session.recordings.download_many(source, out, **options)
     reports.append(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -444,6 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--concurrency", type=_positive, default=16)
         sub.add_argument("--overwrite", action="store_true", help="fetch files already saved")
         sub.add_argument("--no-manifest", action="store_true", help=f"skip {MANIFEST_NAME}")
+        sub.add_argument(
+            "--workers",
+            type=_positive,
+            help="processes sharing the transfers (default: one per CPU, at most 4)",
+        )
         sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None)
 
     download = add("download", cmd_download, "archive recordings into a folder")
@@ -475,12 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse, run, and turn every failure into an exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.debug:
-        logging.getLogger("aiohttp").setLevel(logging.ERROR)
+    configure_logging(args.debug)
     try:
         code: int = asyncio.run(args.func(args))
         return code

@@ -70,6 +70,7 @@ _STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ETAG_XATTR = "user.vobiz.etag"
 _HEAD = 16
+DISK_FULL_NOT_STARTED = "not started: the destination disk is full"
 
 
 class DownloadStatus(enum.StrEnum):
@@ -397,7 +398,7 @@ class Downloader:
     async def _one(self, item: Item, recording_id: str) -> DownloadResult:
         failed = DownloadResult(recording_id, DownloadStatus.FAILED)
         if self._disk_full:
-            error = DiskError("not started: the destination disk is full")
+            error = DiskError(DISK_FULL_NOT_STARTED)
             return attrs.evolve(failed, error=error)
         if recording_id in self._claimed:
             return DownloadResult(recording_id, DownloadStatus.SKIPPED)  # a duplicate input

@@ -1,0 +1,424 @@
+"""One bulk download spread over several worker processes: the CLI's `--workers`.
+
+One event loop saturates one core long before loopback or a LAN does (experiment 11 in
+benchmarks/RESULTS.md: two processes on two cores finish the same job 1.4 to 1.5x sooner).
+The parent lists and deals the recordings out, least-busy worker first; each worker is an
+ordinary `Downloader` with its own session and pool, and streams every item's result back
+as soon as it has one. Workers share the manifest: each entry is a single `write` on an
+`O_APPEND` descriptor, so entries from different processes never interleave.
+
+The pipes carry length-prefixed pickle frames. Parent and workers are the same program, and
+nothing else reads or writes these pipes. Parent to worker: a `WorkerConfig`, then
+`(index, item)` per item; end of input means no more items. Worker to parent:
+`("bytes", n)` at most every 100 ms and `("done", index, DownloadResult)` per item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from .download import (
+    DISK_FULL_NOT_STARTED,
+    Downloader,
+    DownloadReport,
+    DownloadResult,
+    DownloadStatus,
+    Item,
+    ProgressCallback,
+    ProgressEvent,
+    ProgressKind,
+    Source,
+    _is_disk_full,
+    _iterate,
+)
+from .errors import DiskError, DownloadError
+
+if TYPE_CHECKING:
+    from .session import AsyncSession
+
+__all__ = ["configure_logging", "default_workers", "download_in_workers", "worker_main"]
+
+logger = logging.getLogger("vobiz_async")
+
+#: Items a worker holds (in flight plus queued) per transfer slot.
+WINDOW_PER_SLOT = 2
+#: How long a worker gets to stop after the parent forwards Ctrl-C.
+STOP_GRACE = 10.0
+_FRAME = struct.Struct(">I")
+#: Workers import this very copy of the package, installed or not.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_BYTES_INTERVAL = 0.1
+_TERMINAL = {
+    DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
+    DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
+    DownloadStatus.FAILED: ProgressKind.FAILED,
+}
+
+
+def configure_logging(debug: bool) -> None:
+    """The CLI's logging, in the parent and in every worker: warnings, or all with --debug."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:
+        logging.getLogger("aiohttp").setLevel(logging.ERROR)
+
+
+def default_workers() -> int:
+    """One worker per usable CPU, at most 4 (beyond that the server or disk is the limit)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(4, cpus))
+
+
+@attrs.frozen
+class WorkerConfig:
+    """Everything a worker needs to rebuild the parent's session and downloader."""
+
+    auth_id: str
+    auth_token: str = attrs.field(repr=False)
+    base_url: str
+    trusted_hosts: frozenset[str]
+    timeout: float
+    max_retries: int
+    connect_timeout: float
+    read_timeout: float
+    dest: str
+    concurrency: int
+    manifest: str | None
+    overwrite: bool
+    max_attempts: int
+    debug: bool
+
+
+def _frame(message: object) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME.pack(len(body)) + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    """The next message, or raise `asyncio.IncompleteReadError` at the end of the stream."""
+    (size,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
+    return pickle.loads(await reader.readexactly(size))  # noqa: S301 - our own child/parent
+
+
+# -- the parent -------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Worker:
+    """The parent's handle on one worker process."""
+
+    proc: asyncio.subprocess.Process
+    window: int
+    #: Items sent and not yet answered: index -> recording id.
+    outstanding: dict[int, str] = attrs.field(factory=dict)
+    alive: bool = True
+
+    async def send(self, message: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(_frame(message))
+        await self.proc.stdin.drain()
+
+    def close_input(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+
+
+def _recording_id(item: Item) -> str:
+    return item if isinstance(item, str) else item.recording_id
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    """`total` transfer slots split as evenly as possible over `parts` workers."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+async def _spawn(config: WorkerConfig) -> asyncio.subprocess.Process:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        # Until worker_main takes over, Ctrl-C ends the process without a traceback.
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
+        "from vobiz_async.workers import worker_main\n"
+        "worker_main()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        # Its own process group: a terminal's Ctrl-C reaches the parent alone, which then
+        # stops each worker exactly once.
+        start_new_session=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(_frame(config))
+    return proc
+
+
+async def _stop(worker: _Worker) -> None:
+    """Ask a worker to stop as after Ctrl-C (its `.part` files stay), then make sure."""
+    if worker.proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        worker.proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.kill()
+        await worker.proc.wait()
+
+
+async def download_in_workers(
+    session: AsyncSession,
+    source: Source,
+    dest: str | os.PathLike[str],
+    *,
+    workers: int,
+    concurrency: int = 16,
+    on_progress: ProgressCallback | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    max_attempts: int = 5,
+    debug: bool = False,
+) -> DownloadReport:
+    """`download_many` spread over `workers` processes sharing `concurrency` transfers.
+
+    Same contract as `download_many`: a result per input item, in input order; an item a
+    worker could not finish (the process died) is a failed result, never a missing one.
+    """
+    if workers < 1 or concurrency < 1:
+        raise ValueError("workers and concurrency must be >= 1")
+    started = time.monotonic()
+    media_timeout = session._media_timeout
+    base = WorkerConfig(
+        auth_id=session.auth_id,
+        auth_token=session._token.value,
+        base_url=str(session.base_url),
+        trusted_hosts=session.trusted_hosts,
+        timeout=session.timeout,
+        max_retries=session.max_retries,
+        connect_timeout=media_timeout.sock_connect or 0.0,
+        read_timeout=media_timeout.sock_read or 0.0,
+        dest=os.fspath(dest),
+        concurrency=1,
+        manifest=None if manifest is None else os.fspath(manifest),
+        overwrite=overwrite,
+        max_attempts=max_attempts,
+        debug=debug,
+    )
+    pool: list[_Worker] = []
+    collectors: list[asyncio.Task[None]] = []
+
+    async def start_pool() -> None:
+        # Only once the source has yielded: a listing refused for bad credentials starts
+        # no process at all.
+        for share in _shares(concurrency, min(workers, concurrency)):
+            proc = await _spawn(attrs.evolve(base, concurrency=share))
+            worker = _Worker(proc, window=share * WINDOW_PER_SLOT)
+            pool.append(worker)
+            collectors.append(asyncio.create_task(collect(worker)))
+
+    results: list[DownloadResult | None] = []
+    slot_freed = asyncio.Event()
+    disk_full = False
+
+    def settle(index: int, result: DownloadResult) -> None:
+        nonlocal disk_full
+        if results[index] is not None:
+            return
+        results[index] = result
+        if _is_disk_full(result.error):
+            disk_full = True
+        if on_progress is not None:
+            kind = _TERMINAL[result.status]
+            on_progress(ProgressEvent(kind, result.recording_id, total=result.size, result=result))
+
+    def fail(index: int, recording_id: str, error: DownloadError) -> None:
+        settle(index, DownloadResult(recording_id, DownloadStatus.FAILED, error=error))
+
+    async def least_busy() -> _Worker | None:
+        while alive := [w for w in pool if w.alive]:
+            worker = min(alive, key=lambda w: len(w.outstanding))
+            if len(worker.outstanding) < worker.window:
+                return worker
+            slot_freed.clear()
+            await slot_freed.wait()
+        return None
+
+    async def feed() -> None:
+        seen: set[str] = set()
+        async with contextlib.aclosing(_iterate(source)) as items:
+            async for item in items:
+                index, recording_id = len(results), _recording_id(item)
+                results.append(None)
+                if recording_id in seen:  # a repeated input, as `download_many` treats it
+                    settle(index, DownloadResult(recording_id, DownloadStatus.SKIPPED))
+                    continue
+                seen.add(recording_id)
+                if disk_full:
+                    fail(index, recording_id, DiskError(DISK_FULL_NOT_STARTED))
+                    continue
+                if not pool:
+                    await start_pool()
+                worker = await least_busy()
+                if worker is None:
+                    fail(index, recording_id, DownloadError("no worker process is left"))
+                    continue
+                worker.outstanding[index] = recording_id
+                # If it died, collect() fails what it held, this item included.
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await worker.send((index, item))
+        for worker in pool:
+            worker.close_input()
+
+    async def collect(worker: _Worker) -> None:
+        nonlocal disk_full
+        assert worker.proc.stdout is not None
+        try:
+            while True:
+                message = await _read_frame(worker.proc.stdout)
+                if message[0] == "bytes":
+                    if on_progress is not None:
+                        on_progress(ProgressEvent(ProgressKind.BYTES, "", message[1]))
+                    continue
+                _, index, result = message
+                worker.outstanding.pop(index, None)
+                settle(index, result)
+                slot_freed.set()
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            worker.alive = False
+            slot_freed.set()
+        code = await worker.proc.wait()
+        if worker.outstanding:
+            logger.warning("a worker process exited with code %d mid-job", code)
+        for index, recording_id in worker.outstanding.items():
+            fail(index, recording_id, DownloadError(f"the worker process exited with {code}"))
+        worker.outstanding.clear()
+
+    try:
+        await feed()
+        await asyncio.gather(*collectors)
+    finally:
+        for task in collectors:
+            task.cancel()
+        await asyncio.gather(*collectors, return_exceptions=True)
+        await asyncio.gather(*(_stop(w) for w in pool))
+    final = [r for r in results if r is not None]
+    assert len(final) == len(results)
+    return DownloadReport(results=final, elapsed=time.monotonic() - started)
+
+
+# -- the worker -------------------------------------------------------------------------
+
+
+def worker_main() -> None:
+    """The worker process: serve items from stdin until it closes; exit 130 on Ctrl-C."""
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)  # a stray print must not corrupt the frames
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # asyncio.run's to handle
+        code = asyncio.run(_serve(protocol_fd))
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+async def _serve(protocol_fd: int) -> int:
+    from .models import Recording
+    from .session import AsyncSession
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    transport, pipe = await loop.connect_write_pipe(
+        _WritePipe, os.fdopen(protocol_fd, "wb", buffering=0)
+    )
+    config: WorkerConfig = await _read_frame(reader)
+    configure_logging(config.debug)
+    pending: dict[str, int] = {}
+    unsent_bytes = 0
+    last_bytes = time.monotonic()
+
+    def on_progress(event: ProgressEvent) -> None:
+        nonlocal unsent_bytes, last_bytes
+        if event.kind is ProgressKind.BYTES:
+            unsent_bytes += event.bytes
+            if time.monotonic() - last_bytes < _BYTES_INTERVAL:
+                return
+        elif event.result is None or event.recording_id not in pending:
+            return
+        if unsent_bytes:
+            transport.write(_frame(("bytes", unsent_bytes)))
+            unsent_bytes, last_bytes = 0, time.monotonic()
+        if event.result is not None:
+            transport.write(_frame(("done", pending.pop(event.recording_id), event.result)))
+
+    async def items() -> Any:
+        while True:
+            try:
+                index, item = await _read_frame(reader)
+            except asyncio.IncompleteReadError:
+                return
+            assert isinstance(item, str | Recording)
+            pending[_recording_id(item)] = index
+            yield item
+
+    session = AsyncSession(
+        config.auth_id,
+        config.auth_token,
+        base_url=config.base_url,
+        trusted_hosts=config.trusted_hosts,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+    async with session:
+        downloader = Downloader(
+            session,
+            config.dest,
+            concurrency=config.concurrency,
+            overwrite=config.overwrite,
+            max_attempts=config.max_attempts,
+            on_progress=on_progress,
+            manifest=config.manifest,
+        )
+        await downloader.run(items())
+    if unsent_bytes:
+        transport.write(_frame(("bytes", unsent_bytes)))
+    transport.close()
+    await pipe.closed  # every frame is in the pipe before the process exits
+    return 0
+
+
+class _WritePipe(asyncio.Protocol):
+    """Tells when the pipe's transport has flushed its buffer and closed."""
+
+    def __init__(self) -> None:
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
