@@ -28,15 +28,55 @@ class ChildStats:
     peak_rss_mb: float
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+#: How often the process tree's summed RSS is sampled.
+RSS_SAMPLE_S = 0.005
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in `pid` and all its descendants right now (0 once it is gone)."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * PAGE
+            tasks = Path(f"/proc/{current}/task").iterdir()
+            for task in tasks:
+                stack += map(int, (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class TreeSampler(threading.Thread):
+    """The peak of the summed RSS of a process and its children (worker processes): wait4's
+    ru_maxrss is only the largest single process."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(RSS_SAMPLE_S):
+            self.peak = max(self.peak, tree_rss(self.pid))
+
+
 def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> ChildStats:
-    """Start `cmd`, reap it with wait4 to get its own CPU time and peak RSS."""
+    """Start `cmd`, reap it with wait4 to get its CPU time (its reaped children's included)
+    and peak RSS: the larger of wait4's figure and the sampled sum over its process tree."""
     with stdout.open("wb") as out, stderr.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
+        sampler.done.set()
+        sampler.join()
         timed_out = not watchdog.is_alive()
         watchdog.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -46,7 +86,7 @@ def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> Chi
         wall_s=wall,
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss * 1024 / 1e6,
+        peak_rss_mb=max(usage.ru_maxrss * 1024, sampler.peak) / 1e6,
     )
 
 

@@ -15,12 +15,15 @@ from harness.services import AUTH_ID, AUTH_TOKEN, SCRIPTS
 
 HEADERS = (f"X-Auth-ID: {AUTH_ID}", f"X-Auth-Token: {AUTH_TOKEN}")
 LIBRARY = "vobiz_async"
+CLI_WORKERS = 2
+CLI = f"vobiz-recordings CLI ({CLI_WORKERS} workers)"
 CURL = "curl"
 SEQUENTIAL_PAGING = "sequential paging (aiohttp)"
 PAGER = "vobiz_async pager"
 LIST_THEN_DOWNLOAD = "list-then-download (vobiz_async)"
 PIPELINED = "pipelined (vobiz_async)"
 MANIFEST = frozenset({"manifest.jsonl"})
+CLI_MANIFEST = frozenset({"vobiz-manifest.jsonl"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,16 @@ def wget_command(job: Job) -> list[str]:
     return ["wget", "-q", "-nd", "-P", str(job.out_dir), *headers, "-i", str(listing)]
 
 
+def cli_command(job: Job) -> list[str]:
+    """The shipped command line: list through the fake API, download with worker processes."""
+    return [
+        sys.executable,
+        *("-m", "vobiz_async", "download", "--out", str(job.out_dir)),
+        *("--concurrency", str(job.concurrency), "--workers", str(CLI_WORKERS)),
+        *("--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN, "--base-url", job.api_base),
+    ]
+
+
 def script(name: str, *flags: str) -> Callable[[Job], list[str]]:
     return lambda job: python_peer(name, job, *flags)
 
@@ -127,6 +140,7 @@ def download_peers() -> list[Peer]:
             python=True,
             allowed_extra=MANIFEST,
         ),
+        Peer(CLI, "cli-workers", cli_command, LIBRARY, python=True, allowed_extra=CLI_MANIFEST),
         Peer(CURL, "curl", curl_command, "curl"),
         Peer("aria2c", "aria2c", aria2_command, "aria2c"),
         Peer("wget (sequential)", "wget", wget_command, "wget"),
