@@ -250,10 +250,10 @@ async def test_an_error_from_the_source_propagates_and_stops_the_workers(
     assert not worker_pids()
 
 
-async def test_bad_credentials_from_the_source_start_no_worker(
+async def test_bad_credentials_from_the_source_stop_every_worker(
     fake: FakeVobiz, tmp_path: Path
 ) -> None:
-    """Workers start with the first item: a refused listing never spawns one."""
+    """Workers start while the listing's first page loads; a refused listing stops them."""
     async with AsyncSession(fake.auth_id, "wrong", base_url=fake.base_url) as session:
         job = download_in_workers(session, session.recordings.list(), tmp_path, workers=2)
         with pytest.raises(Exception, match="401"):

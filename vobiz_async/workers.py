@@ -10,7 +10,8 @@ as soon as it has one. Workers share the manifest: each entry is a single `write
 The pipes carry length-prefixed pickle frames. Parent and workers are the same program, and
 nothing else reads or writes these pipes. Parent to worker: a `WorkerConfig`, then
 `(index, item)` per item; end of input means no more items. Worker to parent:
-`("bytes", n)` at most every 100 ms and `("done", index, DownloadResult)` per item.
+`("ready",)` once its event loop runs, `("bytes", n)` at most every 100 ms and
+`("done", index, DownloadResult)` per item.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ class _Worker:
     #: Items sent and not yet answered: index -> recording id.
     outstanding: dict[int, str] = attrs.field(factory=dict)
     alive: bool = True
+    #: Its event loop runs, so SIGINT cancels it cleanly.
+    ready: bool = False
 
     async def send(self, message: object) -> None:
         assert self.proc.stdin is not None
@@ -155,11 +158,7 @@ async def _spawn(config: WorkerConfig) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        # Until worker_main takes over, Ctrl-C ends the process without a traceback.
-        "import signal, sys\n"
-        "signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
-        "from vobiz_async.workers import worker_main\n"
-        "worker_main()",
+        "from vobiz_async.workers import worker_main; worker_main()",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env=env,
@@ -173,14 +172,20 @@ async def _spawn(config: WorkerConfig) -> asyncio.subprocess.Process:
 
 
 async def _stop(worker: _Worker) -> None:
-    """Ask a worker to stop as after Ctrl-C (its `.part` files stay), then make sure."""
+    """Ask a worker to stop as after Ctrl-C (its `.part` files stay), then make sure.
+
+    A worker still starting up has nothing to lose and no handler for SIGINT yet (it would
+    print a traceback), so it is killed outright. Killing is safe at any point anyway: a
+    `.part` file is never renamed before it is verified, and manifest lines are atomic.
+    """
     if worker.proc.returncode is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        worker.proc.send_signal(signal.SIGINT)
-    try:
-        await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
-    except TimeoutError:
+    if worker.ready:
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
+    if worker.proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             worker.proc.kill()
         await worker.proc.wait()
@@ -228,8 +233,8 @@ async def download_in_workers(
     collectors: list[asyncio.Task[None]] = []
 
     async def start_pool() -> None:
-        # Only once the source has yielded: a listing refused for bad credentials starts
-        # no process at all.
+        # Before the first item: the workers' interpreters start while the listing's first
+        # page is on its way. If the listing fails, they are stopped like after Ctrl-C.
         for share in _shares(concurrency, min(workers, concurrency)):
             proc = await _spawn(attrs.evolve(base, concurrency=share))
             worker = _Worker(proc, window=share * WINDOW_PER_SLOT)
@@ -276,8 +281,6 @@ async def download_in_workers(
                 if disk_full:
                     fail(index, recording_id, DiskError(DISK_FULL_NOT_STARTED))
                     continue
-                if not pool:
-                    await start_pool()
                 worker = await least_busy()
                 if worker is None:
                     fail(index, recording_id, DownloadError("no worker process is left"))
@@ -295,6 +298,9 @@ async def download_in_workers(
         try:
             while True:
                 message = await _read_frame(worker.proc.stdout)
+                if message[0] == "ready":
+                    worker.ready = True
+                    continue
                 if message[0] == "bytes":
                     if on_progress is not None:
                         on_progress(ProgressEvent(ProgressKind.BYTES, "", message[1]))
@@ -316,6 +322,7 @@ async def download_in_workers(
         worker.outstanding.clear()
 
     try:
+        await start_pool()
         await feed()
         await asyncio.gather(*collectors)
     finally:
@@ -336,7 +343,6 @@ def worker_main() -> None:
     protocol_fd = os.dup(1)
     os.dup2(2, 1)  # a stray print must not corrupt the frames
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # asyncio.run's to handle
         code = asyncio.run(_serve(protocol_fd))
     except KeyboardInterrupt:
         code = 130
@@ -355,6 +361,7 @@ async def _serve(protocol_fd: int) -> int:
     transport, pipe = await loop.connect_write_pipe(
         _WritePipe, os.fdopen(protocol_fd, "wb", buffering=0)
     )
+    transport.write(_frame(("ready",)))
     config: WorkerConfig = await _read_frame(reader)
     configure_logging(config.debug)
     pending: dict[str, int] = {}
