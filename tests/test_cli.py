@@ -481,8 +481,9 @@ async def test_ctrl_c_stops_cleanly_and_rerun_completes(
     a re-run resumes and completes."""
     async with FakeVobiz(recordings=6, seed=2) as fake:
         big = fake.add_recording(size=2_000_000).recording_id  # ~25 s at the "slow" rate
-        for rid in fake.recording_ids:
-            fake.media_fault(rid, "slow")
+        # Only the big one trickles: a slow fault left unserved by the first run would
+        # slow the re-run down instead.
+        fake.media_fault(big, "slow")
         env = env_for(base_env, fake)
 
         proc = await start_cli(
@@ -493,7 +494,7 @@ async def test_ctrl_c_stops_cleanly_and_rerun_completes(
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)
 
-        assert len(workers_seen) == (0 if workers == "1" else 2)
+        assert len(workers_seen) == int(workers) - 1  # the CLI itself is one of them
         assert not [pid for pid in workers_seen if running(pid)], "a worker outlived the CLI"
         assert interrupted.code == 130, interrupted.output
         assert "interrupted" in interrupted.err

@@ -190,10 +190,10 @@ async def test_results_keep_input_order_repeats_skip_and_errors_keep_their_type(
 
 async def test_a_killed_worker_fails_its_items_and_the_rest_complete(tmp_path: Path) -> None:
     """kill -9 of one worker mid-transfer: what it held is reported failed, never lost or
-    left under a final name; the other worker finishes everything else."""
+    left under a final name; the other worker and the parent finish everything else."""
     async with slow_fake(6, 40_000) as fake, AsyncSession(**fake.session_kwargs()) as session:
         job = asyncio.create_task(
-            download_in_workers(session, fake.recording_ids, tmp_path, workers=2, concurrency=2)
+            download_in_workers(session, fake.recording_ids, tmp_path, workers=3, concurrency=3)
         )
         await wait_for(lambda: len(worker_pids()) == 2, "two workers")
         await wait_for(lambda: any(p.stat().st_size for p in tmp_path.glob("*.part")), "bytes")
@@ -219,7 +219,7 @@ async def test_cancelling_stops_every_worker_and_keeps_part_files(tmp_path: Path
     the in-flight `.part` files stay for a resume."""
     async with slow_fake(4, 200_000) as fake, AsyncSession(**fake.session_kwargs()) as session:
         job = asyncio.create_task(
-            download_in_workers(session, fake.recording_ids, tmp_path, workers=2, concurrency=2)
+            download_in_workers(session, fake.recording_ids, tmp_path, workers=3, concurrency=3)
         )
         await wait_for(lambda: len(worker_pids()) == 2, "two workers")
         pids = worker_pids()
@@ -245,7 +245,7 @@ async def test_an_error_from_the_source_propagates_and_stops_the_workers(
         raise RuntimeError("the listing broke")
 
     with pytest.raises(RuntimeError, match="the listing broke"):
-        await download_in_workers(session, broken(), tmp_path, workers=2, concurrency=2)
+        await download_in_workers(session, broken(), tmp_path, workers=3, concurrency=3)
 
     assert not worker_pids()
 
@@ -255,7 +255,7 @@ async def test_bad_credentials_from_the_source_stop_every_worker(
 ) -> None:
     """Workers start while the listing's first page loads; a refused listing stops them."""
     async with AsyncSession(fake.auth_id, "wrong", base_url=fake.base_url) as session:
-        job = download_in_workers(session, session.recordings.list(), tmp_path, workers=2)
+        job = download_in_workers(session, session.recordings.list(), tmp_path, workers=3)
         with pytest.raises(Exception, match="401"):
             await job
     assert not worker_pids()

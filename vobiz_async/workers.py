@@ -1,11 +1,11 @@
 """One bulk download spread over several worker processes: the CLI's `--workers`.
 
 One event loop saturates one core long before loopback or a LAN does (experiment 11 in
-benchmarks/RESULTS.md: two processes on two cores finish the same job 1.4 to 1.5x sooner).
-The parent lists and deals the recordings out, least-busy worker first; each worker is an
-ordinary `Downloader` with its own session and pool, and streams every item's result back
-as soon as it has one. Workers share the manifest: each entry is a single `write` on an
-`O_APPEND` descriptor, so entries from different processes never interleave.
+benchmarks/RESULTS.md). The parent lists, deals the recordings out to the least busy, and
+downloads its own share; each worker process is an ordinary `Downloader` with its own
+session and pool, and streams every item's result back as soon as it has one. All share the
+manifest: each entry is a single `write` on an `O_APPEND` descriptor, so entries from
+different processes never interleave.
 
 The pipes carry length-prefixed pickle frames. Parent and workers are the same program, and
 nothing else reads or writes these pipes. Parent to worker: a `WorkerConfig`, then
@@ -25,6 +25,7 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,25 +123,57 @@ async def _read_frame(reader: asyncio.StreamReader) -> Any:
 
 
 @attrs.define(eq=False)
-class _Worker:
-    """The parent's handle on one worker process."""
+class _Lane:
+    """Somewhere items are downloaded: the parent's own downloader or a worker process."""
 
-    proc: asyncio.subprocess.Process
     window: int
-    #: Items sent and not yet answered: index -> recording id.
+    #: Items handed over and not yet answered: index -> recording id.
     outstanding: dict[int, str] = attrs.field(factory=dict)
     alive: bool = True
+
+    async def send(self, index: int, item: Item) -> None:
+        raise NotImplementedError
+
+    def close_input(self) -> None:
+        raise NotImplementedError
+
+
+@attrs.define(eq=False)
+class _LocalLane(_Lane):
+    """The parent's share, downloaded in its own event loop (no interpreter to start)."""
+
+    queue: asyncio.Queue[tuple[int, Item] | None] = attrs.field(factory=asyncio.Queue)
+
+    async def send(self, index: int, item: Item) -> None:
+        self.queue.put_nowait((index, item))
+
+    def close_input(self) -> None:
+        self.queue.put_nowait(None)
+
+
+@attrs.define(eq=False)
+class _Worker(_Lane):
+    """The parent's handle on one worker process."""
+
+    proc: asyncio.subprocess.Process | None = None
     #: Its event loop runs, so SIGINT cancels it cleanly.
     ready: bool = False
 
-    async def send(self, message: object) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(_frame(message))
-        await self.proc.stdin.drain()
+    @property
+    def process(self) -> asyncio.subprocess.Process:
+        assert self.proc is not None
+        return self.proc
+
+    async def send(self, index: int, item: Item) -> None:
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write(_frame((index, item)))
+        await stdin.drain()
 
     def close_input(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-            self.proc.stdin.close()
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
 
 
 def _recording_id(item: Item) -> str:
@@ -178,17 +211,18 @@ async def _stop(worker: _Worker) -> None:
     print a traceback), so it is killed outright. Killing is safe at any point anyway: a
     `.part` file is never renamed before it is verified, and manifest lines are atomic.
     """
-    if worker.proc.returncode is not None:
+    proc = worker.process
+    if proc.returncode is not None:
         return
     if worker.ready:
         with contextlib.suppress(ProcessLookupError):
-            worker.proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGINT)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(worker.proc.wait(), STOP_GRACE)
-    if worker.proc.returncode is None:
+            await asyncio.wait_for(proc.wait(), STOP_GRACE)
+    if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
-            worker.proc.kill()
-        await worker.proc.wait()
+            proc.kill()
+        await proc.wait()
 
 
 async def download_in_workers(
@@ -206,8 +240,10 @@ async def download_in_workers(
 ) -> DownloadReport:
     """`download_many` spread over `workers` processes sharing `concurrency` transfers.
 
-    Same contract as `download_many`: a result per input item, in input order; an item a
-    worker could not finish (the process died) is a failed result, never a missing one.
+    This process is one of them: it lists, deals items out to the least busy, and downloads
+    its own share; `workers - 1` child processes download the rest. Same contract as
+    `download_many`: a result per input item, in input order; an item a worker could not
+    finish (the process died) is a failed result, never a missing one.
     """
     if workers < 1 or concurrency < 1:
         raise ValueError("workers and concurrency must be >= 1")
@@ -229,24 +265,19 @@ async def download_in_workers(
         max_attempts=max_attempts,
         debug=debug,
     )
-    pool: list[_Worker] = []
-    collectors: list[asyncio.Task[None]] = []
-
-    async def start_pool() -> None:
-        # Before the first item: the workers' interpreters start while the listing's first
-        # page is on its way. If the listing fails, they are stopped like after Ctrl-C.
-        for share in _shares(concurrency, min(workers, concurrency)):
-            proc = await _spawn(attrs.evolve(base, concurrency=share))
-            worker = _Worker(proc, window=share * WINDOW_PER_SLOT)
-            pool.append(worker)
-            collectors.append(asyncio.create_task(collect(worker)))
-
+    own_share, *shares = _shares(concurrency, min(workers, concurrency))
+    local = _LocalLane(window=own_share * WINDOW_PER_SLOT)
+    processes: list[_Worker] = []
+    lanes: list[_Lane] = [local]
+    tasks: list[asyncio.Task[None]] = []
     results: list[DownloadResult | None] = []
     slot_freed = asyncio.Event()
     disk_full = False
 
-    def settle(index: int, result: DownloadResult) -> None:
+    def settle(lane: _Lane, index: int, result: DownloadResult) -> None:
         nonlocal disk_full
+        lane.outstanding.pop(index, None)
+        slot_freed.set()
         if results[index] is not None:
             return
         results[index] = result
@@ -256,14 +287,18 @@ async def download_in_workers(
             kind = _TERMINAL[result.status]
             on_progress(ProgressEvent(kind, result.recording_id, total=result.size, result=result))
 
-    def fail(index: int, recording_id: str, error: DownloadError) -> None:
-        settle(index, DownloadResult(recording_id, DownloadStatus.FAILED, error=error))
+    def fail(lane: _Lane, index: int, recording_id: str, error: DownloadError) -> None:
+        settle(lane, index, DownloadResult(recording_id, DownloadStatus.FAILED, error=error))
 
-    async def least_busy() -> _Worker | None:
-        while alive := [w for w in pool if w.alive]:
-            worker = min(alive, key=lambda w: len(w.outstanding))
-            if len(worker.outstanding) < worker.window:
-                return worker
+    def bytes_done(count: int) -> None:
+        if on_progress is not None:
+            on_progress(ProgressEvent(ProgressKind.BYTES, "", count))
+
+    async def least_busy() -> _Lane | None:
+        while alive := [lane for lane in lanes if lane.alive]:
+            lane = min(alive, key=lambda lane: len(lane.outstanding))
+            if len(lane.outstanding) < lane.window:
+                return lane
             slot_freed.clear()
             await slot_freed.wait()
         return None
@@ -275,61 +310,93 @@ async def download_in_workers(
                 index, recording_id = len(results), _recording_id(item)
                 results.append(None)
                 if recording_id in seen:  # a repeated input, as `download_many` treats it
-                    settle(index, DownloadResult(recording_id, DownloadStatus.SKIPPED))
+                    settle(local, index, DownloadResult(recording_id, DownloadStatus.SKIPPED))
                     continue
                 seen.add(recording_id)
                 if disk_full:
-                    fail(index, recording_id, DiskError(DISK_FULL_NOT_STARTED))
+                    fail(local, index, recording_id, DiskError(DISK_FULL_NOT_STARTED))
                     continue
-                worker = await least_busy()
-                if worker is None:
-                    fail(index, recording_id, DownloadError("no worker process is left"))
+                lane = await least_busy()
+                if lane is None:
+                    fail(local, index, recording_id, DownloadError("no worker process is left"))
                     continue
-                worker.outstanding[index] = recording_id
+                lane.outstanding[index] = recording_id
                 # If it died, collect() fails what it held, this item included.
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await worker.send((index, item))
-        for worker in pool:
-            worker.close_input()
+                    await lane.send(index, item)
+        for lane in lanes:
+            lane.close_input()
+
+    async def download_locally() -> None:
+        taken: dict[str, int] = {}
+
+        async def items() -> AsyncIterator[Item]:
+            while (job := await local.queue.get()) is not None:
+                taken[_recording_id(job[1])] = job[0]
+                yield job[1]
+
+        def forward(event: ProgressEvent) -> None:
+            if event.kind is ProgressKind.BYTES:
+                bytes_done(event.bytes)
+            elif event.result is not None and event.recording_id in taken:
+                settle(local, taken.pop(event.recording_id), event.result)
+
+        downloader = Downloader(
+            session,
+            dest,
+            concurrency=own_share,
+            on_progress=forward,
+            manifest=manifest,
+            overwrite=overwrite,
+            max_attempts=max_attempts,
+        )
+        try:
+            await downloader.run(items())
+        finally:
+            local.alive = False
+            slot_freed.set()
 
     async def collect(worker: _Worker) -> None:
-        nonlocal disk_full
-        assert worker.proc.stdout is not None
+        stdout = worker.process.stdout
+        assert stdout is not None
         try:
             while True:
-                message = await _read_frame(worker.proc.stdout)
+                message = await _read_frame(stdout)
                 if message[0] == "ready":
                     worker.ready = True
-                    continue
-                if message[0] == "bytes":
-                    if on_progress is not None:
-                        on_progress(ProgressEvent(ProgressKind.BYTES, "", message[1]))
-                    continue
-                _, index, result = message
-                worker.outstanding.pop(index, None)
-                settle(index, result)
-                slot_freed.set()
+                elif message[0] == "bytes":
+                    bytes_done(message[1])
+                else:
+                    settle(worker, message[1], message[2])
         except asyncio.IncompleteReadError:
             pass
         finally:
             worker.alive = False
             slot_freed.set()
-        code = await worker.proc.wait()
+        code = await worker.process.wait()
         if worker.outstanding:
             logger.warning("a worker process exited with code %d mid-job", code)
-        for index, recording_id in worker.outstanding.items():
-            fail(index, recording_id, DownloadError(f"the worker process exited with {code}"))
-        worker.outstanding.clear()
+        lost = DownloadError(f"the worker process exited with {code}")
+        for index, recording_id in list(worker.outstanding.items()):
+            fail(worker, index, recording_id, lost)
 
     try:
-        await start_pool()
+        # The interpreters start while the listing's first page is on its way. If the
+        # listing fails, they are stopped as after Ctrl-C.
+        for share in shares:
+            worker = _Worker(window=share * WINDOW_PER_SLOT)
+            worker.proc = await _spawn(attrs.evolve(base, concurrency=share))
+            processes.append(worker)
+            lanes.append(worker)
+            tasks.append(asyncio.create_task(collect(worker)))
+        tasks.append(asyncio.create_task(download_locally()))
         await feed()
-        await asyncio.gather(*collectors)
+        await asyncio.gather(*tasks)
     finally:
-        for task in collectors:
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*collectors, return_exceptions=True)
-        await asyncio.gather(*(_stop(w) for w in pool))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(_stop(worker) for worker in processes))
     final = [r for r in results if r is not None]
     assert len(final) == len(results)
     return DownloadReport(results=final, elapsed=time.monotonic() - started)
