@@ -198,6 +198,23 @@ def _disk_error(err: OSError, path: Path) -> DiskError:
     return disk_error
 
 
+def _item_id(item: Item) -> str:
+    return item if isinstance(item, str) else item.recording_id
+
+
+_RESULT_KINDS = {
+    DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
+    DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
+    DownloadStatus.FAILED: ProgressKind.FAILED,
+}
+
+
+def _result_event(result: DownloadResult) -> ProgressEvent:
+    """The progress event that reports an item's final result."""
+    kind = _RESULT_KINDS[result.status]
+    return ProgressEvent(kind, result.recording_id, total=result.size, result=result)
+
+
 def _is_disk_full(error: VobizError | None) -> bool:
     return isinstance(error, DiskError) and getattr(error, "errno", None) in _DISK_FULL
 
@@ -381,18 +398,13 @@ class Downloader:
 
     async def one(self, item: Item) -> DownloadResult:
         """Download one recording or id; failures become a failed result, never a raise."""
-        recording_id = item if isinstance(item, str) else item.recording_id
+        recording_id = _item_id(item)
         result = await self._one(item, recording_id)
-        kind = {
-            DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
-            DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
-            DownloadStatus.FAILED: ProgressKind.FAILED,
-        }[result.status]
         if result.status is DownloadStatus.FAILED:
             logger.info("recording %s failed: %s", recording_id, result.error)
             if _is_disk_full(result.error):
                 self._disk_full = True
-        self._emit(ProgressEvent(kind, recording_id, total=result.size, result=result))
+        self._emit(_result_event(result))
         return result
 
     async def _one(self, item: Item, recording_id: str) -> DownloadResult:

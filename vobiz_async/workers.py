@@ -43,7 +43,9 @@ from .download import (
     ProgressKind,
     Source,
     _is_disk_full,
+    _item_id,
     _iterate,
+    _result_event,
 )
 from .errors import DiskError, DownloadError
 
@@ -62,11 +64,6 @@ _FRAME = struct.Struct(">I")
 #: Workers import this very copy of the package, installed or not.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _BYTES_INTERVAL = 0.1
-_TERMINAL = {
-    DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
-    DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
-    DownloadStatus.FAILED: ProgressKind.FAILED,
-}
 
 
 def configure_logging(debug: bool) -> None:
@@ -176,10 +173,6 @@ class _Worker(_Lane):
             stdin.close()
 
 
-def _recording_id(item: Item) -> str:
-    return item if isinstance(item, str) else item.recording_id
-
-
 def _shares(total: int, parts: int) -> list[int]:
     """`total` transfer slots split as evenly as possible over `parts` workers."""
     return [total // parts + (i < total % parts) for i in range(parts)]
@@ -284,8 +277,7 @@ async def download_in_workers(
         if _is_disk_full(result.error):
             disk_full = True
         if on_progress is not None:
-            kind = _TERMINAL[result.status]
-            on_progress(ProgressEvent(kind, result.recording_id, total=result.size, result=result))
+            on_progress(_result_event(result))
 
     def fail(lane: _Lane, index: int, recording_id: str, error: DownloadError) -> None:
         settle(lane, index, DownloadResult(recording_id, DownloadStatus.FAILED, error=error))
@@ -307,7 +299,7 @@ async def download_in_workers(
         seen: set[str] = set()
         async with contextlib.aclosing(_iterate(source)) as items:
             async for item in items:
-                index, recording_id = len(results), _recording_id(item)
+                index, recording_id = len(results), _item_id(item)
                 results.append(None)
                 if recording_id in seen:  # a repeated input, as `download_many` treats it
                     settle(local, index, DownloadResult(recording_id, DownloadStatus.SKIPPED))
@@ -332,7 +324,7 @@ async def download_in_workers(
 
         async def items() -> AsyncIterator[Item]:
             while (job := await local.queue.get()) is not None:
-                taken[_recording_id(job[1])] = job[0]
+                taken[_item_id(job[1])] = job[0]
                 yield job[1]
 
         def forward(event: ProgressEvent) -> None:
@@ -456,7 +448,7 @@ async def _serve(protocol_fd: int) -> int:
             except asyncio.IncompleteReadError:
                 return
             assert isinstance(item, str | Recording)
-            pending[_recording_id(item)] = index
+            pending[_item_id(item)] = index
             yield item
 
     session = AsyncSession(
