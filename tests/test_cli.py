@@ -7,7 +7,6 @@ started with `asyncio.create_subprocess_exec` and awaited, never with a blocking
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _procs import child_pids, running
 
 from vobiz_async import Recording, __version__
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
@@ -452,27 +452,6 @@ async def wait_for_bytes(part: Path, proc: asyncio.subprocess.Process) -> None:
     raise AssertionError(f"{part.name} never appeared")
 
 
-def children(pid: int) -> set[int]:
-    """The live child processes of `pid`."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            if entry.name.isdigit():
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-    return found
-
-
-def running(pid: int) -> bool:
-    """`pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_ctrl_c_stops_cleanly_and_rerun_completes(
     base_env: dict[str, str], out: Path, workers: str
@@ -490,7 +469,7 @@ async def test_ctrl_c_stops_cleanly_and_rerun_completes(
             "download", "--out", str(out), "--concurrency", "8", "--workers", workers, env=env
         )
         await wait_for_bytes(out / f"{big}.part", proc)
-        workers_seen = children(proc.pid)
+        workers_seen = child_pids(proc.pid)
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from _procs import child_pids
 
 from vobiz_async import (
     APIStatusError,
@@ -60,22 +61,11 @@ def roundtrip(error: BaseException) -> BaseException:
 
 def worker_pids() -> set[int]:
     """This process's live worker children (their command line names worker_main)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"worker_main" in cmdline:
-            pids.add(int(entry.name))
-    return pids
+    return child_pids(os.getpid(), b"worker_main")
 
 
 def alive(pid: int) -> bool:
+    """`pid` exists, zombie or not (a worker must have been reaped too)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
