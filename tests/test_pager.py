@@ -15,6 +15,7 @@ from vobiz_async import (
     NotFoundError,
     Page,
     PermissionDeniedError,
+    ResponseValidationError,
     ServerError,
 )
 from vobiz_async.testing import FakeVobiz
@@ -221,6 +222,41 @@ async def test_sequential_with_concurrency_one(fake: FakeVobiz, session: AsyncSe
 
     assert ids == fake.recording_ids
     assert fake.stats.api_in_flight_max == 1
+
+
+async def test_next_pages_requested_before_the_first_is_consumed(
+    fake: FakeVobiz, session: AsyncSession
+) -> None:
+    """A consumer still busy with the first page does not wait a round trip for the next:
+    the follow-up requests are out as soon as the first page arrives."""
+    fake.latency = 0.05
+    pager = session.recordings.list(limit=10, page_concurrency=3)
+    items = aiter(pager)
+
+    first = await anext(items)
+    await asyncio.sleep(0.2)  # "busy" with the first item; ask for nothing more
+
+    assert first.recording_id == fake.recording_ids[0]
+    assert fake.stats.api_requests == 4  # the first page and the next three
+    rest = [rec.recording_id async for rec in items]
+    assert [first.recording_id, *rest] == fake.recording_ids
+
+
+async def test_malformed_next_offset_is_a_validation_error() -> None:
+    """A meta.next whose offset is not a number is a typed error, not a bare ValueError."""
+
+    async def listing(request: web.Request) -> web.Response:
+        next_ref = "/v1/Account/MA_X/Recording/?limit=1&offset=one"
+        meta = {"limit": 1, "offset": 0, "total_count": 2, "next": next_ref}
+        return web.json_response({"api_id": "a", "meta": meta, "objects": [WIRE]})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/Account/MA_X/Recording/", listing)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base_url = str(server.make_url("/api/v1/"))
+        async with AsyncSession("MA_X", "token", base_url=base_url) as session:
+            with pytest.raises(ResponseValidationError, match=r"meta\.next"):
+                [rec async for rec in session.recordings.list(limit=1)]
 
 
 # --- empty accounts and failures ----------------------------------------------------------

@@ -11,9 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+)
 from typing import Any
 
+from .errors import ResponseValidationError
 from .models import Page, Recording
 from .protocol import next_page_params
 
@@ -62,35 +70,56 @@ class AsyncPager:
         `meta.next`'s query (never its path, which lacks the `/api` prefix). The pages up to
         `total_count` are planned from the first reply; whenever a page's `meta.next`
         disagrees with the plan (the server clamped the page size, or recordings arrived
-        meanwhile) the rest is planned again from that page.
+        meanwhile) the rest is planned again from that page. The next pages are requested
+        before a page is handed out, so a consumer busy with one page never waits a round
+        trip for the next.
         """
         page = await self._fetch(self._params)
         self.total_count = page.meta.total_count
-        yield page
-        while (follow := next_page_params(page.meta.next)) is not None and page.objects:
-            query = {**self._params, **follow}
+        query, offsets = self._plan(page)
+        pending: deque[tuple[int, asyncio.Task[Page]]] = deque()
+        try:
+            while True:
+                while len(pending) < self._concurrency and offsets:
+                    request = {**query, "limit": str(offsets.step), "offset": str(offsets[0])}
+                    pending.append((offsets[0], asyncio.ensure_future(self._fetch(request))))
+                    offsets = offsets[1:]
+                yield page
+                if not pending:
+                    return
+                offset, task = pending.popleft()
+                page = await task
+                self.total_count = page.meta.total_count
+                after = next_page_params(page.meta.next)
+                fits = after is not None and after.get("offset") == str(offset + offsets.step)
+                if not fits or not (pending or offsets):
+                    # The last page, a plan that no longer fits, or a listing that grew past
+                    # the plan: follow this page's meta.next instead.
+                    await _cancel(pending)
+                    query, offsets = self._plan(page)
+        finally:
+            await _cancel(pending)
+
+    def _plan(self, page: Page) -> tuple[dict[str, str], range]:
+        """The query and the offsets of the pages after `page`, up to its `total_count`
+        (the range's step is the page size); no offsets on the last page."""
+        follow = next_page_params(page.meta.next)
+        if follow is None or not page.objects:
+            return {}, range(0)
+        query = {**self._params, **follow}
+        try:
             size = int(query.get("limit") or page.meta.limit or len(page.objects))
             start = int(query.get("offset") or page.meta.offset + len(page.objects))
-            planned = iter(range(start, max(page.meta.total_count, start + 1), size))
-            pending: deque[tuple[int, asyncio.Task[Page]]] = deque()
-            try:
-                while True:
-                    while (
-                        len(pending) < self._concurrency
-                        and (offset := next(planned, None)) is not None
-                    ):
-                        request = {**query, "limit": str(size), "offset": str(offset)}
-                        pending.append((offset, asyncio.ensure_future(self._fetch(request))))
-                    if not pending:
-                        break
-                    offset, task = pending.popleft()
-                    page = await task
-                    self.total_count = page.meta.total_count
-                    yield page
-                    after = next_page_params(page.meta.next)
-                    if after is None or int(after.get("offset", -1)) != offset + size:
-                        break  # the last page, or the plan no longer fits: plan again
-            finally:
-                for _, task in pending:
-                    task.cancel()
-                await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        except ValueError:
+            raise ResponseValidationError(f"malformed meta.next: {page.meta.next!r}") from None
+        size = size if size > 0 else len(page.objects)
+        return query, range(start, max(page.meta.total_count, start + 1), size)
+
+
+async def _cancel(pending: deque[tuple[int, asyncio.Task[Page]]]) -> None:
+    """Cancel the page requests still in flight and wait for them to finish."""
+    tasks = [task for _, task in pending]
+    pending.clear()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
