@@ -390,6 +390,43 @@ class TestParseTimestamp:
         with pytest.raises(ValueError, match=r"."):
             parse_timestamp(value)
 
+    @given(
+        moment=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),
+        digits=st.integers(min_value=0, max_value=9),
+        sep=st.sampled_from([" ", "T"]),
+        sign=st.sampled_from(["+", "-"]),
+        hours=st.integers(min_value=0, max_value=29),
+        minutes=st.integers(min_value=0, max_value=69),
+        zulu=st.booleans(),
+    )
+    def test_against_an_oracle(
+        self,
+        moment: datetime,
+        digits: int,
+        sep: str,
+        sign: str,
+        hours: int,
+        minutes: int,
+        zulu: bool,
+    ) -> None:
+        """Every fraction length and offset, valid or not, read by the documented rules
+        (the wire's own shape takes a faster path, which must agree)."""
+        frac = f"{moment.microsecond:06d}{moment.microsecond % 1000:03d}"[:digits]
+        offset = "Z" if zulu else f"{sign}{hours:02d}:{minutes:02d}"
+        text = f"{moment:%Y-%m-%d}{sep}{moment:%H:%M:%S}{'.' if frac else ''}{frac}{offset}"
+        if not zulu and (hours > 23 or minutes > 59):
+            with pytest.raises(ValueError, match=r"."):
+                parse_timestamp(text)
+            return
+        delta = timedelta(hours=hours, minutes=minutes) * (-1 if sign == "-" else 1)
+        micro = int(frac[:6].ljust(6, "0")) if frac else 0
+        expected = moment.replace(microsecond=micro, tzinfo=UTC if zulu else timezone(delta))
+
+        parsed = parse_timestamp(text)
+
+        assert parsed == expected
+        assert parsed.utcoffset() == expected.utcoffset()
+
 
 class TestFormatTimestamp:
     def test_wire_form(self) -> None:

@@ -205,6 +205,12 @@ _TIMESTAMP = re.compile(
     r"(?P<tz>Z|z|[+-]\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?)?$"
 )
 
+#: Up to 6 fraction digits and a `+HH:MM` (minutes below 60) or `Z` offset, ASCII only.
+_PLAIN_TIMESTAMP = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-][0-9]{2}:[0-5][0-9])\Z"
+)
+
 
 def parse_timestamp(value: str) -> datetime:
     """A tz-aware datetime from Vobiz's `add_time`.
@@ -213,7 +219,11 @@ def parse_timestamp(value: str) -> datetime:
     `+HH:MM`, `+HHMM`, `+HH`, `+HH:MM:SS[.ffffff]` (Python's own form) or `Z` offset. A
     value without an offset is taken as UTC.
     """
-    match = _TIMESTAMP.match(value.strip()) if isinstance(value, str) else None
+    text = value.strip() if isinstance(value, str) else ""
+    if _PLAIN_TIMESTAMP.match(text):
+        # The shape Vobiz sends, which Python's own parser reads as the rules below do.
+        return datetime.fromisoformat(text)
+    match = _TIMESTAMP.match(text)
     if match is None:
         raise ValueError(f"not a Vobiz timestamp: {value!r}")
     frac = (match["frac"] or "")[:6].ljust(6, "0")
