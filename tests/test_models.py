@@ -189,6 +189,13 @@ class TestRecordingRejects:
         with pytest.raises(ResponseValidationError, match="recording_duration_ms"):
             Recording.from_dict(wire_recording(recording_duration_ms=value))
 
+    @pytest.mark.parametrize("field", ["recording_start_ms", "recording_end_ms"])
+    @pytest.mark.parametrize("value", ["seven", "NaN", "", True, [1]])
+    def test_bad_optional_decimal(self, field: str, value: object) -> None:
+        """The optional decimals take null, or the same decimals as the required ones."""
+        with pytest.raises(ResponseValidationError, match=field):
+            Recording.from_dict(wire_recording(**{field: value}))
+
     @pytest.mark.parametrize("value", [60.5, "sixty", True, None])
     def test_bad_int(self, value: object) -> None:
         """rounded_recording_duration must be a whole number."""

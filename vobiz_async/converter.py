@@ -43,8 +43,10 @@ def _structure_int(value: Any, _: type) -> int:
     raise TypeError(f"expected an integer, got {value!r}")
 
 
-def _structure_decimal(value: Any, _: type) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+def _structure_decimal(value: Any, _: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(
+        value, (str, int, float)
+    ):  # a tuple: faster than a union
         raise TypeError(f"expected a decimal string or number, got {type(value).__name__}")
     try:
         # repr() keeps a float's shortest round-tripping digits: 0.004 -> Decimal("0.004").
@@ -54,6 +56,11 @@ def _structure_decimal(value: Any, _: type) -> Decimal:
     if not result.is_finite():
         raise ValueError(f"not a finite decimal: {value!r}")
     return result
+
+
+def _structure_optional_decimal(value: Any, _: object) -> Decimal | None:
+    """Directly, not through cattrs' generic Optional hook: two per recording listed."""
+    return None if value is None else _structure_decimal(value, _)
 
 
 def _structure_datetime(value: Any, _: type) -> datetime:
@@ -98,6 +105,7 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     conv.register_structure_hook(str, _structure_str)
     conv.register_structure_hook(int, _structure_int)
     conv.register_structure_hook(Decimal, _structure_decimal)
+    conv.register_structure_hook(Decimal | None, _structure_optional_decimal)
     conv.register_structure_hook(datetime, _structure_datetime)
     conv.register_unstructure_hook(Decimal, str)
     conv.register_unstructure_hook(datetime, format_timestamp)
