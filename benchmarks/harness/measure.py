@@ -48,24 +48,44 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def high_water(pid: int) -> int:
+    """Bytes of `pid`'s own peak RSS so far (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class TreeSampler(threading.Thread):
-    """The peak of the summed RSS of a process and its children (worker processes): wait4's
-    ru_maxrss is only the largest single process."""
+    """Peak memory of a peer, sampled from /proc every RSS_SAMPLE_S: the larger of its own
+    high-water mark (VmHWM, kept by the kernel, so nothing between samples is missed) and
+    the summed RSS of it and its children (worker processes).
+
+    Not wait4's ru_maxrss: Linux carries the pre-exec high-water mark into it, and before
+    exec the child is a copy of this harness (60 MB on the listing workload), so every
+    peer's figure had the harness's size as a floor."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.peak = 0
+        self.samples = 0
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(RSS_SAMPLE_S):
-            self.peak = max(self.peak, tree_rss(self.pid))
+            sample = max(high_water(self.pid), tree_rss(self.pid))
+            if sample:
+                self.samples += 1
+                self.peak = max(self.peak, sample)
 
 
 def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> ChildStats:
-    """Start `cmd`, reap it with wait4 to get its CPU time (its reaped children's included)
-    and peak RSS: the larger of wait4's figure and the sampled sum over its process tree."""
+    """Start `cmd` (Popen returns once it has exec'd), reap it with wait4 to get its CPU
+    time (its reaped children's included), and sample its peak RSS from /proc meanwhile."""
     with stdout.open("wb") as out, stderr.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
@@ -80,13 +100,15 @@ def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> Chi
         timed_out = not watchdog.is_alive()
         watchdog.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    # A peer gone before the first sample: wait4's figure, an overestimate, is all there is.
+    peak = sampler.peak if sampler.samples else usage.ru_maxrss * 1024
     return ChildStats(
         exit_code=proc.returncode,
         timed_out=timed_out,
         wall_s=wall,
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
-        peak_rss_mb=max(usage.ru_maxrss * 1024, sampler.peak) / 1e6,
+        peak_rss_mb=peak / 1e6,
     )
 
 
