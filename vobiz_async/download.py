@@ -191,7 +191,7 @@ class _Stale(Exception):
         self.error = error
 
 
-def _disk_error(err: OSError, path: Path) -> DiskError:
+def _disk_error(err: OSError, path: str | os.PathLike[str]) -> DiskError:
     reason = os.strerror(err.errno) if err.errno else str(err)
     disk_error = DiskError(f"cannot write {path}: {reason}")
     disk_error.errno = err.errno  # type: ignore[attr-defined]
@@ -224,7 +224,7 @@ class _Transfer:
     """The mutable state of one file's transfer across attempts."""
 
     recording: Recording
-    part: Path
+    part: str  # a string, like every per-file path here: a Path costs a lot more
     url: str
     offset: int = 0
     #: The full size, once a response has told it.
@@ -250,7 +250,7 @@ class _Transfer:
     def adopt_partial(self) -> None:
         """Continue from a `.part` an earlier run left: hash what is there, keep its ETag."""
         try:
-            with self.part.open("rb") as f:
+            with open(self.part, "rb") as f:
                 while chunk := f.read(1 << 20):
                     self.absorb(chunk)
         except FileNotFoundError:
@@ -490,8 +490,9 @@ class Downloader:
         if directory not in self._made_dirs:
             directory.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(directory)
-        state = _Transfer(recording, directory / f"{stem}.part", recording.recording_url)
-        if self._exists(directory, state.part.name):
+        part = f"{stem}.part"
+        state = _Transfer(recording, os.path.join(directory, part), recording.recording_url)
+        if self._exists(directory, part):
             await asyncio.to_thread(state.adopt_partial)
         if self._on_progress is not None:
             self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
@@ -531,7 +532,7 @@ class Downloader:
         recording = state.recording
         container = sniff_container(state.head)
         name = f"{stem}.{file_extension(container, recording.recording_format)}"
-        final = directory / name
+        final = os.path.join(directory, name)
         if self.fsync:
             await asyncio.to_thread(_fsync_path, state.part)
         os.replace(state.part, final)
@@ -543,7 +544,7 @@ class Downloader:
         if self._manifest is not None:
             self._manifest.record(
                 recording.recording_id,
-                name if directory is self.dest else final.relative_to(self.dest).as_posix(),
+                name if directory is self.dest else Path(final).relative_to(self.dest).as_posix(),
                 size=state.offset,
                 sha256=digest,
                 container=container,
@@ -667,7 +668,7 @@ class Downloader:
         try:
             # Writing and hashing in the loop measured faster than a writer thread (see
             # benchmarks/RESULTS.md): the second core is busy with the kernel's copies.
-            with state.part.open("ab" if state.offset else "wb") as file:
+            with open(state.part, "ab" if state.offset else "wb") as file:  # noqa: ASYNC230
                 if expected is None or expected > self.chunk_size:
                     state.remember_etag()  # survives even a kill -9 mid-transfer
                 async for chunk in resp.content.iter_chunked(self.chunk_size):
@@ -689,7 +690,7 @@ class Downloader:
             raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
