@@ -7,6 +7,11 @@ installed nginx and generated the data:
     benchmarks/work/venv/bin/python benchmarks/inprocess.py small --reps 3
     benchmarks/work/venv/bin/python benchmarks/inprocess.py large --chunk 1048576
     benchmarks/work/venv/bin/python benchmarks/inprocess.py small --profile
+    benchmarks/work/venv/bin/python benchmarks/inprocess.py listing --latency 50 --reps 4 --ab
+
+`--list-first` lists everything before the clock starts (downloading alone); `--ab` runs
+each repetition both ways, interleaved, and prints the ratio of their medians: how much a
+pipelined listing adds to downloading alone.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import os
 import pstats
 import resource
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -33,14 +40,20 @@ from vobiz_async.download import CHUNK_SIZE, Downloader
 OUT = Path("/dev/shm/vobiz-inprocess-out")
 
 
-async def download(api: str, chunk: int, concurrency: int) -> tuple[DownloadReport, float]:
+async def download(
+    api: str, chunk: int, concurrency: int, list_first: bool
+) -> tuple[DownloadReport, float, float]:
+    """The report, the wall time and the CPU time of one download_many-style run."""
     async with AsyncSession(AUTH_ID, AUTH_TOKEN, base_url=api) as session:
-        started = time.perf_counter()
+        source: Any = session.recordings.list(limit=100)
+        if list_first:
+            source = [recording async for recording in source]
+        started, cpu = time.perf_counter(), time.process_time()
         downloader = Downloader(
             session, OUT, concurrency=concurrency, manifest=OUT / "manifest.jsonl", chunk_size=chunk
         )
-        report = await downloader.run(session.recordings.list(limit=100))
-        return report, time.perf_counter() - started
+        report = await downloader.run(source)
+        return report, time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> None:
@@ -51,36 +64,48 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="one run under cProfile")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+    parser.add_argument("--latency", type=float, default=0.0, help="ms per fake API response")
+    parser.add_argument("--list-first", action="store_true", help="time downloading alone")
+    parser.add_argument("--ab", action="store_true", help="pipelined vs --list-first")
     args = parser.parse_args()
     dataset = data.ensure_dataset(data.WORKLOADS[args.workload], "tmpfs")
     services.prepare_work_dirs()
     with (
         services.media_server("nginx") as (media_base, _),
-        services.fake_api(dataset, media_base, 0.0) as api,
+        services.fake_api(dataset, media_base, args.latency / 1000) as api,
     ):
+        modes = (False, True) if args.ab else (args.list_first,)
+        walls: dict[bool, list[float]] = {mode: [] for mode in modes}
         for _ in range(1 if args.profile else args.reps):
-            shutil.rmtree(OUT, ignore_errors=True)
-            profiler = cProfile.Profile() if args.profile else None
-            cpu = time.process_time()
-            if profiler:
-                profiler.enable()
-            coroutine = download(api, args.chunk, args.concurrency)
-            if args.uvloop:
-                import uvloop
+            for list_first in modes:
+                shutil.rmtree(OUT, ignore_errors=True)
+                profiler = cProfile.Profile() if args.profile else None
+                if profiler:
+                    profiler.enable()
+                coroutine = download(api, args.chunk, args.concurrency, list_first)
+                if args.uvloop:
+                    import uvloop
 
-                report, wall = uvloop.run(coroutine)
-            else:
-                report, wall = asyncio.run(coroutine)
-            if profiler:
-                profiler.disable()
-                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                    report, wall, cpu = uvloop.run(coroutine)
+                else:
+                    report, wall, cpu = asyncio.run(coroutine)
+                if profiler:
+                    profiler.disable()
+                    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+                walls[list_first].append(wall)
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                print(
+                    f"{args.workload}{' (listed first)' if list_first else ''}: ok={report.ok} "
+                    f"files={len(report.results)} wall={wall:.3f}s cpu={cpu:.3f}s "
+                    f"idle={wall - cpu:.3f}s files/s={len(report.results) / wall:.0f} "
+                    f"MB/s={report.total_bytes / wall / 1e6:.0f} peak_rss={rss:.1f}MB",
+                    flush=True,
+                )
+        if args.ab:
+            pipelined, alone = statistics.median(walls[False]), statistics.median(walls[True])
             print(
-                f"{args.workload}: ok={report.ok} files={len(report.results)} "
-                f"wall={wall:.3f}s cpu={time.process_time() - cpu:.3f}s "
-                f"files/s={len(report.results) / wall:.0f} "
-                f"MB/s={report.total_bytes / wall / 1e6:.0f} peak_rss={rss:.1f}MB",
-                flush=True,
+                f"pipelined {pipelined:.3f}s / downloading alone {alone:.3f}s = "
+                f"{pipelined / alone:.3f}x (medians of {args.reps})"
             )
     shutil.rmtree(OUT, ignore_errors=True)
     os.sync()
