@@ -44,9 +44,8 @@ def _structure_int(value: Any, _: type) -> int:
 
 
 def _structure_decimal(value: Any, _: object) -> Decimal:
-    if isinstance(value, bool) or not isinstance(
-        value, (str, int, float)
-    ):  # a tuple: faster than a union
+    # A tuple, not `str | int | float`: isinstance is twice as fast with it.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise TypeError(f"expected a decimal string or number, got {type(value).__name__}")
     try:
         # repr() keeps a float's shortest round-tripping digits: 0.004 -> Decimal("0.004").
