@@ -98,11 +98,8 @@ def write_part(dest: Path, rid: str, data: bytes) -> None:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def assert_verified(fake: FakeVobiz, result: DownloadResult) -> None:

@@ -139,11 +139,8 @@ class Manifest:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify_manifest(root: str | os.PathLike[str], manifest: Manifest) -> list[VerifyProblem]:
