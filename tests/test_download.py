@@ -1589,6 +1589,18 @@ async def test_pool_is_sized_to_the_concurrency(fake: FakeVobiz, dest: Path) -> 
         assert session.http.connector.limit == 32
 
 
+async def test_connections_are_reused_across_files(fake: FakeVobiz, dest: Path) -> None:
+    """Forty files at concurrency 4 travel over at most four keep-alive connections."""
+    rids = add(fake, 40, size=70_000)  # more than one read per body
+    async with AsyncSession(**fake.session_kwargs()) as session:
+        report = await session.recordings.download_many(
+            [recording(fake, rid) for rid in rids], dest, concurrency=4
+        )
+    assert report.ok
+    assert fake.stats.media_requests == 40
+    assert 1 <= fake.stats.connections <= 4
+
+
 async def test_small_existing_pool_is_warned_about(
     fake: FakeVobiz, dest: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1003,6 +1003,23 @@ async def test_stats_count_requests_and_reset(fake: FakeVobiz, http: aiohttp.Cli
     assert (stats.requests, stats.api_requests, stats.media_bytes_sent) == ([], 0, 0)
 
 
+async def test_stats_count_new_connections_only(
+    fake: FakeVobiz, http: aiohttp.ClientSession
+) -> None:
+    """A keep-alive connection counts once; after reset() only newly opened ones count."""
+    for _ in range(3):
+        await get_json(http, api(fake, "Recording/"), creds(fake))
+    assert fake.stats.connections == 1
+
+    fake.stats.reset()
+    await get_json(http, api(fake, "Recording/"), creds(fake))  # the same pooled connection
+    assert fake.stats.connections == 0
+
+    async with aiohttp.ClientSession() as other:
+        await get_json(other, api(fake, "Recording/"), creds(fake))
+    assert fake.stats.connections == 1
+
+
 async def test_media_in_flight_max(http: aiohttp.ClientSession) -> None:
     """Concurrent media requests show up in media_in_flight_max."""
     async with FakeVobiz(recordings=4, media_latency=0.1) as fake:

@@ -52,6 +52,7 @@ import math
 import random
 import struct
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
@@ -302,6 +303,9 @@ class FakeStats:
     media_in_flight_max: int = 0
     api_in_flight: int = 0
     api_in_flight_max: int = 0
+    #: TCP connections (to the API, media and foreign hosts) that carried their first
+    #: request since the last reset; a client that reuses its connections keeps this low
+    connections: int = 0
     foreign_credentials_seen: int = 0
     bulk_delete_queries: list[dict[str, str]] = attrs.Factory(list)
     export_bodies: list[Any] = attrs.Factory(list)
@@ -312,7 +316,7 @@ class FakeStats:
         self.bulk_delete_queries.clear()
         self.export_bodies.clear()
         self.api_requests = self.media_requests = self.foreign_requests = 0
-        self.media_bytes_sent = self.foreign_credentials_seen = 0
+        self.media_bytes_sent = self.foreign_credentials_seen = self.connections = 0
         self.media_in_flight_max = self.media_in_flight
         self.api_in_flight_max = self.api_in_flight
 
@@ -605,6 +609,7 @@ class FakeVobiz:
         self.export_busy_calls = export_busy_calls
         self.record_requests = record_requests
         self.stats = FakeStats()
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
         self._count = recordings
         self._port = port
@@ -1292,6 +1297,10 @@ class FakeVobiz:
             operation = self._ops.get(request.match_info.route, "unknown")
             media = operation in ("media", "storage")
             stats = self.stats
+            transport = request.transport
+            if transport is not None and transport not in self._transports:
+                self._transports.add(transport)
+                stats.connections += 1
             if media:
                 stats.media_requests += 1
                 stats.media_in_flight += 1
