@@ -19,6 +19,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -48,6 +49,7 @@ from vobiz_async import (
     ServerError,
     UnsafeURLError,
 )
+from vobiz_async import download as download_module
 from vobiz_async.testing import FakeVobiz, RequestRecord
 
 FINAL_SUFFIXES = (".mp3", ".wav")
@@ -940,6 +942,113 @@ async def test_cancel_keeps_part_and_rerun_resumes(
     assert tree(dest) == {f"{rid}.mp3"}
 
 
+class _GatedFile:
+    """A `.part` file whose first write from a helper thread waits for `gate`."""
+
+    def __init__(self, file: Any, entered: threading.Event, gate: threading.Event) -> None:
+        self._file = file
+        self._entered = entered
+        self._gate = gate
+        self.closed_during_write = False
+
+    def write(self, data: bytes) -> int:
+        if threading.current_thread() is not threading.main_thread() and not self._entered.is_set():
+            self._entered.set()
+            self._gate.wait(10)
+            self.closed_during_write = self._file.closed
+        return int(self._file.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def __enter__(self) -> _GatedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+@pytest.fixture(name="helpers")
+def _helpers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every chunk goes to the two helper threads, whatever this machine's CPU count."""
+    monkeypatch.setattr(download_module, "_OFFLOAD_THREADS", 2)
+    monkeypatch.setattr(download_module, "_OFFLOAD_JOBS", 8)
+    monkeypatch.setattr(download_module, "_OFFLOAD_MIN", 1)
+
+
+async def test_cancel_waits_for_the_helper_thread_writing(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    dest: Path,
+    helpers: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled while a helper writes a chunk: the file stays open until that write ends,
+    the `.part` holds a prefix of the body, and a re-run resumes it to the right sha256."""
+    (rid,) = add(fake, size=2_000_000)
+    entered, gate = threading.Event(), threading.Event()
+    files: list[_GatedFile] = []
+
+    def gated_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
+        if str(path).endswith(".part") and mode in ("wb", "ab"):
+            files.append(_GatedFile(file, entered, gate))
+            return files[-1]
+        return file
+
+    monkeypatch.setattr(download_module, "open", gated_open, raising=False)
+    task = asyncio.create_task(session.recordings.download_many([recording(fake, rid)], dest))
+    assert await eventually(entered.is_set)
+    task.cancel()
+    await asyncio.sleep(0.2)
+    assert not task.done()  # settling: the helper still holds a chunk of this file
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert not files[0].closed_during_write
+    part = dest / f"{rid}.part"
+    assert tree(dest) == {part.name}
+    written = part.read_bytes()
+    assert 0 < len(written) < fake.size(rid)
+    assert fake.body(rid).startswith(written)
+
+    monkeypatch.undo()
+    report = await session.recordings.download_many([recording(fake, rid)], dest)
+    (result,) = report.results
+    assert_verified(fake, result)
+
+
+@pytest.mark.parametrize(
+    ("threads", "jobs", "smallest"),
+    [(0, 0, 1), (2, 1, 1), (2, 8, 1), (2, 8, 128 * 1024)],
+    ids=["on-the-loop", "one-job-out", "all-to-helpers", "big-chunks-to-helpers"],
+)
+async def test_multi_chunk_files_land_whole_however_chunks_are_written(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    dest: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    jobs: int,
+    smallest: int,
+) -> None:
+    """Chunks written on the loop, on helper threads, or on both keep each file in order."""
+    monkeypatch.setattr(download_module, "_OFFLOAD_THREADS", threads)
+    monkeypatch.setattr(download_module, "_OFFLOAD_JOBS", jobs)
+    monkeypatch.setattr(download_module, "_OFFLOAD_MIN", smallest)
+    rids = add(fake, 12, size=1_500_000)
+
+    report = await session.recordings.download_many(
+        [recording(fake, rid) for rid in rids], dest, concurrency=6
+    )
+
+    assert report.ok
+    assert len(report.downloaded) == 12
+    for result in report.downloaded:
+        assert_verified(fake, result)
+
+
 # --------------------------------------------------------------------------- scale and bounds
 
 
@@ -1443,8 +1552,8 @@ class _FullFile:
 def _small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A directory with about 1 MB of space: a real tmpfs when we may mount one.
 
-    Otherwise `.part` files are patched at the OS boundary (`Path.open`) to fail with ENOSPC
-    after 1 MB.
+    Otherwise the downloader's `open` is patched so `.part` files fail with ENOSPC after
+    1 MB.
     """
     mount_point = tmp_path / "small"
     mount_point.mkdir()
@@ -1462,15 +1571,14 @@ def _small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
                 subprocess.run([umount, str(mount_point)], check=True)  # noqa: S603
             return
     budget = [1 << 20]
-    real_open = Path.open
 
-    def open_part(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        file = real_open(self, mode, *args, **kwargs)
-        if self.suffix == ".part" and ("w" in mode or "a" in mode):
+    def open_part(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
+        if str(path).endswith(".part") and ("w" in mode or "a" in mode):
             return _FullFile(file, budget)
         return file
 
-    monkeypatch.setattr(Path, "open", open_part)
+    monkeypatch.setattr(download_module, "open", open_part, raising=False)
     yield mount_point
 
 

@@ -16,10 +16,12 @@ import errno
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import aiohttp
 import attrs
@@ -70,6 +72,15 @@ _STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ETAG_XATTR = "user.vobiz.etag"
 _HEAD = 16
+#: Chunks at least this big are written and hashed on a helper thread when one is free;
+#: handing a smaller one over costs the event loop more than it saves (benchmarks/RESULTS.md).
+_OFFLOAD_MIN = 128 * 1024
+#: The event loop keeps one core busy with HTTP; two helpers use a second one. On a single
+#: CPU there is nothing to gain, so nothing is handed over.
+_OFFLOAD_THREADS = 2 if (os.cpu_count() or 1) > 1 else 0
+#: Chunks handed over at once, across the batch: enough to keep both helpers busy, few
+#: enough that the memory they pin (up to a chunk each) stays small at any concurrency.
+_OFFLOAD_JOBS = 4 * _OFFLOAD_THREADS
 DISK_FULL_NOT_STARTED = "not started: the destination disk is full"
 
 
@@ -247,6 +258,10 @@ class _Transfer:
         self.hasher.update(chunk)
         self.offset += len(chunk)
 
+    def write(self, file: BinaryIO, chunk: bytes) -> None:
+        file.write(chunk)
+        self.absorb(chunk)
+
     def adopt_partial(self) -> None:
         """Continue from a `.part` an earlier run left: hash what is there, keep its ETag."""
         try:
@@ -262,6 +277,70 @@ class _Transfer:
         if self.etag:
             with contextlib.suppress(OSError, AttributeError):
                 os.setxattr(self.part, _ETAG_XATTR, self.etag.encode())
+
+
+class _Offload:
+    """Writes and hashes big chunks on helper threads while the event loop reads on.
+
+    sha256 and `write` both release the GIL, and together they cost about as much CPU as
+    everything else a large download does; on the loop they cap a batch at one core.
+    A transfer hands over one chunk at a time and waits for it before the next, so its
+    bytes stay in order and its `_Transfer` is touched by one thread at a time. When
+    `jobs` chunks are already out, the loop writes the next one itself instead of waiting.
+    """
+
+    def __init__(self) -> None:
+        self._threads = _OFFLOAD_THREADS
+        self._jobs = _OFFLOAD_JOBS if _OFFLOAD_THREADS else 0
+        self._out = 0  # chunks handed over and not yet done, across transfers
+        self._lock = threading.Lock()  # helpers count down from their own threads
+        self._executor: ThreadPoolExecutor | None = None
+
+    def write(self, file: BinaryIO, state: _Transfer, chunk: bytes) -> Future[None] | None:
+        """Write and hash `chunk` now, or start doing it on a helper and return its job."""
+        if len(chunk) < _OFFLOAD_MIN or self._out >= self._jobs:
+            state.write(file, chunk)
+            return None
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="vobiz-hash")
+        with self._lock:
+            self._out += 1
+        job = self._executor.submit(state.write, file, chunk)
+        job.add_done_callback(self._done)
+        return job
+
+    def _done(self, _: Future[None]) -> None:
+        with self._lock:
+            self._out -= 1
+
+    def close(self) -> None:
+        """Let the helpers exit; every job has been waited for by then."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+
+async def _settle(job: Future[None] | None, err: BaseException) -> None:
+    """Wait for a helper's job before the file closes or `state` is used again, even
+    through a cancellation. A failed write outranks `err` (unless we are being cancelled):
+    the OSError handler then restarts the transfer, since the file's tail is unknown."""
+    if job is None:
+        return
+    cancelled: asyncio.CancelledError | None = None
+    while not job.done():
+        try:
+            await asyncio.wait([asyncio.wrap_future(job)])
+        except asyncio.CancelledError as again:
+            cancelled = again
+    if cancelled is not None:
+        raise cancelled
+    failure = None if job.cancelled() else job.exception()
+    if (
+        isinstance(failure, OSError)
+        and failure is not err
+        and not isinstance(err, asyncio.CancelledError)
+    ):
+        raise failure from err
 
 
 async def _iterate(source: Source) -> AsyncGenerator[Item, None]:
@@ -322,6 +401,7 @@ class Downloader:
         #: Batch mode lists each destination folder once instead of a stat per file.
         self._scans: dict[Path, set[str]] | None = None
         self._made_dirs: set[Path] = set()
+        self._offload = _Offload()
 
     # -- batch ---------------------------------------------------------------------------
 
@@ -355,7 +435,7 @@ class Downloader:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._close_manifest()
+            self._close()
         final = [r for r in results if r is not None]
         assert len(final) == len(results)
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
@@ -374,9 +454,11 @@ class Downloader:
                 self.concurrency,
             )
 
-    def _close_manifest(self) -> None:
+    def _close(self) -> None:
+        """Close what `_prepare` and the transfers opened: the manifest and the helpers."""
         if self._manifest is not None and self._manifest is not self._manifest_arg:
             self._manifest.close()
+        self._offload.close()
 
     def _emit(self, event: ProgressEvent) -> None:
         if self._on_progress is None:
@@ -394,7 +476,7 @@ class Downloader:
         try:
             return await self.one(item)
         finally:
-            self._close_manifest()
+            self._close()
 
     async def one(self, item: Item) -> DownloadResult:
         """Download one recording or id; failures become a failed result, never a raise."""
@@ -665,20 +747,27 @@ class Downloader:
         recording_id = state.recording.recording_id
         received = 0
         progress = self._on_progress is not None
+        job: Future[None] | None = None  # the chunk a helper thread is writing, if any
         try:
-            # Writing and hashing in the loop measured faster than a writer thread (see
-            # benchmarks/RESULTS.md): the second core is busy with the kernel's copies.
             with open(state.part, "ab" if state.offset else "wb") as file:  # noqa: ASYNC230
                 if expected is None or expected > self.chunk_size:
                     state.remember_etag()  # survives even a kill -9 mid-transfer
-                async for chunk in resp.content.iter_chunked(self.chunk_size):
-                    file.write(chunk)
-                    state.absorb(chunk)
-                    received += len(chunk)
-                    if progress:
-                        self._emit(
-                            ProgressEvent(ProgressKind.BYTES, recording_id, len(chunk), expected)
-                        )
+                try:
+                    async for chunk in resp.content.iter_chunked(self.chunk_size):
+                        if job is not None:
+                            await asyncio.wrap_future(job)  # until then `state` is the helper's
+                        job = self._offload.write(file, state, chunk)
+                        received += len(chunk)
+                        if progress:
+                            event = ProgressEvent(
+                                ProgressKind.BYTES, recording_id, len(chunk), expected
+                            )
+                            self._emit(event)
+                    if job is not None:
+                        await asyncio.wrap_future(job)
+                except BaseException as err:
+                    await _settle(job, err)
+                    raise
         except (aiohttp.ClientError, TimeoutError) as err:
             # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
             message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
