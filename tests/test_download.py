@@ -1019,6 +1019,49 @@ async def test_cancel_waits_for_the_helper_thread_writing(
     assert_verified(fake, result)
 
 
+@pytest.mark.parametrize(("concurrency", "helped"), [(1, False), (4, True)])
+async def test_only_concurrent_transfers_hand_chunks_to_helpers(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    dest: Path,
+    helpers: None,
+    monkeypatch: pytest.MonkeyPatch,
+    concurrency: int,
+    helped: bool,
+) -> None:
+    """A lone transfer writes on the loop (a hand-over would only make it wait); several
+    in flight write on helper threads too."""
+    writers: set[str] = set()
+
+    class Watched:
+        def __init__(self, file: Any) -> None:
+            self._file = file
+
+        def write(self, data: bytes) -> int:
+            writers.add(threading.current_thread().name)
+            return int(self._file.write(data))
+
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self._file.close()
+
+    def watched_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
+        return Watched(file) if str(path).endswith(".part") and mode in ("wb", "ab") else file
+
+    monkeypatch.setattr(download_module, "open", watched_open, raising=False)
+    rids = add(fake, 4, size=1_000_000)
+
+    report = await session.recordings.download_many(
+        [recording(fake, rid) for rid in rids], dest, concurrency=concurrency
+    )
+
+    assert report.ok
+    assert any(name.startswith("vobiz-hash") for name in writers) is helped
+
+
 @pytest.mark.parametrize(
     ("threads", "jobs", "smallest"),
     [(0, 0, 1), (2, 1, 1), (2, 8, 1), (2, 8, 128 * 1024)],

@@ -287,11 +287,13 @@ class _Offload:
     A transfer hands over one chunk at a time and waits for it before the next, so its
     bytes stay in order and its `_Transfer` is touched by one thread at a time. When
     `jobs` chunks are already out, the loop writes the next one itself instead of waiting.
+    A lone transfer keeps its chunks on the loop: with nothing else to do there, the loop
+    would only wait for each hand-over (experiment 19 in benchmarks/RESULTS.md).
     """
 
-    def __init__(self) -> None:
-        self._threads = _OFFLOAD_THREADS
-        self._jobs = _OFFLOAD_JOBS if _OFFLOAD_THREADS else 0
+    def __init__(self, transfers: int) -> None:
+        self._threads = _OFFLOAD_THREADS if transfers > 1 else 0
+        self._jobs = _OFFLOAD_JOBS if self._threads else 0
         self._out = 0  # chunks handed over and not yet done, across transfers
         self._lock = threading.Lock()  # helpers count down from their own threads
         self._executor: ThreadPoolExecutor | None = None
@@ -401,7 +403,7 @@ class Downloader:
         #: Batch mode lists each destination folder once instead of a stat per file.
         self._scans: dict[Path, set[str]] | None = None
         self._made_dirs: set[Path] = set()
-        self._offload = _Offload()
+        self._offload = _Offload(concurrency)
 
     # -- batch ---------------------------------------------------------------------------
 
