@@ -22,9 +22,9 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
@@ -102,6 +102,35 @@ def write_part(dest: Path, rid: str, data: bytes) -> None:
 def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class _PartFile:
+    """A `.part` file the downloader opened, wrapped so a test can step into its writes."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def write(self, data: bytes) -> int:
+        return int(self._file.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def wrap_part_files(monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Any], _PartFile]) -> None:
+    """Make the downloader's `open` hand out `wrap(file)` for the `.part` files it writes."""
+
+    def part_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
+        return wrap(file) if str(path).endswith(".part") and mode in ("wb", "ab") else file
+
+    monkeypatch.setattr(download_module, "open", part_open, raising=False)
 
 
 def assert_verified(fake: FakeVobiz, result: DownloadResult) -> None:
@@ -942,11 +971,11 @@ async def test_cancel_keeps_part_and_rerun_resumes(
     assert tree(dest) == {f"{rid}.mp3"}
 
 
-class _GatedFile:
+class _GatedFile(_PartFile):
     """A `.part` file whose first write from a helper thread waits for `gate`."""
 
     def __init__(self, file: Any, entered: threading.Event, gate: threading.Event) -> None:
-        self._file = file
+        super().__init__(file)
         self._entered = entered
         self._gate = gate
         self.closed_during_write = False
@@ -956,16 +985,7 @@ class _GatedFile:
             self._entered.set()
             self._gate.wait(10)
             self.closed_during_write = self._file.closed
-        return int(self._file.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-    def __enter__(self) -> _GatedFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
+        return super().write(data)
 
 
 @pytest.fixture(name="helpers")
@@ -989,14 +1009,11 @@ async def test_cancel_waits_for_the_helper_thread_writing(
     entered, gate = threading.Event(), threading.Event()
     files: list[_GatedFile] = []
 
-    def gated_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
-        if str(path).endswith(".part") and mode in ("wb", "ab"):
-            files.append(_GatedFile(file, entered, gate))
-            return files[-1]
-        return file
+    def gated(file: Any) -> _GatedFile:
+        files.append(_GatedFile(file, entered, gate))
+        return files[-1]
 
-    monkeypatch.setattr(download_module, "open", gated_open, raising=False)
+    wrap_part_files(monkeypatch, gated)
     task = asyncio.create_task(session.recordings.download_many([recording(fake, rid)], dest))
     assert await eventually(entered.is_set)
     task.cancel()
@@ -1033,25 +1050,12 @@ async def test_only_concurrent_transfers_hand_chunks_to_helpers(
     in flight write on helper threads too."""
     writers: set[str] = set()
 
-    class Watched:
-        def __init__(self, file: Any) -> None:
-            self._file = file
-
+    class Watched(_PartFile):
         def write(self, data: bytes) -> int:
             writers.add(threading.current_thread().name)
-            return int(self._file.write(data))
+            return super().write(data)
 
-        def __enter__(self) -> Any:
-            return self
-
-        def __exit__(self, *exc: object) -> None:
-            self._file.close()
-
-    def watched_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
-        return Watched(file) if str(path).endswith(".part") and mode in ("wb", "ab") else file
-
-    monkeypatch.setattr(download_module, "open", watched_open, raising=False)
+    wrap_part_files(monkeypatch, Watched)
     rids = add(fake, 4, size=1_000_000)
 
     report = await session.recordings.download_many(
@@ -1568,27 +1572,18 @@ async def test_unwritable_dest_fails_with_disk_error(
         assert str(dest) in str(result.error)
 
 
-class _FullFile:
+class _FullFile(_PartFile):
     """A file whose writes fail with ENOSPC once a shared byte budget is spent."""
 
     def __init__(self, file: Any, budget: list[int]) -> None:
-        self._file = file
+        super().__init__(file)
         self._budget = budget
 
     def write(self, data: bytes) -> int:
         if len(data) > self._budget[0]:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._budget[0] -= len(data)
-        return int(self._file.write(data))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._file, name)
-
-    def __enter__(self) -> _FullFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
+        return super().write(data)
 
 
 @pytest.fixture(name="small_disk")
@@ -1614,14 +1609,7 @@ def _small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
                 subprocess.run([umount, str(mount_point)], check=True)  # noqa: S603
             return
     budget = [1 << 20]
-
-    def open_part(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
-        if str(path).endswith(".part") and ("w" in mode or "a" in mode):
-            return _FullFile(file, budget)
-        return file
-
-    monkeypatch.setattr(download_module, "open", open_part, raising=False)
+    wrap_part_files(monkeypatch, lambda file: _FullFile(file, budget))
     yield mount_point
 
 
