@@ -72,12 +72,22 @@ _STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _ETAG_XATTR = "user.vobiz.etag"
 _HEAD = 16
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 #: Chunks at least this big are written and hashed on a helper thread when one is free;
 #: handing a smaller one over costs the event loop more than it saves (benchmarks/RESULTS.md).
 _OFFLOAD_MIN = 128 * 1024
 #: The event loop keeps one core busy with HTTP; two helpers use a second one. On a single
 #: CPU there is nothing to gain, so nothing is handed over.
-_OFFLOAD_THREADS = 2 if (os.cpu_count() or 1) > 1 else 0
+_OFFLOAD_THREADS = 2 if _usable_cpus() > 1 else 0
 #: Chunks handed over at once, across the batch: enough to keep both helpers busy, few
 #: enough that the memory they pin (up to a chunk each) stays small at any concurrency.
 _OFFLOAD_JOBS = 4 * _OFFLOAD_THREADS

@@ -46,6 +46,7 @@ from .download import (
     _item_id,
     _iterate,
     _result_event,
+    _usable_cpus,
 )
 from .errors import DiskError, DownloadError
 
@@ -78,11 +79,7 @@ def configure_logging(debug: bool) -> None:
 
 def default_workers() -> int:
     """One worker per usable CPU, at most 4 (beyond that the server or disk is the limit)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(4, cpus))
+    return max(1, min(4, _usable_cpus()))
 
 
 @attrs.frozen
