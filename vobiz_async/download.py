@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -92,6 +93,24 @@ _OFFLOAD_THREADS = 2 if _usable_cpus() > 1 else 0
 #: enough that the memory they pin (up to a chunk each) stays small at any concurrency.
 _OFFLOAD_JOBS = 4 * _OFFLOAD_THREADS
 DISK_FULL_NOT_STARTED = "not started: the destination disk is full"
+#: glibc serves an allocation above its mmap threshold (128 KiB at start) with a fresh
+#: mapping, and raises the threshold only when it frees such a block that is still bigger
+#: than the threshold. asyncio reads a socket into a 256 KiB buffer and shrinks it to what
+#: arrived, so a body under 128 KiB never raises it: every read maps, faults in and unmaps
+#: its pages again (benchmarks/RESULTS.md, experiment 22). Freeing one block this big
+#: raises it (and the heap's trim threshold, to twice that) past every read buffer.
+_MMAP_THRESHOLD_HINT = 1 << 20
+
+
+@functools.cache
+def _raise_mmap_threshold() -> None:
+    """Free one big block, once per process: glibc then keeps read buffers on its heap.
+
+    This is glibc's own adaptive rule, which any program that frees such a block triggers;
+    a threshold set by `mallopt` or `MALLOC_MMAP_THRESHOLD_` is left alone, and other
+    allocators just free the block. Nothing is touched, so no page is faulted in.
+    """
+    bytes(_MMAP_THRESHOLD_HINT)
 
 
 class DownloadStatus(enum.StrEnum):
@@ -453,7 +472,9 @@ class Downloader:
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
 
     def _prepare(self) -> None:
-        """Open the manifest and size the connection pool to the concurrency."""
+        """Open the manifest, size the connection pool to the concurrency, and keep read
+        buffers off fresh mappings."""
+        _raise_mmap_threshold()
         if isinstance(self._manifest_arg, Manifest):
             self._manifest = self._manifest_arg
         elif self._manifest_arg is not None:
