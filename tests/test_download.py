@@ -50,6 +50,7 @@ from vobiz_async import (
     UnsafeURLError,
 )
 from vobiz_async import download as download_module
+from vobiz_async.manifest import Manifest
 from vobiz_async.testing import FakeVobiz, RequestRecord
 
 FINAL_SUFFIXES = (".mp3", ".wav")
@@ -1213,6 +1214,49 @@ async def test_manifest_line_per_download(
         assert line["size"] == fake.size(rid)
         assert line["sha256"] == fake.sha256(rid)
         assert file_sha256(dest / line["path"]) == line["sha256"]
+
+
+async def test_callers_manifest_knows_the_new_entries(
+    fake: FakeVobiz, session: AsyncSession, dest: Path, tmp_path: Path
+) -> None:
+    """A Manifest the caller passes in holds this batch's entries afterwards."""
+    rids = add(fake, 3)
+
+    with Manifest(tmp_path / "manifest.jsonl") as manifest:
+        await session.recordings.download_many(session.recordings.list(), dest, manifest=manifest)
+
+        assert sorted(e.recording_id for e in manifest) == sorted(rids)
+        assert all(e.sha256 == fake.sha256(e.recording_id) for e in manifest)
+
+
+async def test_own_manifest_keeps_no_entries_in_memory(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    dest: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A manifest the batch opens from a path is written, but its entries are not held."""
+    opened: list[Manifest] = []
+
+    class Watched(Manifest):
+        def __init__(self, path: str | os.PathLike[str]) -> None:
+            super().__init__(path)
+            opened.append(self)
+
+    monkeypatch.setattr(download_module, "Manifest", Watched)
+    rids = add(fake, 3)
+    path = tmp_path / "manifest.jsonl"
+
+    report = await session.recordings.download_many(
+        [*rids, rids[0]], dest, manifest=path, concurrency=1
+    )
+
+    statuses = [r.status for r in report.results]
+    assert statuses == [DownloadStatus.DOWNLOADED] * 3 + [DownloadStatus.SKIPPED]
+    assert len(media(fake)) == 3  # the repeated id was caught without the manifest's memory
+    assert [len(manifest) for manifest in opened] == [0]
+    assert sorted(line["recording_id"] for line in manifest_lines(path)) == sorted(rids)
 
 
 async def test_manifest_rerun_skips(

@@ -114,6 +114,19 @@ def test_last_entry_wins(path: Path) -> None:
         assert len(reloaded) == 2
 
 
+def test_add_without_remembering(path: Path) -> None:
+    """`remember=False` writes the line but keeps the entry out of memory until a reload."""
+    with Manifest(path) as manifest:
+        manifest.add(entry("a"))
+        manifest.add(entry("b"), remember=False)
+        assert manifest.get("b") is None
+        assert [e.recording_id for e in manifest] == ["a"]
+
+    with Manifest(path) as reloaded:
+        assert reloaded.get("b") == entry("b")
+        assert len(reloaded) == 2
+
+
 def test_record_stamps_the_time(path: Path) -> None:
     """`record` builds the entry itself with a timezone-aware download time."""
     with Manifest(path) as manifest:

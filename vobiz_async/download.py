@@ -664,6 +664,9 @@ class Downloader:
                 sha256=digest,
                 container=container,
                 add_time=format_timestamp(recording.add_time),
+                # A manifest this batch opened itself is never read again: later duplicates
+                # are caught by `_scans`. A caller's manifest keeps its entries.
+                remember=self._manifest is self._manifest_arg,
             )
         return DownloadResult(
             recording.recording_id,

@@ -96,8 +96,13 @@ class Manifest:
         """The latest entry for `recording_id`, if any."""
         return self._entries.get(recording_id)
 
-    def add(self, entry: ManifestEntry) -> None:
-        """Append one entry; it is in the file when this returns (not fsynced)."""
+    def add(self, entry: ManifestEntry, *, remember: bool = True) -> None:
+        """Append one entry; it is in the file when this returns (not fsynced).
+
+        With `remember=False` the entry is written but not kept in memory (`get`, `len` and
+        iteration leave it out until the file is loaded again): for a writer that never
+        looks its own entries up, such as a download batch, where 20,000 entries cost 5 MB.
+        """
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -106,7 +111,8 @@ class Manifest:
                 self._torn = False
         line = json.dumps(attrs.asdict(entry), separators=(",", ":")) + "\n"
         os.write(self._fd, line.encode())
-        self._entries[entry.recording_id] = entry
+        if remember:
+            self._entries[entry.recording_id] = entry
 
     def record(
         self,
@@ -117,8 +123,9 @@ class Manifest:
         sha256: str,
         container: str | None,
         add_time: str | None,
+        remember: bool = True,
     ) -> ManifestEntry:
-        """Add an entry stamped with the current time."""
+        """Add an entry stamped with the current time (`remember` as for `add`)."""
         entry = ManifestEntry(
             recording_id=recording_id,
             path=path,
@@ -128,7 +135,7 @@ class Manifest:
             add_time=add_time,
             downloaded_at=datetime.now(UTC).isoformat(),
         )
-        self.add(entry)
+        self.add(entry, remember=remember)
         return entry
 
     def close(self) -> None:
