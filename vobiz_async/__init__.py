@@ -1,12 +1,6 @@
 """asyncio client for the Vobiz Recording API, with a verified bulk downloader."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("vobiz-async")
-except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-    __version__ = "0.0.0"
-
+from ._version import __version__
 from .download import (
     DownloadReport,
     DownloadResult,

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
+from ._version import __version__
 from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
 from .errors import AuthenticationError, ConfigurationError, VobizError
 from .manifest import MANIFEST_NAME, Manifest, verify_manifest

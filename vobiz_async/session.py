@@ -19,7 +19,7 @@ from typing import Any, Self
 import aiohttp
 from yarl import URL
 
-from . import __version__
+from ._version import __version__
 from .errors import (
     APIConnectionError,
     APITimeoutError,
