@@ -31,10 +31,11 @@ from vobiz_async import (
     Recording,
     ResponseValidationError,
 )
+from vobiz_async import workers as workers_module
 from vobiz_async.manifest import Manifest, verify_manifest
 from vobiz_async.protocol import make_status_error
 from vobiz_async.testing import FakeVobiz
-from vobiz_async.workers import _shares, download_in_workers
+from vobiz_async.workers import _shares, default_workers, download_in_workers
 
 
 @pytest.fixture(name="fake")
@@ -252,6 +253,15 @@ async def test_bad_credentials_from_the_source_stop_every_worker(
 
 
 # -- pieces ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(1, 1), (2, 1), (3, 1), (4, 2), (8, 4), (64, 4)])
+def test_default_workers_one_per_two_cpus(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, expected: int
+) -> None:
+    """The default is one process per two usable CPUs, at least 1 and at most 4."""
+    monkeypatch.setattr(workers_module, "_usable_cpus", lambda: cpus)
+    assert default_workers() == expected
 
 
 @pytest.mark.parametrize(("total", "parts"), [(16, 2), (16, 3), (5, 4), (4, 4), (1, 1)])

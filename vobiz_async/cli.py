@@ -271,7 +271,7 @@ async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recor
 
 
 def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:
-    """`--workers`, or one per CPU (at most 4); a short list of ids stays in-process,
+    """`--workers`, or one per two CPUs (at most 4); a short list of ids stays in-process,
     where starting interpreters would cost more than it saves."""
     if args.workers is not None:
         workers: int = args.workers
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--workers",
             type=_positive,
-            help="processes sharing the transfers (default: one per CPU, at most 4)",
+            help="processes sharing the transfers (default: one per two CPUs, at most 4)",
         )
         sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None)
 

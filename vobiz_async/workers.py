@@ -78,8 +78,10 @@ def configure_logging(debug: bool) -> None:
 
 
 def default_workers() -> int:
-    """One worker per usable CPU, at most 4 (beyond that the server or disk is the limit)."""
-    return max(1, min(4, _usable_cpus()))
+    """One process per two usable CPUs, at most 4: each one's event loop and hashing helpers
+    keep about two busy (beyond 4 the server or disk is the limit). On two CPUs a second
+    process gained -7 to +8 % and doubled the memory (benchmarks/RESULTS.md, experiment 25)."""
+    return max(1, min(4, _usable_cpus() // 2))
 
 
 @attrs.frozen
