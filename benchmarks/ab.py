@@ -17,18 +17,17 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import data, peers, services
-from harness.measure import RSS_SAMPLE_S, TreeSampler
+from harness.measure import RSS_SAMPLE_S, run_child, tail
 
 OUT = Path("/dev/shm/vobiz-ab-out")
 SCRATCH = Path("/dev/shm/vobiz-ab-scratch")
+TIMEOUT_S = 900.0
 
 
 def environment(variant: str) -> tuple[str, dict[str, str]]:
@@ -46,17 +45,12 @@ def environment(variant: str) -> tuple[str, dict[str, str]]:
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, float]:
     """Wall seconds, CPU seconds, minor page faults and peak RSS (MB) of one peer run."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    sampler = TreeSampler(proc.pid)
-    sampler.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    sampler.done.set()
-    sampler.join()
-    if status:
-        raise SystemExit(f"{cmd[1]} exited with status {status}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_minflt, sampler.peak / 1e6
+    stderr = SCRATCH / "stderr.txt"
+    stats = run_child(cmd, SCRATCH / "stdout.txt", stderr, TIMEOUT_S, env)
+    if stats.exit_code or stats.timed_out:
+        raise SystemExit(f"{cmd[1]} failed ({stats.exit_code}): {tail(stderr)}")
+    cpu = stats.user_s + stats.sys_s
+    return stats.wall_s, cpu, stats.minor_faults, stats.peak_rss_mb
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ class ChildStats:
     user_s: float
     sys_s: float
     peak_rss_mb: float
+    #: Page faults served without I/O (wait4's ru_minflt): the cost of fresh memory.
+    minor_faults: int
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,12 +86,18 @@ class TreeSampler(threading.Thread):
                 self.peak = max(self.peak, sample)
 
 
-def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> ChildStats:
+def run_child(
+    cmd: list[str],
+    stdout: Path,
+    stderr: Path,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+) -> ChildStats:
     """Start `cmd` (Popen returns once it has exec'd), reap it with wait4 to get its CPU
     time (its reaped children's included), and sample its peak RSS from /proc meanwhile."""
     with stdout.open("wb") as out, stderr.open("wb") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
         sampler = TreeSampler(proc.pid)
@@ -109,6 +118,7 @@ def run_child(cmd: list[str], stdout: Path, stderr: Path, timeout: float) -> Chi
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
         peak_rss_mb=peak / 1e6,
+        minor_faults=usage.ru_minflt,
     )
 
 
