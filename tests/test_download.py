@@ -1187,6 +1187,18 @@ async def test_overwrite_refetches(fake: FakeVobiz, session: AsyncSession, dest:
         assert_verified(fake, result)
 
 
+async def test_batch_raises_the_mmap_threshold_first(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """A batch frees the block that keeps read buffers on the heap (test_download_memory)."""
+    download_module._raise_mmap_threshold.cache_clear()
+    add(fake)
+
+    await session.recordings.download_many(session.recordings.list(), dest)
+
+    assert download_module._raise_mmap_threshold.cache_info().currsize == 1
+
+
 # --------------------------------------------------------------------------- manifest
 
 
@@ -1248,15 +1260,43 @@ async def test_own_manifest_keeps_no_entries_in_memory(
     rids = add(fake, 3)
     path = tmp_path / "manifest.jsonl"
 
+    await session.recordings.download_many(session.recordings.list(), dest, manifest=path)
+
+    assert [len(manifest) for manifest in opened] == [0]
+    assert sorted(line["recording_id"] for line in manifest_lines(path)) == sorted(rids)
+
+
+async def test_repeated_id_with_own_manifest_fetched_once(
+    fake: FakeVobiz, session: AsyncSession, dest: Path, tmp_path: Path
+) -> None:
+    """With a manifest opened from a path, an id repeated later in the batch is skipped."""
+    rids = add(fake, 2)
+
     report = await session.recordings.download_many(
-        [*rids, rids[0]], dest, manifest=path, concurrency=1
+        [*rids, rids[0]], dest, manifest=tmp_path / "manifest.jsonl", concurrency=1
     )
 
     statuses = [r.status for r in report.results]
-    assert statuses == [DownloadStatus.DOWNLOADED] * 3 + [DownloadStatus.SKIPPED]
-    assert len(media(fake)) == 3  # the repeated id was caught without the manifest's memory
-    assert [len(manifest) for manifest in opened] == [0]
-    assert sorted(line["recording_id"] for line in manifest_lines(path)) == sorted(rids)
+    assert statuses == [DownloadStatus.DOWNLOADED] * 2 + [DownloadStatus.SKIPPED]
+    assert len(media(fake)) == 2
+
+
+async def test_repeated_id_with_stale_manifest_entry_fetched_once(
+    fake: FakeVobiz, session: AsyncSession, dest: Path, tmp_path: Path
+) -> None:
+    """An id whose old manifest entry no longer matches is fetched once, even when repeated."""
+    rid = add(fake)[0]
+    manifest = tmp_path / "manifest.jsonl"
+    with Manifest(manifest) as old:
+        old.record(rid, f"{rid}.mp3", size=1, sha256="0" * 64, container="mp3", add_time=None)
+
+    report = await session.recordings.download_many(
+        [rid, rid], dest, manifest=manifest, concurrency=1
+    )
+
+    assert [r.status for r in report.results] == [DownloadStatus.DOWNLOADED, DownloadStatus.SKIPPED]
+    assert len(media(fake)) == 1
+    assert file_sha256(dest / f"{rid}.mp3") == fake.sha256(rid)
 
 
 async def test_manifest_rerun_skips(

@@ -127,6 +127,18 @@ def test_add_without_remembering(path: Path) -> None:
         assert len(reloaded) == 2
 
 
+def test_add_without_remembering_forgets_the_older_entry(path: Path) -> None:
+    """`remember=False` for a known id drops the older entry, which the file now overrides."""
+    old, new = entry("a", body=b"old"), entry("a", body=b"new bytes")
+    path.write_bytes(line(old))
+
+    with Manifest(path) as manifest:
+        manifest.add(new, remember=False)
+        assert manifest.get("a") is None
+
+    assert Manifest(path).get("a") == new
+
+
 def test_record_stamps_the_time(path: Path) -> None:
     """`record` builds the entry itself with a timezone-aware download time."""
     with Manifest(path) as manifest:
