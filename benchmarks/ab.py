@@ -1,7 +1,8 @@
 """Interleaved A/B of library trees (or environments) through the real peer scripts.
 
 Each variant is a fresh peer process, as in `benchmarks/run`, so start-up, the allocator's
-state and page faults count; variants alternate run by run. Prints every run and the medians
+state and page faults count; variants alternate run by run, and every file a run writes is
+checked by size and sha256. Prints every run and the medians
 of wall time, CPU, minor page faults and peak RSS. A variant is `LABEL=PATH` (a checkout put
 first on PYTHONPATH, e.g. a `git worktree` of the commit before a change) or `LABEL=` (the
 tree the bench venv has installed), optionally followed by `:NAME=VALUE,...` environment:
@@ -77,7 +78,11 @@ def main() -> None:
                 OUT.mkdir(parents=True)
                 SCRATCH.mkdir(parents=True, exist_ok=True)
                 job = peers.Job(dataset, media_base, api, OUT, SCRATCH, args.concurrency)
-                figures = run(by_slug[args.peer].command(job), env)
+                peer = by_slug[args.peer]
+                figures = run(peer.command(job), env)
+                check = data.verify(dataset, OUT, peer.allowed_extra)
+                if peer.downloads and not check.ok:
+                    raise SystemExit(f"{label}: wrong output ({check})")
                 runs[label].append(figures)
                 wall, cpu, faults, rss = figures
                 print(

@@ -80,7 +80,8 @@ def configure_logging(debug: bool) -> None:
 def default_workers() -> int:
     """One process per two usable CPUs, at most 4: each one's event loop and hashing helpers
     keep about two busy (beyond 4 the server or disk is the limit). On two CPUs a second
-    process gained -7 to +8 % and doubled the memory (benchmarks/RESULTS.md, experiment 25)."""
+    process changed the wall time by -8 % to +7 % and doubled the memory
+    (benchmarks/RESULTS.md, experiment 25)."""
     return max(1, min(4, _usable_cpus() // 2))
 
 
