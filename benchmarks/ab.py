@@ -1,9 +1,9 @@
 """Interleaved A/B of library trees (or environments) through the real peer scripts.
 
 Each variant is a fresh peer process, as in `benchmarks/run`, so start-up, the allocator's
-state and page faults count; variants alternate run by run, and every file a run writes is
-checked by size and sha256. Prints every run and the medians
-of wall time, CPU, minor page faults and peak RSS. A variant is `LABEL=PATH` (a checkout put
+state and page faults count; variants alternate run by run, and each run's output is checked
+as `benchmarks/run` checks it. Prints every run and the medians of wall time, CPU, minor
+page faults and peak RSS. A variant is `LABEL=PATH` (a checkout put
 first on PYTHONPATH, e.g. a `git worktree` of the commit before a change) or `LABEL=` (the
 tree the bench venv has installed), optionally followed by `:NAME=VALUE,...` environment:
 
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import data, peers, services
-from harness.measure import RSS_SAMPLE_S, run_child, tail
+from harness.measure import RSS_SAMPLE_S, outcome, peer_figures, run_child
 
 OUT = Path("/dev/shm/vobiz-ab-out")
 SCRATCH = Path("/dev/shm/vobiz-ab-scratch")
@@ -44,12 +44,14 @@ def environment(variant: str) -> tuple[str, dict[str, str]]:
     return label, env
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int, float]:
-    """Wall seconds, CPU seconds, minor page faults and peak RSS (MB) of one peer run."""
-    stderr = SCRATCH / "stderr.txt"
-    stats = run_child(cmd, SCRATCH / "stdout.txt", stderr, TIMEOUT_S, env)
-    if stats.exit_code or stats.timed_out:
-        raise SystemExit(f"{cmd[1]} failed ({stats.exit_code}): {tail(stderr)}")
+def run(peer: peers.Peer, job: peers.Job, env: dict[str, str]) -> tuple[float, float, int, float]:
+    """Wall seconds, CPU seconds, minor page faults and peak RSS (MB) of one peer run, whose
+    exit code and output the harness's own `outcome` must find ok."""
+    stdout, stderr = SCRATCH / "stdout.txt", SCRATCH / "stderr.txt"
+    stats = run_child(peer.command(job), stdout, stderr, TIMEOUT_S, env)
+    verdict = outcome(peer, job, stats, peer_figures(stdout), stderr)
+    if verdict["status"] != "ok":
+        raise SystemExit(f"{peer.name}: {verdict['status']}: {verdict['note']}")
     cpu = stats.user_s + stats.sys_s
     return stats.wall_s, cpu, stats.minor_faults, stats.peak_rss_mb
 
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="ms per fake API response")
     args = parser.parse_args()
     by_slug = {peer.slug: peer for peer in peers.download_peers() + peers.listing_peers()}
+    peer = by_slug[args.peer]
     dataset = data.ensure_dataset(data.WORKLOADS[args.workload], "tmpfs")
     services.prepare_work_dirs()
     variants = [environment(variant) for variant in args.variants]
@@ -78,11 +81,7 @@ def main() -> None:
                 OUT.mkdir(parents=True)
                 SCRATCH.mkdir(parents=True, exist_ok=True)
                 job = peers.Job(dataset, media_base, api, OUT, SCRATCH, args.concurrency)
-                peer = by_slug[args.peer]
-                figures = run(peer.command(job), env)
-                check = data.verify(dataset, OUT, peer.allowed_extra)
-                if peer.downloads and not check.ok:
-                    raise SystemExit(f"{label}: wrong output ({check})")
+                figures = run(peer, job, env)
                 runs[label].append(figures)
                 wall, cpu, faults, rss = figures
                 print(
