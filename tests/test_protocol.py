@@ -26,12 +26,14 @@ from vobiz_async import (
 )
 from vobiz_async.protocol import (
     MAX_RETRY_AFTER,
+    archive_key,
     backoff_delay,
     decipher_response,
     error_details,
     format_timestamp,
     is_retryable_status,
     make_status_error,
+    media_type,
     next_page_params,
     parse_retry_after,
     parse_timestamp,
@@ -509,3 +511,39 @@ class TestQuotePathSegment:
         """The message says what was being quoted."""
         with pytest.raises(InvalidRecordingIdError, match="unsafe auth id"):
             quote_path_segment("MA/..", what="auth id")
+
+
+@pytest.mark.parametrize(
+    ("layout", "add_time", "key"),
+    [
+        ("flat", datetime(2026, 5, 7, 9, 45, tzinfo=UTC), "rec-1.mp3"),
+        ("date", datetime(2026, 5, 7, 9, 45, tzinfo=UTC), "2026/05/07/rec-1.mp3"),
+        ("date", None, "rec-1.mp3"),
+    ],
+)
+def test_archive_key_layouts(layout: str, add_time: datetime | None, key: str) -> None:
+    """A recording's key is its id and extension, under date folders for the date layout."""
+    assert archive_key("rec-1", extension="mp3", add_time=add_time, layout=layout) == key
+
+
+@pytest.mark.parametrize("hostile", ["../x", "/etc/passwd", "a/b", ".hidden", "a\nb", ""])
+def test_archive_key_refuses_hostile_ids(hostile: str) -> None:
+    """An id that could leave the archive's root never becomes a key."""
+    with pytest.raises(InvalidRecordingIdError, match="not a safe file name"):
+        archive_key(hostile, extension="mp3")
+
+
+@pytest.mark.parametrize("extension", ["part", "../x", "", "MP3/"])
+def test_archive_key_refuses_odd_extensions(extension: str) -> None:
+    """The partial's extension and anything not a plain extension are refused."""
+    with pytest.raises(ValueError, match="not a recording file extension"):
+        archive_key("rec-1", extension=extension)
+
+
+@pytest.mark.parametrize(
+    ("container", "expected"),
+    [("mp3", "audio/mpeg"), ("wav", "audio/wav"), (None, "application/octet-stream")],
+)
+def test_media_type_comes_from_the_container(container: str | None, expected: str) -> None:
+    """The stored media type follows the sniffed bytes."""
+    assert media_type(container) == expected

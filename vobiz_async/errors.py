@@ -31,6 +31,7 @@ __all__ = [
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",
+    "StorageError",
     "UnprocessableEntityError",
     "UnsafeURLError",
     "VobizError",
@@ -153,5 +154,16 @@ class UnsafeURLError(DownloadError):
     """A recording URL (or a redirect) the downloader refuses to fetch."""
 
 
-class DiskError(DownloadError):
+class StorageError(DownloadError):
+    """The archive's destination (a folder or an object store) refused or lost a write.
+
+    `destination_wide` is true when the problem is the destination's, not the recording's
+    (a missing bucket, bad storage credentials, a full or read-only disk): a batch then stops
+    starting new transfers.
+    """
+
+    destination_wide: bool = False
+
+
+class DiskError(StorageError):
     """Writing to the destination failed: disk full, permission denied, and the like."""

@@ -32,8 +32,10 @@ from .errors import (
 )
 
 __all__ = [
+    "CONTENT_TYPES",
     "MAX_RETRY_AFTER",
     "RETRYABLE_STATUSES",
+    "archive_key",
     "backoff_delay",
     "decipher_response",
     "error_details",
@@ -41,6 +43,7 @@ __all__ = [
     "format_timestamp",
     "is_retryable_status",
     "make_status_error",
+    "media_type",
     "next_page_params",
     "parse_body",
     "parse_content_range",
@@ -317,3 +320,33 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
     if end < start or (total is not None and end >= total):
         return None
     return start, end, total
+
+
+#: The media type stored with a recording, from its sniffed container.
+CONTENT_TYPES: Mapping[str, str] = {"mp3": "audio/mpeg", "wav": "audio/wav"}
+
+
+def media_type(container: str | None) -> str:
+    """`audio/mpeg` or `audio/wav` from the sniffed container, never from the API's claim."""
+    return CONTENT_TYPES.get(container or "", "application/octet-stream")
+
+
+def archive_key(
+    recording_id: str,
+    *,
+    extension: str,
+    add_time: datetime | None = None,
+    layout: str = "flat",
+) -> str:
+    """Where a recording lives inside an archive, relative to its root (folder or prefix).
+
+    `<id>.<ext>` for the flat layout, `YYYY/MM/DD/<id>.<ext>` (by `add_time`) for the date
+    layout. The id must pass `safe_file_stem`, so a key never climbs out of its root: no
+    `..` segment, no leading `/`, no control characters.
+    """
+    stem = safe_file_stem(recording_id)
+    if not _SAFE_EXT.fullmatch(extension) or extension == "part":
+        raise ValueError(f"not a recording file extension: {extension!r}")
+    if layout == "date" and add_time is not None:
+        return f"{add_time.strftime('%Y/%m/%d')}/{stem}.{extension}"
+    return f"{stem}.{extension}"
