@@ -26,6 +26,7 @@ from vobiz_async import (
 from vobiz_async.converter import make_converter, structure
 
 RID = "d7801b2e-5a5c-4c1d-9d4e-1a2b3c4d5e6f"
+STRICT = make_converter(forbid_extra_keys=True)
 IST = timezone(timedelta(hours=5, minutes=30))
 
 
@@ -161,19 +162,26 @@ class TestRecordingFromDict:
             rec.recording_id = "other"  # type: ignore[misc]
 
 
-class TestRecordingRejects:
+def strict(data: Any) -> Recording:
+    """The drift alarm: the documented shape, every field required, no unknown key."""
+    return structure(data, Recording, converter=STRICT)
+
+
+class TestStrictRecordingRejects:
+    """What the drift alarm flags: the shapes Vobiz documents, field by field."""
+
     @pytest.mark.parametrize(
         "field", ["recording_id", "call_uuid", "recording_url", "from_number", "resource_uri"]
     )
     def test_null_string(self, field: str) -> None:
         """A null where a string is required is an error, never the string "None"."""
         with pytest.raises(ResponseValidationError, match=field):
-            Recording.from_dict(wire_recording(**{field: None}))
+            strict(wire_recording(**{field: None}))
 
     def test_number_for_string(self) -> None:
         """Numbers are not silently coerced into string fields."""
         with pytest.raises(ResponseValidationError, match="to_number"):
-            Recording.from_dict(wire_recording(to_number=918071387428))
+            strict(wire_recording(to_number=918071387428))
 
     def test_missing_field(self) -> None:
         """A missing required field is reported by name."""
@@ -181,26 +189,26 @@ class TestRecordingRejects:
         del data["call_uuid"]
 
         with pytest.raises(ResponseValidationError, match="call_uuid"):
-            Recording.from_dict(data)
+            strict(data)
 
     @pytest.mark.parametrize("value", ["seven", "NaN", "Infinity", "", True, None, [1]])
     def test_bad_decimal(self, value: object) -> None:
         """recording_duration_ms must be a finite decimal string or number."""
         with pytest.raises(ResponseValidationError, match="recording_duration_ms"):
-            Recording.from_dict(wire_recording(recording_duration_ms=value))
+            strict(wire_recording(recording_duration_ms=value))
 
     @pytest.mark.parametrize("field", ["recording_start_ms", "recording_end_ms"])
     @pytest.mark.parametrize("value", ["seven", "NaN", "", True, [1]])
     def test_bad_optional_decimal(self, field: str, value: object) -> None:
         """The optional decimals take null, or the same decimals as the required ones."""
         with pytest.raises(ResponseValidationError, match=field):
-            Recording.from_dict(wire_recording(**{field: value}))
+            strict(wire_recording(**{field: value}))
 
     @pytest.mark.parametrize("value", [60.5, "sixty", True, None])
     def test_bad_int(self, value: object) -> None:
         """rounded_recording_duration must be a whole number."""
         with pytest.raises(ResponseValidationError, match="rounded_recording_duration"):
-            Recording.from_dict(wire_recording(rounded_recording_duration=value))
+            strict(wire_recording(rounded_recording_duration=value))
 
     @pytest.mark.parametrize(
         "value", ["yesterday", "2026-05-07", 1778127335, None, "2026-05-07 09:45:35+25:00"]
@@ -208,12 +216,12 @@ class TestRecordingRejects:
     def test_bad_add_time(self, value: object) -> None:
         """add_time must be a readable timestamp string."""
         with pytest.raises(ResponseValidationError, match="add_time"):
-            Recording.from_dict(wire_recording(add_time=value))
+            strict(wire_recording(add_time=value))
 
     def test_every_problem_reported(self) -> None:
         """One error lists every bad field, not just the first."""
         with pytest.raises(ResponseValidationError) as exc_info:
-            Recording.from_dict(wire_recording(recording_id=None, add_time="never"))
+            strict(wire_recording(recording_id=None, add_time="never"))
 
         assert "recording_id" in str(exc_info.value)
         assert "add_time" in str(exc_info.value)
@@ -223,7 +231,7 @@ class TestRecordingRejects:
         data = wire_recording(recording_id=None)
 
         with pytest.raises(ResponseValidationError) as exc_info:
-            Recording.from_dict(data)
+            strict(data)
 
         assert exc_info.value.body == data
 
@@ -232,6 +240,92 @@ class TestRecordingRejects:
         """A body that is not a JSON object is a ResponseValidationError."""
         with pytest.raises(ResponseValidationError):
             Recording.from_dict(value)  # type: ignore[arg-type]
+
+
+class TestRecordingLenient:
+    """Only recording_id and recording_url are essential; the rest may be anything."""
+
+    @pytest.fixture(autouse=True)
+    def _fresh_warnings(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("vobiz_async.converter._warned", set())
+
+    @pytest.mark.parametrize(
+        "field",
+        ["conference_name", "recording_start_ms", "recording_end_ms", "from_number", "add_time"],
+    )
+    def test_absent_field_is_none(self, field: str) -> None:
+        """A field left out (as Vobiz's C# SDK mock does) becomes None."""
+        data = wire_recording()
+        del data[field]
+
+        assert getattr(Recording.from_dict(data), field) is None
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("add_time", "never"),
+            ("recording_duration_ms", "seven"),
+            ("rounded_recording_duration", 60.5),
+            ("to_number", 918071387428),
+            ("call_uuid", None),
+            ("recording_storage_rate", "NaN"),
+        ],
+    )
+    def test_malformed_field_is_none_and_warned_once(
+        self, field: str, value: object, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A malformed or null field becomes None, with one warning naming the field and the
+        recording (never the value), however many recordings carry it."""
+        first = Recording.from_dict(wire_recording(**{field: value}))
+        second = Recording.from_dict(wire_recording(recording_id="other", **{field: value}))
+
+        assert getattr(first, field) is None
+        assert getattr(second, field) is None
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1
+        assert field in warnings[0]
+        assert RID in warnings[0]
+        assert value is None or repr(value) not in warnings[0]
+
+    def test_minimal_openapi_item(self) -> None:
+        """The docs' OpenAPI list item (id, url, duration, file_format) is archivable."""
+        rec = Recording.from_dict(
+            {
+                "recording_id": RID,
+                "recording_url": "https://media.vobiz.ai/r.mp3",
+                "duration": 12,
+                "file_format": "mp3",
+            }
+        )
+
+        assert (rec.recording_id, rec.recording_url) == (RID, "https://media.vobiz.ai/r.mp3")
+        assert rec.add_time is None
+        assert rec.recording_format is None
+
+    @pytest.mark.parametrize("field", ["recording_id", "recording_url"])
+    @pytest.mark.parametrize("value", [None, "", "   ", 42, ["x"]])
+    def test_essential_fields_are_required(self, field: str, value: object) -> None:
+        """Without a usable id or URL there is nothing to archive: an error naming it."""
+        with pytest.raises(ResponseValidationError, match=field):
+            Recording.from_dict(wire_recording(**{field: value}))
+
+    def test_missing_essential_field_never_shows_the_url(self) -> None:
+        """A bad id's error does not carry the recording URL (it may be signed) in its
+        message."""
+        with pytest.raises(ResponseValidationError) as exc_info:
+            Recording.from_dict(wire_recording(recording_id=None))
+
+        assert "media.vobiz.ai" not in str(exc_info.value)
+
+    def test_to_dict_with_absent_fields(self) -> None:
+        """A sparse recording goes back to the wire with nulls, and reads back equal."""
+        rec = Recording.from_dict({"recording_id": RID, "recording_url": "https://m/r.mp3"})
+
+        wire = rec.to_dict()
+
+        assert wire["add_time"] is None
+        assert wire["recording_storage_rate"] is None
+        assert Recording.from_dict(json.loads(json.dumps(wire))) == rec
 
 
 class TestToDict:
@@ -330,7 +424,7 @@ def wire_recordings() -> st.SearchStrategy[dict[str, Any]]:
         {
             "recording_id": st.uuids().map(str),
             "call_uuid": st.uuids().map(str),
-            "recording_url": st.text(),
+            "recording_url": st.text(min_size=1).filter(str.strip),
             "recording_format": st.sampled_from(["mp3", "wav"]),
             "recording_type": st.one_of(
                 st.sampled_from(["call", "conference", "trunk"]), st.text()
@@ -424,10 +518,44 @@ class TestPage:
         with pytest.raises(ResponseValidationError):
             Page.from_dict(body)  # type: ignore[arg-type]
 
-    def test_bad_item_reported(self) -> None:
-        """A malformed recording inside a page is a ResponseValidationError."""
-        with pytest.raises(ResponseValidationError):
-            Page.from_dict(wire_page([wire_recording(recording_id=None)]))
+    def test_bad_items_reported_good_ones_kept(self) -> None:
+        """Objects without a usable id or URL are listed as invalid; the rest of the page is
+        kept, odd optional fields included (as None)."""
+        good = wire_recording(recording_id="good-1")
+        odd = wire_recording(recording_id="good-2", add_time="never")
+        no_url = wire_recording(recording_id="no-url", recording_url=None)
+        no_id = wire_recording(recording_id="")
+
+        page = Page.from_dict(wire_page([good, no_url, odd, no_id, "junk"]))
+
+        assert [r.recording_id for r in page.objects] == ["good-1", "good-2"]
+        assert page.objects[1].add_time is None
+        assert [i.recording_id for i in page.invalid] == ["no-url", None, None]
+        assert "recording_url" in page.invalid[0].problem
+        assert "recording_id" in page.invalid[1].problem
+
+    def test_strict_converter_still_rejects_a_bad_item(self) -> None:
+        """The drift alarm fails the whole page on one malformed recording."""
+        with pytest.raises(ResponseValidationError, match="add_time"):
+            structure(wire_page([wire_recording(add_time="never")]), Page, converter=STRICT)
+
+    @pytest.mark.parametrize(
+        ("body", "missing"),
+        [
+            ({"api_id": "x", "objects": []}, "meta"),
+            ({"api_id": "x", "meta": {"limit": 20, "offset": 0, "total_count": 0}}, "objects"),
+            (
+                {"meta": {"limit": 20, "offset": 0, "total_count": 0}, "objects": None},
+                "objects",
+            ),
+        ],
+    )
+    def test_unusable_envelope_says_what_is_missing(
+        self, body: dict[str, Any], missing: str
+    ) -> None:
+        """An envelope without meta or an objects list is an error that names the part."""
+        with pytest.raises(ResponseValidationError, match=f"no {missing}"):
+            Page.from_dict(body)
 
 
 class TestExportResult:
@@ -517,25 +645,26 @@ def _decimals(*, places: int | None = None) -> st.SearchStrategy[Decimal]:
 def built_recordings(draw: st.DrawFn) -> Recording:
     """Recordings built directly, with values the wire never shows but the type allows."""
     maybe_decimal = st.none() | _decimals()
+    maybe_text = st.none() | st.text()
     return Recording(
-        recording_id=draw(st.text(min_size=1)),
-        call_uuid=draw(st.text()),
-        recording_url=draw(st.text()),
-        recording_format=draw(st.sampled_from(["mp3", "wav", "ogg"])),
-        recording_type=draw(st.text()),
-        add_time=draw(st.datetimes(timezones=st.none() | st.timezones())),
-        recording_duration_ms=draw(_decimals()),
+        recording_id=draw(st.text(min_size=1).filter(str.strip)),
+        call_uuid=draw(maybe_text),
+        recording_url=draw(st.text(min_size=1).filter(str.strip)),
+        recording_format=draw(st.none() | st.sampled_from(["mp3", "wav", "ogg"])),
+        recording_type=draw(maybe_text),
+        add_time=draw(st.none() | st.datetimes(timezones=st.none() | st.timezones())),
+        recording_duration_ms=draw(maybe_decimal),
         recording_start_ms=draw(maybe_decimal),
         recording_end_ms=draw(maybe_decimal),
-        rounded_recording_duration=draw(st.integers()),
-        from_number=draw(st.text()),
-        to_number=draw(st.text()),
-        conference_name=draw(st.none() | st.text()),
-        recording_storage_duration=draw(st.integers(min_value=0)),
-        recording_storage_rate=draw(_decimals()),
-        monthly_recording_storage_amount=draw(_decimals()),
-        resource_uri=draw(st.text()),
-        api_id=draw(st.none() | st.text()),
+        rounded_recording_duration=draw(st.none() | st.integers()),
+        from_number=draw(maybe_text),
+        to_number=draw(maybe_text),
+        conference_name=draw(maybe_text),
+        recording_storage_duration=draw(st.none() | st.integers(min_value=0)),
+        recording_storage_rate=draw(maybe_decimal),
+        monthly_recording_storage_amount=draw(maybe_decimal),
+        resource_uri=draw(maybe_text),
+        api_id=draw(maybe_text),
     )
 
 

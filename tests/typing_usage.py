@@ -60,25 +60,27 @@ async def borrowed(http: aiohttp.ClientSession) -> AsyncSession:
 def describe(rec: Recording) -> str:
     """Every Recording field with its declared type."""
     rid: str = rec.recording_id
-    call_uuid: str = rec.call_uuid
     url: str = rec.recording_url
-    fmt: str = rec.recording_format
-    kind: str = rec.recording_type
-    added: datetime = rec.add_time
-    duration: Decimal = rec.recording_duration_ms
+    # Only the id and the URL are essential: every other field may be None.
+    call_uuid: str | None = rec.call_uuid
+    fmt: str | None = rec.recording_format
+    kind: str | None = rec.recording_type
+    added: datetime | None = rec.add_time
+    duration: Decimal | None = rec.recording_duration_ms
     start: Decimal | None = rec.recording_start_ms
     end: Decimal | None = rec.recording_end_ms
-    rounded: int = rec.rounded_recording_duration
-    numbers: tuple[str, str] = (rec.from_number, rec.to_number)
+    rounded: int | None = rec.rounded_recording_duration
+    numbers: tuple[str | None, str | None] = (rec.from_number, rec.to_number)
     conference: str | None = rec.conference_name
-    days: int = rec.recording_storage_duration
-    rate: Decimal = rec.recording_storage_rate
-    amount: Decimal = rec.monthly_recording_storage_amount
-    uri: str = rec.resource_uri
+    days: int | None = rec.recording_storage_duration
+    rate: Decimal | None = rec.recording_storage_rate
+    amount: Decimal | None = rec.monthly_recording_storage_amount
+    uri: str | None = rec.resource_uri
     api_id: str | None = rec.api_id
-    parts = [rid, call_uuid, url, fmt, kind, added.isoformat(), str(duration), str(start)]
-    parts += [str(end), str(rounded), *numbers, str(conference), str(days), str(rate)]
-    parts += [str(amount), uri, str(api_id)]
+    when = added.isoformat() if added is not None else "-"
+    parts = [rid, str(call_uuid), url, str(fmt), str(kind), when, str(duration), str(start)]
+    parts += [str(end), str(rounded), *map(str, numbers), str(conference), str(days), str(rate)]
+    parts += [str(amount), str(uri), str(api_id)]
     return " ".join(parts)
 
 

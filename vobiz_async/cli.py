@@ -62,12 +62,12 @@ def _print_table(recordings: Sequence[Recording], out: TextIO) -> None:
     rows = [
         (
             r.recording_id,
-            r.add_time.strftime("%Y-%m-%d %H:%M:%S%z"),
-            r.recording_type,
-            f"{r.recording_duration_ms / 1000:.1f}",
-            r.recording_format,
-            r.from_number,
-            r.to_number,
+            r.add_time.strftime("%Y-%m-%d %H:%M:%S%z") if r.add_time else "-",
+            r.recording_type or "-",
+            "-" if r.recording_duration_ms is None else f"{r.recording_duration_ms / 1000:.1f}",
+            r.recording_format or "-",
+            r.from_number or "-",
+            r.to_number or "-",
         )
         for r in recordings
     ]

@@ -3,26 +3,49 @@
 Decimal strings stay exact (`Decimal`), money arrives as JSON numbers and goes back as
 numbers, timestamps are tz-aware, and strings are never coerced from other types (cattrs'
 default would turn a null into the string "None"). Unknown keys are ignored: Vobiz adds
-fields without notice. Tests build a `forbid_extra_keys=True` twin as a drift alarm.
+fields without notice.
+
+Recordings are structured field by field: only `recording_id` and `recording_url` are
+essential, and any other field that is absent, null or unreadable becomes None, with one
+warning per field name per process (naming the recording, never a value). A page keeps every
+usable recording and lists the objects that are not (`Page.invalid`), so one odd object never
+costs the rest of the page. Tests build a `forbid_extra_keys=True` twin as a drift alarm: it
+rejects unknown keys and requires every documented field, as the docs describe them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import typing
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from types import UnionType
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from .errors import ResponseValidationError
-from .models import ExportResult, Page, PageMeta, Recording
+from .models import ExportResult, InvalidRecording, Page, PageMeta, Recording
 from .protocol import format_timestamp, parse_timestamp
 
-__all__ = ["make_converter", "structure", "unstructure"]
+__all__ = ["ESSENTIAL_FIELDS", "make_converter", "structure", "unstructure"]
+
+logger = logging.getLogger("vobiz_async")
 
 T = TypeVar("T")
+
+#: Without these a recording cannot be archived; every other field may be None.
+ESSENTIAL_FIELDS = ("recording_id", "recording_url")
+#: Fields the documented wire form itself leaves null at times.
+_NULLABLE = frozenset({"recording_start_ms", "recording_end_ms", "conference_name", "api_id"})
+#: Fields the documented wire form leaves out at times (list items carry no api_id).
+_OPTIONAL_KEYS = frozenset({"api_id"})
+_MISSING = object()
+#: Field names already warned about in this process: one line each, not one per recording.
+_warned: set[str] = set()
 
 
 def _structure_str(value: Any, _: type) -> str:
@@ -68,9 +91,11 @@ def _structure_datetime(value: Any, _: type) -> datetime:
     return parse_timestamp(value)
 
 
-def _money_to_wire(value: Decimal) -> int | float | str:
+def _money_to_wire(value: Decimal | None) -> int | float | str | None:
     """Money goes back as the JSON number the API sends: an int when whole, else a float,
     unless a float would change it; then the exact decimal string (which reads back equal)."""
+    if value is None:
+        return None
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent >= 0:
         return int(value)
@@ -78,27 +103,118 @@ def _money_to_wire(value: Decimal) -> int | float | str:
     return as_float if Decimal(repr(as_float)) == value else str(value)
 
 
-def _structure_page(conv: cattrs.Converter) -> Any:
+_PLAIN_HOOKS: Mapping[type, Callable[[Any, Any], Any]] = {
+    str: _structure_str,
+    int: _structure_int,
+    Decimal: _structure_decimal,
+    datetime: _structure_datetime,
+}
+
+
+def _recording_fields() -> list[tuple[str, Callable[[Any, Any], Any]]]:
+    """(name, hook for its non-None type) for every field of `Recording`, in order."""
+    hints = typing.get_type_hints(Recording)
+    fields = []
+    for field in attrs.fields(Recording):
+        hint = hints[field.name]
+        if isinstance(hint, UnionType):
+            (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+        fields.append((field.name, _PLAIN_HOOKS[hint]))
+    return fields
+
+
+def _field_problem(name: str, raw: Any, hook: Callable[[Any, Any], Any]) -> tuple[Any, str | None]:
+    """The structured value of one field, or None and what is wrong with it."""
+    if raw is _MISSING:
+        return None, None if name in _OPTIONAL_KEYS else "required field missing"
+    if raw is None:
+        return None, None if name in _NULLABLE else "null where a value is required"
+    try:
+        value = hook(raw, None)
+    except (TypeError, ValueError) as err:
+        return None, f"invalid value ({err})"
+    if name in ESSENTIAL_FIELDS and not value.strip():
+        return None, "empty"
+    return value, None
+
+
+def _structure_recording(strict: bool) -> Any:
+    fields = _recording_fields()
+    known = frozenset(name for name, _ in fields)
+
+    def structure_recording(data: Any, _: type) -> Recording:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"expected a recording object, got {type(data).__name__}")
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
+        for name, hook in fields:
+            value, problem = _field_problem(name, data.get(name, _MISSING), hook)
+            if problem is not None:
+                problems[name] = problem
+            elif value is not None:
+                values[name] = value
+        if strict and (extra := sorted(data.keys() - known)):
+            problems["(extra)"] = f"extra fields found ({', '.join(map(str, extra))})"
+        fatal = problems if strict else {n: p for n, p in problems.items() if n in ESSENTIAL_FIELDS}
+        if fatal:
+            raise ValueError("; ".join(f"{problem} @ $.{name}" for name, problem in fatal.items()))
+        for name, problem in problems.items():
+            if name not in _warned:
+                _warned.add(name)
+                logger.warning(
+                    "recording %s: %s is %s; it is None (reported once per field)",
+                    values["recording_id"],
+                    name,
+                    problem.split(" (")[0],
+                )
+        return Recording(**values)
+
+    return structure_recording
+
+
+def _structure_page(conv: cattrs.Converter, strict: bool) -> Any:
     def structure_page(value: Any, _: type) -> Page:
         if not isinstance(value, Mapping):
             raise TypeError(f"expected a list envelope, got {type(value).__name__}")
+        if not isinstance(value.get("meta"), Mapping):
+            raise TypeError("the list envelope has no meta object")
         objects = value.get("objects")
-        if objects is None:
-            objects = []
         if not isinstance(objects, list):
-            raise TypeError("objects must be a list")
+            raise TypeError("the list envelope has no objects list")
         api_id = value.get("api_id")
+        recordings: list[Recording] = []
+        invalid: list[InvalidRecording] = []
+        for item in objects:
+            try:
+                recordings.append(conv.structure(item, Recording))
+            except (TypeError, ValueError) as err:
+                if strict:
+                    raise
+                invalid.append(_invalid(item, str(err)))
         return Page(
             api_id=api_id if isinstance(api_id, str) else None,
-            meta=conv.structure(value.get("meta"), PageMeta),
-            objects=[conv.structure(item, Recording) for item in objects],
+            meta=conv.structure(value["meta"], PageMeta),
+            objects=recordings,
+            invalid=invalid,
         )
 
     return structure_page
 
 
+def _invalid(item: Any, problem: str) -> InvalidRecording:
+    """Report a listed object that is not archivable, keeping its id when readable."""
+    raw_id = item.get("recording_id") if isinstance(item, Mapping) else None
+    recording_id = raw_id if isinstance(raw_id, str) and raw_id.strip() else None
+    logger.warning("listing: skipping recording %s: %s", recording_id or "without an id", problem)
+    return InvalidRecording(recording_id, problem)
+
+
 def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
-    """A converter with the library's hooks; production code uses the lenient one."""
+    """A converter with the library's hooks; production code uses the lenient one.
+
+    `forbid_extra_keys=True` builds the tests' drift alarm: unknown keys, and any documented
+    field missing or malformed, are errors instead of warnings.
+    """
     conv = cattrs.Converter(forbid_extra_keys=forbid_extra_keys)
     # Simple types first: the generated class hooks below look these up.
     conv.register_structure_hook(str, _structure_str)
@@ -106,10 +222,11 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
     conv.register_structure_hook(Decimal, _structure_decimal)
     conv.register_structure_hook(Decimal | None, _structure_optional_decimal)
     conv.register_structure_hook(datetime, _structure_datetime)
+    conv.register_structure_hook(Recording, _structure_recording(forbid_extra_keys))
     conv.register_unstructure_hook(Decimal, str)
     conv.register_unstructure_hook(datetime, format_timestamp)
 
-    for cls in (Recording, PageMeta, ExportResult):
+    for cls in (PageMeta, ExportResult):
         conv.register_structure_hook(
             cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=forbid_extra_keys)
         )
@@ -123,7 +240,7 @@ def make_converter(*, forbid_extra_keys: bool = False) -> cattrs.Converter:
             api_id=override(omit_if_default=True),
         ),
     )
-    conv.register_structure_hook(Page, _structure_page(conv))
+    conv.register_structure_hook(Page, _structure_page(conv, forbid_extra_keys))
     return conv
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal
@@ -33,11 +33,13 @@ from .errors import (
     APIStatusError,
     DiskError,
     IntegrityError,
+    ResponseValidationError,
     UnsafeURLError,
     VobizError,
 )
 from .manifest import Manifest
-from .models import Recording
+from .models import InvalidRecording, Recording
+from .pager import AsyncPager
 from .protocol import (
     backoff_delay,
     file_extension,
@@ -374,16 +376,21 @@ async def _settle(job: Future[None] | None, err: BaseException) -> None:
         raise failure from err
 
 
-async def _iterate(source: Source) -> AsyncGenerator[Item, None]:
-    """Items of a sync or async iterable; an async one is closed when we stop early."""
+async def _iterate(source: Source) -> AsyncGenerator[Item | InvalidRecording, None]:
+    """Items of a sync or async iterable; an async one is closed when we stop early.
+
+    A pager also yields the listed objects it could not structure, so that the report
+    shows each one that has an id as failed instead of losing it silently.
+    """
     if not isinstance(source, AsyncIterable):
         for item in source:
             yield item
         return
-    iterator = aiter(source)
+    iterator: AsyncIterator[Item | InvalidRecording]
+    iterator = source.entries() if isinstance(source, AsyncPager) else aiter(source)
     try:
-        async for item in iterator:
-            yield item
+        async for entry in iterator:
+            yield entry
     finally:
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
@@ -447,6 +454,10 @@ class Downloader:
         async def produce() -> None:
             async with contextlib.aclosing(_iterate(source)) as items:
                 async for item in items:  # after a full disk, items fail at once
+                    if isinstance(item, InvalidRecording):
+                        if item.recording_id is not None:  # else only the pager counts it
+                            results.append(self._invalid(item))
+                        continue
                     results.append(None)
                     await queue.put((len(results) - 1, item))
             for _ in range(self.concurrency):
@@ -470,6 +481,14 @@ class Downloader:
         final = [r for r in results if r is not None]
         assert len(final) == len(results)
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
+
+    def _invalid(self, item: InvalidRecording) -> DownloadResult:
+        """The failed result of a listed object that is not an archivable recording."""
+        assert item.recording_id is not None
+        error = ResponseValidationError(f"the listing's object is unusable: {item.problem}")
+        result = DownloadResult(item.recording_id, DownloadStatus.FAILED, error=error)
+        self._emit(_result_event(result))
+        return result
 
     def _prepare(self) -> None:
         """Open the manifest, size the connection pool to the concurrency, and keep read
@@ -549,7 +568,7 @@ class Downloader:
             self._claimed.discard(recording_id)
 
     def _directory(self, recording: Recording | None) -> Path:
-        if self.layout == "date" and recording is not None:
+        if self.layout == "date" and recording is not None and recording.add_time is not None:
             return self.dest / recording.add_time.strftime("%Y/%m/%d")
         return self.dest
 
@@ -663,7 +682,9 @@ class Downloader:
                 size=state.offset,
                 sha256=digest,
                 container=container,
-                add_time=format_timestamp(recording.add_time),
+                add_time=None
+                if recording.add_time is None
+                else format_timestamp(recording.add_time),
                 # A manifest this batch opened itself is never read again: later duplicates
                 # are caught by `_scans`. A caller's manifest keeps its entries.
                 remember=self._manifest is self._manifest_arg,

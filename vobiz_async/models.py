@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["ExportResult", "Page", "PageMeta", "Recording"]
+__all__ = ["ExportResult", "InvalidRecording", "Page", "PageMeta", "Recording"]
 
 
 def _aware(value: datetime) -> datetime:
@@ -32,31 +32,37 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone(offset), fold=0)
 
 
+def _aware_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _aware(value)
+
+
 @attrs.frozen
 class Recording:
     """One call, conference or trunk recording.
 
-    `recording_format` is the format Vobiz was asked for; the downloader sniffs the bytes,
-    which may differ. `recording_type` is an open set: new values may appear.
+    Only `recording_id` and `recording_url` are essential: every other field is None when
+    Vobiz left it out, sent null, or sent something unreadable (the converter logs which
+    field, once). `recording_format` is the format Vobiz was asked for; the downloader sniffs
+    the bytes, which may differ. `recording_type` is an open set: new values may appear.
     """
 
     recording_id: str
-    call_uuid: str
     recording_url: str = attrs.field(repr=False)
-    recording_format: str
-    recording_type: str
-    add_time: datetime = attrs.field(converter=_aware)
-    recording_duration_ms: Decimal
-    recording_start_ms: Decimal | None
-    recording_end_ms: Decimal | None
-    rounded_recording_duration: int
-    from_number: str
-    to_number: str
-    conference_name: str | None
-    recording_storage_duration: int
-    recording_storage_rate: Decimal
-    monthly_recording_storage_amount: Decimal
-    resource_uri: str
+    call_uuid: str | None = None
+    recording_format: str | None = None
+    recording_type: str | None = None
+    add_time: datetime | None = attrs.field(default=None, converter=_aware_or_none)
+    recording_duration_ms: Decimal | None = None
+    recording_start_ms: Decimal | None = None
+    recording_end_ms: Decimal | None = None
+    rounded_recording_duration: int | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    conference_name: str | None = None
+    recording_storage_duration: int | None = None
+    recording_storage_rate: Decimal | None = None
+    monthly_recording_storage_amount: Decimal | None = None
+    resource_uri: str | None = None
     api_id: str | None = None
 
     @classmethod
@@ -86,12 +92,22 @@ class PageMeta:
 
 
 @attrs.frozen
+class InvalidRecording:
+    """A listed object that cannot be archived: it has no usable `recording_id` or
+    `recording_url`. `recording_id` is kept when it was readable, for the report."""
+
+    recording_id: str | None
+    problem: str
+
+
+@attrs.frozen
 class Page:
-    """One page of a listing."""
+    """One page of a listing: every usable recording, and the objects that were not."""
 
     api_id: str | None
     meta: PageMeta
     objects: list[Recording]
+    invalid: list[InvalidRecording] = attrs.field(factory=list)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Page:

@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any
 
 from .errors import ResponseValidationError
-from .models import Page, Recording
+from .models import InvalidRecording, Page, Recording
 from .protocol import next_page_params
 
 __all__ = ["AsyncPager"]
@@ -40,6 +40,9 @@ class AsyncPager:
         self._concurrency = concurrency
         #: `meta.total_count` of the latest page fetched while iterating; None before.
         self.total_count: int | None = None
+        #: Listed objects skipped while iterating because they cannot be archived (no usable
+        #: `recording_id` or `recording_url`); each was logged at WARNING.
+        self.invalid: list[InvalidRecording] = []
 
     def __await__(self) -> Generator[Any, None, Page]:
         return self._fetch(self._params).__await__()
@@ -48,9 +51,20 @@ class AsyncPager:
         return self._items()
 
     async def _items(self) -> AsyncIterator[Recording]:
+        async with contextlib.aclosing(self.entries()) as entries:
+            async for entry in entries:
+                if isinstance(entry, Recording):
+                    yield entry
+
+    async def entries(self) -> AsyncGenerator[Recording | InvalidRecording, None]:
+        """Every recording, de-duplicated, and in between the listed objects that cannot be
+        archived (also collected in `invalid`), for a caller that reports them."""
         seen: set[str] = set()
         async with contextlib.aclosing(self.iter_pages()) as pages:
             async for page in pages:
+                for invalid in page.invalid:
+                    self.invalid.append(invalid)
+                    yield invalid
                 for recording in page.objects:
                     if recording.recording_id not in seen:
                         seen.add(recording.recording_id)

@@ -48,7 +48,8 @@ from .download import (
     _result_event,
     _usable_cpus,
 )
-from .errors import DiskError, DownloadError
+from .errors import DiskError, DownloadError, ResponseValidationError, VobizError
+from .models import InvalidRecording
 
 if TYPE_CHECKING:
     from .session import AsyncSession
@@ -279,7 +280,7 @@ async def download_in_workers(
         if on_progress is not None:
             on_progress(_result_event(result))
 
-    def fail(lane: _Lane, index: int, recording_id: str, error: DownloadError) -> None:
+    def fail(lane: _Lane, index: int, recording_id: str, error: VobizError) -> None:
         settle(lane, index, DownloadResult(recording_id, DownloadStatus.FAILED, error=error))
 
     def bytes_done(count: int) -> None:
@@ -299,6 +300,13 @@ async def download_in_workers(
         seen: set[str] = set()
         async with contextlib.aclosing(_iterate(source)) as items:
             async for item in items:
+                if isinstance(item, InvalidRecording):
+                    if item.recording_id is not None:
+                        index = len(results)
+                        results.append(None)
+                        problem = f"the listing's object is unusable: {item.problem}"
+                        fail(local, index, item.recording_id, ResponseValidationError(problem))
+                    continue
                 index, recording_id = len(results), _item_id(item)
                 results.append(None)
                 if recording_id in seen:  # a repeated input, as `download_many` treats it
