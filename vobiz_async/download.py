@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
@@ -67,6 +68,9 @@ __all__ = [
 logger = logging.getLogger("vobiz_async")
 
 MAX_REDIRECTS = 10
+#: The longest one recording waits in all on a server's Retry-After (429, 503) before it is
+#: failed; such waits do not use up `max_attempts`.
+MAX_PACED_WAIT = 600.0
 #: Read size for media bodies; large reads keep per-chunk overhead low.
 CHUNK_SIZE = 256 * 1024
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -414,6 +418,7 @@ class Downloader:
         layout: Layout = "flat",
         chunk_size: int = CHUNK_SIZE,
         trusted_hosts: Iterable[str] | None = None,
+        max_paced_wait: float = MAX_PACED_WAIT,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -426,6 +431,7 @@ class Downloader:
         self.concurrency = concurrency
         self.overwrite = overwrite
         self.max_attempts = max_attempts
+        self.max_paced_wait = max_paced_wait
         self.fsync = fsync
         self.layout = layout
         self.chunk_size = chunk_size
@@ -630,7 +636,8 @@ class Downloader:
             await asyncio.to_thread(state.adopt_partial)
         if self._on_progress is not None:
             self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
-        attempts = 0
+        attempts = failures = 0
+        paced = 0.0  # seconds waited on the server's Retry-After: pacing, not failures
         while True:
             attempts += 1
             try:
@@ -646,9 +653,23 @@ class Downloader:
                     return self._failed(recording, attempts, err)
                 state.url = fresh.recording_url
             except _Retryable as err:
-                if attempts >= self.max_attempts:
+                if err.retry_after:
+                    # A 429 or 503 with a Retry-After is the server pacing us: honour it, and
+                    # keep max_attempts for real failures, up to max_paced_wait in all. (A
+                    # Retry-After of 0 paces nothing: that is an ordinary failed attempt.)
+                    if paced + err.retry_after > self.max_paced_wait:  # only ever paced
+                        return self._failed(recording, attempts, err.error)
+                    # Up to half as long again, at random: transfers told the same moment
+                    # would otherwise all come back at once and meet the limit again.
+                    delay = err.retry_after * (1 + 0.5 * random.random())
+                    paced += max(delay, 1.0)
+                    logger.debug("%s paced for %.2fs", recording.recording_id, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                failures += 1
+                if failures >= self.max_attempts:
                     return self._failed(recording, attempts, err.error)
-                delay = backoff_delay(attempts - 1, err.retry_after)
+                delay = backoff_delay(failures - 1, err.retry_after)
                 logger.debug("retrying %s in %.2fs: %s", recording.recording_id, delay, err)
                 await asyncio.sleep(delay)
             except VobizError as err:

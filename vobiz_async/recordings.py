@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .converter import structure
 from .download import (
+    MAX_PACED_WAIT,
     Downloader,
     DownloadReport,
     DownloadResult,
@@ -200,6 +201,7 @@ class Recordings:
         fsync: bool = False,
         layout: Layout = "flat",
         trusted_hosts: Iterable[str] | None = None,
+        max_paced_wait: float = MAX_PACED_WAIT,
     ) -> DownloadReport:
         """Download every recording of `source` into `dest`, `concurrency` at a time.
 
@@ -207,6 +209,10 @@ class Recordings:
         `session.recordings.list()`: downloads start with its first page. One item's failure
         is recorded and the rest go on; an error raised by `source` itself propagates after
         in-flight transfers are cancelled (their `.part` files stay for a later resume).
+
+        A transfer is tried up to `max_attempts` times; a 429 or 503 whose `Retry-After` was
+        honoured is the server pacing the batch, not a failed attempt, so it only counts
+        against `max_paced_wait`, the seconds one recording may spend waiting on them.
         """
         downloader = Downloader(
             self._session,
@@ -219,5 +225,6 @@ class Recordings:
             fsync=fsync,
             layout=layout,
             trusted_hosts=trusted_hosts,
+            max_paced_wait=max_paced_wait,
         )
         return await downloader.run(source)

@@ -51,6 +51,7 @@ import json
 import math
 import random
 import struct
+import time
 import uuid
 import weakref
 from collections import deque
@@ -307,6 +308,8 @@ class FakeStats:
     #: request since the last reset; a client that reuses its connections keeps this low
     connections: int = 0
     foreign_credentials_seen: int = 0
+    #: Media requests answered 429 by the ``media_rate_limit`` token bucket
+    rate_limited: int = 0
     bulk_delete_queries: list[dict[str, str]] = attrs.Factory(list)
     export_bodies: list[Any] = attrs.Factory(list)
 
@@ -317,6 +320,7 @@ class FakeStats:
         self.export_bodies.clear()
         self.api_requests = self.media_requests = self.foreign_requests = 0
         self.media_bytes_sent = self.foreign_credentials_seen = self.connections = 0
+        self.rate_limited = 0
         self.media_in_flight_max = self.media_in_flight
         self.api_in_flight_max = self.api_in_flight
 
@@ -571,6 +575,11 @@ class FakeVobiz:
     recordings that get one transient media fault, WAV bytes under ``.mp3``, and a redirect to
     the foreign storage host. After a successful export the next ``export_busy_calls`` exports
     answer 403. ``port`` / ``foreign_port`` 0 pick free ports.
+
+    ``media_rate_limit`` (requests per second, with bursts of ``rate_limit_burst``) makes
+    the media hosts behave like a rate-limited CDN: a media request beyond the token bucket
+    is answered 429 with ``Retry-After: rate_limit_retry_after`` and counted in
+    ``stats.rate_limited``.
     """
 
     def __init__(
@@ -590,7 +599,14 @@ class FakeVobiz:
         record_requests: bool = True,
         port: int = 0,
         foreign_port: int = 0,
+        media_rate_limit: float | None = None,
+        rate_limit_burst: int = 20,
+        rate_limit_retry_after: int = 1,
     ) -> None:
+        if media_rate_limit is not None and media_rate_limit <= 0:
+            raise ValueError("media_rate_limit must be positive")
+        if rate_limit_burst < 1:
+            raise ValueError("rate_limit_burst must be at least 1")
         if recordings < 0 or recordings >= 1 << 40:
             raise ValueError(f"recordings out of range: {recordings}")
         for name, rate in (
@@ -609,6 +625,10 @@ class FakeVobiz:
         self.export_busy_calls = export_busy_calls
         self.record_requests = record_requests
         self.stats = FakeStats()
+        self.media_rate_limit = media_rate_limit
+        self.rate_limit_burst = rate_limit_burst
+        self.rate_limit_retry_after = rate_limit_retry_after
+        self._bucket = (float(rate_limit_burst), time.monotonic())  # tokens, when counted
         self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
         self._count = recordings
@@ -1320,9 +1340,14 @@ class FakeVobiz:
                 if not media and self.latency > 0:
                     await asyncio.sleep(self.latency)
                 missing = request.match_info.http_exception
-                if missing is not None and missing.status == 404:
+                response: web.StreamResponse
+                if media and not self._take_token():
+                    stats.rate_limited += 1
+                    retry_after = {"Retry-After": str(self.rate_limit_retry_after)}
+                    response = self._error(429, "Too many requests", retry_after)
+                elif missing is not None and missing.status == 404:
                     # Unknown paths, such as a lower-cased one, look like auth failures.
-                    response: web.StreamResponse = (
+                    response = (
                         self._storage_error(404, "NoSuchKey", "The specified key does not exist.")
                         if foreign
                         else self._error(
@@ -1354,6 +1379,17 @@ class FakeVobiz:
                     )
 
         return middleware
+
+    def _take_token(self) -> bool:
+        """Whether the media token bucket lets one more request through now."""
+        if self.media_rate_limit is None:
+            return True
+        tokens, then = self._bucket
+        now = time.monotonic()
+        tokens = min(float(self.rate_limit_burst), tokens + (now - then) * self.media_rate_limit)
+        allowed = tokens >= 1.0
+        self._bucket = (tokens - 1.0 if allowed else tokens, now)
+        return allowed
 
     # ----------------------------------------------------------------- API handlers
 
