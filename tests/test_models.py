@@ -508,8 +508,6 @@ class TestPage:
             None,
             [],
             "objects",
-            {"api_id": "x", "objects": []},
-            {"api_id": "x", "meta": {"limit": 20}, "objects": []},
             {"api_id": "x", "meta": {"limit": 20, "offset": 0, "total_count": 1}, "objects": {}},
         ],
     )
@@ -534,6 +532,33 @@ class TestPage:
         assert "recording_url" in page.invalid[0].problem
         assert "recording_id" in page.invalid[1].problem
 
+    @pytest.mark.parametrize(
+        "meta",
+        [
+            None,
+            {"next": ""},
+            {"limit": 20, "offset": 0, "total_count": 1, "previous": {"offset": 0}},
+            {"limit": "twenty", "offset": [], "total_count": None, "next": 7},
+        ],
+    )
+    def test_odd_meta_still_yields_the_recordings(self, meta: Any) -> None:
+        """A page whose meta is missing (Vobiz's own OpenAPI example) or odd (its C# SDK
+        mock's object-valued `previous`) keeps its recordings, as a last page."""
+        body: dict[str, Any] = {"objects": [wire_recording()]}
+        if meta is not None:
+            body["meta"] = meta
+
+        page = Page.from_dict(body)
+
+        assert [r.recording_id for r in page.objects] == [RID]
+        assert page.meta.next is None
+        assert page.meta.total_count >= 1
+
+    def test_strict_converter_wants_meta(self) -> None:
+        """The drift alarm still fails a page without meta."""
+        with pytest.raises(ResponseValidationError, match="no meta"):
+            structure({"objects": []}, Page, converter=STRICT)
+
     def test_strict_converter_still_rejects_a_bad_item(self) -> None:
         """The drift alarm fails the whole page on one malformed recording."""
         with pytest.raises(ResponseValidationError, match="add_time"):
@@ -542,7 +567,6 @@ class TestPage:
     @pytest.mark.parametrize(
         ("body", "missing"),
         [
-            ({"api_id": "x", "objects": []}, "meta"),
             ({"api_id": "x", "meta": {"limit": 20, "offset": 0, "total_count": 0}}, "objects"),
             (
                 {"meta": {"limit": 20, "offset": 0, "total_count": 0}, "objects": None},

@@ -7,13 +7,25 @@ file, and nginx where the behaviour under test is nginx's own.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from _nginx import nginx
+from aiohttp import web
 
-from vobiz_async import AsyncSession, DownloadStatus, RateLimitError, ResponseValidationError
+from vobiz_async import (
+    AsyncSession,
+    DownloadStatus,
+    IntegrityError,
+    RateLimitError,
+    Recording,
+    ResponseValidationError,
+)
 from vobiz_async.testing import FakeVobiz
 
 
@@ -25,6 +37,27 @@ async def _fake() -> AsyncIterator[FakeVobiz]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def finals(root: Path) -> list[str]:
+    """Recordings saved under a final name in `root`."""
+    if not root.exists():
+        return []
+    return [p.name for p in root.rglob("*") if p.suffix in (".mp3", ".wav")]
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Run `app` on 127.0.0.1; yield its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 # ------------------------------------------------------------------ odd listed objects
@@ -88,3 +121,68 @@ async def test_a_host_that_only_paces_ends_with_a_clear_error(
     assert result.status is DownloadStatus.FAILED
     assert isinstance(result.error, RateLimitError)
     assert result.attempts == 3  # two honoured waits of 1 s, then the bound
+
+
+# ------------------------------------------------------------------ encoded bodies
+
+
+def mp3_bytes(size: int, seed: int = 0) -> bytes:
+    """Bytes an MP3 sniff recognises (an ID3 tag), then noise."""
+    return b"ID3\x04\x00" + random.Random(seed).randbytes(size - 5)
+
+
+def fake_recording_at(fake: FakeVobiz, url: str) -> Recording:
+    """A recording the fake lists, whose media lives at `url` (another server)."""
+    rid = fake.add_recording(size=1, recording_url=url).recording_id
+    return Recording.from_dict(fake.recordings[rid].wire())
+
+
+async def test_a_truncated_gzip_body_is_never_saved(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """nginx's `gzip_static always` encodes despite `Accept-Encoding: identity`: a cut .gz
+    (whole by its Content-Length) fails; once the .gz is whole, the decoded audio is saved."""
+    body = mp3_bytes(2_000_000)
+    packed = gzip.compress(body)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "rec.mp3.gz").write_bytes(packed[: len(packed) // 2])
+    dest = tmp_path / "archive"
+    with nginx(root, tmp_path / "nginx", "gzip_static always;") as base:
+        rec = fake_recording_at(fake, f"{base}rec.mp3")
+
+        cut = await session.recordings.download(rec, dest, max_attempts=2)
+
+        assert cut.status is DownloadStatus.FAILED
+        assert isinstance(cut.error, IntegrityError)
+        assert "encoded body ends before its stream" in str(cut.error)
+        assert not finals(dest)
+
+        (root / "rec.mp3.gz").write_bytes(packed)
+        whole = await session.recordings.download(rec, dest)
+
+    assert whole.status is DownloadStatus.DOWNLOADED
+    assert whole.path is not None
+    assert whole.path.read_bytes() == body
+    assert whole.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_an_unknown_content_encoding_fails_clearly(
+    session: AsyncSession, fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """A body in an encoding we cannot undo is refused, never saved as audio."""
+
+    async def brotli(request: web.Request) -> web.Response:
+        return web.Response(body=b"\x0b\x02\x80abc", headers={"Content-Encoding": "br"})
+
+    app = web.Application()
+    app.router.add_get("/r.mp3", brotli)
+    async with serve(app) as base:
+        result = await session.recordings.download(
+            fake_recording_at(fake, f"{base}/r.mp3"), tmp_path
+        )
+
+    assert result.status is DownloadStatus.FAILED
+    assert isinstance(result.error, IntegrityError)
+    assert "unsupported Content-Encoding 'br'" in str(result.error)
+    assert not finals(tmp_path)

@@ -159,28 +159,64 @@ def _structure_recording(strict: bool) -> Any:
         if fatal:
             raise ValueError("; ".join(f"{problem} @ $.{name}" for name, problem in fatal.items()))
         for name, problem in problems.items():
-            if name not in _warned:
-                _warned.add(name)
-                logger.warning(
-                    "recording %s: %s is %s; it is None (reported once per field)",
-                    values["recording_id"],
-                    name,
-                    problem.split(" (")[0],
-                )
+            _warn_once(name, f"recording {values['recording_id']}", problem)
         return Recording(**values)
 
     return structure_recording
+
+
+def _warn_once(name: str, where: str, problem: str) -> None:
+    """One WARNING per field name and process: the field, where, and the kind of problem
+    (without the value, which the problem's parenthesis may quote)."""
+    if name not in _warned:
+        _warned.add(name)
+        kind = problem.split(" (")[0]
+        logger.warning("%s: field %s: %s; it is None (reported once per field)", where, name, kind)
+
+
+def _meta_int(meta: Mapping[str, Any], name: str, default: int) -> int:
+    try:
+        return _structure_int(meta[name], int)
+    except (KeyError, TypeError):
+        problem = "required field missing" if name not in meta else "invalid value"
+        _warn_once(f"meta.{name}", "listing", problem)
+        return default
+
+
+def _meta_link(meta: Mapping[str, Any], name: str) -> str | None:
+    value = meta.get(name)
+    if value is None or isinstance(value, str):
+        return value or None
+    _warn_once(f"meta.{name}", "listing", "invalid value")
+    return None
+
+
+def _lenient_meta(meta: Any, count: int) -> PageMeta:
+    """Pagination metadata as far as it is readable: a page whose `meta` is missing or odd
+    still yields its recordings (as a last page when `next` is unreadable), since the page
+    size, offset and total only plan the requests; `meta.next` decides whether more follow."""
+    if not isinstance(meta, Mapping):
+        _warn_once("meta", "listing", "required field missing")
+        meta = {}
+    offset = _meta_int(meta, "offset", 0)
+    return PageMeta(
+        limit=_meta_int(meta, "limit", count),
+        offset=offset,
+        total_count=_meta_int(meta, "total_count", offset + count),
+        next=_meta_link(meta, "next"),
+        previous=_meta_link(meta, "previous"),
+    )
 
 
 def _structure_page(conv: cattrs.Converter, strict: bool) -> Any:
     def structure_page(value: Any, _: type) -> Page:
         if not isinstance(value, Mapping):
             raise TypeError(f"expected a list envelope, got {type(value).__name__}")
-        if not isinstance(value.get("meta"), Mapping):
-            raise TypeError("the list envelope has no meta object")
         objects = value.get("objects")
         if not isinstance(objects, list):
             raise TypeError("the list envelope has no objects list")
+        if strict and not isinstance(value.get("meta"), Mapping):
+            raise TypeError("the list envelope has no meta object")
         api_id = value.get("api_id")
         recordings: list[Recording] = []
         invalid: list[InvalidRecording] = []
@@ -191,9 +227,10 @@ def _structure_page(conv: cattrs.Converter, strict: bool) -> Any:
                 if strict:
                     raise
                 invalid.append(_invalid(item, str(err)))
+        meta = value.get("meta")
         return Page(
             api_id=api_id if isinstance(api_id, str) else None,
-            meta=conv.structure(value["meta"], PageMeta),
+            meta=(conv.structure(meta, PageMeta) if strict else _lenient_meta(meta, len(objects))),
             objects=recordings,
             invalid=invalid,
         )

@@ -20,6 +20,7 @@ import os
 import random
 import threading
 import time
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,7 @@ from .models import InvalidRecording, Recording
 from .pager import AsyncPager
 from .protocol import (
     backoff_delay,
+    content_decoder,
     file_extension,
     format_timestamp,
     is_retryable_status,
@@ -279,6 +281,8 @@ class _Transfer:
     head: bytes = b""
     hasher: hashlib._Hash = attrs.field(factory=hashlib.sha256)
     refreshed: bool = False
+    #: Undoes a Content-Encoding the server applied although we asked for identity.
+    decoder: zlib._Decompress | None = None
 
     def restart(self) -> None:
         self.offset = 0
@@ -286,6 +290,7 @@ class _Transfer:
         self.etag = None
         self.head = b""
         self.hasher = hashlib.sha256()
+        self.decoder = None
 
     def absorb(self, chunk: bytes) -> None:
         if len(self.head) < _HEAD:
@@ -758,6 +763,7 @@ class Downloader:
                 headers=headers,
                 read_bufsize=self.chunk_size,
                 trusted_hosts=self.trusted_hosts,
+                auto_decompress=False,  # decoded in `_stream`, where completeness is checked
             )
             # Host and path only: a signed URL's query is a credential of its own.
             logger.debug("GET %s%s -> %d", url.host, url.path, resp.status)
@@ -789,10 +795,16 @@ class Downloader:
         if resp.status == 200:
             state.restart()  # a full body, whether or not we asked for a range
             state.etag = etag
-            if resp.headers.get("Content-Encoding", "identity") != "identity":
-                return None  # the length is of the encoded body; aiohttp checks that itself
-            state.total = resp.content_length
-            return resp.content_length
+            try:
+                state.decoder = content_decoder(resp.headers.get("Content-Encoding"))
+            except ValueError as err:
+                raise IntegrityError(str(err)) from None
+            if state.decoder is None:
+                state.total = resp.content_length
+            return resp.content_length  # of the encoded body, when it is encoded
+        if resp.status == 206 and _encoding_of(resp) != "identity":
+            state.restart()  # only identity bodies are resumed: start over
+            raise _Retryable(IntegrityError("a resumed range arrived content-encoded"))
         if resp.status == 206:
             content_range = parse_content_range(resp.headers.get("Content-Range"))
             if content_range is None or content_range[0] != state.offset:
@@ -825,6 +837,7 @@ class Downloader:
         recording_id = state.recording.recording_id
         received = 0
         progress = self._on_progress is not None
+        decoder = state.decoder
         job: Future[None] | None = None  # the chunk a helper thread is writing, if any
         try:
             with open(state.part, "ab" if state.offset else "wb") as file:  # noqa: ASYNC230
@@ -834,7 +847,8 @@ class Downloader:
                     async for chunk in resp.content.iter_chunked(self.chunk_size):
                         if job is not None:
                             await asyncio.wrap_future(job)  # until then `state` is the helper's
-                        job = self._offload.write(file, state, chunk)
+                        data = chunk if decoder is None else decoder.decompress(chunk)
+                        job = self._offload.write(file, state, data) if data else None
                         received += len(chunk)
                         if progress:
                             event = ProgressEvent(
@@ -843,18 +857,38 @@ class Downloader:
                             self._emit(event)
                     if job is not None:
                         await asyncio.wrap_future(job)
+                        job = None
+                    if decoder is not None and (tail := decoder.flush()):
+                        state.write(file, tail)
                 except BaseException as err:
                     await _settle(job, err)
                     raise
         except (aiohttp.ClientError, TimeoutError) as err:
             # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
             message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
+            if decoder is not None:
+                state.restart()  # an encoded body is never resumed
             raise _Retryable(APIConnectionError(message)) from err
+        except zlib.error as err:
+            state.restart()
+            raise _Retryable(IntegrityError(f"undecodable encoded body: {err}")) from err
         except OSError as err:
             state.restart()  # the part file's tail is unknown now
             raise _disk_error(err, state.part) from err
         if expected is not None and received != expected:
+            if decoder is not None:
+                state.restart()
             raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
+        if decoder is not None and not decoder.eof:
+            # The encoded bytes all arrived, but they are not a whole stream: a truncated
+            # .gz on the server. Never rename that.
+            state.restart()
+            raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
+
+
+def _encoding_of(resp: aiohttp.ClientResponse) -> str:
+    """The response's Content-Encoding, lower-cased; `identity` when absent."""
+    return (resp.headers.get("Content-Encoding") or "identity").strip().lower()
 
 
 def _fsync_path(path: str | os.PathLike[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
@@ -37,6 +38,7 @@ __all__ = [
     "RETRYABLE_STATUSES",
     "archive_key",
     "backoff_delay",
+    "content_decoder",
     "decipher_response",
     "error_details",
     "file_extension",
@@ -350,3 +352,25 @@ def archive_key(
     if layout == "date" and add_time is not None:
         return f"{add_time.strftime('%Y/%m/%d')}/{stem}.{extension}"
     return f"{stem}.{extension}"
+
+
+#: zlib's window bits for each Content-Encoding it can undo (gzip's header, zlib's header).
+_DECODER_BITS: Mapping[str, int] = {"gzip": 31, "x-gzip": 31, "deflate": 15}
+
+
+def content_decoder(encoding: str | None) -> zlib._Decompress | None:
+    """A decoder for a body's `Content-Encoding`, None for an identity body.
+
+    The downloader asks for `identity`, but some servers (nginx's `gzip_static always`)
+    encode anyway. Decoding ourselves lets the caller check both the encoded byte count
+    against `Content-Length` and that the stream reached its end (`decoder.eof`), which is
+    how a truncated `.gz` is told from a whole one. Encodings zlib cannot undo are refused
+    with `ValueError`.
+    """
+    name = (encoding or "identity").strip().lower()
+    if name in ("", "identity"):
+        return None
+    bits = _DECODER_BITS.get(name)
+    if bits is None:
+        raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+    return zlib.decompressobj(bits)

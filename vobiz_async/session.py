@@ -221,6 +221,7 @@ class AsyncSession:
         client_timeout: aiohttp.ClientTimeout | None = None,
         read_bufsize: int | None = None,
         trusted_hosts: Iterable[str] | None = None,
+        auto_decompress: bool = True,
     ) -> aiohttp.ClientResponse:
         """Send one request without following redirects; the caller releases the response.
 
@@ -243,6 +244,7 @@ class AsyncSession:
                 allow_redirects=False,
                 timeout=client_timeout or self._media_timeout,
                 read_bufsize=read_bufsize,
+                auto_decompress=auto_decompress,
             )
 
     def note_advisories(self, headers: Mapping[str, str], path: str) -> None:
