@@ -50,6 +50,7 @@ from vobiz_async import (
     UnsafeURLError,
 )
 from vobiz_async import download as download_module
+from vobiz_async.download import RESUME_OVERLAP, VALIDATOR_SUFFIX
 from vobiz_async.manifest import Manifest
 from vobiz_async.testing import FakeVobiz, RequestRecord
 
@@ -92,6 +93,11 @@ def snapshot(*roots: Path) -> set[Path]:
     for root in roots:
         found.update(root.iterdir() if root == Path("/") else root.rglob("*"))
     return found
+
+
+def overlap_start(offset: int) -> int:
+    """Where a resume without a strong ETag starts: a little before the partial's end."""
+    return offset - min(RESUME_OVERLAP, offset)
 
 
 def write_part(dest: Path, rid: str, data: bytes) -> None:
@@ -232,15 +238,16 @@ class Scripted:
         return web.Response(body=self.body, content_type="audio/mpeg")
 
     async def _short206(self, request: web.Request) -> web.StreamResponse:
-        """Drops the first body halfway; answers the first resume with only 10 bytes."""
+        """Drops the first body halfway; answers the first resume with only 10 bytes past
+        the partial's end."""
         self.hits["short206"] += 1
         range_header = request.headers.get("Range")
         self.ranges.append(range_header)
         body, half = self.body, len(self.body) // 2
         if self.hits["short206"] == 2 and range_header:
             start = int(range_header.removeprefix("bytes=").rstrip("-"))
-            headers = {"Content-Range": f"bytes {start}-{start + 9}/{len(body)}"}
-            return web.Response(status=206, body=body[start : start + 10], headers=headers)
+            headers = {"Content-Range": f"bytes {start}-{half + 9}/{len(body)}"}
+            return web.Response(status=206, body=body[start : half + 10], headers=headers)
         if self.hits["short206"] == 1:
             return await self._drop_halfway(request, body, half, {})
         start = int(range_header.removeprefix("bytes=").rstrip("-")) if range_header else 0
@@ -549,7 +556,8 @@ async def test_exhausted_drops_keep_only_part(
     assert result.status is DownloadStatus.FAILED
     assert isinstance(result.error, APIConnectionError)
     assert result.attempts == 2
-    assert tree(dest) == {f"{rid}.part"}
+    # The partial, and the ETag of the version it came from, for a later run's If-Range.
+    assert tree(dest) == {f"{rid}.part", f"{rid}.part{VALIDATOR_SUFFIX}"}
 
 
 async def test_stalled_body_is_retried(fake: FakeVobiz, scripted: Scripted, dest: Path) -> None:
@@ -563,7 +571,8 @@ async def test_stalled_body_is_retried(fake: FakeVobiz, scripted: Scripted, dest
     assert result.attempts == 2
     assert result.path is not None
     assert result.path.read_bytes() == scripted.body
-    assert scripted.ranges == [None, f"bytes={len(scripted.body) // 2}-"]
+    # No ETag: the resume asks for the partial's tail again, to prove it continues it.
+    assert scripted.ranges == [None, f"bytes={overlap_start(len(scripted.body) // 2)}-"]
 
 
 async def test_connection_reset_mid_body_is_retried(
@@ -583,14 +592,15 @@ async def test_connection_reset_mid_body_is_retried(
 async def test_oversized_part_restarts_after_416(
     fake: FakeVobiz, session: AsyncSession, dest: Path
 ) -> None:
-    """A leftover `.part` longer than the recording gets 416, restarts, and verifies."""
+    """A leftover `.part` longer than the recording, without a validator, fails the overlap
+    check of its resume, restarts, and verifies."""
     (rid,) = add(fake)
     write_part(dest, rid, b"\0" * (fake.size(rid) + 10))
 
     result = await session.recordings.download(recording(fake, rid), dest)
 
     assert_verified(fake, result)
-    assert [r.status for r in media(fake)] == [416, 200]
+    assert [r.status for r in media(fake)] == [206, 200]
     assert tree(dest) == {f"{rid}.mp3"}
 
 
@@ -959,7 +969,7 @@ async def test_cancel_keeps_part_and_rerun_resumes(
         await task
 
     part = dest / f"{rid}.part"
-    assert tree(dest) == {part.name}
+    assert tree(dest) == {part.name, part.name + VALIDATOR_SUFFIX}
     assert 0 < part.stat().st_size < fake.size(rid)
     assert await eventually(lambda: fake.stats.media_in_flight == 0)  # the connection closed
 
@@ -1026,7 +1036,7 @@ async def test_cancel_waits_for_the_helper_thread_writing(
 
     assert not files[0].closed_during_write
     part = dest / f"{rid}.part"
-    assert tree(dest) == {part.name}
+    assert tree(dest) == {part.name, part.name + VALIDATOR_SUFFIX}
     written = part.read_bytes()
     assert 0 < len(written) < fake.size(rid)
     assert fake.body(rid).startswith(written)
@@ -1764,7 +1774,11 @@ async def test_short_206_is_resumed_not_finished(
     assert result.path.read_bytes() == scripted.body
     assert result.attempts == 3
     half = len(scripted.body) // 2
-    assert scripted.ranges == [None, f"bytes={half}-", f"bytes={half + 10}-"]
+    assert scripted.ranges == [
+        None,
+        f"bytes={overlap_start(half)}-",
+        f"bytes={overlap_start(half + 10)}-",
+    ]
 
 
 async def test_206_under_a_new_etag_restarts(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from vobiz_async import (
     Recording,
     ResponseValidationError,
 )
+from vobiz_async.download import RESUME_OVERLAP, VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
 
 
@@ -186,3 +188,83 @@ async def test_an_unknown_content_encoding_fails_clearly(
     assert isinstance(result.error, IntegrityError)
     assert "unsupported Content-Encoding 'br'" in str(result.error)
     assert not finals(tmp_path)
+
+
+# ------------------------------------------------------------------ resume
+
+
+async def test_a_partial_of_an_older_version_is_never_spliced(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """A `.part` without a stored validator (copied by `cp`, or from a file system without
+    xattrs) whose bytes came from an older version ends as the new version, whole."""
+    old, new = mp3_bytes(1_000_000, seed=1), mp3_bytes(1_000_000, seed=2)
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "rec.mp3").write_bytes(new)
+    dest = tmp_path / "archive"
+    with nginx(root, tmp_path / "nginx") as base:
+        rec = fake_recording_at(fake, f"{base}rec.mp3")
+        dest.mkdir()
+        (dest / f"{rec.recording_id}.part").write_bytes(old[:600_000])
+
+        result = await session.recordings.download(rec, dest)
+
+    assert result.status is DownloadStatus.DOWNLOADED, result.error
+    assert result.sha256 == hashlib.sha256(new).hexdigest()
+    assert (dest / f"{rec.recording_id}.mp3").read_bytes() == new
+
+
+async def test_a_copied_partial_of_the_same_version_resumes(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """Without a validator, a partial whose tail the server sends again resumes: the
+    overlap proves it is the same version, and only the rest is fetched."""
+    body = mp3_bytes(1_000_000, seed=3)
+    app = web.Application()
+    ranges: list[str | None] = []
+
+    async def no_etag(request: web.Request) -> web.StreamResponse:
+        ranges.append(request.headers.get("Range"))
+        return await _serve_ranges(request, body)
+
+    app.router.add_get("/r.mp3", no_etag)
+    dest = tmp_path / "archive"
+    async with serve(app) as base:
+        rec = fake_recording_at(fake, f"{base}/r.mp3")
+        dest.mkdir()
+        (dest / f"{rec.recording_id}.part").write_bytes(body[:700_000])
+
+        result = await session.recordings.download(rec, dest)
+
+    assert result.status is DownloadStatus.DOWNLOADED, result.error
+    assert result.sha256 == hashlib.sha256(body).hexdigest()
+    assert ranges == [f"bytes={700_000 - RESUME_OVERLAP}-"]
+
+
+async def _serve_ranges(request: web.Request, body: bytes) -> web.StreamResponse:
+    """A 206 for `Range: bytes=N-`, else the whole body; no ETag."""
+    header = request.headers.get("Range")
+    if header is None:
+        return web.Response(body=body)
+    start = int(header.removeprefix("bytes=").rstrip("-"))
+    content_range = f"bytes {start}-{len(body) - 1}/{len(body)}"
+    return web.Response(status=206, body=body[start:], headers={"Content-Range": content_range})
+
+
+async def test_a_complete_partial_is_finished_from_its_416(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """A `.part` that already holds every byte (its validator still matching) is verified
+    and renamed on the server's 416, without downloading it again."""
+    rid = fake.add_recording(size=300_000).recording_id
+    (tmp_path / f"{rid}.part").write_bytes(fake.body(rid))
+    (tmp_path / f"{rid}.part{VALIDATOR_SUFFIX}").write_text(fake.etag(rid))
+
+    result = await session.recordings.download(rid, tmp_path)
+
+    assert result.status is DownloadStatus.DOWNLOADED, result.error
+    assert result.sha256 == fake.sha256(rid)
+    statuses = [r.status for r in fake.stats.requests if r.operation == "media"]
+    assert statuses == [416]
+    assert sorted(os.listdir(tmp_path)) == [f"{rid}.mp3"]

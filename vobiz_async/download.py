@@ -51,6 +51,7 @@ from .protocol import (
     make_status_error,
     parse_content_range,
     parse_retry_after,
+    parse_unsatisfied_range,
     safe_file_stem,
     sniff_container,
 )
@@ -79,7 +80,13 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Media answers that may mean the signed URL went stale: worth one fresh `get()`.
 _STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-_ETAG_XATTR = "user.vobiz.etag"
+#: Beside `<id>.part`: the strong ETag of the version its bytes came from, written
+#: atomically, so a later run can resume with If-Range (an xattr is lost by `cp`, by
+#: `rsync` without -X and on file systems without user xattrs).
+VALIDATOR_SUFFIX = ".etag"
+#: Without a strong validator, a resume asks for this many bytes before the end of the
+#: partial again and compares them with its tail: two versions are never spliced.
+RESUME_OVERLAP = 64 * 1024
 _HEAD = 16
 
 
@@ -231,6 +238,10 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+class _Whole(Exception):
+    """A resume found the partial already complete (416 for a range starting at its end)."""
+
+
 class _Stale(Exception):
     """The media URL was refused; a fresh `get()` may repair it."""
 
@@ -283,6 +294,10 @@ class _Transfer:
     refreshed: bool = False
     #: Undoes a Content-Encoding the server applied although we asked for identity.
     decoder: zlib._Decompress | None = None
+    #: The partial's last bytes, asked for again when no strong ETag proves the version.
+    tail: bytes = b""
+    #: Whether a validator file may exist beside the partial.
+    sidecar: bool = False
 
     def restart(self) -> None:
         self.offset = 0
@@ -291,6 +306,7 @@ class _Transfer:
         self.head = b""
         self.hasher = hashlib.sha256()
         self.decoder = None
+        self.tail = b""
 
     def absorb(self, chunk: bytes) -> None:
         if len(self.head) < _HEAD:
@@ -303,20 +319,47 @@ class _Transfer:
         self.absorb(chunk)
 
     def adopt_partial(self) -> None:
-        """Continue from a `.part` an earlier run left: hash what is there, keep its ETag."""
+        """Continue from a `.part` an earlier run left: hash what is there, and take the
+        version it came from from its validator file, if that is there."""
         try:
             with open(self.part, "rb") as f:
                 while chunk := f.read(1 << 20):
                     self.absorb(chunk)
         except FileNotFoundError:
             return
-        with contextlib.suppress(OSError, AttributeError):
-            self.etag = os.getxattr(self.part, _ETAG_XATTR).decode() or None
+        try:
+            with open(self.part + VALIDATOR_SUFFIX, encoding="utf-8") as f:
+                self.etag = f.read().strip() or None
+            self.sidecar = True
+        except (OSError, UnicodeDecodeError):
+            self.etag = None
 
     def remember_etag(self) -> None:
-        if self.etag:
-            with contextlib.suppress(OSError, AttributeError):
-                os.setxattr(self.part, _ETAG_XATTR, self.etag.encode())
+        """Write the partial's validator file (atomically), or remove a stale one."""
+        path = self.part + VALIDATOR_SUFFIX
+        if not self.etag:
+            self.forget_etag()
+            return
+        with contextlib.suppress(OSError):  # without it, a resume proves the overlap instead
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(self.etag)
+            os.replace(path + ".tmp", path)
+            self.sidecar = True
+
+    def forget_etag(self) -> None:
+        if self.sidecar:
+            with contextlib.suppress(OSError):
+                os.unlink(self.part + VALIDATOR_SUFFIX)
+            self.sidecar = False
+
+    def read_tail(self) -> None:
+        """Keep the partial's last bytes, to prove a resumed range continues them."""
+        size = min(RESUME_OVERLAP, self.offset)
+        with open(self.part, "rb") as f:
+            f.seek(self.offset - size)
+            self.tail = f.read(size)
+        if len(self.tail) != size:
+            raise OSError(errno.EIO, "the partial file is shorter than its bytes written")
 
 
 class _Offload:
@@ -696,6 +739,7 @@ class Downloader:
         if self.fsync:
             await asyncio.to_thread(_fsync_path, state.part)
         os.replace(state.part, final)
+        state.forget_etag()
         if self._scans is not None and directory in self._scans:
             self._scans[directory].add(name)  # a repeated id later in the batch skips
         if self.fsync:
@@ -731,9 +775,12 @@ class Downloader:
         """One GET (following redirects) streamed into the `.part` file."""
         headers = {"Accept-Encoding": "identity"}
         if state.offset:
-            headers["Range"] = f"bytes={state.offset}-"
             if state.etag:
+                headers["Range"] = f"bytes={state.offset}-"
                 headers["If-Range"] = state.etag
+            else:
+                await asyncio.to_thread(state.read_tail)
+                headers["Range"] = f"bytes={state.offset - len(state.tail)}-"
         try:
             url = URL(state.url, encoded=True)
         except ValueError:
@@ -743,7 +790,10 @@ class Downloader:
         except APIConnectionError as err:
             raise _Retryable(err) from err
         async with resp:
-            expected = self._check_status(resp, state)
+            try:
+                expected = self._check_status(resp, state)
+            except _Whole:
+                return  # the partial already holds every byte
             try:
                 await self._stream(resp, state, expected)
             except BaseException:
@@ -807,7 +857,7 @@ class Downloader:
             raise _Retryable(IntegrityError("a resumed range arrived content-encoded"))
         if resp.status == 206:
             content_range = parse_content_range(resp.headers.get("Content-Range"))
-            if content_range is None or content_range[0] != state.offset:
+            if content_range is None or content_range[0] != state.offset - len(state.tail):
                 state.restart()
                 got = resp.headers.get("Content-Range")
                 raise _Retryable(IntegrityError(f"unexpected Content-Range {got!r}"))
@@ -822,6 +872,11 @@ class Downloader:
             state.total = total if total is not None else state.total
             return end - start + 1
         if resp.status == 416:
+            size = parse_unsatisfied_range(resp.headers.get("Content-Range"))
+            same = state.etag is not None and etag in (None, state.etag)
+            if size == state.offset and same:
+                state.total = size  # the partial is the whole file: verify and finish
+                raise _Whole
             state.restart()
             raise _Retryable(IntegrityError("the server refused the resume range (416)"))
         error = make_status_error(resp.status, resp.headers, None, reason=resp.reason)
@@ -838,13 +893,21 @@ class Downloader:
         received = 0
         progress = self._on_progress is not None
         decoder = state.decoder
+        overlap, state.tail = state.tail, b""  # bytes the partial ends with, sent again
         job: Future[None] | None = None  # the chunk a helper thread is writing, if any
         try:
             with open(state.part, "ab" if state.offset else "wb") as file:  # noqa: ASYNC230
                 if expected is None or expected > self.chunk_size:
                     state.remember_etag()  # survives even a kill -9 mid-transfer
+                elif not state.offset:
+                    state.forget_etag()  # a fresh file: an older validator no longer holds
                 try:
                     async for chunk in resp.content.iter_chunked(self.chunk_size):
+                        if overlap:
+                            received += min(len(chunk), len(overlap))
+                            chunk, overlap = _match_overlap(chunk, overlap, state)
+                            if not chunk:
+                                continue
                         if job is not None:
                             await asyncio.wrap_future(job)  # until then `state` is the helper's
                         data = chunk if decoder is None else decoder.decompress(chunk)
@@ -884,6 +947,16 @@ class Downloader:
             # .gz on the server. Never rename that.
             state.restart()
             raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
+
+
+def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[bytes, bytes]:
+    """Check a resumed body's first bytes against the partial's tail; return the rest of
+    the chunk and of the tail still to compare. A mismatch means another version."""
+    size = min(len(chunk), len(overlap))
+    if chunk[:size] != overlap[:size]:
+        state.restart()
+        raise _Retryable(IntegrityError("the recording changed since its partial was written"))
+    return chunk[size:], overlap[size:]
 
 
 def _encoding_of(resp: aiohttp.ClientResponse) -> str:

@@ -51,6 +51,7 @@ __all__ = [
     "parse_content_range",
     "parse_retry_after",
     "parse_timestamp",
+    "parse_unsatisfied_range",
     "quote_path_segment",
     "safe_file_stem",
     "sniff_container",
@@ -374,3 +375,12 @@ def content_decoder(encoding: str | None) -> zlib._Decompress | None:
     if bits is None:
         raise ValueError(f"unsupported Content-Encoding {encoding!r}")
     return zlib.decompressobj(bits)
+
+
+_UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.I)
+
+
+def parse_unsatisfied_range(value: str | None) -> int | None:
+    """The full size from a 416's `Content-Range: bytes */SIZE`; None if absent or odd."""
+    match = _UNSATISFIED_RANGE.match(value or "")
+    return int(match[1]) if match else None
