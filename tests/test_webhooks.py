@@ -31,6 +31,7 @@ from vobiz_async.receiver import (
     Receiver,
     ServeConfig,
     Spool,
+    default_spool_path,
     parse_basic_auth,
     parse_duration,
     parse_listen,
@@ -367,6 +368,34 @@ def test_cli_value_parsers_refuse_garbage() -> None:
     ):
         with pytest.raises(argparse.ArgumentTypeError):
             bad_call()
+
+
+def test_default_spool_is_in_the_folder_or_the_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool defaults to a file in --out, or under XDG_STATE_HOME for a remote dest."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+    local = default_spool_path(str(tmp_path / "archive"))
+    remote = default_spool_path("s3://bucket/recordings")
+
+    assert local == tmp_path / "archive" / "vobiz-webhooks.spool.jsonl"
+    assert remote.parent == tmp_path / "state" / "vobiz-async"
+    assert remote != default_spool_path("s3://bucket/other")
+
+
+def test_spool_skips_a_torn_last_line(tmp_path: Path) -> None:
+    """A line cut short by a crash is skipped; complete lines before it still count."""
+    path = tmp_path / "spool.jsonl"
+    good = {"op": "accepted", "event": {"recording_id": "rec-1", "shape": "record"}, "at": 1.0}
+    path.write_text(json.dumps(good) + '\n{"op": "accepted", "event": {"recor')
+
+    spool = Spool(path)
+    spool.append({"op": "archived", "recording_id": "rec-9", "at": 2.0})
+    spool.close()
+
+    assert [e.recording_id for e in Spool(path).pending()] == ["rec-1"]
+    assert Spool(path).states["rec-9"] == "archived"
 
 
 # -- end to end, in process ---------------------------------------------------------------
