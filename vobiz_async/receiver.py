@@ -303,7 +303,9 @@ class Receiver:
 
     async def sync_recent(self, window: float) -> int:
         """List recordings added in the last `window` seconds and queue those not yet
-        archived or queued; return how many were queued."""
+        archived or queued; return how many were queued. A recording without an `add_time`
+        is queued too: the listing's own filter returned it, and one fetch too many beats
+        one recording missed."""
         cutoff = datetime.now(UTC) - timedelta(seconds=window)
         # Vobiz does not confirm add_time filters for listing, and reads naive times in its
         # own zone: ask a day wider than needed and filter exactly here.
@@ -313,7 +315,8 @@ class Receiver:
         queued = 0
         async for recording in pager:
             known = self._states.get(recording.recording_id)
-            if recording.add_time < cutoff or known in ("pending", "archived"):
+            too_old = recording.add_time is not None and recording.add_time < cutoff
+            if too_old or known in ("pending", "archived"):
                 continue
             event = RecordingEvent(
                 recording_id=recording.recording_id,
