@@ -257,3 +257,27 @@ async def test_wrong_token_fails_at_start_with_exit_3(
     assert proc.returncode == 3, err.decode()
     assert wrong not in (out + err).decode()
     assert "listening" not in out.decode()
+
+
+async def test_sync_every_archives_a_recording_no_callback_announced(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--sync-every` runs the list-and-download backstop for the recent window at start."""
+    from datetime import UTC, datetime
+
+    out = tmp_path / "archive"
+    recent = fake.add_recording(add_time=datetime.now(UTC)).recording_id
+    async with aiohttp.ClientSession() as client:
+        receiver = await start_serve(env, "--out", str(out), "--sync-every", "1h")
+        try:
+            for _ in range(500):
+                counters = await health(client, receiver)
+                if counters["archived"] + counters["failed"]:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await stop(receiver.proc)
+
+    assert (counters["archived"], counters["failed"], counters["accepted"]) == (1, 0, 0)
+    saved = sorted(p.stem for p in out.iterdir() if p.suffix in (".mp3", ".wav"))
+    assert saved == [recent]  # the generated recordings are months old: not in the window

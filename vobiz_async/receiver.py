@@ -20,7 +20,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -76,7 +76,7 @@ State = Literal["pending", "archived", "failed"]
 class Spool:
     """An append-only journal of accepted events and their outcomes, fsync'd per line.
 
-    Lines: `{"op": "accepted", "event": {...}, "nonce": ..., "at": ...}`, then one
+    Lines: `{"op": "accepted", "event": {...}, "nonces": [...], "at": ...}`, then one
     `{"op": "archived" | "failed", "recording_id": ..., "at": ...}`. The last line for an id
     decides its state; a torn last line (a crash mid-write) is skipped.
     """
@@ -109,9 +109,9 @@ class Spool:
                     event = RecordingEvent.from_dict(record["event"])
                     self.events[event.recording_id] = event
                     self.states[event.recording_id] = "pending"
-                    nonce, at = record.get("nonce"), float(record.get("at", 0))
-                    if isinstance(nonce, str) and at >= horizon:
-                        self.nonces.append((nonce, at))
+                    nonces, at = record.get("nonces") or [], float(record.get("at", 0))
+                    if isinstance(nonces, list) and at >= horizon:
+                        self.nonces += [(n, at) for n in nonces if isinstance(n, str)]
                 elif op in ("archived", "failed"):
                     self.states[str(record["recording_id"])] = op
             except (ValueError, TypeError, KeyError):
@@ -198,30 +198,33 @@ class Receiver:
         else:
             self._states[recording_id] = state
 
-    async def submit(self, event: RecordingEvent, nonce: str | None) -> SubmitOutcome:
+    async def submit(self, event: RecordingEvent, nonces: Sequence[str]) -> SubmitOutcome:
         """Spool and queue `event` unless its recording is already queued or archived."""
-        outcome = await self._submit(event, nonce)
+        outcome = await self._submit(event, nonces)
         if outcome is SubmitOutcome.ACCEPTED:
             self.counters.accepted += 1
         return outcome
 
-    async def _submit(self, event: RecordingEvent, nonce: str | None) -> SubmitOutcome:
+    async def _submit(self, event: RecordingEvent, nonces: Sequence[str]) -> SubmitOutcome:
         rid = event.recording_id
         before = self._states.get(rid)
         if before in ("pending", "archived"):
             self.counters.duplicate += 1
             return SubmitOutcome.DUPLICATE
         if self._pending >= self.queue_size:
-            self.counters.busy += 1
             logger.warning("queue full (%d pending): asking Vobiz to retry %s", self._pending, rid)
             return SubmitOutcome.BUSY
         self._set_state(rid, "pending")  # before the await: a concurrent duplicate sees it
-        record = {"op": "accepted", "event": event.to_dict(), "nonce": nonce, "at": time.time()}
+        record = {
+            "op": "accepted",
+            "event": event.to_dict(),
+            "nonces": list(nonces),
+            "at": time.time(),
+        }
         try:
             await asyncio.to_thread(self.spool.append, record)
         except OSError as err:
             self._set_state(rid, before)
-            self.counters.busy += 1
             logger.error("cannot write the spool %s: %s", self.spool.path, err)
             return SubmitOutcome.BUSY
         self.spool.events[rid] = event
@@ -323,7 +326,7 @@ class Receiver:
                 shape="sync",
                 call_uuid=recording.call_uuid,
             )
-            outcome = await self._submit(event, None)
+            outcome = await self._submit(event, ())
             if outcome is SubmitOutcome.BUSY:
                 break
             if outcome is SubmitOutcome.ACCEPTED:

@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -53,7 +53,9 @@ __all__ = [
     "WebhookVerifier",
     "compute_signature",
     "create_app",
+    "healthz_body",
     "parse_callback",
+    "request_nonces",
     "signed_url",
     "verify_signature",
 ]
@@ -435,7 +437,12 @@ class SubmitOutcome(enum.StrEnum):
 
 @attrs.define
 class Counters:
-    """What the receiver has done since it started, as `/healthz` shows it."""
+    """What the receiver has done since it started; `/healthz` shows all but `ignored`.
+
+    `duplicate` counts callbacks that changed nothing (a recording already queued or
+    archived, or a replayed nonce); `rejected` counts refusals (403, 413, 400, and 503 for a
+    full queue).
+    """
 
     accepted: int = 0
     duplicate: int = 0
@@ -443,8 +450,6 @@ class Counters:
     archived: int = 0
     failed: int = 0
     ignored: int = 0
-    replayed: int = 0
-    busy: int = 0
 
 
 class EventSink(Protocol):
@@ -452,8 +457,9 @@ class EventSink(Protocol):
 
     counters: Counters
 
-    async def submit(self, event: RecordingEvent, nonce: str | None) -> SubmitOutcome:
-        """Record `event` durably and queue it, or say why not; fast, never downloads."""
+    async def submit(self, event: RecordingEvent, nonces: Sequence[str]) -> SubmitOutcome:
+        """Record `event` (with the request's nonces) durably and queue it, or say why not;
+        fast, never downloads."""
         ...
 
     def pending(self) -> int:
@@ -465,19 +471,30 @@ class EventSink(Protocol):
         ...
 
 
-def _healthz_body(sink: EventSink) -> dict[str, int]:
-    c = sink.counters
+def healthz_body(counters: Counters, pending: int) -> dict[str, int]:
+    """The `/healthz` answer: one flat object of integer counters."""
     return {
-        "accepted": c.accepted,
-        "duplicate": c.duplicate,
-        "rejected": c.rejected,
-        "queued": sink.pending(),
-        "archived": c.archived,
-        "failed": c.failed,
-        "ignored": c.ignored,
-        "replayed": c.replayed,
-        "busy": c.busy,
+        "accepted": counters.accepted,
+        "duplicate": counters.duplicate,
+        "rejected": counters.rejected,
+        "queued": pending,
+        "archived": counters.archived,
+        "failed": counters.failed,
     }
+
+
+def request_nonces(headers: Mapping[str, str], check: SignatureCheck) -> tuple[str, ...]:
+    """Every nonce a verified request carries, the validated one first.
+
+    A captured request holds a V3 and a V2 signature with their own nonces; remembering
+    both means stripping the V3 headers does not turn a replay into a new request.
+    """
+    found = [check.nonce] if check.nonce else []
+    for name in ("X-Vobiz-Signature-V3-Nonce", "X-Vobiz-Signature-V2-Nonce"):
+        value = headers.get(name)
+        if value and value not in found:
+            found.append(value)
+    return tuple(found)
 
 
 def create_app(
@@ -519,20 +536,22 @@ def create_app(
             return refuse(413, "request body too large")
         if check.version in (SignatureVersion.V2, SignatureVersion.MA_V2):
             logger.warning("callback accepted on a %s signature only (no V3)", check.version)
-        nonce = check.nonce
-        if nonce is not None and (nonce in in_flight or cache.seen(nonce)):
-            counters.replayed += 1
+        nonces = request_nonces(request.headers, check)
+        if any(n in in_flight or cache.seen(n) for n in nonces):
+            counters.duplicate += 1
             logger.info("replayed callback nonce; nothing done")
             return web.Response(text="ok\n")
-        if nonce is None:
-            return await handle(body, request.content_type, None)
-        in_flight.add(nonce)
+        in_flight.update(nonces)
         try:
-            return await handle(body, request.content_type, nonce)
+            return await handle(body, request.content_type, nonces)
         finally:
-            in_flight.discard(nonce)
+            in_flight.difference_update(nonces)
 
-    async def handle(body: bytes, content_type: str, nonce: str | None) -> web.Response:
+    def remember(nonces: Sequence[str]) -> None:
+        for nonce in nonces:
+            cache.add(nonce)
+
+    async def handle(body: bytes, content_type: str, nonces: Sequence[str]) -> web.Response:
         try:
             event = parse_callback(parse_body(content_type, body))
         except WebhookPayloadError as err:
@@ -540,21 +559,20 @@ def create_app(
             return refuse(400, str(err))
         if event is None:
             counters.ignored += 1
-            if nonce is not None:
-                cache.add(nonce)
+            remember(nonces)
             return web.Response(text="ignored\n")
-        outcome = await sink.submit(event, nonce)
+        outcome = await sink.submit(event, nonces)
         if outcome is SubmitOutcome.BUSY:
-            # The nonce is not remembered: Vobiz's retry may reuse it and must get in.
+            # The nonces are not remembered: Vobiz's retry may reuse them and must get in.
+            counters.rejected += 1
             return web.Response(
                 status=503, text="queue full\n", headers={"Retry-After": str(RETRY_AFTER)}
             )
-        if nonce is not None:
-            cache.add(nonce)
+        remember(nonces)
         return web.Response(text=f"{outcome}\n")
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(_healthz_body(sink))
+        return web.json_response(healthz_body(counters, sink.pending()))
 
     app = web.Application(client_max_size=max_body)
     app.router.add_post(path, callback)
