@@ -518,7 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     from . import receiver
 
     serve = add("serve", cmd_serve, "receive RecordStop callbacks and archive each recording")
-    serve.add_argument("--listen", type=receiver.parse_listen, default=("127.0.0.1", 8000))
+    serve.add_argument(
+        "--listen",
+        type=receiver.parse_listen,
+        default=("127.0.0.1", 8000),
+        metavar="HOST:PORT",
+        help="default: 127.0.0.1:8000",
+    )
     serve.add_argument(
         "--public-url", type=receiver.public_url, required=True, help="the URL Vobiz calls"
     )
@@ -531,10 +537,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $VOBIZ_WEBHOOK_BASIC_AUTH",
     )
     serve.add_argument("--spool", help=f"spool file (default: OUT/{receiver.SPOOL_NAME})")
-    serve.add_argument("--sync-every", type=receiver.parse_duration, metavar="DURATION")
-    serve.add_argument("--queue-size", type=_positive, default=receiver.DEFAULT_QUEUE_SIZE)
-    serve.add_argument("--concurrency", type=_positive, default=receiver.DEFAULT_CONCURRENCY)
-    serve.add_argument("--drain-seconds", type=float, default=receiver.DEFAULT_DRAIN_SECONDS)
+    serve.add_argument(
+        "--sync-every",
+        type=receiver.parse_duration,
+        metavar="DURATION",
+        help="also list-and-download the recent window this often (30m, 1h; default: off)",
+    )
+    serve.add_argument(
+        "--queue-size",
+        type=_positive,
+        default=receiver.DEFAULT_QUEUE_SIZE,
+        help="pending recordings before callbacks get 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=receiver.DEFAULT_CONCURRENCY,
+        help="downloads at once (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=receiver.DEFAULT_DRAIN_SECONDS,
+        help="on SIGTERM, how long in-flight downloads may finish (default: %(default)s)",
+    )
 
     fake = add("fake-server", cmd_fake_server, "serve the fake Vobiz on 127.0.0.1")
     fake.add_argument("--port", type=int, default=0)
