@@ -113,7 +113,9 @@ class Spool:
                     if isinstance(nonces, list) and at >= horizon:
                         self.nonces += [(n, at) for n in nonces if isinstance(n, str)]
                 elif op in ("archived", "failed"):
-                    self.states[str(record["recording_id"])] = op
+                    rid = str(record["recording_id"])
+                    self.states[rid] = op
+                    self.events.pop(rid, None)  # only pending events are kept in memory
             except (ValueError, TypeError, KeyError):
                 logger.warning("%s: skipping unreadable line %d", self.path, number)
         self._torn = bool(data) and not data.endswith(b"\n")
@@ -275,6 +277,7 @@ class Receiver:
         except OSError as err:  # still pending in the spool: the next start retries it
             logger.error("cannot write the spool %s: %s", self.spool.path, err)
         self._set_state(rid, state)
+        self.spool.events.pop(rid, None)
         if state == "failed":
             self.counters.failed += 1
             logger.warning("recording %s failed: %s", rid, error)
