@@ -25,7 +25,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
-from vobiz_async import AsyncSession
+from vobiz_async import AsyncSession, ConfigurationError
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.receiver import (
     Receiver,
@@ -396,6 +396,54 @@ def test_spool_skips_a_torn_last_line(tmp_path: Path) -> None:
 
     assert [e.recording_id for e in Spool(path).pending()] == ["rec-1"]
     assert Spool(path).states["rec-9"] == "archived"
+
+
+def test_a_second_receiver_cannot_take_the_same_spool(tmp_path: Path) -> None:
+    """The spool's lock refuses a second holder until the first closes it."""
+    first, second = Spool(tmp_path / "spool.jsonl"), Spool(tmp_path / "spool.jsonl")
+    first.lock()
+
+    with pytest.raises(ConfigurationError, match="another receiver"):
+        second.lock()
+    first.close()
+    second.lock()
+    second.close()
+
+
+def test_compaction_keeps_pending_and_recent_and_drops_old_finished(tmp_path: Path) -> None:
+    """Compaction keeps every pending event and recent outcomes; old outcomes go."""
+    path = tmp_path / "spool.jsonl"
+    now = time.time()
+    old = now - 30 * 86400
+
+    def accepted(rid: str, at: float) -> dict[str, Any]:
+        return {"op": "accepted", "event": {"recording_id": rid, "shape": "record"}, "at": at}
+
+    lines = [
+        accepted("old-done", old),
+        {"op": "archived", "recording_id": "old-done", "at": old + 5},
+        accepted("old-pending", old),
+        accepted("recent-done", now - 3600),
+        {"op": "archived", "recording_id": "recent-done", "at": now - 3500},
+        accepted("failed-then-pending", old),
+        {"op": "failed", "recording_id": "failed-then-pending", "at": old + 5},
+        accepted("failed-then-pending", old + 10),
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    spool = Spool(path)
+    spool.lock()
+
+    dropped = spool.compact()
+    spool.close()
+
+    reloaded = Spool(path)
+    assert dropped == 5
+    assert [e.recording_id for e in reloaded.pending()] == ["old-pending", "failed-then-pending"]
+    assert reloaded.states == {
+        "old-pending": "pending",
+        "recent-done": "archived",
+        "failed-then-pending": "pending",
+    }
 
 
 # -- end to end, in process ---------------------------------------------------------------

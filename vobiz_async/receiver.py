@@ -20,7 +20,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +67,9 @@ DEFAULT_DRAIN_SECONDS = 30.0
 #: How far back a backstop sync looks, in multiples of its interval.
 SYNC_WINDOW_FACTOR = 2
 
+#: A finished recording is remembered in the spool this long (seconds) after a restart.
+FINISHED_KEEP = 7 * 86400.0
+
 State = Literal["pending", "archived", "failed"]
 
 
@@ -87,48 +90,126 @@ class Spool:
         self.events: dict[str, RecordingEvent] = {}
         self.nonces: list[tuple[str, float]] = []
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._torn = False
         self._load()
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r}, {len(self.states)} recordings)"
 
-    def _load(self) -> None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        horizon = time.time() - REPLAY_WINDOW
+    def _records(self, data: bytes) -> Iterator[tuple[str, dict[str, Any], bytes]]:
+        """(recording id, record, raw line) for every readable line."""
         for number, line in enumerate(data.split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                op = record["op"]
-                if op == "accepted":
+                if record["op"] == "accepted":
+                    rid = str(record["event"]["recording_id"])
+                elif record["op"] in ("archived", "failed"):
+                    rid = str(record["recording_id"])
+                else:
+                    raise ValueError(record["op"])
+            except (ValueError, TypeError, KeyError):
+                logger.warning("%s: skipping unreadable line %d", self.path, number)
+                continue
+            yield rid, record, line
+
+    def _load(self) -> None:
+        self.states.clear()
+        self.events.clear()
+        self.nonces.clear()
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        horizon = time.time() - REPLAY_WINDOW
+        for rid, record, _ in self._records(data):
+            try:
+                if record["op"] == "accepted":
                     event = RecordingEvent.from_dict(record["event"])
-                    self.events[event.recording_id] = event
-                    self.states[event.recording_id] = "pending"
+                    self.events.pop(rid, None)
+                    self.events[rid] = event  # at the end: resumed in the order they came
+                    self.states[rid] = "pending"
                     nonces, at = record.get("nonces") or [], float(record.get("at", 0))
                     if isinstance(nonces, list) and at >= horizon:
                         self.nonces += [(n, at) for n in nonces if isinstance(n, str)]
-                elif op in ("archived", "failed"):
-                    rid = str(record["recording_id"])
-                    self.states[rid] = op
+                else:
+                    self.states[rid] = record["op"]
                     self.events.pop(rid, None)  # only pending events are kept in memory
-            except (ValueError, TypeError, KeyError):
-                logger.warning("%s: skipping unreadable line %d", self.path, number)
+            except (ValueError, TypeError):
+                logger.warning("%s: skipping an unreadable event for %s", self.path, rid)
         self._torn = bool(data) and not data.endswith(b"\n")
 
     def pending(self) -> list[RecordingEvent]:
         """Events accepted and neither archived nor failed, in the order they came."""
         return [e for rid, e in self.events.items() if self.states.get(rid) == "pending"]
 
+    def lock(self) -> None:
+        """Take `<spool>.lock` for this process: two receivers on one spool would download
+        each recording twice. `ConfigurationError` when another process holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on POSIX: no lock
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigurationError(
+                f"another receiver is using the spool {self.path}; give each its own --spool"
+            ) from None
+        self._lock_fd = fd
+
+    def compact(self, keep_finished: float = FINISHED_KEEP) -> int:
+        """Rewrite the spool with only what a restart needs; return the lines dropped.
+
+        Kept: the accepted line of every pending recording, the last line of a recording
+        finished in the last `keep_finished` seconds, and accepted lines inside the replay
+        window (for their nonces). A recording forgotten here is at worst looked up on disk
+        again by a late duplicate callback. Call it with the lock held.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        records = list(self._records(data))
+        last = {rid: index for index, (rid, _, _) in enumerate(records)}
+        now = time.time()
+        kept = []
+        for index, (rid, record, line) in enumerate(records):
+            at = float(record.get("at", 0)) if isinstance(record.get("at"), int | float) else 0
+            accepted = record["op"] == "accepted"
+            final = last[rid] == index
+            if (final and (accepted or at >= now - keep_finished)) or (
+                accepted and at >= now - REPLAY_WINDOW
+            ):
+                kept.append(line)
+        dropped = sum(1 for line in data.split(b"\n") if line.strip()) - len(kept)
+        if dropped <= 0:
+            return 0
+        self._close_file()
+        temp = self.path.with_name(self.path.name + ".tmp")
+        with open(temp, "wb") as f:
+            f.write(b"".join(line + b"\n" for line in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.path)
+        _fsync_dir(self.path.parent)
+        self._load()
+        logger.info("%s: compacted, %d line(s) dropped", self.path, dropped)
+        return dropped
+
     def append(self, record: dict[str, Any]) -> None:
         """Write one line and fsync it: it survives a crash once this returns."""
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if created:
+                _fsync_dir(self.path.parent)  # the new name survives a power cut too
             if self._torn:
                 os.write(self._fd, b"\n")
                 self._torn = False
@@ -136,11 +217,26 @@ class Spool:
         os.write(self._fd, line.encode())
         os.fsync(self._fd)
 
-    def close(self) -> None:
-        """Close the file descriptor."""
+    def _close_file(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def close(self) -> None:
+        """Close the file descriptor and release the lock."""
+        self._close_file()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # -- the receiver -------------------------------------------------------------------------
@@ -422,8 +518,15 @@ def _open_storage(config: ServeConfig) -> tuple[Spool, Manifest | None]:
         Path(config.dest).mkdir(parents=True, exist_ok=True)
     spool_path = Path(config.spool) if config.spool else default_spool_path(config.dest)
     spool_path.parent.mkdir(parents=True, exist_ok=True)
+    spool = Spool(spool_path)
+    try:
+        spool.lock()
+        spool.compact()
+    except BaseException:
+        spool.close()
+        raise
     manifest = None if remote else Manifest(Path(config.dest) / MANIFEST_NAME)
-    return Spool(spool_path), manifest
+    return spool, manifest
 
 
 async def _sync_loop(receiver: Receiver, every: float) -> None:
@@ -442,8 +545,6 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None
     spool left pending, then answers on the public URL's path and `/healthz`. On the way out
     it stops accepting, then drains in-flight downloads for up to `drain_seconds`.
     """
-    from aiohttp import web  # here: the CLI's other commands do not pay for its import
-
     token = config.auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
     if not token:
         raise ConfigurationError(
@@ -461,50 +562,63 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None
         parent_auth_token=config.parent_auth_token or os.environ.get("VOBIZ_PARENT_AUTH_TOKEN"),
         basic_auth=basic,
     )
-    spool, manifest = await asyncio.to_thread(_open_storage, config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with AsyncSession(config.auth_id, token, base_url=config.base_url) as session:
         await session.check_credentials()
-        receiver = Receiver(
-            session,
-            config.dest,
-            spool,
-            queue_size=config.queue_size,
-            concurrency=config.concurrency,
-            manifest=manifest,
-        )
-        runner = web.AppRunner(
-            create_app(verifier, receiver, max_body=config.max_body),
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=2.0,
-        )
-        sync: asyncio.Task[None] | None = None
+        spool, manifest = await asyncio.to_thread(_open_storage, config)
         try:
-            await receiver.start()
-            await runner.setup()
-            site = web.TCPSite(runner, config.host, config.port)
-            await site.start()
-            if config.sync_every:
-                sync = asyncio.create_task(_sync_loop(receiver, config.sync_every))
-            host, port = runner.addresses[0][:2]
-            if on_ready is not None:
-                on_ready(f"http://{host}:{port}{URL(verifier.public_url).path}")
-            await stop.wait()
-            logger.warning("SIGTERM: stopping; draining downloads for %ss", config.drain_seconds)
+            receiver = Receiver(
+                session,
+                config.dest,
+                spool,
+                queue_size=config.queue_size,
+                concurrency=config.concurrency,
+                manifest=manifest,
+            )
+            await _run(receiver, verifier, config, on_ready)
         finally:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signal.SIGTERM)
-            if sync is not None:
-                sync.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sync
-            await runner.cleanup()
-            await receiver.close(config.drain_seconds)
             spool.close()
             if manifest is not None:
                 manifest.close()
     return 0
+
+
+async def _run(
+    receiver: Receiver,
+    verifier: WebhookVerifier,
+    config: ServeConfig,
+    on_ready: Callable[[str], object] | None,
+) -> None:
+    """Serve until SIGTERM or cancellation, then stop accepting and drain."""
+    from aiohttp import web  # here: the CLI's other commands do not pay for its import
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    runner = web.AppRunner(
+        create_app(verifier, receiver, max_body=config.max_body),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=2.0,
+    )
+    sync: asyncio.Task[None] | None = None
+    try:
+        await receiver.start()
+        await runner.setup()
+        await web.TCPSite(runner, config.host, config.port).start()
+        if config.sync_every:
+            sync = asyncio.create_task(_sync_loop(receiver, config.sync_every))
+        host, port = runner.addresses[0][:2]
+        if on_ready is not None:
+            on_ready(f"http://{host}:{port}{URL(verifier.public_url).path}")
+        await stop.wait()
+        logger.warning("SIGTERM: stopping; draining downloads for %ss", config.drain_seconds)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+        if sync is not None:
+            sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sync
+        await runner.cleanup()
+        await receiver.close(config.drain_seconds)
