@@ -515,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     download_options(demo)
 
-    from . import receiver
+    from . import receiver  # serve's value parsers live with the receiver they configure
 
     serve = add("serve", cmd_serve, "receive RecordStop callbacks and archive each recording")
     serve.add_argument(
@@ -529,12 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-url", type=receiver.public_url, required=True, help="the URL Vobiz calls"
     )
     serve.add_argument("--out", required=True, help="destination folder")
-    serve.add_argument("--parent-auth-token", help="default: $VOBIZ_PARENT_AUTH_TOKEN")
+    serve.add_argument(
+        "--parent-auth-token",
+        help="main account's token for sub-account callbacks (default: "
+        "$VOBIZ_PARENT_AUTH_TOKEN, better: arguments show in ps)",
+    )
     serve.add_argument(
         "--basic-auth",
         type=receiver.parse_basic_auth,
         metavar="USER:PASS",
-        help="default: $VOBIZ_WEBHOOK_BASIC_AUTH",
+        help="also require these Basic credentials (default: $VOBIZ_WEBHOOK_BASIC_AUTH)",
     )
     serve.add_argument("--spool", help=f"spool file (default: OUT/{receiver.SPOOL_NAME})")
     serve.add_argument(
