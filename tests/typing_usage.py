@@ -150,3 +150,22 @@ async def handle_errors() -> str | None:
     finally:
         pass
     return None
+
+
+def check_callback(headers: Mapping[str, str], fields: Mapping[str, str]) -> str | None:
+    """Webhook signatures and payloads (module-qualified, so this block stands alone)."""
+    check: vobiz_async.SignatureCheck = vobiz_async.verify_signature(
+        headers, "https://hooks.example.com/vobiz", "token", parent_auth_token=None
+    )
+    version: vobiz_async.SignatureVersion | None = check.version
+    expected: str = vobiz_async.compute_signature("https://hooks.example.com/vobiz", "1", "t", "V3")
+    verifier = vobiz_async.WebhookVerifier("https://hooks.example.com/vobiz", "token")
+    valid: bool = verifier.check(headers).valid and check.valid and bool(expected)
+    try:
+        event: vobiz_async.RecordingEvent | None = vobiz_async.parse_callback(fields)
+    except vobiz_async.WebhookPayloadError:
+        return None
+    if event is None or not valid:
+        return str(version)
+    duration: int | None = event.duration_ms
+    return f"{event.recording_id} {event.shape} {event.record_url} {duration}"

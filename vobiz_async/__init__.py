@@ -36,6 +36,16 @@ from .models import ExportResult, Page, PageMeta, Recording
 from .pager import AsyncPager
 from .recordings import Recordings
 from .session import AsyncSession
+from .webhooks import (
+    RecordingEvent,
+    SignatureCheck,
+    SignatureVersion,
+    WebhookPayloadError,
+    WebhookVerifier,
+    compute_signature,
+    parse_callback,
+    verify_signature,
+)
 
 __all__ = [
     "APIConnectionError",
@@ -66,12 +76,20 @@ __all__ = [
     "ProgressKind",
     "RateLimitError",
     "Recording",
+    "RecordingEvent",
     "Recordings",
     "ResponseValidationError",
     "ServerError",
+    "SignatureCheck",
+    "SignatureVersion",
     "StorageError",
     "UnprocessableEntityError",
     "UnsafeURLError",
     "VobizError",
+    "WebhookPayloadError",
+    "WebhookVerifier",
     "__version__",
+    "compute_signature",
+    "parse_callback",
+    "verify_signature",
 ]

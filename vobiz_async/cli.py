@@ -412,6 +412,29 @@ async def cmd_fake_server(args: argparse.Namespace) -> int:
     return EXIT_OK  # pragma: no cover - only Ctrl-C ends it
 
 
+async def cmd_serve(args: argparse.Namespace) -> int:
+    from .receiver import ServeConfig, serve
+
+    host, port = args.listen
+    config = ServeConfig(
+        public_url=args.public_url,
+        dest=args.out,
+        auth_id=args.auth_id,
+        auth_token=args.auth_token,
+        base_url=args.base_url,
+        host=host,
+        port=port,
+        parent_auth_token=args.parent_auth_token,
+        basic_auth=args.basic_auth,
+        spool=args.spool,
+        queue_size=args.queue_size,
+        concurrency=args.concurrency,
+        drain_seconds=args.drain_seconds,
+        sync_every=args.sync_every,
+    )
+    return await serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))
+
+
 # -- argument parsing -------------------------------------------------------------------
 
 
@@ -491,6 +514,57 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", help="destination folder (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0)
     download_options(demo)
+
+    from . import receiver  # serve's value parsers live with the receiver they configure
+
+    serve = add("serve", cmd_serve, "receive RecordStop callbacks and archive each recording")
+    serve.add_argument(
+        "--listen",
+        type=receiver.parse_listen,
+        default=("127.0.0.1", 8000),
+        metavar="HOST:PORT",
+        help="default: 127.0.0.1:8000",
+    )
+    serve.add_argument(
+        "--public-url", type=receiver.public_url, required=True, help="the URL Vobiz calls"
+    )
+    serve.add_argument("--out", required=True, help="destination folder")
+    serve.add_argument(
+        "--parent-auth-token",
+        help="main account's token for sub-account callbacks (default: "
+        "$VOBIZ_PARENT_AUTH_TOKEN, better: arguments show in ps)",
+    )
+    serve.add_argument(
+        "--basic-auth",
+        type=receiver.parse_basic_auth,
+        metavar="USER:PASS",
+        help="also require these Basic credentials (default: $VOBIZ_WEBHOOK_BASIC_AUTH)",
+    )
+    serve.add_argument("--spool", help=f"spool file (default: OUT/{receiver.SPOOL_NAME})")
+    serve.add_argument(
+        "--sync-every",
+        type=receiver.parse_duration,
+        metavar="DURATION",
+        help="also list-and-download the recent window this often (30m, 1h; default: off)",
+    )
+    serve.add_argument(
+        "--queue-size",
+        type=_positive,
+        default=receiver.DEFAULT_QUEUE_SIZE,
+        help="pending recordings before callbacks get 503 (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=receiver.DEFAULT_CONCURRENCY,
+        help="downloads at once (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=receiver.DEFAULT_DRAIN_SECONDS,
+        help="on SIGTERM, how long in-flight downloads may finish (default: %(default)s)",
+    )
 
     fake = add("fake-server", cmd_fake_server, "serve the fake Vobiz on 127.0.0.1")
     fake.add_argument("--port", type=int, default=0)

@@ -1,0 +1,580 @@
+"""Vobiz recording callbacks: signature checks, payload parsing, and the receiver's web app.
+
+The protocol decisions are pure functions, tested without a socket:
+
+- `signed_url` / `compute_signature`: Vobiz's "Validating Callbacks" formula.
+  `X-Vobiz-Signature-V3` is base64(HMAC-SHA256(auth token, base_url + "." + nonce)),
+  `X-Vobiz-Signature-V2` the same over base_url + nonce; the `-MA-` variants are signed with
+  the parent account's token and share those nonces. `base_url` is the configured public
+  callback URL without its query: the body is never signed, so nothing of it is used.
+- `verify_signature`: V3, then V2 (each also as MA with a parent token), constant-time.
+- `parse_callback`: the form `RecordStop` shape and the snake_case REST shape into a
+  `RecordingEvent`, or None for a callback that is not a finished recording.
+
+`create_app` wraps them in an aiohttp application that hands each verified finished recording
+to an `EventSink` (see `vobiz_async.receiver`), which records it durably before the 200.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+from yarl import URL
+
+from .errors import ConfigurationError, InvalidRecordingIdError, VobizError
+from .protocol import safe_file_stem
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = [
+    "MAX_BODY",
+    "REPLAY_WINDOW",
+    "Counters",
+    "EventSink",
+    "NonceCache",
+    "RecordingEvent",
+    "SignatureCheck",
+    "SignatureVersion",
+    "SubmitOutcome",
+    "WebhookPayloadError",
+    "WebhookVerifier",
+    "compute_signature",
+    "create_app",
+    "healthz_body",
+    "parse_callback",
+    "request_nonces",
+    "signed_url",
+    "verify_signature",
+]
+
+logger = logging.getLogger("vobiz_async")
+
+#: Largest callback body accepted (a RecordStop form is about 1 KiB).
+MAX_BODY = 64 * 1024
+#: Nonces are remembered at least this long (seconds) to refuse replays.
+REPLAY_WINDOW = 15 * 60.0
+#: Most nonces remembered at once; past it the oldest are forgotten first.
+MAX_NONCES = 200_000
+#: Seconds a caller is asked to wait when the queue is full.
+RETRY_AFTER = 30
+
+
+class WebhookPayloadError(VobizError, ValueError):
+    """A callback claims a finished recording but its fields cannot be used."""
+
+
+# -- signatures ---------------------------------------------------------------------------
+
+
+class SignatureVersion(enum.StrEnum):
+    """Which signature header validated a callback."""
+
+    V3 = "V3"
+    MA_V3 = "MA-V3"
+    V2 = "V2"
+    MA_V2 = "MA-V2"
+
+
+_SIGNATURE_HEADERS: Mapping[SignatureVersion, tuple[str, str]] = {
+    SignatureVersion.V3: ("X-Vobiz-Signature-V3", "X-Vobiz-Signature-V3-Nonce"),
+    SignatureVersion.MA_V3: ("X-Vobiz-Signature-MA-V3", "X-Vobiz-Signature-V3-Nonce"),
+    SignatureVersion.V2: ("X-Vobiz-Signature-V2", "X-Vobiz-Signature-V2-Nonce"),
+    SignatureVersion.MA_V2: ("X-Vobiz-Signature-MA-V2", "X-Vobiz-Signature-V2-Nonce"),
+}
+#: The order signatures are tried in: V3 first; V2 only when no V3 validates.
+_ORDER = (SignatureVersion.V3, SignatureVersion.MA_V3, SignatureVersion.V2, SignatureVersion.MA_V2)
+_PARENT = frozenset({SignatureVersion.MA_V3, SignatureVersion.MA_V2})
+
+
+def signed_url(public_url: str) -> str:
+    """The string Vobiz signs for a callback URL: the URL as configured, query and fragment
+    removed, port (default or not) and path kept exactly as written.
+
+    Raises `ConfigurationError` for a URL that is not absolute http(s) or that carries
+    credentials (give those to the receiver separately; they are never part of what is signed
+    here).
+    """
+    try:
+        url = URL(public_url)
+    except ValueError:
+        raise ConfigurationError("the public URL is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError("the public URL must be an absolute http(s) URL")
+    if url.user is not None or url.password is not None:
+        raise ConfigurationError(
+            "the public URL must not carry credentials; pass them as Basic auth instead"
+        )
+    text = public_url.split("#", 1)[0]
+    return text.split("?", 1)[0]
+
+
+def compute_signature(
+    public_url: str, nonce: str, token: str, version: SignatureVersion | str
+) -> str:
+    """The base64 signature Vobiz sends for `public_url` and `nonce` under `token`."""
+    version = SignatureVersion(version)
+    base = signed_url(public_url)
+    if version in (SignatureVersion.V3, SignatureVersion.MA_V3):
+        message = f"{base}.{nonce}"
+    else:
+        message = f"{base}{nonce}"
+    mac = hmac.new(token.encode(), message.encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode("ascii")
+
+
+def _candidates(header: str) -> list[bytes]:
+    """The signatures in one header (comma-separated during a token rotation), decoded."""
+    found = []
+    for part in header.split(","):
+        try:
+            found.append(base64.b64decode(part.strip(), validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return found
+
+
+@attrs.frozen
+class SignatureCheck:
+    """The verdict on one callback's signature headers."""
+
+    valid: bool
+    version: SignatureVersion | None = None
+    #: The nonce of the signature that validated (for replay detection).
+    nonce: str | None = None
+
+
+def verify_signature(
+    headers: Mapping[str, str],
+    public_url: str,
+    auth_token: str,
+    parent_auth_token: str | None = None,
+) -> SignatureCheck:
+    """Check the `X-Vobiz-Signature-*` headers against the configured public URL.
+
+    Tries V3 and (with a parent token) MA-V3, then V2 and MA-V2; the first that validates
+    wins. Every comparison is constant-time. A missing header or nonce fails closed.
+    `headers` must look names up case-insensitively (aiohttp's request headers do).
+    """
+    base = signed_url(public_url)
+    for version in _ORDER:
+        token = parent_auth_token if version in _PARENT else auth_token
+        if not token:
+            continue
+        header, nonce_header = _SIGNATURE_HEADERS[version]
+        sent = headers.get(header)
+        nonce = headers.get(nonce_header)
+        if not sent or not nonce:
+            continue
+        expected = base64.b64decode(compute_signature(base, nonce, token, version))
+        # Every candidate is compared, so timing does not tell which one matched.
+        matched = False
+        for candidate in _candidates(sent):
+            matched |= hmac.compare_digest(candidate, expected)
+        if matched:
+            return SignatureCheck(True, version, nonce)
+    return SignatureCheck(False)
+
+
+def check_basic_auth(header: str | None, user: str, password: str) -> bool:
+    """Whether an `Authorization` header carries exactly these Basic credentials."""
+    if not header or header[:6].lower() != "basic ":
+        return False
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    sent_user, sep, sent_password = decoded.partition(b":")
+    user_ok = hmac.compare_digest(sent_user, user.encode())
+    password_ok = hmac.compare_digest(sent_password, password.encode())
+    return bool(sep) and user_ok and password_ok
+
+
+class _Secret:
+    """A string that never shows itself in a repr or a log."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+    __str__ = __repr__
+
+
+class WebhookVerifier:
+    """The receiver's credentials and public URL: decides whether a request is Vobiz's."""
+
+    def __init__(
+        self,
+        public_url: str,
+        auth_token: str,
+        *,
+        parent_auth_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
+        if not auth_token:
+            raise ConfigurationError("the auth token is needed to verify callback signatures")
+        self.public_url = signed_url(public_url)
+        self._token = _Secret(auth_token)
+        self._parent = _Secret(parent_auth_token) if parent_auth_token else None
+        self.basic_user = basic_auth[0] if basic_auth else None
+        self._basic_password = _Secret(basic_auth[1]) if basic_auth else None
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookVerifier(public_url={self.public_url!r}, "
+            f"parent_auth_token={'set' if self._parent else None}, "
+            f"basic_auth={'set' if self._basic_password else None})"
+        )
+
+    def check(self, headers: Mapping[str, str]) -> SignatureCheck:
+        """The signature verdict, failing also when configured Basic credentials are wrong."""
+        if self.basic_user is not None and self._basic_password is not None:
+            authorized = check_basic_auth(
+                headers.get("Authorization"), self.basic_user, self._basic_password.value
+            )
+            if not authorized:
+                return SignatureCheck(False)
+        return verify_signature(
+            headers,
+            self.public_url,
+            self._token.value,
+            self._parent.value if self._parent else None,
+        )
+
+
+# -- replay -------------------------------------------------------------------------------
+
+
+class NonceCache:
+    """Nonces seen within `window` seconds (at most `max_size` of them)."""
+
+    def __init__(self, window: float = REPLAY_WINDOW, max_size: int = MAX_NONCES) -> None:
+        self.window = window
+        self.max_size = max_size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _prune(self, now: float) -> None:
+        while self._seen:
+            nonce, seen_at = next(iter(self._seen.items()))
+            if now - seen_at < self.window and len(self._seen) <= self.max_size:
+                break
+            del self._seen[nonce]
+
+    def seen(self, nonce: str, now: float | None = None) -> bool:
+        """Whether `nonce` was added within the window."""
+        now = time.time() if now is None else now
+        self._prune(now)
+        return nonce in self._seen
+
+    def add(self, nonce: str, now: float | None = None) -> None:
+        """Remember `nonce` as seen at `now` (default: the current time)."""
+        now = time.time() if now is None else now
+        self._seen[nonce] = max(now, self._seen.get(nonce, now))
+        self._seen.move_to_end(nonce)
+        self._prune(now)
+
+
+# -- payloads -----------------------------------------------------------------------------
+
+
+def _optional_int(value: Any) -> int | None:
+    """An int from an int or a decimal string ("7880", "7880.00000"); None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return int(number) if number.is_finite() else None
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+@attrs.frozen
+class RecordingEvent:
+    """A finished recording, as one callback announced it.
+
+    `shape` is "record" for the `<Record callbackUrl>` form (PascalCase, `Event=RecordStop`)
+    and "rest" for the start-recording API's `callback_url` (snake_case).
+    """
+
+    recording_id: str
+    shape: str
+    record_url: str | None = None
+    call_uuid: str | None = None
+    duration_ms: int | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    end_reason: str | None = None
+    api_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the spool's form)."""
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RecordingEvent:
+        """The inverse of `to_dict`; unknown keys are ignored."""
+        names = {field.name for field in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _recording_id(value: Any) -> str:
+    text = _optional_str(value)
+    if text is None:
+        raise WebhookPayloadError("the callback names no recording id")
+    try:
+        return safe_file_stem(text)
+    except InvalidRecordingIdError:
+        raise WebhookPayloadError("the callback's recording id is not a usable id") from None
+
+
+def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
+    """The finished recording a callback announces, or None when it announces none.
+
+    Finished: `Event=RecordStop` with `RecordUrl` or `RecordFile` (the `<Record>` form), or
+    no `Event` with `recording_id` and `record_url` (the REST callback). Everything else,
+    such as `Event=Record` or the `<Record action>` request made when recording starts, is
+    None. A finished shape whose recording id is missing or unsafe is `WebhookPayloadError`.
+    """
+    event = _optional_str(fields.get("Event"))
+    if event is not None:
+        if event != "RecordStop":
+            return None
+        record_url = _optional_str(fields.get("RecordUrl")) or _optional_str(
+            fields.get("RecordFile")
+        )
+        if record_url is None:
+            return None
+        duration_ms = _optional_int(fields.get("RecordingDurationMs"))
+        if duration_ms is None and (seconds := _optional_int(fields.get("RecordingDuration"))):
+            duration_ms = seconds * 1000
+        return RecordingEvent(
+            recording_id=_recording_id(fields.get("RecordingID")),
+            shape="record",
+            record_url=record_url,
+            call_uuid=_optional_str(fields.get("CallUUID")),
+            duration_ms=duration_ms,
+            start_ms=_optional_int(fields.get("RecordingStartMs")),
+            end_ms=_optional_int(fields.get("RecordingEndMs")),
+            end_reason=_optional_str(fields.get("RecordingEndReason")),
+        )
+    record_url = _optional_str(fields.get("record_url"))
+    if record_url is None or _optional_str(fields.get("recording_id")) is None:
+        return None
+    duration_ms = _optional_int(fields.get("recording_duration_ms"))
+    if duration_ms is None and (seconds := _optional_int(fields.get("recording_duration"))):
+        duration_ms = seconds * 1000
+    return RecordingEvent(
+        recording_id=_recording_id(fields.get("recording_id")),
+        shape="rest",
+        record_url=record_url,
+        call_uuid=_optional_str(fields.get("call_uuid")),
+        duration_ms=duration_ms,
+        start_ms=_optional_int(fields.get("recording_start_ms")),
+        end_ms=_optional_int(fields.get("recording_end_ms")),
+        api_id=_optional_str(fields.get("api_id")),
+    )
+
+
+def parse_body(content_type: str, body: bytes) -> Mapping[str, Any]:
+    """The fields of a callback body: JSON object or url-encoded form."""
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise WebhookPayloadError("the callback body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise WebhookPayloadError("the callback's JSON body is not an object")
+        return data
+    from urllib.parse import parse_qsl
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebhookPayloadError("the callback body is not UTF-8") from None
+    return dict(parse_qsl(text, keep_blank_values=True))
+
+
+# -- the application ----------------------------------------------------------------------
+
+
+class SubmitOutcome(enum.StrEnum):
+    """What the sink did with a finished recording."""
+
+    ACCEPTED = "accepted"  #: durably recorded and queued
+    DUPLICATE = "duplicate"  #: already queued or archived: nothing to do
+    BUSY = "busy"  #: the queue is full: ask Vobiz to come back
+
+
+@attrs.define
+class Counters:
+    """What the receiver has done since it started; `/healthz` shows all but `ignored`.
+
+    `duplicate` counts callbacks that changed nothing (a recording already queued or
+    archived, or a replayed nonce); `rejected` counts refusals (403, 413, 400, and 503 for a
+    full queue).
+    """
+
+    accepted: int = 0
+    duplicate: int = 0
+    rejected: int = 0
+    archived: int = 0
+    failed: int = 0
+    ignored: int = 0
+
+
+class EventSink(Protocol):
+    """Where the app hands finished recordings (`vobiz_async.receiver.Receiver`)."""
+
+    counters: Counters
+
+    async def submit(self, event: RecordingEvent, nonces: Sequence[str]) -> SubmitOutcome:
+        """Record `event` (with the request's nonces) durably and queue it, or say why not;
+        fast, never downloads."""
+        ...
+
+    def pending(self) -> int:
+        """Events accepted and not yet archived or failed."""
+        ...
+
+    def recent_nonces(self) -> Iterable[tuple[str, float]]:
+        """Nonces of recorded events with the time they were seen (to refuse replays)."""
+        ...
+
+
+def healthz_body(counters: Counters, pending: int) -> dict[str, int]:
+    """The `/healthz` answer: one flat object of integer counters."""
+    return {
+        "accepted": counters.accepted,
+        "duplicate": counters.duplicate,
+        "rejected": counters.rejected,
+        "queued": pending,
+        "archived": counters.archived,
+        "failed": counters.failed,
+    }
+
+
+def request_nonces(headers: Mapping[str, str], check: SignatureCheck) -> tuple[str, ...]:
+    """Every nonce a verified request carries, the validated one first.
+
+    A captured request holds a V3 and a V2 signature with their own nonces; remembering
+    both means stripping the V3 headers does not turn a replay into a new request.
+    """
+    found = [check.nonce] if check.nonce else []
+    for name in ("X-Vobiz-Signature-V3-Nonce", "X-Vobiz-Signature-V2-Nonce"):
+        value = headers.get(name)
+        if value and value not in found:
+            found.append(value)
+    return tuple(found)
+
+
+def create_app(
+    verifier: WebhookVerifier,
+    sink: EventSink,
+    *,
+    max_body: int = MAX_BODY,
+    nonces: NonceCache | None = None,
+) -> web.Application:
+    """The receiver: POST on the public URL's path, `GET /healthz` for counters.
+
+    Per POST: verify (403), size (413), replay (200, nothing done), parse (200 and ignored
+    when not a finished recording; 400 when unusable), then the sink's decision: 200 once
+    recorded or for a duplicate, 503 with `Retry-After` when its queue is full.
+    """
+    from aiohttp import web  # here: the CLI's other commands do not pay for its import
+
+    cache = nonces if nonces is not None else NonceCache()
+    for nonce, seen_at in sink.recent_nonces():
+        cache.add(nonce, seen_at)
+    path = URL(verifier.public_url).path or "/"
+    counters = sink.counters
+    in_flight: set[str] = set()  # nonces of requests being handled right now
+
+    def refuse(status: int, text: str) -> web.Response:
+        counters.rejected += 1
+        return web.Response(status=status, text=text + "\n")
+
+    async def callback(request: web.Request) -> web.Response:
+        check = verifier.check(request.headers)
+        if not check.valid:
+            logger.warning("refused a callback from %s: bad or missing signature", request.remote)
+            return refuse(403, "forbidden")
+        if request.content_length is not None and request.content_length > max_body:
+            return refuse(413, "request body too large")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return refuse(413, "request body too large")
+        if check.version in (SignatureVersion.V2, SignatureVersion.MA_V2):
+            logger.warning("callback accepted on a %s signature only (no V3)", check.version)
+        nonces = request_nonces(request.headers, check)
+        if any(n in in_flight or cache.seen(n) for n in nonces):
+            counters.duplicate += 1
+            logger.info("replayed callback nonce; nothing done")
+            return web.Response(text="ok\n")
+        in_flight.update(nonces)
+        try:
+            return await handle(body, request.content_type, nonces)
+        finally:
+            in_flight.difference_update(nonces)
+
+    def remember(nonces: Sequence[str]) -> None:
+        for nonce in nonces:
+            cache.add(nonce)
+
+    async def handle(body: bytes, content_type: str, nonces: Sequence[str]) -> web.Response:
+        try:
+            event = parse_callback(parse_body(content_type, body))
+        except WebhookPayloadError as err:
+            logger.warning("refused a callback: %s", err)
+            return refuse(400, str(err))
+        if event is None:
+            counters.ignored += 1
+            remember(nonces)
+            return web.Response(text="ignored\n")
+        outcome = await sink.submit(event, nonces)
+        if outcome is SubmitOutcome.BUSY:
+            # The nonces are not remembered: Vobiz's retry may reuse them and must get in.
+            counters.rejected += 1
+            return web.Response(
+                status=503, text="queue full\n", headers={"Retry-After": str(RETRY_AFTER)}
+            )
+        remember(nonces)
+        return web.Response(text=f"{outcome}\n")
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(healthz_body(counters, sink.pending()))
+
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post(path, callback)
+    app.router.add_get("/healthz", healthz)
+    return app
