@@ -459,6 +459,21 @@ def test_index_from_a_newer_version_is_refused(path: Path) -> None:
         Manifest(path)
 
 
+def test_truth_is_whether_there_is_an_entry_without_counting(path: Path) -> None:
+    """`bool(manifest)` is false when empty, true with an entry, and never counts the rows
+    (the downloader asks it before every lookup; a count of a million rows takes 30 ms)."""
+    with Manifest(path) as manifest:
+        assert not manifest
+        manifest.add(entry("a"))
+        assert manifest._db is not None
+        statements: list[str] = []
+        manifest._db.set_trace_callback(statements.append)
+
+        assert manifest
+        assert statements
+        assert not any("count(" in statement.lower() for statement in statements)
+
+
 def test_dropped_without_close_does_not_warn(path: Path) -> None:
     """A Manifest dropped while open closes its connection without a ResourceWarning."""
     manifest = Manifest(path)

@@ -12,7 +12,7 @@ Durability: every entry is its own transaction, committed before `add` returns, 
 was committed, so at most the entry being written; a power loss or kernel crash can lose the
 last entries committed since the previous checkpoint, never the database's consistency.
 `Manifest(path, fsync=True)` uses `synchronous=FULL` and survives power loss too, at the cost
-of one fsync per entry (benchmarks/RESULTS.md, experiment 31).
+of one fsync per entry (benchmarks/RESULTS.md, "The index at scale").
 
 Several processes may open the same index: readers never wait, and a writer waits up to
 `timeout` seconds for another writer's transaction (a few microseconds each).
@@ -179,7 +179,8 @@ class Manifest:
         except sqlite3.Error as err:
             raise ManifestError(f"cannot open the index {self.path}: {err}") from err
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")  # kept in the file: set once
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             _ensure_schema(db, self.path)
         except sqlite3.Error as err:
@@ -216,6 +217,12 @@ class Manifest:
     def __len__(self) -> int:
         rows = self._query("SELECT count(*) FROM entries")
         return 0 if rows is None else int(rows[0][0])
+
+    def __bool__(self) -> bool:
+        """Whether there is any entry: one row read, where `len` would count them all (the
+        downloader asks `if manifest` before every lookup)."""
+        rows = self._query("SELECT 1 FROM entries LIMIT 1")
+        return bool(rows)
 
     def __iter__(self) -> Iterator[ManifestEntry]:
         """Every entry in first-written order, read a page at a time (no cursor is held
