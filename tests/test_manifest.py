@@ -340,6 +340,14 @@ def test_failed_import_is_a_clear_error(path: Path) -> None:
     assert path.read_bytes() == line(entry("a"))
 
 
+def test_a_folder_at_the_path_is_a_clear_error(path: Path) -> None:
+    """A folder where the index should be raises `ManifestError` naming the path."""
+    path.mkdir()
+
+    with pytest.raises(ManifestError, match=str(path)):
+        Manifest(path)
+
+
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_entry_survives_a_crash_right_after_record(path: Path, how: str) -> None:
     """A process that dies (`os._exit`, or `kill -9`) as soon as `record` returns leaves the

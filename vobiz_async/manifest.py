@@ -364,6 +364,8 @@ def _import_legacy(path: Path) -> None:
         legacy = path.open("rb")
     except FileNotFoundError:
         return
+    except OSError as err:  # a folder, a file we may not read
+        raise ManifestError(f"cannot open the index {path}: {err}") from err
     with legacy, _locked(legacy):
         try:
             if not os.path.samestat(os.fstat(legacy.fileno()), os.stat(path)):
