@@ -13,12 +13,14 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
 import attrs
 import pytest
 
+from vobiz_async import AsyncSession
 from vobiz_async.errors import ManifestError
 from vobiz_async.manifest import (
     MANIFEST_NAME,
@@ -29,6 +31,7 @@ from vobiz_async.manifest import (
     VerifyProblem,
     verify_manifest,
 )
+from vobiz_async.testing import FakeVobiz
 
 
 def entry(recording_id: str, *, path: str | None = None, body: bytes = b"abc") -> ManifestEntry:
@@ -490,6 +493,31 @@ def test_dropped_without_close_does_not_warn(path: Path) -> None:
     gc.collect()
 
     assert Manifest(path).get("a") == entry("a")
+
+
+@pytest.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=5, seed=3) as fake:
+        yield fake
+
+
+@pytest.mark.parametrize("name", ["vobiz-manifest.jsonl", "archive.index", "noext"])
+async def test_what_download_many_wrote_is_read_back(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path, name: str
+) -> None:
+    """`Manifest(PATH)` reads back what `download_many(manifest=PATH)` wrote, whatever the
+    path's name: each recording's size and served sha256."""
+    path, out = tmp_path / name, tmp_path / "out"
+
+    report = await session.recordings.download_many(session.recordings.list(), out, manifest=path)
+
+    assert report.ok
+    with Manifest(path) as manifest:
+        found = {rid: manifest.get(rid) for rid in fake.recording_ids}
+        assert verify_manifest(out, manifest) == []
+    assert {rid: (e.size, e.sha256) for rid, e in found.items() if e} == {
+        rid: (fake.size(rid), fake.sha256(rid)) for rid in fake.recording_ids
+    }
 
 
 # -- verify_manifest ----------------------------------------------------------------------
