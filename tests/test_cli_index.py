@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import attrs
@@ -120,3 +122,26 @@ def test_export_of_a_foreign_database_fails_cleanly(
     assert code == 1
     assert "not a vobiz_async index" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_export_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`index export DIR | head -1`: the reader leaving early is no error (exit 0, nothing
+    on stderr)."""
+    with Manifest(tmp_path / MANIFEST_NAME) as manifest:
+        for i in range(3000):  # well over a pipe's buffer
+            manifest.add(entry(f"r{i}"))
+
+    with subprocess.Popen(  # noqa: S603 - this interpreter, the library's own CLI
+        [sys.executable, "-m", "vobiz_async", "index", "export", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as child:
+        assert child.stdout is not None
+        assert child.stderr is not None
+        first = child.stdout.readline()
+        child.stdout.close()
+        err = child.stderr.read()
+        code = child.wait(timeout=60)
+
+    assert json.loads(first)["recording_id"] == "r0"
+    assert (code, err) == (0, b"")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -365,7 +366,12 @@ async def cmd_index_export(args: argparse.Namespace) -> int:
                 sys.stdout.write(json.dumps(attrs.asdict(entry), separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
-    await asyncio.to_thread(export)
+    try:
+        await asyncio.to_thread(export)
+    except BrokenPipeError:
+        # The reader had enough (`| head`): not a failure. Stdout goes to /dev/null so
+        # that the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
