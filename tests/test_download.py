@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp import web
 
@@ -1213,13 +1214,15 @@ async def test_batch_raises_the_mmap_threshold_first(
 
 
 def manifest_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The index's entries, read by a fresh `Manifest`, as the dicts its export prints."""
+    with Manifest(path) as manifest:
+        return [attrs.asdict(entry) for entry in manifest]
 
 
 async def test_manifest_line_per_download(
     fake: FakeVobiz, session: AsyncSession, dest: Path, tmp_path: Path
 ) -> None:
-    """The manifest gets one JSON line per downloaded recording: id, path, size, sha256."""
+    """The manifest gets one entry per downloaded recording: id, path, size, sha256."""
     rids = add(fake, 4)
     manifest = tmp_path / "manifest.jsonl"
 
@@ -1258,7 +1261,7 @@ async def test_own_manifest_keeps_no_entries_in_memory(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A manifest the batch opens from a path is written, but its entries are not held."""
+    """A manifest the batch opens from a path is written and closed, holding no entries."""
     opened: list[Manifest] = []
 
     class Watched(Manifest):
@@ -1272,7 +1275,7 @@ async def test_own_manifest_keeps_no_entries_in_memory(
 
     await session.recordings.download_many(session.recordings.list(), dest, manifest=path)
 
-    assert [len(manifest) for manifest in opened] == [0]
+    assert [manifest._db for manifest in opened] == [None]  # closed when the batch ended
     assert sorted(line["recording_id"] for line in manifest_lines(path)) == sorted(rids)
 
 
@@ -1312,11 +1315,11 @@ async def test_repeated_id_with_stale_manifest_entry_fetched_once(
 async def test_manifest_rerun_skips(
     fake: FakeVobiz, session: AsyncSession, dest: Path, tmp_path: Path
 ) -> None:
-    """A re-run with the manifest skips everything, adds no line, and fetches nothing."""
+    """A re-run with the manifest skips everything, adds no entry, and fetches nothing."""
     add(fake, 4)
     manifest = tmp_path / "manifest.jsonl"
     await session.recordings.download_many(session.recordings.list(), dest, manifest=manifest)
-    text = manifest.read_text()
+    text = manifest_lines(manifest)
     before = fake.stats.media_requests
 
     report = await session.recordings.download_many(
@@ -1326,7 +1329,7 @@ async def test_manifest_rerun_skips(
     assert len(report.skipped) == 4
     assert all(r.sha256 == fake.sha256(r.recording_id) for r in report.skipped)
     assert fake.stats.media_requests == before
-    assert manifest.read_text() == text
+    assert manifest_lines(manifest) == text
 
 
 @pytest.mark.parametrize("damage", ["deleted", "truncated"])
@@ -1359,12 +1362,13 @@ async def test_manifest_entry_with_damaged_file_refetched(
 async def test_manifest_torn_last_line_tolerated(
     fake: FakeVobiz, session: AsyncSession, dest: Path, tmp_path: Path
 ) -> None:
-    """A torn last manifest line is ignored, earlier entries are kept, new lines parse."""
+    """A JSON Lines manifest with a torn last line is imported: earlier entries are kept
+    (their recordings skipped), new entries are added, the old file stays as a backup."""
     first = add(fake, 2)
     manifest = tmp_path / "manifest.jsonl"
     await session.recordings.download_many(session.recordings.list(), dest, manifest=manifest)
-    with manifest.open("ab") as f:
-        f.write(b'{"recording_id": "torn", "pa')
+    legacy = b"".join(json.dumps(line).encode() + b"\n" for line in manifest_lines(manifest))
+    manifest.write_bytes(legacy + b'{"recording_id": "torn", "pa')  # as an older version
     later = add(fake, 1)
     fake.stats.reset()
 
@@ -1376,14 +1380,9 @@ async def test_manifest_torn_last_line_tolerated(
     assert [statuses[rid] for rid in first] == [DownloadStatus.SKIPPED] * 2
     assert statuses[later[0]] is DownloadStatus.DOWNLOADED
     assert len(media(fake)) == 1
-    raw = manifest.read_text().splitlines()
-    readable = []
-    for line in raw:
-        try:
-            readable.append(json.loads(line)["recording_id"])
-        except ValueError:
-            assert line.startswith('{"recording_id": "torn"')
+    readable = [line["recording_id"] for line in manifest_lines(manifest)]
     assert sorted(readable) == sorted([*first, *later])
+    assert manifest.with_name("manifest.jsonl.bak").read_bytes().startswith(legacy)
 
 
 # --------------------------------------------------------------------------- inputs

@@ -1,23 +1,37 @@
-"""The JSON Lines manifest: appends, reloads, crash tolerance, and re-hashing with verify."""
+"""The index: writes, reloads, importing JSON Lines manifests, crashes, and verify."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import tracemalloc
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
 import attrs
 import pytest
 
+from vobiz_async import AsyncSession
+from vobiz_async.errors import ManifestError
 from vobiz_async.manifest import (
     MANIFEST_NAME,
+    PAGE_ROWS,
+    SQLITE_HEADER,
     Manifest,
     ManifestEntry,
     VerifyProblem,
     verify_manifest,
 )
+from vobiz_async.testing import FakeVobiz
 
 
 def entry(recording_id: str, *, path: str | None = None, body: bytes = b"abc") -> ManifestEntry:
@@ -34,6 +48,11 @@ def entry(recording_id: str, *, path: str | None = None, body: bytes = b"abc") -
 
 def line(value: ManifestEntry) -> bytes:
     return json.dumps(attrs.asdict(value)).encode() + b"\n"
+
+
+def backup(path: Path) -> Path:
+    """Where the import keeps a JSON Lines manifest."""
+    return path.with_name(path.name + ".bak")
 
 
 @pytest.fixture(name="path")
@@ -79,16 +98,15 @@ def test_add_then_reload(path: Path) -> None:
         assert reloaded.get("b") == second
 
 
-def test_entry_is_on_disk_before_close(path: Path) -> None:
-    """`add` writes a whole line at once, so a crash after it keeps the entry."""
-    manifest = Manifest(path)
-    manifest.add(entry("a"))
+def test_index_is_a_sqlite_database(path: Path) -> None:
+    """The index at the path is a SQLite database, readable by another connection."""
+    with Manifest(path) as manifest:
+        manifest.add(entry("a"))
 
-    data = path.read_bytes()
-    assert data.endswith(b"\n")
-    assert json.loads(data) == attrs.asdict(entry("a"))
-    assert Manifest(path).get("a") == entry("a")
-    manifest.close()
+        assert path.read_bytes().startswith(SQLITE_HEADER)
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            rows = other.execute("SELECT recording_id, size, sha256 FROM entries").fetchall()
+    assert rows == [("a", 3, entry("a").sha256)]
 
 
 def test_add_creates_the_folder(tmp_path: Path) -> None:
@@ -114,27 +132,27 @@ def test_last_entry_wins(path: Path) -> None:
         assert len(reloaded) == 2
 
 
-def test_add_without_remembering(path: Path) -> None:
-    """`remember=False` writes the line but keeps the entry out of memory until a reload."""
+def test_add_without_remembering_is_still_read_back(path: Path) -> None:
+    """`remember=False` is accepted and does nothing: the entry is in the index at once."""
     with Manifest(path) as manifest:
         manifest.add(entry("a"))
         manifest.add(entry("b"), remember=False)
-        assert manifest.get("b") is None
-        assert [e.recording_id for e in manifest] == ["a"]
+        assert manifest.get("b") == entry("b")
+        assert [e.recording_id for e in manifest] == ["a", "b"]
 
     with Manifest(path) as reloaded:
         assert reloaded.get("b") == entry("b")
         assert len(reloaded) == 2
 
 
-def test_add_without_remembering_forgets_the_older_entry(path: Path) -> None:
-    """`remember=False` for a known id drops the older entry, which the file now overrides."""
+def test_add_without_remembering_replaces_the_older_entry(path: Path) -> None:
+    """`remember=False` for a known id replaces the older entry, as any `add` does."""
     old, new = entry("a", body=b"old"), entry("a", body=b"new bytes")
     path.write_bytes(line(old))
 
     with Manifest(path) as manifest:
         manifest.add(new, remember=False)
-        assert manifest.get("a") is None
+        assert manifest.get("a") == new
 
     assert Manifest(path).get("a") == new
 
@@ -158,8 +176,9 @@ def test_torn_last_line_is_skipped(path: Path) -> None:
         assert [e.recording_id for e in manifest] == ["a", "b"]
 
 
-def test_torn_last_line_is_sealed_before_the_next_append(path: Path) -> None:
-    """The first append after a torn line starts a new line, so it reads back."""
+def test_torn_last_line_is_kept_in_the_backup(path: Path) -> None:
+    """After the import an append reads back with the lines before the torn one, and the
+    torn bytes stay in the JSON Lines backup."""
     torn = line(entry("c"))[:25]
     path.write_bytes(line(entry("a")) + torn)
 
@@ -168,7 +187,7 @@ def test_torn_last_line_is_sealed_before_the_next_append(path: Path) -> None:
 
     with Manifest(path) as reloaded:
         assert [e.recording_id for e in reloaded] == ["a", "d"]
-    assert path.read_bytes().split(b"\n")[1] == torn
+    assert backup(path).read_bytes() == line(entry("a")) + torn
 
 
 def test_complete_line_without_newline_is_kept_and_sealed(path: Path) -> None:
@@ -228,6 +247,277 @@ def test_reopens_after_close(path: Path) -> None:
     manifest.close()
 
     assert len(Manifest(path)) == 2
+
+
+# -- the SQLite index: any name, import, crashes, memory, sharing ---------------------------
+
+
+@pytest.mark.parametrize("name", ["vobiz-manifest.jsonl", "manifest.json", "index.db", "noext"])
+def test_legacy_file_is_imported_whatever_its_name(tmp_path: Path, name: str) -> None:
+    """A JSON Lines manifest at any path becomes an index in place, the last line per id
+    winning, and the old bytes are kept beside it."""
+    path = tmp_path / name
+    old = line(entry("a")) + line(entry("b")) + line(entry("a", body=b"newer"))
+    path.write_bytes(old)
+
+    with Manifest(path) as manifest:
+        assert [e.recording_id for e in manifest] == ["a", "b"]
+        assert manifest.get("a") == entry("a", body=b"newer")
+
+    assert path.read_bytes().startswith(SQLITE_HEADER)
+    assert backup(path).read_bytes() == old
+
+
+def test_import_happens_once(path: Path) -> None:
+    """A second open reads the database; entries added after the import are kept, and no
+    second backup is made."""
+    path.write_bytes(line(entry("a")))
+    with Manifest(path) as manifest:
+        manifest.add(entry("b"))
+
+    with Manifest(path) as reloaded:
+        assert [e.recording_id for e in reloaded] == ["a", "b"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, backup(path).name]
+
+
+def test_import_after_a_crashed_import(path: Path) -> None:
+    """A crash mid-import leaves the JSON Lines file, a half-built database and maybe the
+    backup link; the next open imports again from the JSON Lines file."""
+    path.write_bytes(line(entry("a")) + line(entry("b")))
+    path.with_name(path.name + ".importing").write_bytes(b"half a database")
+    backup(path).hardlink_to(path)
+
+    with Manifest(path) as manifest:
+        assert [e.recording_id for e in manifest] == ["a", "b"]
+
+    assert not path.with_name(path.name + ".importing").exists()
+    assert backup(path).read_bytes() == line(entry("a")) + line(entry("b"))
+    assert not path.with_name(path.name + ".bak.1").exists()
+
+
+def test_older_backup_of_other_content_is_not_overwritten(path: Path) -> None:
+    """An import finding `<name>.bak` from an earlier import keeps it and picks a new name."""
+    backup(path).write_bytes(b"an older backup\n")
+    path.write_bytes(line(entry("a")))
+
+    Manifest(path).close()
+
+    assert backup(path).read_bytes() == b"an older backup\n"
+    assert path.with_name(path.name + ".bak.1").read_bytes() == line(entry("a"))
+
+
+def test_concurrent_openers_import_once(path: Path) -> None:
+    """Several openers of one JSON Lines manifest at once: one imports, all see the same
+    entries, and a write by one is seen by the others."""
+    path.write_bytes(b"".join(line(entry(f"r{i}")) for i in range(200)))
+    opened: list[Manifest] = []
+    barrier = threading.Barrier(4)
+
+    def open_it() -> None:
+        barrier.wait()
+        opened.append(Manifest(path))
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    opened[0].add(entry("new"))
+
+    assert [len(manifest) for manifest in opened] == [201] * 4
+    assert all(manifest.get("new") == entry("new") for manifest in opened)
+    assert not path.with_name(path.name + ".bak.1").exists()
+    for manifest in opened:
+        manifest.close()
+
+
+def test_failed_import_is_a_clear_error(path: Path) -> None:
+    """An import that cannot build its database beside the JSON Lines file (here a folder
+    is in the way) raises `ManifestError` and leaves the file as it was."""
+    path.write_bytes(line(entry("a")))
+    path.with_name(path.name + ".importing").mkdir()
+
+    with pytest.raises(ManifestError, match="cannot import"):
+        Manifest(path)
+
+    assert path.read_bytes() == line(entry("a"))
+
+
+def test_a_folder_at_the_path_is_a_clear_error(path: Path) -> None:
+    """A folder where the index should be raises `ManifestError` naming the path."""
+    path.mkdir()
+
+    with pytest.raises(ManifestError, match=str(path)):
+        Manifest(path)
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_entry_survives_a_crash_right_after_record(path: Path, how: str) -> None:
+    """A process that dies (`os._exit`, or `kill -9`) as soon as `record` returns leaves the
+    entry in the index."""
+    with subprocess.Popen(  # noqa: S603 - this interpreter, with a constant program
+        [sys.executable, "-c", CRASHER, str(path), how],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"recorded\n"
+        if how == "sigkill":
+            child.kill()
+        child.wait(timeout=30)
+
+    assert child.returncode == (-signal.SIGKILL if how == "sigkill" else 3)
+    with Manifest(path) as manifest:
+        survived = manifest.get("a")
+    assert survived is not None
+    assert (survived.size, survived.sha256) == (3, "ab" * 32)
+
+
+CRASHER = """
+import os, sys
+from vobiz_async.manifest import Manifest
+manifest = Manifest(sys.argv[1])
+manifest.record("a", "a.mp3", size=3, sha256="ab" * 32, container="mp3", add_time=None)
+sys.stdout.write("recorded\\n")
+sys.stdout.flush()
+if sys.argv[2] == "exit":
+    os._exit(3)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_writing_many_entries_holds_none_in_memory(path: Path) -> None:
+    """Python memory does not grow with the number of entries written and looked up."""
+    with Manifest(path) as manifest:
+        manifest.add(entry("warm-up"))  # the connection and its statements
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before, _ = tracemalloc.get_traced_memory()
+            for i in range(5_000):
+                manifest.record(
+                    f"r{i}", f"r{i}.mp3", size=i, sha256="ab" * 32, container="mp3", add_time=None
+                )
+                manifest.get(f"r{i // 2}")
+            gc.collect()
+            after, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert len(manifest) == 5_001
+
+    # The JSON Lines manifest held about 500 bytes an entry: 2.5 MB for these.
+    assert after - before < 64 * 1024
+
+
+def test_iteration_reads_pages_and_sees_every_entry(path: Path) -> None:
+    """Iterating more entries than a page, while writing, yields each once in order."""
+    count = PAGE_ROWS * 2 + 7
+    with Manifest(path) as manifest:
+        for i in range(count):
+            manifest.add(entry(f"r{i}"))
+        seen = []
+        for item in manifest:
+            seen.append(item.recording_id)
+            if len(seen) == 1:
+                manifest.add(entry("r0", body=b"rewritten"))  # keeps its place
+
+    assert seen == [f"r{i}" for i in range(count)]
+
+
+def test_two_writers_share_one_index(path: Path) -> None:
+    """Two open instances (as two processes would) write in turn and read each other."""
+    first, second = Manifest(path), Manifest(path)
+    for i in range(50):
+        first.add(entry(f"a{i}"))
+        second.add(entry(f"b{i}"))
+
+    assert first.get("b49") == entry("b49")
+    assert second.get("a49") == entry("a49")
+    assert len(first) == len(second) == 100
+    first.close()
+    second.close()
+
+
+def test_a_used_manifest_reopens_after_close(path: Path) -> None:
+    """`get`, `len` and iteration after `close` reopen the database."""
+    manifest = Manifest(path)
+    manifest.add(entry("a"))
+    manifest.close()
+
+    assert manifest.get("a") == entry("a")
+    assert len(manifest) == 1
+    assert list(manifest) == [entry("a")]
+    manifest.close()
+
+
+def test_foreign_sqlite_database_is_refused(path: Path) -> None:
+    """A SQLite database that is not an index is left alone and named in the error."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        other.execute("CREATE TABLE something (x)")
+        other.commit()
+
+    with pytest.raises(ManifestError, match="not a vobiz_async index"):
+        Manifest(path)
+
+
+def test_index_from_a_newer_version_is_refused(path: Path) -> None:
+    """An index whose schema version is newer than this library's is not written to."""
+    Manifest(path).add(entry("a"))
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        other.execute("PRAGMA user_version=99")
+
+    with pytest.raises(ManifestError, match="newer"):
+        Manifest(path)
+
+
+def test_truth_is_whether_there_is_an_entry_without_counting(path: Path) -> None:
+    """`bool(manifest)` is false when empty, true with an entry, and never counts the rows
+    (the downloader asks it before every lookup; a count of a million rows takes 30 ms)."""
+    with Manifest(path) as manifest:
+        assert not manifest
+        manifest.add(entry("a"))
+        assert manifest._db is not None
+        statements: list[str] = []
+        manifest._db.set_trace_callback(statements.append)
+
+        assert manifest
+        assert statements
+        assert not any("count(" in statement.lower() for statement in statements)
+
+
+def test_dropped_without_close_does_not_warn(path: Path) -> None:
+    """A Manifest dropped while open closes its connection without a ResourceWarning."""
+    manifest = Manifest(path)
+    manifest.add(entry("a"))
+    del manifest
+    gc.collect()
+
+    assert Manifest(path).get("a") == entry("a")
+
+
+@pytest.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=5, seed=3) as fake:
+        yield fake
+
+
+@pytest.mark.parametrize("name", ["vobiz-manifest.jsonl", "archive.index", "noext"])
+async def test_what_download_many_wrote_is_read_back(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path, name: str
+) -> None:
+    """`Manifest(PATH)` reads back what `download_many(manifest=PATH)` wrote, whatever the
+    path's name: each recording's size and served sha256."""
+    path, out = tmp_path / name, tmp_path / "out"
+
+    report = await session.recordings.download_many(session.recordings.list(), out, manifest=path)
+
+    assert report.ok
+    with Manifest(path) as manifest:
+        found = {rid: manifest.get(rid) for rid in fake.recording_ids}
+        assert verify_manifest(out, manifest) == []
+    assert {rid: (e.size, e.sha256) for rid, e in found.items() if e} == {
+        rid: (fake.size(rid), fake.sha256(rid)) for rid in fake.recording_ids
+    }
 
 
 # -- verify_manifest ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from vobiz_async import (
     ConfigurationError,
     ExportResult,
     InvalidRecordingIdError,
+    ManifestError,
     NotFoundError,
     Page,
     PageMeta,
@@ -34,6 +35,7 @@ from vobiz_async import (
     ServerError,
     VobizError,
 )
+from vobiz_async.manifest import Manifest, ManifestEntry, VerifyProblem, verify_manifest
 
 version: str = vobiz_async.__version__
 exported: list[str] = vobiz_async.__all__
@@ -169,3 +171,18 @@ def check_callback(headers: Mapping[str, str], fields: Mapping[str, str]) -> str
         return str(version)
     duration: int | None = event.duration_ms
     return f"{event.recording_id} {event.shape} {event.record_url} {duration}"
+
+
+def index_usage(path: str) -> tuple[int, str | None]:
+    """The archive's index: open, look up, write, iterate, verify."""
+    try:
+        with Manifest(path, fsync=True, timeout=5.0) as manifest:
+            entry: ManifestEntry | None = manifest.get("rid")
+            made: ManifestEntry = manifest.record(
+                "rid", "rid.mp3", size=3, sha256="0" * 64, container="mp3", add_time=None
+            )
+            manifest.add(made, remember=False)
+            problems: list[VerifyProblem] = verify_manifest("archive/", manifest)
+            return len(manifest) + len(problems), entry.sha256 if entry else None
+    except ManifestError as err:
+        return 0, str(err)

@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TextIO
+
+import attrs
 
 from ._version import __version__
 from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
@@ -349,6 +352,29 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+async def cmd_index_export(args: argparse.Namespace) -> int:
+    """`index export`: the index as JSON Lines on stdout, one object per entry."""
+    if (args.index is None) == (args.dir is None):
+        raise UsageError("give either DIR or --index PATH")
+    path = Path(args.index) if args.index else Path(args.dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise UsageError(f"no index at {path}")
+
+    def export() -> None:
+        with Manifest(path) as manifest:
+            for entry in manifest:
+                sys.stdout.write(json.dumps(attrs.asdict(entry), separators=(",", ":")) + "\n")
+        sys.stdout.flush()
+
+    try:
+        await asyncio.to_thread(export)
+    except BrokenPipeError:
+        # The reader had enough (`| head`): not a failure. Stdout goes to /dev/null so
+        # that the interpreter's last flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_OK
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     from .testing import FakeVobiz
 
@@ -508,6 +534,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify = add("verify", cmd_verify, "re-hash an archive against its manifest")
     verify.add_argument("dir")
     verify.add_argument("--manifest", help=f"default: DIR/{MANIFEST_NAME}")
+
+    index = commands.add_parser("index", help="the archive's index (manifest)")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    export = index_commands.add_parser(
+        "export", parents=[common], help="print the index as JSON Lines, one entry a line"
+    )
+    export.set_defaults(func=cmd_index_export)
+    export.add_argument("dir", nargs="?", help=f"an archive folder: DIR/{MANIFEST_NAME}")
+    export.add_argument("--index", help="the index file itself")
 
     demo = add("demo", cmd_demo, "archive from an in-process fake Vobiz: offline, no account")
     demo.add_argument("--count", type=_positive, default=300)

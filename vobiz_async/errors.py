@@ -25,6 +25,7 @@ __all__ = [
     "DownloadError",
     "IntegrityError",
     "InvalidRecordingIdError",
+    "ManifestError",
     "NotFoundError",
     "PaymentRequiredError",
     "PermissionDeniedError",
@@ -167,3 +168,7 @@ class StorageError(DownloadError):
 
 class DiskError(StorageError):
     """Writing to the destination failed: disk full, permission denied, and the like."""
+
+
+class ManifestError(VobizError):
+    """The archive's index cannot be opened, imported, read or written."""

@@ -4,8 +4,8 @@ One event loop saturates one core long before loopback or a LAN does (experiment
 benchmarks/RESULTS.md). The parent lists, deals the recordings out to the least busy, and
 downloads its own share; each worker process is an ordinary `Downloader` with its own
 session and pool, and streams every item's result back as soon as it has one. All share the
-manifest: each entry is a single `write` on an `O_APPEND` descriptor, so entries from
-different processes never interleave.
+index (the manifest): each entry is one SQLite transaction, and processes take turns to
+write.
 
 The pipes carry length-prefixed pickle frames. Parent and workers are the same program, and
 nothing else reads or writes these pipes. Parent to worker: a `WorkerConfig`, then
@@ -203,7 +203,7 @@ async def _stop(worker: _Worker) -> None:
 
     A worker still starting up has nothing to lose and no handler for SIGINT yet (it would
     print a traceback), so it is killed outright. Killing is safe at any point anyway: a
-    `.part` file is never renamed before it is verified, and manifest lines are atomic.
+    `.part` file is never renamed before it is verified, and index entries are transactions.
     """
     proc = worker.process
     if proc.returncode is not None:
