@@ -26,6 +26,7 @@ from vobiz_async import (
 )
 from vobiz_async.protocol import (
     MAX_RETRY_AFTER,
+    address_problem,
     archive_key,
     backoff_delay,
     decipher_response,
@@ -547,3 +548,31 @@ def test_archive_key_refuses_odd_extensions(extension: str) -> None:
 def test_media_type_comes_from_the_container(container: str | None, expected: str) -> None:
     """The stored media type follows the sniffed bytes."""
     assert media_type(container) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "allow_loopback", "problem"),
+    [
+        ("93.184.215.14", False, None),
+        ("2606:4700::6810:84e5", False, None),
+        ("127.0.0.1", True, None),
+        ("::1", True, None),
+        ("127.0.0.1", False, "a loopback address"),
+        ("169.254.169.254", False, "a link-local address"),
+        ("fe80::1%eth0", False, "a link-local address"),
+        ("10.0.0.1", False, "a private address"),
+        ("172.16.5.4", False, "a private address"),
+        ("192.168.1.1", False, "a private address"),
+        ("100.64.0.1", False, "a private address"),
+        ("fd00::1", False, "a private address"),
+        ("::ffff:10.0.0.1", False, "a private address"),
+        ("0.0.0.0", True, "an unspecified address"),  # noqa: S104
+        ("::", True, "an unspecified address"),
+        ("224.0.0.1", False, "a multicast address"),
+        ("ff02::1", False, "a multicast address"),
+        ("not-an-ip", False, "not an IP address: 'not-an-ip'"),
+    ],
+)
+def test_address_problem(address: str, allow_loopback: bool, problem: str | None) -> None:
+    """Media is fetched only from globally routable unicast addresses (loopback on request)."""
+    assert address_problem(address, allow_loopback=allow_loopback) == problem

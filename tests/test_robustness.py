@@ -12,12 +12,14 @@ import gzip
 import hashlib
 import os
 import random
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from _nginx import nginx
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from vobiz_async import (
     AsyncSession,
@@ -26,6 +28,7 @@ from vobiz_async import (
     RateLimitError,
     Recording,
     ResponseValidationError,
+    UnsafeURLError,
 )
 from vobiz_async.download import RESUME_OVERLAP, VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
@@ -268,3 +271,157 @@ async def test_a_complete_partial_is_finished_from_its_416(
     statuses = [r.status for r in fake.stats.requests if r.operation == "media"]
     assert statuses == [416]
     assert sorted(os.listdir(tmp_path)) == [f"{rid}.mp3"]
+
+
+# ------------------------------------------------------------------ private addresses
+
+
+class MapResolver(AbstractResolver):
+    """The test's own DNS: maps names to fixed addresses, nothing else."""
+
+    def __init__(self, names: dict[str, str]) -> None:
+        self.names = names
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        address = self.names[host]
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": family,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def remote_recording(url: str) -> Recording:
+    return Recording(recording_id="rec-1", recording_url=url)
+
+
+@pytest.fixture(name="listener")
+def _listener() -> Iterator[socket.socket]:
+    """A listening socket of the test's own on 127.0.0.1: it must never be connected."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        sock.setblocking(False)
+        yield sock
+
+
+def connected(sock: socket.socket) -> bool:
+    try:
+        sock.accept()[0].close()
+    except BlockingIOError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "10.1.2.3", "192.168.0.7", "fd00::1"])
+async def test_dns_cannot_smuggle_a_private_address(address: str, tmp_path: Path) -> None:
+    """A media host name that resolves to a private or link-local address is refused in
+    the connector, before connecting, as a failed item with UnsafeURLError."""
+    resolver = MapResolver({"media.example.test": address})
+    async with AsyncSession("MA_TEST", "token", resolver=resolver) as session:
+        result = await session.recordings.download(
+            remote_recording("https://media.example.test/r.mp3"), tmp_path
+        )
+
+    assert resolver.asked == ["media.example.test"]
+    assert result.status is DownloadStatus.FAILED
+    assert isinstance(result.error, UnsafeURLError)
+    assert address in str(result.error)
+    assert result.attempts == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/r.mp3",
+        "https://[fd00::1]/r.mp3",
+        "http://[::ffff:169.254.169.254]/r.mp3",
+        "http://0.0.0.0/r.mp3",
+        "http://224.0.0.1/r.mp3",
+    ],
+)
+async def test_private_literal_urls_are_refused(url: str, tmp_path: Path) -> None:
+    """A recording URL naming a private, link-local, unspecified or multicast address is
+    refused before any connection."""
+    async with AsyncSession("MA_TEST", "token") as session:
+        result = await session.recordings.download(remote_recording(url), tmp_path)
+
+    assert result.status is DownloadStatus.FAILED
+    assert isinstance(result.error, UnsafeURLError)
+    assert "refusing to fetch" in str(result.error)
+
+
+async def test_loopback_is_refused_unless_the_api_is_local(
+    listener: socket.socket, tmp_path: Path
+) -> None:
+    """With the real API, a media name resolving to loopback is refused and nothing
+    connects to the machine's own port."""
+    port = listener.getsockname()[1]
+    resolver = MapResolver({"media.example.test": "127.0.0.1"})
+    async with AsyncSession("MA_TEST", "token", resolver=resolver) as session:
+        named = await session.recordings.download(
+            remote_recording(f"http://media.example.test:{port}/r.mp3"), tmp_path
+        )
+        literal = await session.recordings.download(
+            remote_recording(f"http://127.0.0.1:{port}/r.mp3"), tmp_path
+        )
+
+    for result in (named, literal):
+        assert isinstance(result.error, UnsafeURLError)
+        assert "loopback" in str(result.error)
+    assert not connected(listener)
+
+
+async def test_a_redirect_to_a_private_address_is_refused(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """Each redirect hop is checked too: a media host bouncing to cloud metadata fails."""
+
+    async def bounce(request: web.Request) -> web.Response:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data/")
+
+    app = web.Application()
+    app.router.add_get("/r.mp3", bounce)
+    async with serve(app) as base:
+        result = await session.recordings.download(
+            fake_recording_at(fake, f"{base}/r.mp3"), tmp_path
+        )
+
+    assert isinstance(result.error, UnsafeURLError)
+    assert "link-local" in str(result.error)
+
+
+async def test_private_media_can_be_allowed(fake: FakeVobiz, tmp_path: Path) -> None:
+    """`allow_private_media=True` serves on-premise media hosts (here: loopback behind a
+    non-local API)."""
+    body = mp3_bytes(10_000)
+
+    async def media_file(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    app = web.Application()
+    app.router.add_get("/r.mp3", media_file)
+    resolver = MapResolver({"media.internal": "127.0.0.1"})
+    async with serve(app) as base:
+        port = base.rsplit(":", 1)[1]
+        async with AsyncSession(
+            "MA_TEST", "token", resolver=resolver, allow_private_media=True
+        ) as session:
+            result = await session.recordings.download(
+                remote_recording(f"http://media.internal:{port}/r.mp3"), tmp_path
+            )
+
+    assert result.status is DownloadStatus.DOWNLOADED, result.error
+    assert result.sha256 == hashlib.sha256(body).hexdigest()

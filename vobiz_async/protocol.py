@@ -7,6 +7,7 @@ and tested without a socket.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import re
@@ -36,6 +37,7 @@ __all__ = [
     "CONTENT_TYPES",
     "MAX_RETRY_AFTER",
     "RETRYABLE_STATUSES",
+    "address_problem",
     "archive_key",
     "backoff_delay",
     "content_decoder",
@@ -384,3 +386,31 @@ def parse_unsatisfied_range(value: str | None) -> int | None:
     """The full size from a 416's `Content-Range: bytes */SIZE`; None if absent or odd."""
     match = _UNSATISFIED_RANGE.match(value or "")
     return int(match[1]) if match else None
+
+
+def address_problem(address: str, *, allow_loopback: bool) -> str | None:
+    """Why a media URL must not be fetched from `address` (an IP), or None when it may.
+
+    A recording URL comes from an API answer, so a hostile or compromised answer could aim
+    the archiver at cloud metadata (169.254.169.254), a private network or the machine
+    itself, and have the answer saved as a recording. Only globally routable unicast
+    addresses are fetched; loopback only when `allow_loopback` (the API itself is local,
+    as the embedded fake is). IPv4-mapped IPv6 addresses are judged as the IPv4 they carry.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"not an IP address: {address!r}"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return None if allow_loopback else "a loopback address"
+    if ip.is_unspecified:
+        return "an unspecified address"
+    if ip.is_multicast:
+        return "a multicast address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if not ip.is_global:
+        return "a private address"
+    return None

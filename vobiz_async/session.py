@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from ._version import __version__
@@ -28,6 +31,7 @@ from .errors import (
     UnsafeURLError,
 )
 from .protocol import (
+    address_problem,
     backoff_delay,
     decipher_response,
     is_retryable_status,
@@ -62,6 +66,27 @@ class _Secret:
 
 def _is_loopback(host: str) -> bool:
     return host in _LOOPBACK or host.startswith("127.")
+
+
+class _GuardedResolver(AbstractResolver):
+    """The owned pool's DNS: refuses, before any connection, a name that resolves to an
+    address media must not come from (see `protocol.address_problem`), so that DNS cannot
+    smuggle a private address past a check of the URL's literal host."""
+
+    def __init__(self, inner: AbstractResolver, session: AsyncSession) -> None:
+        self._inner = inner
+        self._session = session
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            self._session.check_address(host, result["host"])
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
 
 
 def host_matches(host: str, patterns: Iterable[str]) -> bool:
@@ -105,6 +130,8 @@ class AsyncSession:
         max_connections: int = 100,
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
+        allow_private_media: bool = False,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         auth_id = auth_id or os.environ.get("VOBIZ_AUTH_ID")
         token = auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
@@ -133,6 +160,10 @@ class AsyncSession:
         self._media_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        #: Fetch media from private, link-local and (for a non-local API) loopback
+        #: addresses too: for on-premise deployments whose media hosts are internal.
+        self.allow_private_media = allow_private_media
+        self._resolver = resolver
         self._http = http_session
         self._owns_http = http_session is None
         self._seen_advisories: set[tuple[str, str]] = set()
@@ -181,7 +212,12 @@ class AsyncSession:
     def http(self) -> aiohttp.ClientSession:
         """The underlying aiohttp session, created on first use."""
         if self._http is None or (self._owns_http and self._http.closed):
-            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            inner = self._resolver or aiohttp.DefaultResolver()
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=0,
+                resolver=_GuardedResolver(inner, self),
+            )
             self._http = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._media_timeout,
@@ -210,6 +246,44 @@ class AsyncSession:
         patterns = self.trusted_hosts if trusted_hosts is None else trusted_hosts
         return url.scheme == "https" and host_matches(url.host or "", patterns)
 
+    def check_address(self, host: str, address: str) -> None:
+        """Raise `UnsafeURLError` when `host`, resolved to `address`, may not be fetched.
+
+        The API's own host is whatever the caller configured; every other host (the media
+        hosts a recording URL or a redirect names) must be globally routable, loopback only
+        when the API is local, unless `allow_private_media`.
+        """
+        if self.allow_private_media or host.lower() == (self.base_url.host or "").lower():
+            return
+        problem = address_problem(address, allow_loopback=_is_loopback(self.base_url.host or ""))
+        if problem is not None:
+            raise UnsafeURLError(
+                f"refusing to fetch from {host}: it is {problem} ({address}); pass "
+                "allow_private_media=True to AsyncSession for on-premise media hosts"
+            )
+
+    async def _check_destination(self, url: URL) -> None:
+        """Check a URL's host before connecting: a literal IP always (the connector skips
+        DNS for those), a name here only for a borrowed pool, which lacks our resolver."""
+        host = url.raw_host or ""
+        if self.allow_private_media or host.lower() == (self.base_url.host or "").lower():
+            return
+        try:
+            ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+        except ValueError:
+            if self._owns_http:
+                return  # the connector's resolver checks what the name resolves to
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, url.port, type=socket.SOCK_STREAM
+                )
+            except OSError:
+                return  # the request itself will fail and say why
+            for info in infos:
+                self.check_address(host, str(info[4][0]))
+            return
+        self.check_address(host, host.strip("[]"))
+
     async def _send(
         self,
         method: str,
@@ -230,6 +304,7 @@ class AsyncSession:
         """
         if url.scheme not in ("http", "https") or not url.host:
             raise UnsafeURLError(f"refusing to fetch a non-HTTP URL ({url.scheme or 'no'} scheme)")
+        await self._check_destination(url)
         all_headers = dict(headers or {})
         if self.is_trusted(url, trusted_hosts):
             all_headers["X-Auth-ID"] = self.auth_id
