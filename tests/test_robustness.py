@@ -12,7 +12,9 @@ import gzip
 import hashlib
 import os
 import random
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from vobiz_async import (
     AsyncSession,
+    DiskError,
     DownloadStatus,
     IntegrityError,
     RateLimitError,
@@ -425,3 +428,64 @@ async def test_private_media_can_be_allowed(fake: FakeVobiz, tmp_path: Path) -> 
 
     assert result.status is DownloadStatus.DOWNLOADED, result.error
     assert result.sha256 == hashlib.sha256(body).hexdigest()
+
+
+# ------------------------------------------------------------------ a nearly full disk
+
+
+@pytest.fixture(name="tmpfs")
+def _tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs of the test's own (skipped where mounting is not allowed)."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if os.geteuid() != 0 or mount is None or umount is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    done = subprocess.run(  # noqa: S603 - a fixed argument list, no shell
+        [mount, "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run([umount, str(mount_point)], check=True)  # noqa: S603
+
+
+def grow(mount_point: Path, size: str) -> None:
+    mount = shutil.which("mount")
+    assert mount is not None
+    subprocess.run(  # noqa: S603
+        [mount, "-o", f"remount,size={size}", str(mount_point)], check=True
+    )
+
+
+async def test_a_nearly_full_disk_archives_what_fits(
+    fake: FakeVobiz, session: AsyncSession, tmpfs: Path
+) -> None:
+    """7 recordings of 700 KB into 3 MiB at concurrency 8: the 4 that fit are archived and
+    verified, the rest are not started and leave no partial behind; once the disk has room,
+    a re-run completes them."""
+    rids = [fake.add_recording(size=700_000).recording_id for _ in range(7)]
+
+    first = await session.recordings.download_many(rids, tmpfs, concurrency=8)
+
+    assert len(first.downloaded) == 4
+    for result in first.downloaded:
+        assert result.path is not None
+        assert sha256(result.path) == fake.sha256(result.recording_id)
+    assert len(first.failed) == 3
+    for result in first.failed:
+        assert isinstance(result.error, DiskError)
+        assert str(result.error).startswith("not started: the destination disk is full")
+    assert not [name for name in os.listdir(tmpfs) if ".part" in name]
+
+    grow(tmpfs, "8m")
+    second = await session.recordings.download_many(rids, tmpfs, concurrency=8)
+
+    assert len(second.skipped) == 4
+    assert len(second.downloaded) == 3
+    for rid in rids:
+        assert sha256(tmpfs / f"{rid}.mp3") == fake.sha256(rid)

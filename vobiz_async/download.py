@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import errno
 import functools
@@ -240,6 +241,14 @@ class _Retryable(Exception):
 
 class _Whole(Exception):
     """A resume found the partial already complete (416 for a range starting at its end)."""
+
+
+class _NoRoom(Exception):
+    """The destination cannot hold the body: its space could not be reserved."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Stale(Exception):
@@ -691,6 +700,8 @@ class Downloader:
             try:
                 await self._attempt(state)
                 break
+            except _NoRoom as no_room:
+                return self._not_started(state, attempts, no_room.error)
             except _Stale as stale:
                 if state.refreshed:
                     return self._failed(recording, attempts, stale.error)
@@ -723,6 +734,19 @@ class Downloader:
             except VobizError as err:
                 return self._failed(recording, attempts, err)
         return await self._finish(state, directory, stem, attempts)
+
+    def _not_started(self, state: _Transfer, attempts: int, err: OSError) -> DownloadResult:
+        """A transfer whose space could not be reserved: no byte was written. A fresh
+        `.part` goes, so leftovers never fill the disk for the next run; the batch then
+        stops starting transfers, and the ones already reserved complete."""
+        if state.offset == 0:
+            with contextlib.suppress(OSError):
+                os.unlink(state.part)
+            state.forget_etag()
+        error = _disk_error(err, os.path.dirname(state.part))
+        disk_error = DiskError(f"{DISK_FULL_NOT_STARTED} ({error})")
+        disk_error.errno = err.errno  # type: ignore[attr-defined]
+        return self._failed(state.recording, attempts, disk_error)
 
     def _failed(self, recording: Recording, attempts: int, error: VobizError) -> DownloadResult:
         return DownloadResult(
@@ -897,6 +921,11 @@ class Downloader:
         job: Future[None] | None = None  # the chunk a helper thread is writing, if any
         try:
             with open(state.part, "ab" if state.offset else "wb") as file:  # noqa: ASYNC230
+                if expected:
+                    try:
+                        _reserve(file.fileno(), state.offset, expected)
+                    except OSError as err:
+                        raise _NoRoom(err) from err
                 if expected is None or expected > self.chunk_size:
                     state.remember_etag()  # survives even a kill -9 mid-transfer
                 elif not state.offset:
@@ -962,6 +991,37 @@ def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[byte
 def _encoding_of(resp: aiohttp.ClientResponse) -> str:
     """The response's Content-Encoding, lower-cased; `identity` when absent."""
     return (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    """Linux's fallocate(2) from the C library, or None where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Reserve `length` bytes of disk from `offset` on without changing the file's size
+    (`FALLOC_FL_KEEP_SIZE`: a `.part`'s size stays the count of bytes received, which a
+    resume relies on). Raises `OSError` ENOSPC/EDQUOT when the space is not there; does
+    nothing where the system or the file system cannot reserve (no fallocate, tmpfs on old
+    kernels, network file systems)."""
+    fallocate = _fallocate()
+    if fallocate is None or length <= 0:
+        return
+    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        if code in _DISK_FULL:
+            raise OSError(code, os.strerror(code))
 
 
 def _fsync_path(path: str | os.PathLike[str]) -> None:
