@@ -199,10 +199,12 @@ def _session(args: argparse.Namespace) -> AsyncSession:
 
 async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
     recordings: list[Recording] = []
-    async for recording in pager:
-        if limit is not None and len(recordings) >= limit:
-            break
-        recordings.append(recording)
+    # Closed here, inside the session: stopping early cancels the pages being prefetched.
+    async with contextlib.aclosing(aiter(pager)) as items:
+        async for recording in items:
+            if limit is not None and len(recordings) >= limit:
+                break
+            recordings.append(recording)
     return recordings
 
 
@@ -267,10 +269,11 @@ def _read_ids(args: argparse.Namespace) -> list[str] | None:
 
 async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recording]:
     """Every recording of the pager, telling the progress display the total once known."""
-    async for recording in pager:
-        if progress.total is None and pager.total_count is not None:
-            progress.set_total(pager.total_count)
-        yield recording
+    async with contextlib.aclosing(aiter(pager)) as items:
+        async for recording in items:
+            if progress.total is None and pager.total_count is not None:
+                progress.set_total(pager.total_count)
+            yield recording
 
 
 def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:

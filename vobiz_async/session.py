@@ -25,6 +25,7 @@ from .errors import (
     APITimeoutError,
     ConfigurationError,
     InvalidRecordingIdError,
+    SessionClosedError,
     UnsafeURLError,
 )
 from .protocol import (
@@ -135,6 +136,7 @@ class AsyncSession:
         )
         self._http = http_session
         self._owns_http = http_session is None
+        self._closed = False
         self._seen_advisories: set[tuple[str, str]] = set()
         self.recordings = Recordings(self)
 
@@ -164,7 +166,12 @@ class AsyncSession:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session if this object opened it; a borrowed one stays open."""
+        """Close the HTTP session if this object opened it; a borrowed one stays open.
+
+        A closed session opens no new pool: a request still in flight (a page prefetch
+        of an abandoned listing, say) raises `SessionClosedError` instead of leaking one.
+        """
+        self._closed = True
         if self._owns_http and self._http is not None:
             http, self._http = self._http, None
             await http.close()
@@ -181,6 +188,10 @@ class AsyncSession:
     def http(self) -> aiohttp.ClientSession:
         """The underlying aiohttp session, created on first use."""
         if self._http is None or (self._owns_http and self._http.closed):
+            if self._closed:
+                raise SessionClosedError(
+                    "this AsyncSession is closed; create a new one for further requests"
+                )
             connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
             self._http = aiohttp.ClientSession(
                 connector=connector,
