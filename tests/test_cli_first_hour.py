@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 
 import attrs
 import pytest
@@ -113,3 +114,64 @@ async def test_list_limit_leaves_nothing_on_stderr(cli: Cli, limit: str) -> None
     assert result.code == 0, result.output
     assert len(result.out.splitlines()) == int(limit)
     assert result.err == ""
+
+
+# -- 2: a closed stdout --------------------------------------------------------------------
+
+
+async def run_into_closed_pipe(*args: str, env: Mapping[str, str]) -> Result:
+    """Run with stdout a pipe whose reader has already gone, as `| head -1` leaves it."""
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        proc = await start(*args, env=env, stdout=writer)
+    finally:
+        os.close(writer)
+    return await finish(proc)
+
+
+@pytest.mark.parametrize("argv", [["list"], ["list", "--limit", "3"], ["get", "{rid}"]])
+async def test_closed_stdout_ends_quietly_with_0(
+    env: dict[str, str], fake: FakeVobiz, argv: list[str]
+) -> None:
+    """A reader that stops reading (`list | head -1`) ends the command with 0, stderr empty."""
+    args = [arg.format(rid=fake.recording_ids[0]) for arg in argv]
+
+    result = await run_into_closed_pipe(*args, env=env)
+
+    assert result.code == 0, result.err
+    assert result.err == ""
+
+
+async def test_head_reads_the_first_line(env: dict[str, str], fake: FakeVobiz) -> None:
+    """`list | head -1` through a shell: one line out, nothing on stderr, both exit 0."""
+    script = f"set -o pipefail; {sys.executable} -m vobiz_async list | head -1"
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        script,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
+    result = await finish(proc)
+
+    assert result.code == 0, result.err
+    assert result.err == ""
+    assert result.out.count("\n") == 1
+    assert fake.recording_ids[0] in result.out
+
+
+async def test_download_keeps_its_status_when_stdout_closes(
+    env: dict[str, str], fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """A download whose summary meets a closed stdout still exits 1 for a failed item."""
+    fake.media_fault(fake.recording_ids[0], "status", status=403, times=99, retry_after=0)
+
+    result = await run_into_closed_pipe("download", "--out", str(tmp_path / "a"), env=env)
+
+    assert result.code == 1, result.err
+    assert "Traceback" not in result.err
+    assert "BrokenPipe" not in result.err

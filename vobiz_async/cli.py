@@ -1,8 +1,10 @@
 """`vobiz-recordings`: list, fetch, delete, archive and verify recordings from a shell.
 
 Exit codes: 0 success, 1 some items failed, 2 usage error, 3 authentication or
-configuration error, 130 interrupted (Ctrl-C). Errors print one line; `--debug` adds the
-traceback and debug logs. The auth token is never printed.
+configuration error, 130 interrupted (Ctrl-C). A closed stdout (`list | head -1`) is the
+normal end of a pipeline: the command stops quietly with 0 (a download keeps its own
+status). Errors print one line; `--debug` adds the traceback and debug logs. The auth token
+is never printed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -337,7 +339,8 @@ async def cmd_download(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             sys.stderr.write("interrupted: " + progress.line() + "\n")
             raise
-    print_summary(reports[0], sys.stdout)
+    with _stdout_may_close():
+        print_summary(reports[0], sys.stdout)
     return code
 
 
@@ -619,6 +622,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = asyncio.run(args.func(args))
         return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_OK
     except KeyboardInterrupt:
         kept = "; partial downloads are kept as .part files for resume"
         downloading = args.command in ("download", "demo")
@@ -630,6 +636,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, err, EXIT_AUTH)
     except (VobizError, OSError) as err:
         return _fail(args, err, EXIT_FAILED)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """Output after the work is done: a reader that went away does not change the status."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
 
 
 def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
