@@ -175,3 +175,59 @@ async def test_download_keeps_its_status_when_stdout_closes(
     assert result.code == 1, result.err
     assert "Traceback" not in result.err
     assert "BrokenPipe" not in result.err
+
+
+# -- 4: an unwritable destination ------------------------------------------------------------
+
+
+def _blocker(tmp_path: Path) -> Path:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be\n")
+    return blocker
+
+
+@pytest.mark.parametrize("where", ["is-a-file", "below-a-file"])
+async def test_unwritable_out_is_one_line_and_exit_1(
+    cli: Cli, fake: FakeVobiz, tmp_path: Path, where: str
+) -> None:
+    """`--out` that cannot be written: one line naming it, exit 1, no request sent."""
+    blocker = _blocker(tmp_path)
+    out = blocker if where == "is-a-file" else blocker / "archive"
+
+    result = await cli("download", "--out", str(out))
+
+    assert result.code == 1, result.output
+    assert result.err.splitlines() == [result.err.strip()]
+    assert result.err.startswith(f"error: cannot write to {out}: ")
+    assert "Traceback" not in result.output
+    assert fake.stats.requests == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+async def test_read_only_out_is_one_line_and_exit_1(
+    cli: Cli, fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """A folder without write permission: one line, exit 1, no request sent."""
+    out = tmp_path / "read-only"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        result = await cli("download", "--out", str(out))
+    finally:
+        out.chmod(0o700)
+
+    assert result.code == 1, result.output
+    assert result.err.startswith(f"error: cannot write to {out}: Permission denied")
+    assert len(result.err.splitlines()) == 1
+    assert fake.stats.requests == []
+
+
+async def test_destination_check_leaves_no_probe(cli: Cli, fake: FakeVobiz, tmp_path: Path) -> None:
+    """The write check removes its probe: the archive holds recordings and the manifest only."""
+    out = tmp_path / "archive"
+
+    result = await cli("download", "--out", str(out))
+
+    assert result.code == 0, result.output
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert len(list(out.iterdir())) == len(fake.recording_ids) + 1

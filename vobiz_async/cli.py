@@ -46,6 +46,26 @@ class UsageError(Exception):
     """A command line that cannot be carried out as written."""
 
 
+class DestinationError(Exception):
+    """The download folder cannot be created or written: said once, before any transfer."""
+
+
+def check_destination(out: Path) -> None:
+    """Create `out` if needed and prove it writable with a probe file, removed at once."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".vobiz-write-check-")
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except FileExistsError:
+        raise DestinationError(f"cannot write to {out}: not a folder") from None
+    except OSError as err:
+        raise DestinationError(f"cannot write to {out}: {err.strerror or err}") from None
+
+
 # -- output helpers ---------------------------------------------------------------------
 
 
@@ -301,6 +321,8 @@ async def run_download(
 ) -> int:
     """The archive job shared by `download` and `demo`."""
     ids = _read_ids(args)
+    out = Path(args.out)
+    await asyncio.to_thread(check_destination, out)
     source: Any
     if ids is not None:
         # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
@@ -312,7 +334,6 @@ async def run_download(
             limit=MAX_PAGE_SIZE, recording_type=args.recording_type, call_uuid=args.call_uuid
         )
         source = _listing(pager, progress)
-    out = Path(args.out)
     options: dict[str, Any] = {
         "concurrency": args.concurrency,
         "on_progress": progress,
@@ -632,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except UsageError as err:
         return _fail(args, err, EXIT_USAGE)
+    except DestinationError as err:
+        return _fail(args, err, EXIT_FAILED, named=False)
     except (AuthenticationError, ConfigurationError) as err:
         return _fail(args, err, EXIT_AUTH)
     except (VobizError, OSError) as err:
@@ -657,10 +680,11 @@ def _stdout_may_close() -> Iterator[None]:
         _discard_stdout()
 
 
-def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
+def _fail(args: argparse.Namespace, err: BaseException, code: int, *, named: bool = True) -> int:
     if args.debug:
         logger.exception("command failed")
-    print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    kind = f"{type(err).__name__}: " if named else ""
+    print(f"error: {kind}{err}", file=sys.stderr)
     return code
 
 
