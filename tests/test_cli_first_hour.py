@@ -231,3 +231,80 @@ async def test_destination_check_leaves_no_probe(cli: Cli, fake: FakeVobiz, tmp_
     assert result.code == 0, result.output
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert len(list(out.iterdir())) == len(fake.recording_ids) + 1
+
+
+# -- 5 and 6: arguments checked by the parser ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["fake-server", "--count", "-1"], "--count: expected a whole number >= 0, got -1"),
+        (["fake-server", "--port", "99999"], "expected a whole number from 0 to 65535, got 99999"),
+        (["fake-server", "--port", "http"], "expected a whole number from 0 to 65535, got 'http'"),
+        (["fake-server", "--base-url", "https://api.vobiz.ai/api/v1/"], "--base-url does not"),
+        (["fake-server", "--auth-id", "a/b"], "--auth-id is not usable"),
+        (["download", "--out", "x", "--concurrency", "abc"], "expected a whole number >= 1"),
+        (["download", "--out", "x", "--workers", "0"], "--workers: expected a whole number >= 1"),
+        (["list", "--limit", "ten"], "--limit: expected a whole number >= 1, got 'ten'"),
+        (["demo", "--count", "1.5"], "--count: expected a whole number >= 1, got '1.5'"),
+    ],
+    ids=[
+        "negative-count",
+        "port-too-big",
+        "port-word",
+        "fake-base-url",
+        "fake-auth-id",
+        "concurrency-word",
+        "zero-workers",
+        "limit-word",
+        "demo-fraction",
+    ],
+)
+async def test_bad_argument_is_one_clear_line(
+    base_env: dict[str, str], argv: list[str], expected: str
+) -> None:
+    """A bad argument exits 2 with a usage line and one error naming what is expected."""
+    result = await finish(await start(*argv, env=base_env))
+
+    assert result.code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "_positive" not in result.err
+    assert expected in result.err.splitlines()[-1], result.err
+
+
+async def read_settings(proc: asyncio.subprocess.Process) -> tuple[dict[str, str], str]:
+    """The `export VOBIZ_...=...` lines `fake-server` prints, and all it printed by then."""
+    assert proc.stdout is not None
+    settings: dict[str, str] = {}
+    printed = ""
+    while "VOBIZ_AUTH_TOKEN" not in settings:
+        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode()
+        assert line, "fake-server ended early"
+        printed += line
+        if line.startswith("export VOBIZ_"):
+            name, value = line.split()[1].split("=", 1)
+            settings[name] = value
+    return settings, printed
+
+
+async def test_fake_server_uses_the_given_token(base_env: dict[str, str]) -> None:
+    """`fake-server --auth-id/--auth-token` serves those credentials and never prints the token."""
+    token = "my-own-token-7hQ2"
+    proc = await start(
+        "fake-server", "--count", "3", "--auth-id", "MA_MINE", "--auth-token", token, env=base_env
+    )
+    try:
+        settings, printed = await read_settings(proc)
+        env = {**base_env, **settings, "VOBIZ_AUTH_TOKEN": token}
+        good = await finish(await start("list", "--json", env=env))
+        wrong = await finish(await start("list", env={**env, "VOBIZ_AUTH_TOKEN": "other"}))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stopped = await finish(proc)
+
+    assert settings["VOBIZ_AUTH_ID"] == "MA_MINE"
+    assert token not in printed + stopped.output
+    assert good.code == 0, good.err
+    assert len(good.out.splitlines()) == 3
+    assert wrong.code == 3, wrong.output

@@ -26,10 +26,16 @@ import attrs
 
 from ._version import __version__
 from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
-from .errors import AuthenticationError, ConfigurationError, VobizError
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRecordingIdError,
+    VobizError,
+)
 from .manifest import MANIFEST_NAME, Manifest, verify_manifest
 from .models import Recording
 from .pager import AsyncPager
+from .protocol import quote_path_segment
 from .recordings import MAX_PAGE_SIZE
 from .session import AsyncSession
 from .workers import configure_logging, default_workers, download_in_workers
@@ -453,13 +459,32 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def cmd_fake_server(args: argparse.Namespace) -> int:
-    from .testing import FakeVobiz
+    from .testing import DEFAULT_AUTH_ID, DEFAULT_AUTH_TOKEN, FakeVobiz
 
-    async with FakeVobiz(recordings=args.count, seed=args.seed, port=args.port) as fake:
+    if args.base_url is not None:
+        raise UsageError("fake-server serves its own base URL; --base-url does not apply")
+    if args.auth_id is not None:
+        try:
+            quote_path_segment(args.auth_id, what="auth id")
+        except InvalidRecordingIdError as err:
+            raise UsageError(f"--auth-id is not usable as an account id: {err}") from None
+    if args.auth_token is not None and not args.auth_token:
+        raise UsageError("--auth-token must not be empty")
+    given_token = args.auth_token is not None
+    async with FakeVobiz(
+        recordings=args.count,
+        seed=args.seed,
+        port=args.port,
+        auth_id=args.auth_id or DEFAULT_AUTH_ID,
+        auth_token=args.auth_token or DEFAULT_AUTH_TOKEN,
+    ) as fake:
         print(f"fake Vobiz on {fake.base_url} with {args.count} recordings (Ctrl-C stops)")
         print(f"export VOBIZ_BASE_URL={fake.base_url}")
         print(f"export VOBIZ_AUTH_ID={fake.auth_id}")
-        print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
+        if given_token:  # never echo a token the user typed
+            print("export VOBIZ_AUTH_TOKEN=...  # the --auth-token you gave")
+        else:
+            print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
         sys.stdout.flush()
         await asyncio.Event().wait()
     return EXIT_OK  # pragma: no cover - only Ctrl-C ends it
@@ -491,11 +516,32 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 # -- argument parsing -------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+def _whole_number(text: str, minimum: int, maximum: int | None = None) -> int:
+    """`text` as an int in [minimum, maximum], or an error argparse prints as is."""
+    expected = (
+        f"expected a whole number >= {minimum}"
+        if maximum is None
+        else f"expected a whole number from {minimum} to {maximum}"
+    )
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise argparse.ArgumentTypeError(f"{expected}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _port(text: str) -> int:
+    return _whole_number(text, 0, 65535)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -629,8 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fake = add("fake-server", cmd_fake_server, "serve the fake Vobiz on 127.0.0.1")
-    fake.add_argument("--port", type=int, default=0)
-    fake.add_argument("--count", type=int, default=100)
+    fake.add_argument("--port", type=_port, default=0, help="default: a free port")
+    fake.add_argument("--count", type=_count, default=100)
     fake.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -652,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted{kept if downloading else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as err:
-        return _fail(args, err, EXIT_USAGE)
+        return _fail(args, err, EXIT_USAGE, named=False)
     except DestinationError as err:
         return _fail(args, err, EXIT_FAILED, named=False)
     except (AuthenticationError, ConfigurationError) as err:
