@@ -308,3 +308,35 @@ async def test_fake_server_uses_the_given_token(base_env: dict[str, str]) -> Non
     assert good.code == 0, good.err
     assert len(good.out.splitlines()) == 3
     assert wrong.code == 3, wrong.output
+
+
+# -- 11: configuration errors in the CLI's words ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("drop", "argv", "expected"),
+    [
+        (("VOBIZ_AUTH_ID", "VOBIZ_AUTH_TOKEN"), [], "no Vobiz account id and auth token: "),
+        (("VOBIZ_AUTH_TOKEN",), [], "no Vobiz auth token: "),
+        (("VOBIZ_AUTH_ID",), [], "no Vobiz account id: "),
+        ((), ["--auth-id", "a/b"], "--auth-id (VOBIZ_AUTH_ID) is not a valid"),
+        ((), ["--base-url", "ftp://127.0.0.1/"], "--base-url (VOBIZ_BASE_URL) must be"),
+    ],
+    ids=["nothing", "no-token", "no-id", "bad-id", "bad-base-url"],
+)
+async def test_configuration_errors_name_flags_and_variables(
+    env: dict[str, str], drop: tuple[str, ...], argv: list[str], expected: str
+) -> None:
+    """A configuration error names the CLI's flags and variables, never `auth_id`."""
+    env = {k: v for k, v in env.items() if k not in drop}
+
+    result = await finish(await start("list", *argv, env=env))
+
+    assert result.code == 3, result.output
+    assert result.err.startswith("error: ConfigurationError: ")
+    assert expected in result.err
+    assert len(result.err.splitlines()) == 1
+    for library_name in ("auth_id", "auth_token", "base_url"):
+        assert library_name not in result.err
+    if drop:
+        assert "pass --auth-id and --auth-token, or set VOBIZ_AUTH_ID and " in result.err

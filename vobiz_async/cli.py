@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -221,8 +222,34 @@ def print_summary(report: DownloadReport, out: TextIO) -> None:
 # -- commands ---------------------------------------------------------------------------
 
 
+#: Library argument names in a ConfigurationError, and what a CLI user sets instead.
+_CLI_NAMES = {
+    "auth_id": "--auth-id (VOBIZ_AUTH_ID)",
+    "auth_token": "--auth-token (VOBIZ_AUTH_TOKEN)",
+    "base_url": "--base-url (VOBIZ_BASE_URL)",
+}
+
+
 def _session(args: argparse.Namespace) -> AsyncSession:
-    return AsyncSession(args.auth_id, args.auth_token, base_url=args.base_url)
+    auth_id = args.auth_id or os.environ.get("VOBIZ_AUTH_ID")
+    auth_token = args.auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
+    if not auth_id or not auth_token:
+        lacking = " and ".join(
+            name
+            for name, value in (("account id", auth_id), ("auth token", auth_token))
+            if not value
+        )
+        raise ConfigurationError(
+            f"no Vobiz {lacking}: pass --auth-id and --auth-token, or set VOBIZ_AUTH_ID "
+            "and VOBIZ_AUTH_TOKEN"
+        )
+    try:
+        return AsyncSession(auth_id, auth_token, base_url=args.base_url)
+    except ConfigurationError as err:
+        message = str(err)
+        for name, flag in _CLI_NAMES.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise ConfigurationError(message) from None
 
 
 async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
