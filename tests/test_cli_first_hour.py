@@ -340,3 +340,30 @@ async def test_configuration_errors_name_flags_and_variables(
         assert library_name not in result.err
     if drop:
         assert "pass --auth-id and --auth-token, or set VOBIZ_AUTH_ID and " in result.err
+
+
+# -- 8: a base URL that is not the API root ---------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/api/", "/v1/"])
+async def test_base_url_without_api_v1_says_so(
+    env: dict[str, str], fake: FakeVobiz, path: str
+) -> None:
+    """A base URL missing `/api/v1/` is named in the error, not only "authentication"."""
+    root = fake.base_url.split("/api/v1/")[0]
+
+    result = await finish(await start("list", "--base-url", root + path, env=env))
+
+    assert result.code == 3, result.output
+    assert len(result.err.splitlines()) == 1
+    assert f"the base URL's path '{path}' does not end in /api/v1/" in result.err
+    assert "Traceback" not in result.output
+
+
+async def test_wrong_token_under_the_right_root_has_no_path_hint(env: dict[str, str]) -> None:
+    """Under the real API root a 401 is only about the credentials."""
+    result = await finish(await start("list", "--auth-token", "wrong", env=env))
+
+    assert result.code == 3, result.output
+    assert "AuthenticationError" in result.err
+    assert "/api/v1/" not in result.err

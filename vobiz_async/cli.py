@@ -757,7 +757,8 @@ def _fail(args: argparse.Namespace, err: BaseException, code: int, *, named: boo
     if args.debug:
         logger.exception("command failed")
     kind = f"{type(err).__name__}: " if named else ""
-    print(f"error: {kind}{err}", file=sys.stderr)
+    notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))
+    print(f"error: {kind}{err}{notes}".replace("\n", " "), file=sys.stderr)
     return code
 
 

@@ -22,6 +22,7 @@ from yarl import URL
 from ._version import __version__
 from .errors import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     ConfigurationError,
     InvalidRecordingIdError,
@@ -42,6 +43,8 @@ __all__ = ["DEFAULT_BASE_URL", "AsyncSession"]
 logger = logging.getLogger("vobiz_async")
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai/api/v1/"
+#: The path every Vobiz API root ends in.
+API_PATH = "/api/v1/"
 #: Vobiz's own domain: its media hosts (media., recordings., storage.) live under it.
 VOBIZ_DOMAIN = "vobiz.ai"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -317,5 +320,18 @@ class AsyncSession:
                 logger.debug("retrying %s %s in %.2fs", method, url.path, delay)
                 await asyncio.sleep(delay)
                 continue
-            return decipher_response(resp.status, resp.headers, body)
+            try:
+                return decipher_response(resp.status, resp.headers, body)
+            except APIStatusError as err:
+                self._note_unexpected_root(err)
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note_unexpected_root(self, err: APIStatusError) -> None:
+        """A 401/404/405 under a base URL whose path lacks `/api/v1/` most likely means the
+        wrong root (Vobiz and the fake answer 401 on unknown paths): say so on the error."""
+        if err.status_code in (401, 404, 405) and not self.base_url.path.endswith(API_PATH):
+            err.add_note(
+                f"the base URL's path {self.base_url.path!r} does not end in {API_PATH}; "
+                f"Vobiz's API root is {DEFAULT_BASE_URL}"
+            )
