@@ -4,6 +4,7 @@ bad input, each error one clear line and never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from vobiz_async import AsyncSession
 from vobiz_async.testing import FakeVobiz
 
 TIMEOUT = 40.0
@@ -367,3 +369,50 @@ async def test_wrong_token_under_the_right_root_has_no_path_hint(env: dict[str, 
     assert result.code == 3, result.output
     assert "AuthenticationError" in result.err
     assert "/api/v1/" not in result.err
+
+
+# -- 9: credentials for an API host outside vobiz.ai -------------------------------------------
+
+#: A host that never resolves (RFC 2606); no test sends a request to it.
+FOREIGN = "https://api.example.invalid/api/v1/"
+
+
+async def test_foreign_api_host_is_warned_about(base_env: dict[str, str], tmp_path: Path) -> None:
+    """`--base-url` off vobiz.ai: one warning naming the host (here before any request)."""
+    blocker = _blocker(tmp_path)
+    env = {**base_env, "VOBIZ_AUTH_ID": "MA_X", "VOBIZ_AUTH_TOKEN": "not-sent"}
+
+    result = await finish(
+        await start("download", "--out", str(blocker), "--base-url", FOREIGN, env=env)
+    )
+
+    assert result.code == 1, result.output
+    warning, error = result.err.splitlines()
+    assert warning == (
+        "WARNING vobiz_async: the API host api.example.invalid is not under vobiz.ai; "
+        "credentials will be sent to it"
+    )
+    assert error.startswith("error: cannot write to ")
+
+
+@pytest.mark.parametrize("base_url", ["https://api.vobiz.ai/api/v1/", "http://127.0.0.1:9/api/v1/"])
+def test_vobiz_and_loopback_hosts_are_not_warned_about(
+    base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default API host and a loopback one (the fake) log nothing."""
+    with caplog.at_level(logging.WARNING, logger="vobiz_async"):
+        AsyncSession("MA_X", "t", base_url=base_url)
+
+    assert caplog.records == []
+
+
+def test_foreign_api_host_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    """Two sessions for the same foreign origin log one warning."""
+    url = "https://once.example.invalid:8443/api/v1/"
+    with caplog.at_level(logging.WARNING, logger="vobiz_async"):
+        AsyncSession("MA_X", "t", base_url=url)
+        AsyncSession("MA_X", "t", base_url=url)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "the API host once.example.invalid is not under vobiz.ai; credentials will be sent to it"
+    ]

@@ -48,6 +48,8 @@ API_PATH = "/api/v1/"
 #: Vobiz's own domain: its media hosts (media., recordings., storage.) live under it.
 VOBIZ_DOMAIN = "vobiz.ai"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+#: API origins outside vobiz.ai already warned about in this process.
+_warned_origins: set[str] = set()
 
 
 class _Secret:
@@ -128,6 +130,7 @@ class AsyncSession:
         self.base_url = self._check_base_url(
             base_url or os.environ.get("VOBIZ_BASE_URL") or DEFAULT_BASE_URL
         )
+        self._warn_foreign_api_host()
         self.max_retries = max_retries
         self.timeout = timeout
         #: Domains (and their subdomains) that receive credentials over https, besides the
@@ -153,6 +156,21 @@ class AsyncSession:
                 f"refusing to send credentials over plain http to {url.host}; use https"
             )
         return url
+
+    def _warn_foreign_api_host(self) -> None:
+        """Warn once per process and origin when credentials will go to an API host that is
+        neither under vobiz.ai nor loopback (a typo, a proxy, or someone else's server)."""
+        host = self.base_url.host or ""
+        origin = str(self.base_url.origin())
+        if _is_loopback(host) or host_matches(host, (VOBIZ_DOMAIN,)):
+            return
+        if origin not in _warned_origins:
+            _warned_origins.add(origin)
+            logger.warning(
+                "the API host %s is not under %s; credentials will be sent to it",
+                host,
+                VOBIZ_DOMAIN,
+            )
 
     def __repr__(self) -> str:
         return f"AsyncSession(auth_id={self.auth_id!r}, base_url={str(self.base_url)!r})"
