@@ -416,3 +416,41 @@ def test_foreign_api_host_is_warned_about_once(caplog: pytest.LogCaptureFixture)
     assert [r.getMessage() for r in caplog.records] == [
         "the API host once.example.invalid is not under vobiz.ai; credentials will be sent to it"
     ]
+
+
+# -- 7: the demo says what it verified, and where the files are ------------------------------
+
+
+async def test_demo_rerun_claims_only_what_it_verified(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A second demo into the same folder downloads 0 and says 0 were verified this run."""
+    out = tmp_path / "demo"
+    first = await finish(await start("demo", "--count", "20", "--out", str(out), env=base_env))
+    second = await finish(await start("demo", "--count", "20", "--out", str(out), env=base_env))
+
+    assert first.code == 0, first.output
+    assert "verified this run: 20 of the 20 files downloaded match the served bytes" in first.out
+    assert second.code == 0, second.output
+    assert "downloaded 0, skipped 20, failed 0" in second.out
+    assert "verified this run: 0 of the 0 files downloaded match" in second.out
+    assert "verified the archive: 20 files re-hashed" in second.out
+    assert f"the files are kept in {out}" in second.out
+
+
+async def test_demo_without_out_removes_its_folder_and_says_so(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`demo` without `--out` works in a temporary folder, then removes it and says so."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+
+    result = await finish(
+        await start("demo", "--count", "5", env={**base_env, "TMPDIR": str(scratch)})
+    )
+
+    assert result.code == 0, result.output
+    [folder] = [line.split()[-1] for line in result.out.splitlines() if line.startswith("demo:")]
+    assert folder.startswith(str(scratch))
+    assert f"removed the temporary folder {folder} (pass --out DIR to keep" in result.out
+    assert not any(scratch.iterdir())

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 import attrs
 
 from ._version import __version__
-from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
+from .download import DownloadReport, ProgressEvent, ProgressKind
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -436,10 +437,24 @@ async def cmd_index_export(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
+    temporary = not args.out
+    out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
+    args.out = str(out)
+    try:
+        return await _demo(args, out)
+    finally:
+        if temporary:
+            await asyncio.to_thread(shutil.rmtree, out, ignore_errors=True)
+            with _stdout_may_close():
+                print(f"removed the temporary folder {out} (pass --out DIR to keep the files)")
+        else:
+            with _stdout_may_close():
+                print(f"the files are kept in {out}")
+
+
+async def _demo(args: argparse.Namespace, out: Path) -> int:
     from .testing import FakeVobiz
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vobiz-demo-"))
-    args.out = str(out)
     print(f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}")
     fake = FakeVobiz(
         recordings=args.count,
@@ -456,30 +471,37 @@ async def cmd_demo(args: argparse.Namespace) -> int:
                 code = await run_download(session, args, progress, reports)
         report = reports[0]
         print_summary(report, sys.stdout)
-        wrong = [
-            r.recording_id
-            for r in report.results
-            if r.status is DownloadStatus.DOWNLOADED and r.sha256 != fake.sha256(r.recording_id)
-        ]
+        downloaded = report.downloaded
+        wrong = [r.recording_id for r in downloaded if r.sha256 != fake.sha256(r.recording_id)]
+        served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
         leaked = fake.stats.foreign_credentials_seen
         retried = sum(1 for r in report.results if r.attempts > 1)
         relabelled = sum(
             1
-            for r in report.results
+            for r in downloaded
             if r.container and r.container != fake.recordings[r.recording_id].recording_format
         )
-        redirected = sum(1 for rid in fake.recording_ids if fake.recordings[rid].redirect_foreign)
+        redirected = sum(1 for r in downloaded if fake.recordings[r.recording_id].redirect_foreign)
     print(
         f"survived: {retried} transfers retried or resumed after injected faults, "
         f"{relabelled} WAV files served as .mp3 saved as .wav, "
         f"{redirected} redirects to a foreign storage host"
     )
-    with Manifest(out / MANIFEST_NAME) as manifest:
-        problems = await asyncio.to_thread(verify_manifest, out, manifest)
     print(
-        f"verified: {len(report.results) - len(wrong)} files match the served bytes, "
-        f"manifest problems: {len(problems)}, credentials sent to the foreign host: {leaked}"
+        f"verified this run: {len(downloaded) - len(wrong)} of the {len(downloaded)} files "
+        f"downloaded match the served bytes; credentials sent to the foreign host: {leaked}"
     )
+    problems: list[Any] = []
+    if not args.no_manifest:
+        with Manifest(out / MANIFEST_NAME) as manifest:
+            problems = await asyncio.to_thread(verify_manifest, out, manifest)
+            stale = [e.recording_id for e in manifest if served.get(e.recording_id) != e.sha256]
+            count = len(manifest)
+        print(
+            f"verified the archive: {count} files re-hashed against {MANIFEST_NAME}, "
+            f"{len(problems)} problem(s); {count - len(stale)} of them match the served bytes"
+        )
+        wrong += stale
     if wrong or problems or leaked:
         return EXIT_FAILED
     return code
