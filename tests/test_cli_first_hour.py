@@ -454,3 +454,92 @@ async def test_demo_without_out_removes_its_folder_and_says_so(
     assert folder.startswith(str(scratch))
     assert f"removed the temporary folder {folder} (pass --out DIR to keep" in result.out
     assert not any(scratch.iterdir())
+
+
+# -- 10: honest progress and summary -----------------------------------------------------------
+
+
+def _human(count: float) -> str:
+    """The CLI's byte formatting, restated: a test of the rate must not call the code under test."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def summary_line(result: Result) -> str:
+    return next(line for line in result.out.splitlines() if line.startswith("downloaded "))
+
+
+def size_of(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+async def wait_for_bytes(part: Path, proc: asyncio.subprocess.Process, at_least: int) -> None:
+    """Return once `part` holds `at_least` bytes."""
+    for _ in range(600):
+        if await asyncio.to_thread(size_of, part) >= at_least:
+            return
+        assert proc.returncode is None, "the download ended before it could be interrupted"
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{part.name} never reached {at_least} bytes")
+
+
+async def test_resumed_run_counts_only_the_bytes_it_transferred(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """After Ctrl-C (one `interrupted` line) the re-run's summary counts the bytes it moved,
+    not the resumed `.part` file's, and names the files' size apart."""
+    out = tmp_path / "archive"
+    async with FakeVobiz(recordings=2, seed=3) as fake:
+        big = fake.add_recording(size=240_000).recording_id  # about 3 s at the "slow" rate
+        fake.media_fault(big, "slow")
+        env = {
+            **base_env,
+            "VOBIZ_AUTH_ID": fake.auth_id,
+            "VOBIZ_AUTH_TOKEN": fake.auth_token,
+            "VOBIZ_BASE_URL": fake.base_url,
+        }
+        proc = await start("download", "--out", str(out), "--workers", "1", env=env)
+        await wait_for_bytes(out / f"{big}.part", proc, at_least=120_000)
+        proc.send_signal(signal.SIGINT)
+        interrupted = await finish(proc)
+        kept = (out / f"{big}.part").stat().st_size
+
+        sent_before = fake.stats.media_bytes_sent
+        rerun = await finish(await start("download", "--out", str(out), env=env))
+        sent = fake.stats.media_bytes_sent - sent_before
+
+    assert interrupted.code == 130, interrupted.output
+    assert [line for line in interrupted.err.splitlines() if "interrupted" in line] == [
+        interrupted.err.strip()
+    ]
+    assert interrupted.err.startswith("interrupted; partial downloads are kept")
+    assert kept >= 120_000
+    assert rerun.code == 0, rerun.output
+    line = summary_line(rerun)
+    assert line.startswith("downloaded 1, skipped 2, failed 0; ")
+    assert f"; {_human(sent)} transferred in " in line
+    assert line.endswith(f", {_human(fake.size(big))} in the files downloaded")
+    assert sent < fake.size(big)
+
+
+async def test_every_item_failed_does_not_fill_the_bar(
+    env: dict[str, str], fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """With every transfer failing, the bar on a terminal ends at 0/N with N failed in red."""
+    from test_cli import run_on_tty
+
+    for rid in fake.recording_ids:
+        fake.media_fault(rid, "status", status=403, times=99, retry_after=0)
+    count = len(fake.recording_ids)
+
+    result, screen = await run_on_tty(
+        "download", "--out", str(tmp_path / "a"), env=env, attach="stderr"
+    )
+
+    assert result.code == 1, screen.decode(errors="replace")
+    assert f"0/{count}".encode() in screen
+    assert f"{count} failed".encode() in screen
+    assert f"{count}/{count}".encode() not in screen

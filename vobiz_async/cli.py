@@ -191,7 +191,8 @@ class Progress:
         rate = self.bytes / max(now - self.started, 1e-9)
         self._bar.update(
             self._task,
-            completed=self.done + self.skipped + self.failed,
+            # Failures do not fill the bar: a batch that failed entirely stays at 0/N.
+            completed=self.done + self.skipped,
             size=_human_bytes(self.bytes),
             rate=f"{_human_bytes(rate)}/s",
             failed=f"[red]{self.failed} failed" if self.failed else "",
@@ -208,13 +209,22 @@ class Progress:
         )
 
 
-def print_summary(report: DownloadReport, out: TextIO) -> None:
-    """The closing summary of a download: counts, failures with reasons, throughput."""
-    rate = report.total_bytes / report.elapsed if report.elapsed > 0 else 0.0
+def print_summary(report: DownloadReport, out: TextIO, transferred: int | None = None) -> None:
+    """The closing summary of a download: counts, failures with reasons, throughput.
+
+    The rate is of `transferred`, the bytes received this run (the sum of the BYTES progress
+    events), not of the files' sizes, which include what resumed `.part` files held."""
+    moved = report.total_bytes if transferred is None else transferred
+    rate = moved / report.elapsed if report.elapsed > 0 else 0.0
+    saved = (
+        f", {_human_bytes(report.total_bytes)} in the files downloaded"
+        if _human_bytes(report.total_bytes) != _human_bytes(moved)
+        else ""
+    )
     out.write(
         f"downloaded {len(report.downloaded)}, skipped {len(report.skipped)}, "
-        f"failed {len(report.failed)}; {_human_bytes(report.total_bytes)} in "
-        f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s)\n"
+        f"failed {len(report.failed)}; {_human_bytes(moved)} transferred in "
+        f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s){saved}\n"
     )
     for result in report.failed:
         out.write(f"  failed {result.recording_id}: {result.error}\n")
@@ -392,10 +402,10 @@ async def cmd_download(args: argparse.Namespace) -> int:
             async with _session(args) as session:
                 code = await run_download(session, args, progress, reports)
         except asyncio.CancelledError:
-            sys.stderr.write("interrupted: " + progress.line() + "\n")
+            args.interrupted_at = progress.line()  # main() prints it on its one line
             raise
     with _stdout_may_close():
-        print_summary(reports[0], sys.stdout)
+        print_summary(reports[0], sys.stdout, transferred=progress.bytes)
     return code
 
 
@@ -470,7 +480,7 @@ async def _demo(args: argparse.Namespace, out: Path) -> int:
             async with _session(args) as session:
                 code = await run_download(session, args, progress, reports)
         report = reports[0]
-        print_summary(report, sys.stdout)
+        print_summary(report, sys.stdout, transferred=progress.bytes)
         downloaded = report.downloaded
         wrong = [r.recording_id for r in downloaded if r.sha256 != fake.sha256(r.recording_id)]
         served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
@@ -744,7 +754,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         kept = "; partial downloads are kept as .part files for resume"
         downloading = args.command in ("download", "demo")
-        print(f"interrupted{kept if downloading else ''}", file=sys.stderr)
+        where = getattr(args, "interrupted_at", None)
+        detail = f" ({where})" if where else ""
+        print(f"interrupted{kept if downloading else ''}{detail}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as err:
         return _fail(args, err, EXIT_USAGE, named=False)
