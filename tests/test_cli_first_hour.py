@@ -4,6 +4,7 @@ bad input, each error one clear line and never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -543,3 +544,92 @@ async def test_every_item_failed_does_not_fill_the_bar(
     assert f"0/{count}".encode() in screen
     assert f"{count} failed".encode() in screen
     assert f"{count}/{count}".encode() not in screen
+
+
+# -- 12: repairing an archive ------------------------------------------------------------------
+
+
+def corrupt(path: Path) -> None:
+    """Flip one byte in the middle of `path`, keeping its size."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def archived(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in folder.iterdir() if p.suffix in (".mp3", ".wav")}
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {rid: p.stat().st_mtime_ns for rid, p in archived(folder).items()}
+
+
+async def test_repair_refetches_exactly_what_verify_found(
+    cli: Cli, fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """Plain `download` skips a same-size corrupted file; `verify` says how to repair, and
+    `download --repair` re-fetches exactly it and a deleted one, touching nothing else."""
+    out = tmp_path / "archive"
+    assert (await cli("download", "--out", str(out))).code == 0
+    changed, gone = fake.recording_ids[3], fake.recording_ids[7]
+    files = await asyncio.to_thread(archived, out)
+    await asyncio.to_thread(corrupt, files[changed])
+    skipped = await cli("download", "--out", str(out))
+    await asyncio.to_thread(files[gone].unlink)
+    before = await asyncio.to_thread(mtimes, out)
+
+    check = await cli("verify", str(out))
+    fake.stats.reset()
+    repair = await cli("download", "--out", str(out), "--repair")
+    media = fake.stats.media_requests
+    again = await cli("verify", str(out))
+
+    assert skipped.code == 0, skipped.output
+    assert f"downloaded 0, skipped {len(fake.recording_ids)}, failed 0; " in skipped.out
+    assert check.code == 1
+    assert f"to re-fetch them: vobiz-recordings download --out {out} --repair" in check.out
+    assert repair.code == 0, repair.output
+    repaired = [line.split()[1] for line in repair.out.splitlines() if line.startswith("repair")]
+    assert sorted(repaired) == sorted([f"{changed}:", f"{gone}:"])
+    assert "downloaded 2, skipped 0, failed 0; " in repair.out
+    assert media == 2
+    assert again.code == 0, again.output
+    after = await asyncio.to_thread(mtimes, out)
+    assert {rid: m for rid, m in after.items() if rid != changed and rid != gone} == {
+        rid: m for rid, m in before.items() if rid != changed
+    }
+    for rid, path in (await asyncio.to_thread(archived, out)).items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == fake.sha256(rid)
+
+
+async def test_repair_of_a_sound_archive_fetches_nothing(
+    cli: Cli, fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """`download --repair` on an archive that verifies: says so, exit 0, no media request."""
+    out = tmp_path / "archive"
+    assert (await cli("download", "--out", str(out))).code == 0
+    fake.stats.reset()
+
+    result = await cli("download", "--out", str(out), "--repair")
+
+    assert result.code == 0, result.output
+    assert (
+        f"repair: all {len(fake.recording_ids)} files in vobiz-manifest.jsonl verified"
+        in result.out
+    )
+    assert fake.stats.media_requests == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--ids", "x"], ["--overwrite"], ["--no-manifest"]],
+    ids=["no-manifest-yet", "ids", "overwrite", "no-manifest-flag"],
+)
+async def test_repair_usage_errors(cli: Cli, tmp_path: Path, extra: list[str]) -> None:
+    """`--repair` without a manifest, or with options it overrides: exit 2, one line."""
+    result = await cli("download", "--out", str(tmp_path / "a"), "--repair", *extra)
+
+    assert result.code == 2, result.output
+    assert len(result.err.splitlines()) == 1
+    assert "--repair" in result.err
+    assert "Traceback" not in result.output

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -342,6 +343,28 @@ async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recor
             yield recording
 
 
+async def _ids_to_repair(args: argparse.Namespace, out: Path) -> list[str]:
+    """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
+    if args.ids or args.ids_file or args.overwrite or args.no_manifest:
+        raise UsageError(
+            "--repair re-fetches what the manifest check finds; it takes no --ids, "
+            "--ids-file, --overwrite or --no-manifest"
+        )
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UsageError(f"--repair needs the manifest of an earlier download: no {manifest_path}")
+    with Manifest(manifest_path) as manifest:
+        problems = await asyncio.to_thread(verify_manifest, out, manifest)
+        count = len(manifest)
+    for problem in problems:
+        sys.stdout.write(f"repairing {problem.recording_id}: {problem.path} {problem.problem}\n")
+    if not problems:
+        sys.stdout.write(
+            f"repair: all {count} files in {MANIFEST_NAME} verified; nothing to fetch\n"
+        )
+    return [problem.recording_id for problem in problems]
+
+
 def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:
     """`--workers`, or one per two CPUs (at most 4); a short list of ids stays in-process,
     where starting interpreters would cost more than it saves."""
@@ -367,6 +390,12 @@ async def run_download(
     ids = _read_ids(args)
     out = Path(args.out)
     await asyncio.to_thread(check_destination, out)
+    overwrite: bool = args.overwrite
+    if args.repair:
+        ids = await _ids_to_repair(args, out)
+        if not ids:
+            return EXIT_OK
+        overwrite = True  # only these ids: each is missing or its bytes changed
     source: Any
     if ids is not None:
         # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
@@ -382,7 +411,7 @@ async def run_download(
         "concurrency": args.concurrency,
         "on_progress": progress,
         "manifest": None if args.no_manifest else out / MANIFEST_NAME,
-        "overwrite": args.overwrite,
+        "overwrite": overwrite,
     }
     workers = _worker_count(args, ids)
     if workers > 1:
@@ -404,8 +433,9 @@ async def cmd_download(args: argparse.Namespace) -> int:
         except asyncio.CancelledError:
             args.interrupted_at = progress.line()  # main() prints it on its one line
             raise
-    with _stdout_may_close():
-        print_summary(reports[0], sys.stdout, transferred=progress.bytes)
+    if reports:  # none when --repair found nothing to fetch
+        with _stdout_may_close():
+            print_summary(reports[0], sys.stdout, transferred=progress.bytes)
     return code
 
 
@@ -420,6 +450,10 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"{problem.problem}: {problem.path} ({problem.recording_id})")
     print(f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)")
+    if problems:
+        print(
+            f"to re-fetch them: vobiz-recordings download --out {shlex.quote(str(root))} --repair"
+        )
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -653,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_positive,
             help="processes sharing the transfers (default: one per two CPUs, at most 4)",
         )
-        sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None)
+        sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None, repair=False)
 
     download = add("download", cmd_download, "archive recordings into a folder")
     download.add_argument("--out", required=True, help="destination folder")
@@ -661,6 +695,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--call-uuid")
     download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
     download.add_argument("--ids-file", help="a file of ids, one a line ('-' for stdin)")
+    download.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-fetch exactly the files `verify` finds missing or changed",
+    )
     download_options(download)
 
     verify = add("verify", cmd_verify, "re-hash an archive against its manifest")
