@@ -633,3 +633,26 @@ async def test_repair_usage_errors(cli: Cli, tmp_path: Path, extra: list[str]) -
     assert len(result.err.splitlines()) == 1
     assert "--repair" in result.err
     assert "Traceback" not in result.output
+
+
+# -- the listing's unusable objects reach the report ------------------------------------------
+
+
+async def test_download_reports_an_unusable_listed_object(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A listed object without a usable recording_url fails by id in the CLI's summary too."""
+    async with FakeVobiz(recordings=3, seed=0) as fake:
+        broken = fake.add_recording(size=20_000, extra_fields={"recording_url": None}).recording_id
+        env = {
+            **base_env,
+            "VOBIZ_AUTH_ID": fake.auth_id,
+            "VOBIZ_AUTH_TOKEN": fake.auth_token,
+            "VOBIZ_BASE_URL": fake.base_url,
+        }
+        result = await finish(await start("download", "--out", str(tmp_path / "a"), env=env))
+
+    assert result.code == 1, result.output
+    assert "downloaded 3, skipped 0, failed 1; " in result.out
+    assert f"failed {broken}: " in result.out
+    assert "Traceback" not in result.output

@@ -36,7 +36,7 @@ from .errors import (
     VobizError,
 )
 from .manifest import MANIFEST_NAME, Manifest, verify_manifest
-from .models import Recording
+from .models import InvalidRecording, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
 from .recordings import MAX_PAGE_SIZE
@@ -334,13 +334,16 @@ def _read_ids(args: argparse.Namespace) -> list[str] | None:
     return ids if (args.ids or args.ids_file) else None
 
 
-async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recording]:
-    """Every recording of the pager, telling the progress display the total once known."""
-    async with contextlib.aclosing(aiter(pager)) as items:
-        async for recording in items:
+async def _listing(
+    pager: AsyncPager, progress: Progress
+) -> AsyncIterator[Recording | InvalidRecording]:
+    """Every entry of the pager (the unusable objects too, so the report fails them by id),
+    telling the progress display the total once known."""
+    async with contextlib.aclosing(pager.entries()) as entries:
+        async for entry in entries:
             if progress.total is None and pager.total_count is not None:
                 progress.set_total(pager.total_count)
-            yield recording
+            yield entry
 
 
 async def _ids_to_repair(args: argparse.Namespace, out: Path) -> list[str]:
