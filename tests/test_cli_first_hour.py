@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -222,6 +223,40 @@ async def test_read_only_out_is_one_line_and_exit_1(
     assert result.code == 1, result.output
     assert result.err.startswith(f"error: cannot write to {out}: Permission denied")
     assert len(result.err.splitlines()) == 1
+    assert fake.stats.requests == []
+
+
+async def test_read_only_file_system_is_one_line_and_exit_1(
+    env: dict[str, str], fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """`--out` on a read-only file system (a private mount namespace): one line, exit 1."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    out = mount / "archive"
+    script = (
+        f"mount -t tmpfs tmpfs {mount} && mkdir {out} && mount -o remount,ro {mount} && "
+        f"exec {sys.executable} -m vobiz_async download --out {out}"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        script,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_default_sigint,
+    )
+    result = await finish(proc)
+    if "mount:" in result.err or "unshare:" in result.err:
+        pytest.skip(f"no private read-only mount here: {result.err.strip()}")
+
+    assert result.code == 1, result.output
+    assert result.err == f"error: cannot write to {out}: Read-only file system\n"
     assert fake.stats.requests == []
 
 
