@@ -691,3 +691,31 @@ async def test_download_reports_an_unusable_listed_object(
     assert "downloaded 3, skipped 0, failed 1; " in result.out
     assert f"failed {broken}: " in result.out
     assert "Traceback" not in result.output
+
+
+def has_a_file_below(folder: Path) -> bool:
+    return any(path.is_file() for path in folder.rglob("*"))
+
+
+async def test_interrupted_demo_removes_its_folder_and_says_so(
+    base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ctrl-C during `demo` without `--out`: exit 130, one `interrupted` line that does not
+    promise kept `.part` files, and the temporary folder removed."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**base_env, "TMPDIR": str(scratch)}
+    proc = await start("demo", "--count", "300", "--concurrency", "1", env=env)
+    for _ in range(600):
+        if await asyncio.to_thread(has_a_file_below, scratch):
+            break
+        assert proc.returncode is None, "the demo ended before it could be interrupted"
+        await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    result = await finish(proc)
+
+    assert result.code == 130, result.output
+    assert [line for line in result.err.splitlines() if "interrupted" in line] == ["interrupted"]
+    assert ".part" not in result.err
+    assert "removed the temporary folder" in result.out
+    assert not any(scratch.iterdir())

@@ -484,7 +484,7 @@ async def cmd_index_export(args: argparse.Namespace) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    temporary = not args.out
+    temporary = args.out_is_temporary = not args.out
     out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
     args.out = str(out)
     try:
@@ -796,6 +796,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         kept = "; partial downloads are kept as .part files for resume"
         downloading = args.command in ("download", "demo")
+        downloading = downloading and not getattr(args, "out_is_temporary", False)
         where = getattr(args, "interrupted_at", None)
         detail = f" ({where})" if where else ""
         print(f"interrupted{kept if downloading else ''}{detail}", file=sys.stderr)
