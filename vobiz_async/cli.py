@@ -474,12 +474,8 @@ async def cmd_index_export(args: argparse.Namespace) -> int:
                 sys.stdout.write(json.dumps(attrs.asdict(entry), separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
-    try:
+    with _stdout_may_close():  # the reader had enough (`| head`): not a failure
         await asyncio.to_thread(export)
-    except BrokenPipeError:
-        # The reader had enough (`| head`): not a failure. Stdout goes to /dev/null so
-        # that the interpreter's last flush does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
