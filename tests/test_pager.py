@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
@@ -17,6 +18,7 @@ from vobiz_async import (
     PermissionDeniedError,
     ResponseValidationError,
     ServerError,
+    SessionClosedError,
 )
 from vobiz_async.testing import FakeVobiz
 
@@ -430,3 +432,46 @@ async def test_total_count_known_once_iteration_starts(
 
     assert first.recording_id == fake.recording_ids[0]
     assert pager.total_count == 57
+
+
+# -- abandoning a listing -----------------------------------------------------------------
+
+
+async def settle() -> None:
+    """Let every other task finish (an abandoned pager's finaliser, its prefetches)."""
+    current = asyncio.current_task()
+    for _ in range(100):
+        others = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not others:
+            return
+        await asyncio.wait(others, timeout=0.05)
+
+
+async def test_break_out_of_a_listing_leaks_no_pool(fake: FakeVobiz) -> None:
+    """`break` after the first item, then leaving the session: no new pool, no error logged."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    try:
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            async for _ in session.recordings.list(limit=5):
+                break
+        await settle()
+        gc.collect()
+        await settle()
+    finally:
+        loop.set_exception_handler(previous)
+
+    assert reported == []
+    assert session._http is None
+
+
+async def test_closed_session_refuses_a_new_pool(fake: FakeVobiz) -> None:
+    """A request on a closed session raises SessionClosedError instead of opening a pool."""
+    async with AsyncSession(**fake.session_kwargs()) as session:
+        await session.recordings.list(limit=1)
+
+    with pytest.raises(SessionClosedError, match="closed"):
+        await session.recordings.list(limit=1)
+    assert session._http is None

@@ -1,8 +1,10 @@
 """`vobiz-recordings`: list, fetch, delete, archive and verify recordings from a shell.
 
 Exit codes: 0 success, 1 some items failed, 2 usage error, 3 authentication or
-configuration error, 130 interrupted (Ctrl-C). Errors print one line; `--debug` adds the
-traceback and debug logs. The auth token is never printed.
+configuration error, 130 interrupted (Ctrl-C). A closed stdout (`list | head -1`) is the
+normal end of a pipeline: the command stops quietly with 0 (a download keeps its own
+status). Errors print one line; `--debug` adds the traceback and debug logs. The auth token
+is never printed.
 """
 
 from __future__ import annotations
@@ -13,21 +15,30 @@ import contextlib
 import json
 import logging
 import os
+import re
+import shlex
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 
 from ._version import __version__
-from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
-from .errors import AuthenticationError, ConfigurationError, VobizError
+from .download import DownloadReport, ProgressEvent, ProgressKind
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRecordingIdError,
+    VobizError,
+)
 from .manifest import MANIFEST_NAME, Manifest, verify_manifest
-from .models import Recording
+from .models import InvalidRecording, Recording
 from .pager import AsyncPager
+from .protocol import quote_path_segment
 from .recordings import MAX_PAGE_SIZE
 from .session import AsyncSession
 from .workers import configure_logging, default_workers, download_in_workers
@@ -42,6 +53,26 @@ logger = logging.getLogger("vobiz_async")
 
 class UsageError(Exception):
     """A command line that cannot be carried out as written."""
+
+
+class DestinationError(Exception):
+    """The download folder cannot be created or written: said once, before any transfer."""
+
+
+def check_destination(out: Path) -> None:
+    """Create `out` if needed and prove it writable with a probe file, removed at once."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".vobiz-write-check-")
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except FileExistsError:
+        raise DestinationError(f"cannot write to {out}: not a folder") from None
+    except OSError as err:
+        raise DestinationError(f"cannot write to {out}: {err.strerror or err}") from None
 
 
 # -- output helpers ---------------------------------------------------------------------
@@ -161,7 +192,8 @@ class Progress:
         rate = self.bytes / max(now - self.started, 1e-9)
         self._bar.update(
             self._task,
-            completed=self.done + self.skipped + self.failed,
+            # Failures do not fill the bar: a batch that failed entirely stays at 0/N.
+            completed=self.done + self.skipped,
             size=_human_bytes(self.bytes),
             rate=f"{_human_bytes(rate)}/s",
             failed=f"[red]{self.failed} failed" if self.failed else "",
@@ -178,13 +210,22 @@ class Progress:
         )
 
 
-def print_summary(report: DownloadReport, out: TextIO) -> None:
-    """The closing summary of a download: counts, failures with reasons, throughput."""
-    rate = report.total_bytes / report.elapsed if report.elapsed > 0 else 0.0
+def print_summary(report: DownloadReport, out: TextIO, transferred: int | None = None) -> None:
+    """The closing summary of a download: counts, failures with reasons, throughput.
+
+    The rate is of `transferred`, the bytes received this run (the sum of the BYTES progress
+    events), not of the files' sizes, which include what resumed `.part` files held."""
+    moved = report.total_bytes if transferred is None else transferred
+    rate = moved / report.elapsed if report.elapsed > 0 else 0.0
+    saved = (
+        f", {_human_bytes(report.total_bytes)} in the files downloaded"
+        if _human_bytes(report.total_bytes) != _human_bytes(moved)
+        else ""
+    )
     out.write(
         f"downloaded {len(report.downloaded)}, skipped {len(report.skipped)}, "
-        f"failed {len(report.failed)}; {_human_bytes(report.total_bytes)} in "
-        f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s)\n"
+        f"failed {len(report.failed)}; {_human_bytes(moved)} transferred in "
+        f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s){saved}\n"
     )
     for result in report.failed:
         out.write(f"  failed {result.recording_id}: {result.error}\n")
@@ -193,16 +234,44 @@ def print_summary(report: DownloadReport, out: TextIO) -> None:
 # -- commands ---------------------------------------------------------------------------
 
 
+#: Library argument names in a ConfigurationError, and what a CLI user sets instead.
+_CLI_NAMES = {
+    "auth_id": "--auth-id (VOBIZ_AUTH_ID)",
+    "auth_token": "--auth-token (VOBIZ_AUTH_TOKEN)",
+    "base_url": "--base-url (VOBIZ_BASE_URL)",
+}
+
+
 def _session(args: argparse.Namespace) -> AsyncSession:
-    return AsyncSession(args.auth_id, args.auth_token, base_url=args.base_url)
+    auth_id = args.auth_id or os.environ.get("VOBIZ_AUTH_ID")
+    auth_token = args.auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
+    if not auth_id or not auth_token:
+        lacking = " and ".join(
+            name
+            for name, value in (("account id", auth_id), ("auth token", auth_token))
+            if not value
+        )
+        raise ConfigurationError(
+            f"no Vobiz {lacking}: pass --auth-id and --auth-token, or set VOBIZ_AUTH_ID "
+            "and VOBIZ_AUTH_TOKEN"
+        )
+    try:
+        return AsyncSession(auth_id, auth_token, base_url=args.base_url)
+    except ConfigurationError as err:
+        message = str(err)
+        for name, flag in _CLI_NAMES.items():
+            message = re.sub(rf"\b{name}\b", flag, message)
+        raise ConfigurationError(message) from None
 
 
 async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
     recordings: list[Recording] = []
-    async for recording in pager:
-        if limit is not None and len(recordings) >= limit:
-            break
-        recordings.append(recording)
+    # Closed here, inside the session: stopping early cancels the pages being prefetched.
+    async with contextlib.aclosing(aiter(pager)) as items:
+        async for recording in items:
+            if limit is not None and len(recordings) >= limit:
+                break
+            recordings.append(recording)
     return recordings
 
 
@@ -265,12 +334,38 @@ def _read_ids(args: argparse.Namespace) -> list[str] | None:
     return ids if (args.ids or args.ids_file) else None
 
 
-async def _listing(pager: AsyncPager, progress: Progress) -> AsyncIterator[Recording]:
-    """Every recording of the pager, telling the progress display the total once known."""
-    async for recording in pager:
-        if progress.total is None and pager.total_count is not None:
-            progress.set_total(pager.total_count)
-        yield recording
+async def _listing(
+    pager: AsyncPager, progress: Progress
+) -> AsyncIterator[Recording | InvalidRecording]:
+    """Every entry of the pager (the unusable objects too, so the report fails them by id),
+    telling the progress display the total once known."""
+    async with contextlib.aclosing(pager.entries()) as entries:
+        async for entry in entries:
+            if progress.total is None and pager.total_count is not None:
+                progress.set_total(pager.total_count)
+            yield entry
+
+
+async def _ids_to_repair(args: argparse.Namespace, out: Path) -> list[str]:
+    """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
+    if args.ids or args.ids_file or args.overwrite or args.no_manifest:
+        raise UsageError(
+            "--repair re-fetches what the manifest check finds; it takes no --ids, "
+            "--ids-file, --overwrite or --no-manifest"
+        )
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UsageError(f"--repair needs the manifest of an earlier download: no {manifest_path}")
+    with Manifest(manifest_path) as manifest:
+        problems = await asyncio.to_thread(verify_manifest, out, manifest)
+        count = len(manifest)
+    for problem in problems:
+        sys.stdout.write(f"repairing {problem.recording_id}: {problem.path} {problem.problem}\n")
+    if not problems:
+        sys.stdout.write(
+            f"repair: all {count} files in {MANIFEST_NAME} verified; nothing to fetch\n"
+        )
+    return [problem.recording_id for problem in problems]
 
 
 def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:
@@ -296,6 +391,14 @@ async def run_download(
 ) -> int:
     """The archive job shared by `download` and `demo`."""
     ids = _read_ids(args)
+    out = Path(args.out)
+    await asyncio.to_thread(check_destination, out)
+    overwrite: bool = args.overwrite
+    if args.repair:
+        ids = await _ids_to_repair(args, out)
+        if not ids:
+            return EXIT_OK
+        overwrite = True  # only these ids: each is missing or its bytes changed
     source: Any
     if ids is not None:
         # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
@@ -307,12 +410,11 @@ async def run_download(
             limit=MAX_PAGE_SIZE, recording_type=args.recording_type, call_uuid=args.call_uuid
         )
         source = _listing(pager, progress)
-    out = Path(args.out)
     options: dict[str, Any] = {
         "concurrency": args.concurrency,
         "on_progress": progress,
         "manifest": None if args.no_manifest else out / MANIFEST_NAME,
-        "overwrite": args.overwrite,
+        "overwrite": overwrite,
     }
     workers = _worker_count(args, ids)
     if workers > 1:
@@ -332,9 +434,11 @@ async def cmd_download(args: argparse.Namespace) -> int:
             async with _session(args) as session:
                 code = await run_download(session, args, progress, reports)
         except asyncio.CancelledError:
-            sys.stderr.write("interrupted: " + progress.line() + "\n")
+            args.interrupted_at = progress.line()  # main() prints it on its one line
             raise
-    print_summary(reports[0], sys.stdout)
+    if reports:  # none when --repair found nothing to fetch
+        with _stdout_may_close():
+            print_summary(reports[0], sys.stdout, transferred=progress.bytes)
     return code
 
 
@@ -349,6 +453,10 @@ async def cmd_verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"{problem.problem}: {problem.path} ({problem.recording_id})")
     print(f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)")
+    if problems:
+        print(
+            f"to re-fetch them: vobiz-recordings download --out {shlex.quote(str(root))} --repair"
+        )
     return EXIT_FAILED if problems else EXIT_OK
 
 
@@ -366,20 +474,30 @@ async def cmd_index_export(args: argparse.Namespace) -> int:
                 sys.stdout.write(json.dumps(attrs.asdict(entry), separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
-    try:
+    with _stdout_may_close():  # the reader had enough (`| head`): not a failure
         await asyncio.to_thread(export)
-    except BrokenPipeError:
-        # The reader had enough (`| head`): not a failure. Stdout goes to /dev/null so
-        # that the interpreter's last flush does not complain either.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
+    temporary = args.out_is_temporary = not args.out
+    out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
+    args.out = str(out)
+    try:
+        return await _demo(args, out)
+    finally:
+        if temporary:
+            await asyncio.to_thread(shutil.rmtree, out, ignore_errors=True)
+            with _stdout_may_close():
+                print(f"removed the temporary folder {out} (pass --out DIR to keep the files)")
+        else:
+            with _stdout_may_close():
+                print(f"the files are kept in {out}")
+
+
+async def _demo(args: argparse.Namespace, out: Path) -> int:
     from .testing import FakeVobiz
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vobiz-demo-"))
-    args.out = str(out)
     print(f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}")
     fake = FakeVobiz(
         recordings=args.count,
@@ -395,44 +513,70 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             async with _session(args) as session:
                 code = await run_download(session, args, progress, reports)
         report = reports[0]
-        print_summary(report, sys.stdout)
-        wrong = [
-            r.recording_id
-            for r in report.results
-            if r.status is DownloadStatus.DOWNLOADED and r.sha256 != fake.sha256(r.recording_id)
-        ]
+        print_summary(report, sys.stdout, transferred=progress.bytes)
+        downloaded = report.downloaded
+        wrong = [r.recording_id for r in downloaded if r.sha256 != fake.sha256(r.recording_id)]
+        served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
         leaked = fake.stats.foreign_credentials_seen
         retried = sum(1 for r in report.results if r.attempts > 1)
         relabelled = sum(
             1
-            for r in report.results
+            for r in downloaded
             if r.container and r.container != fake.recordings[r.recording_id].recording_format
         )
-        redirected = sum(1 for rid in fake.recording_ids if fake.recordings[rid].redirect_foreign)
+        redirected = sum(1 for r in downloaded if fake.recordings[r.recording_id].redirect_foreign)
     print(
         f"survived: {retried} transfers retried or resumed after injected faults, "
         f"{relabelled} WAV files served as .mp3 saved as .wav, "
         f"{redirected} redirects to a foreign storage host"
     )
-    with Manifest(out / MANIFEST_NAME) as manifest:
-        problems = await asyncio.to_thread(verify_manifest, out, manifest)
     print(
-        f"verified: {len(report.results) - len(wrong)} files match the served bytes, "
-        f"manifest problems: {len(problems)}, credentials sent to the foreign host: {leaked}"
+        f"verified this run: {len(downloaded) - len(wrong)} of the {len(downloaded)} files "
+        f"downloaded match the served bytes; credentials sent to the foreign host: {leaked}"
     )
+    problems: list[Any] = []
+    if not args.no_manifest:
+        with Manifest(out / MANIFEST_NAME) as manifest:
+            problems = await asyncio.to_thread(verify_manifest, out, manifest)
+            stale = [e.recording_id for e in manifest if served.get(e.recording_id) != e.sha256]
+            count = len(manifest)
+        print(
+            f"verified the archive: {count} files re-hashed against {MANIFEST_NAME}, "
+            f"{len(problems)} problem(s); {count - len(stale)} of them match the served bytes"
+        )
+        wrong += stale
     if wrong or problems or leaked:
         return EXIT_FAILED
     return code
 
 
 async def cmd_fake_server(args: argparse.Namespace) -> int:
-    from .testing import FakeVobiz
+    from .testing import DEFAULT_AUTH_ID, DEFAULT_AUTH_TOKEN, FakeVobiz
 
-    async with FakeVobiz(recordings=args.count, seed=args.seed, port=args.port) as fake:
+    if args.base_url is not None:
+        raise UsageError("fake-server serves its own base URL; --base-url does not apply")
+    if args.auth_id is not None:
+        try:
+            quote_path_segment(args.auth_id, what="auth id")
+        except InvalidRecordingIdError as err:
+            raise UsageError(f"--auth-id is not usable as an account id: {err}") from None
+    if args.auth_token is not None and not args.auth_token:
+        raise UsageError("--auth-token must not be empty")
+    given_token = args.auth_token is not None
+    async with FakeVobiz(
+        recordings=args.count,
+        seed=args.seed,
+        port=args.port,
+        auth_id=args.auth_id or DEFAULT_AUTH_ID,
+        auth_token=args.auth_token or DEFAULT_AUTH_TOKEN,
+    ) as fake:
         print(f"fake Vobiz on {fake.base_url} with {args.count} recordings (Ctrl-C stops)")
         print(f"export VOBIZ_BASE_URL={fake.base_url}")
         print(f"export VOBIZ_AUTH_ID={fake.auth_id}")
-        print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
+        if given_token:  # never echo a token the user typed
+            print("export VOBIZ_AUTH_TOKEN=...  # the --auth-token you gave")
+        else:
+            print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
         sys.stdout.flush()
         await asyncio.Event().wait()
     return EXIT_OK  # pragma: no cover - only Ctrl-C ends it
@@ -464,11 +608,32 @@ async def cmd_serve(args: argparse.Namespace) -> int:
 # -- argument parsing -------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+def _whole_number(text: str, minimum: int, maximum: int | None = None) -> int:
+    """`text` as an int in [minimum, maximum], or an error argparse prints as is."""
+    expected = (
+        f"expected a whole number >= {minimum}"
+        if maximum is None
+        else f"expected a whole number from {minimum} to {maximum}"
+    )
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise argparse.ArgumentTypeError(f"{expected}, got {value}")
     return value
+
+
+def _positive(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _port(text: str) -> int:
+    return _whole_number(text, 0, 65535)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -521,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=_positive,
             help="processes sharing the transfers (default: one per two CPUs, at most 4)",
         )
-        sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None)
+        sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None, repair=False)
 
     download = add("download", cmd_download, "archive recordings into a folder")
     download.add_argument("--out", required=True, help="destination folder")
@@ -529,6 +694,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--call-uuid")
     download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
     download.add_argument("--ids-file", help="a file of ids, one a line ('-' for stdin)")
+    download.add_argument(
+        "--repair",
+        action="store_true",
+        help="re-fetch exactly the files `verify` finds missing or changed",
+    )
     download_options(download)
 
     verify = add("verify", cmd_verify, "re-hash an archive against its manifest")
@@ -602,8 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     fake = add("fake-server", cmd_fake_server, "serve the fake Vobiz on 127.0.0.1")
-    fake.add_argument("--port", type=int, default=0)
-    fake.add_argument("--count", type=int, default=100)
+    fake.add_argument("--port", type=_port, default=0, help="default: a free port")
+    fake.add_argument("--count", type=_count, default=100)
     fake.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -616,23 +786,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = asyncio.run(args.func(args))
         return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_OK
     except KeyboardInterrupt:
         kept = "; partial downloads are kept as .part files for resume"
         downloading = args.command in ("download", "demo")
-        print(f"interrupted{kept if downloading else ''}", file=sys.stderr)
+        downloading = downloading and not getattr(args, "out_is_temporary", False)
+        where = getattr(args, "interrupted_at", None)
+        detail = f" ({where})" if where else ""
+        print(f"interrupted{kept if downloading else ''}{detail}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as err:
-        return _fail(args, err, EXIT_USAGE)
+        return _fail(args, err, EXIT_USAGE, named=False)
+    except DestinationError as err:
+        return _fail(args, err, EXIT_FAILED, named=False)
     except (AuthenticationError, ConfigurationError) as err:
         return _fail(args, err, EXIT_AUTH)
     except (VobizError, OSError) as err:
         return _fail(args, err, EXIT_FAILED)
 
 
-def _fail(args: argparse.Namespace, err: BaseException, code: int) -> int:
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _stdout_may_close() -> Iterator[None]:
+    """Output after the work is done: a reader that went away does not change the status."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+
+
+def _fail(args: argparse.Namespace, err: BaseException, code: int, *, named: bool = True) -> int:
     if args.debug:
         logger.exception("command failed")
-    print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+    kind = f"{type(err).__name__}: " if named else ""
+    notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))
+    print(f"error: {kind}{err}{notes}".replace("\n", " "), file=sys.stderr)
     return code
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",
+    "SessionClosedError",
     "StorageError",
     "UnprocessableEntityError",
     "UnsafeURLError",
@@ -45,6 +46,10 @@ class VobizError(Exception):
 
 class ConfigurationError(VobizError):
     """The client is misconfigured: missing credentials, a bad base URL."""
+
+
+class SessionClosedError(VobizError, RuntimeError):
+    """The `AsyncSession` was closed; it opens no new connection pool. Create a new one."""
 
 
 class InvalidRecordingIdError(VobizError, ValueError):

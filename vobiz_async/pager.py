@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 from .errors import ResponseValidationError
@@ -47,10 +47,12 @@ class AsyncPager:
     def __await__(self) -> Generator[Any, None, Page]:
         return self._fetch(self._params).__await__()
 
-    def __aiter__(self) -> AsyncIterator[Recording]:
+    def __aiter__(self) -> AsyncGenerator[Recording, None]:
+        """Every recording; `contextlib.aclosing` it to stop early and cancel the prefetch
+        at once (a bare `break` leaves that to the event loop's generator finaliser)."""
         return self._items()
 
-    async def _items(self) -> AsyncIterator[Recording]:
+    async def _items(self) -> AsyncGenerator[Recording, None]:
         async with contextlib.aclosing(self.entries()) as entries:
             async for entry in entries:
                 if isinstance(entry, Recording):

@@ -25,9 +25,11 @@ from yarl import URL
 from ._version import __version__
 from .errors import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     ConfigurationError,
     InvalidRecordingIdError,
+    SessionClosedError,
     UnsafeURLError,
 )
 from .protocol import (
@@ -45,9 +47,13 @@ __all__ = ["DEFAULT_BASE_URL", "AsyncSession"]
 logger = logging.getLogger("vobiz_async")
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai/api/v1/"
+#: The path every Vobiz API root ends in.
+API_PATH = "/api/v1/"
 #: Vobiz's own domain: its media hosts (media., recordings., storage.) live under it.
 VOBIZ_DOMAIN = "vobiz.ai"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+#: API origins outside vobiz.ai already warned about in this process.
+_warned_origins: set[str] = set()
 
 
 class _Secret:
@@ -151,6 +157,7 @@ class AsyncSession:
         self.base_url = self._check_base_url(
             base_url or os.environ.get("VOBIZ_BASE_URL") or DEFAULT_BASE_URL
         )
+        self._warn_foreign_api_host()
         self.max_retries = max_retries
         self.timeout = timeout
         #: Domains (and their subdomains) that receive credentials over https, besides the
@@ -166,6 +173,7 @@ class AsyncSession:
         self._resolver = resolver
         self._http = http_session
         self._owns_http = http_session is None
+        self._closed = False
         self._seen_advisories: set[tuple[str, str]] = set()
         self.recordings = Recordings(self)
 
@@ -179,6 +187,21 @@ class AsyncSession:
                 f"refusing to send credentials over plain http to {url.host}; use https"
             )
         return url
+
+    def _warn_foreign_api_host(self) -> None:
+        """Warn once per process and origin when credentials will go to an API host that is
+        neither under vobiz.ai nor loopback (a typo, a proxy, or someone else's server)."""
+        host = self.base_url.host or ""
+        origin = str(self.base_url.origin())
+        if _is_loopback(host) or host_matches(host, (VOBIZ_DOMAIN,)):
+            return
+        if origin not in _warned_origins:
+            _warned_origins.add(origin)
+            logger.warning(
+                "the API host %s is not under %s; credentials will be sent to it",
+                host,
+                VOBIZ_DOMAIN,
+            )
 
     def __repr__(self) -> str:
         return f"AsyncSession(auth_id={self.auth_id!r}, base_url={str(self.base_url)!r})"
@@ -195,7 +218,12 @@ class AsyncSession:
         await self.close()
 
     async def close(self) -> None:
-        """Close the HTTP session if this object opened it; a borrowed one stays open."""
+        """Close the HTTP session if this object opened it; a borrowed one stays open.
+
+        A closed session opens no new pool: a request still in flight (a page prefetch
+        of an abandoned listing, say) raises `SessionClosedError` instead of leaking one.
+        """
+        self._closed = True
         if self._owns_http and self._http is not None:
             http, self._http = self._http, None
             await http.close()
@@ -212,6 +240,10 @@ class AsyncSession:
     def http(self) -> aiohttp.ClientSession:
         """The underlying aiohttp session, created on first use."""
         if self._http is None or (self._owns_http and self._http.closed):
+            if self._closed:
+                raise SessionClosedError(
+                    "this AsyncSession is closed; create a new one for further requests"
+                )
             inner = self._resolver or aiohttp.DefaultResolver()
             connector = aiohttp.TCPConnector(
                 limit=self.max_connections,
@@ -381,5 +413,18 @@ class AsyncSession:
                 logger.debug("retrying %s %s in %.2fs", method, url.path, delay)
                 await asyncio.sleep(delay)
                 continue
-            return decipher_response(resp.status, resp.headers, body)
+            try:
+                return decipher_response(resp.status, resp.headers, body)
+            except APIStatusError as err:
+                self._note_unexpected_root(err)
+                raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note_unexpected_root(self, err: APIStatusError) -> None:
+        """A 401/404/405 under a base URL whose path lacks `/api/v1/` most likely means the
+        wrong root (Vobiz and the fake answer 401 on unknown paths): say so on the error."""
+        if err.status_code in (401, 404, 405) and not self.base_url.path.endswith(API_PATH):
+            err.add_note(
+                f"the base URL's path {self.base_url.path!r} does not end in {API_PATH}; "
+                f"Vobiz's API root is {DEFAULT_BASE_URL}"
+            )
