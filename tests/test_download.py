@@ -1731,6 +1731,36 @@ async def test_full_disk_stops_new_transfers(
     assert_no_partial_finals(fake, small_disk)
 
 
+async def test_a_destination_turning_read_only_stops_new_transfers(
+    fake: FakeVobiz, session: AsyncSession, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the folder turns read-only mid-batch, the batch stops starting transfers: one
+    EROFS error, then every remaining item is `not started`, not one write error each."""
+    rids = add(fake, 12, size=20_000)
+    opened = [0]
+
+    def read_only_after_three(file: Any) -> _PartFile:
+        opened[0] += 1
+        if opened[0] > 3:
+            file.close()
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return _PartFile(file)
+
+    wrap_part_files(monkeypatch, read_only_after_three)
+
+    report = await session.recordings.download_many(
+        [recording(fake, rid) for rid in rids], dest, concurrency=2
+    )
+
+    assert len(report.downloaded) == 3
+    errors = [str(r.error) for r in report.failed]
+    assert len(errors) == 9
+    assert sum(os.strerror(errno.EROFS) in e and "not started" not in e for e in errors) <= 2
+    not_started = [e for e in errors if e.startswith("not started: the destination is not")]
+    assert len(not_started) >= 7
+    assert fake.stats.media_requests <= 3 + 2
+
+
 # --------------------------------------------------------------------------- review fixes
 
 

@@ -283,8 +283,22 @@ def _result_event(result: DownloadResult) -> ProgressEvent:
     return ProgressEvent(kind, result.recording_id, total=result.size, result=result)
 
 
+#: Write errors that are the destination's, not one recording's: a batch that meets one
+#: stops starting transfers instead of failing every remaining recording the same way.
+_DESTINATION_WIDE = _DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def _is_disk_full(error: VobizError | None) -> bool:
-    return isinstance(error, DiskError) and getattr(error, "errno", None) in _DISK_FULL
+    """Whether `error` means no further recording can be written to the destination."""
+    return isinstance(error, DiskError) and getattr(error, "errno", None) in _DESTINATION_WIDE
+
+
+def _not_started_error(cause: VobizError) -> DiskError:
+    """The error of a recording a batch did not start after `cause` stopped it."""
+    if getattr(cause, "errno", None) in _DISK_FULL:
+        return DiskError(DISK_FULL_NOT_STARTED)
+    reason = str(cause).removeprefix(DISK_FULL_NOT_STARTED).strip(" ()")
+    return DiskError(f"not started: the destination is not writable ({reason})")
 
 
 @attrs.define
@@ -498,7 +512,8 @@ class Downloader:
         self._manifest_arg = manifest
         self._manifest: Manifest | None = None
         self._claimed: set[str] = set()
-        self._disk_full = False
+        #: The destination-wide error that stopped the batch, if one did.
+        self._stopped_by: VobizError | None = None
         #: Batch mode lists each destination folder once instead of a stat per file.
         self._scans: dict[Path, set[str]] | None = None
         self._made_dirs: set[Path] = set()
@@ -599,15 +614,15 @@ class Downloader:
         result = await self._one(item, recording_id)
         if result.status is DownloadStatus.FAILED:
             logger.info("recording %s failed: %s", recording_id, result.error)
-            if _is_disk_full(result.error):
-                self._disk_full = True
+            if _is_disk_full(result.error) and self._stopped_by is None:
+                self._stopped_by = result.error
         self._emit(_result_event(result))
         return result
 
     async def _one(self, item: Item, recording_id: str) -> DownloadResult:
         failed = DownloadResult(recording_id, DownloadStatus.FAILED)
-        if self._disk_full:
-            error = DiskError(DISK_FULL_NOT_STARTED)
+        if self._stopped_by is not None:
+            error = _not_started_error(self._stopped_by)
             return attrs.evolve(failed, error=error)
         if recording_id in self._claimed:
             return DownloadResult(recording_id, DownloadStatus.SKIPPED)  # a duplicate input
