@@ -51,8 +51,10 @@ from vobiz_async import (
     UnsafeURLError,
 )
 from vobiz_async import download as download_module
-from vobiz_async.download import RESUME_OVERLAP, VALIDATOR_SUFFIX
+from vobiz_async.download import RESUME_OVERLAP
 from vobiz_async.manifest import Manifest
+from vobiz_async.sinks import directory as directory_module
+from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz, RequestRecord
 
 FINAL_SUFFIXES = (".mp3", ".wav")
@@ -138,7 +140,7 @@ def wrap_part_files(monkeypatch: pytest.MonkeyPatch, wrap: Callable[[Any], _Part
         file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
         return wrap(file) if str(path).endswith(".part") and mode in ("wb", "ab") else file
 
-    monkeypatch.setattr(download_module, "open", part_open, raising=False)
+    monkeypatch.setattr(directory_module, "open", part_open, raising=False)
 
 
 def assert_verified(fake: FakeVobiz, result: DownloadResult) -> None:

@@ -33,7 +33,8 @@ from vobiz_async import (
     ResponseValidationError,
     UnsafeURLError,
 )
-from vobiz_async.download import RESUME_OVERLAP, VALIDATOR_SUFFIX
+from vobiz_async.download import RESUME_OVERLAP
+from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import errno
 import functools
@@ -25,7 +24,7 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, Literal
 
 import aiohttp
 import attrs
@@ -37,6 +36,7 @@ from .errors import (
     DiskError,
     IntegrityError,
     ResponseValidationError,
+    StorageError,
     UnsafeURLError,
     VobizError,
 )
@@ -46,7 +46,6 @@ from .pager import AsyncPager
 from .protocol import (
     backoff_delay,
     content_decoder,
-    file_extension,
     format_timestamp,
     is_retryable_status,
     make_status_error,
@@ -56,6 +55,8 @@ from .protocol import (
     safe_file_stem,
     sniff_container,
 )
+from .sinks import DirectorySink, Sink, Stored, Writer, sink_for
+from .sinks.directory import disk_error
 
 if TYPE_CHECKING:
     from .session import AsyncSession
@@ -71,20 +72,14 @@ __all__ = [
 
 logger = logging.getLogger("vobiz_async")
 
-MAX_REDIRECTS = 10
 #: The longest one recording waits in all on a server's Retry-After (429, 503) before it is
 #: failed; such waits do not use up `max_attempts`.
 MAX_PACED_WAIT = 600.0
 #: Read size for media bodies; large reads keep per-chunk overhead low.
 CHUNK_SIZE = 256 * 1024
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 #: Media answers that may mean the signed URL went stale: worth one fresh `get()`.
 _STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
-#: Beside `<id>.part`: the strong ETag of the version its bytes came from, written
-#: atomically, so a later run can resume with If-Range (an xattr is lost by `cp`, by
-#: `rsync` without -X and on file systems without user xattrs).
-VALIDATOR_SUFFIX = ".etag"
 #: Without a strong validator, a resume asks for this many bytes before the end of the
 #: partial again and compares them with its tail: two versions are never spliced.
 RESUME_OVERLAP = 64 * 1024
@@ -150,6 +145,9 @@ class DownloadResult:
     # Kept as a string: a batch of 100,000 results holds 100,000 of these, and a Path costs
     # several times the memory of its string. `path` gives the Path.
     _path: str | None = attrs.field(default=None, converter=_optional_str)
+    #: Where the recording is, downloaded or skipped: the file's path for a folder,
+    #: `s3://bucket/key` for object storage; None when it failed.
+    location: str | None = None
     size: int = 0
     sha256: str | None = None
     container: str | None = None
@@ -158,7 +156,8 @@ class DownloadResult:
 
     @property
     def path(self) -> Path | None:
-        """Where the recording is on disk (downloaded or skipped), else None."""
+        """Where the recording is on disk (downloaded or skipped into a folder), else None
+        (also for object storage: see `location`)."""
         return None if self._path is None else Path(self._path)
 
     @property
@@ -228,6 +227,8 @@ ProgressCallback = Callable[[ProgressEvent], object]
 Item = Recording | str
 Source = Iterable[Item] | AsyncIterable[Item]
 Layout = Literal["flat", "date"]
+#: Where a batch archives: a folder's path, an `s3://bucket/prefix/` URL, or a `Sink`.
+Destination = str | os.PathLike[str] | Sink
 
 
 class _Retryable(Exception):
@@ -246,7 +247,7 @@ class _Whole(Exception):
 class _NoRoom(Exception):
     """The destination cannot hold the body: its space could not be reserved."""
 
-    def __init__(self, error: OSError) -> None:
+    def __init__(self, error: DiskError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -257,13 +258,6 @@ class _Stale(Exception):
     def __init__(self, error: APIStatusError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _disk_error(err: OSError, path: str | os.PathLike[str]) -> DiskError:
-    reason = os.strerror(err.errno) if err.errno else str(err)
-    disk_error = DiskError(f"cannot write {path}: {reason}")
-    disk_error.errno = err.errno  # type: ignore[attr-defined]
-    return disk_error
 
 
 def _item_id(item: Item) -> str:
@@ -283,30 +277,29 @@ def _result_event(result: DownloadResult) -> ProgressEvent:
     return ProgressEvent(kind, result.recording_id, total=result.size, result=result)
 
 
-#: Write errors that are the destination's, not one recording's: a batch that meets one
-#: stops starting transfers instead of failing every remaining recording the same way.
-_DESTINATION_WIDE = _DISK_FULL | {errno.EROFS, errno.EACCES, errno.EPERM}
-
-
 def _is_disk_full(error: VobizError | None) -> bool:
-    """Whether `error` means no further recording can be written to the destination."""
-    return isinstance(error, DiskError) and getattr(error, "errno", None) in _DESTINATION_WIDE
+    """Whether `error` means no further recording can be stored at the destination (a full
+    or read-only disk, a missing bucket): the batch then starts no more transfers."""
+    return isinstance(error, StorageError) and error.destination_wide
 
 
-def _not_started_error(cause: VobizError) -> DiskError:
+def _not_started_error(cause: VobizError) -> StorageError:
     """The error of a recording a batch did not start after `cause` stopped it."""
     if getattr(cause, "errno", None) in _DISK_FULL:
         return DiskError(DISK_FULL_NOT_STARTED)
     reason = str(cause).removeprefix(DISK_FULL_NOT_STARTED).strip(" ()")
-    return DiskError(f"not started: the destination is not writable ({reason})")
+    if isinstance(cause, DiskError):
+        return DiskError(f"not started: the destination is not writable ({reason})")
+    return StorageError(f"not started: {reason}")
 
 
 @attrs.define
 class _Transfer:
-    """The mutable state of one file's transfer across attempts."""
+    """The mutable state of one recording's transfer across attempts; its bytes are the
+    sink writer's."""
 
     recording: Recording
-    part: str  # a string, like every per-file path here: a Path costs a lot more
+    writer: Writer
     url: str
     offset: int = 0
     #: The full size, once a response has told it.
@@ -315,14 +308,14 @@ class _Transfer:
     head: bytes = b""
     hasher: hashlib._Hash = attrs.field(factory=hashlib.sha256)
     refreshed: bool = False
+    attempts: int = 0
     #: Undoes a Content-Encoding the server applied although we asked for identity.
     decoder: zlib._Decompress | None = None
     #: The partial's last bytes, asked for again when no strong ETag proves the version.
     tail: bytes = b""
-    #: Whether a validator file may exist beside the partial.
-    sidecar: bool = False
 
     def restart(self) -> None:
+        """Forget every byte; the writer is emptied before the next one is written."""
         self.offset = 0
         self.total = None
         self.etag = None
@@ -337,52 +330,14 @@ class _Transfer:
         self.hasher.update(chunk)
         self.offset += len(chunk)
 
-    def write(self, file: BinaryIO, chunk: bytes) -> None:
-        file.write(chunk)
+    def write_blocking(self, chunk: bytes) -> None:
+        """Write and hash `chunk` (on a helper thread); only for writers that can."""
+        self.writer.write_blocking(chunk)  # type: ignore[attr-defined]
         self.absorb(chunk)
 
-    def adopt_partial(self) -> None:
-        """Continue from a `.part` an earlier run left: hash what is there, and take the
-        version it came from from its validator file, if that is there."""
-        try:
-            with open(self.part, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    self.absorb(chunk)
-        except FileNotFoundError:
-            return
-        try:
-            with open(self.part + VALIDATOR_SUFFIX, encoding="utf-8") as f:
-                self.etag = f.read().strip() or None
-            self.sidecar = True
-        except (OSError, UnicodeDecodeError):
-            self.etag = None
-
-    def remember_etag(self) -> None:
-        """Write the partial's validator file (atomically), or remove a stale one."""
-        path = self.part + VALIDATOR_SUFFIX
-        if not self.etag:
-            self.forget_etag()
-            return
-        with contextlib.suppress(OSError):  # without it, a resume proves the overlap instead
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(self.etag)
-            os.replace(path + ".tmp", path)
-            self.sidecar = True
-
-    def forget_etag(self) -> None:
-        if self.sidecar:
-            with contextlib.suppress(OSError):
-                os.unlink(self.part + VALIDATOR_SUFFIX)
-            self.sidecar = False
-
-    def read_tail(self) -> None:
-        """Keep the partial's last bytes, to prove a resumed range continues them."""
-        size = min(RESUME_OVERLAP, self.offset)
-        with open(self.part, "rb") as f:
-            f.seek(self.offset - size)
-            self.tail = f.read(size)
-        if len(self.tail) != size:
-            raise OSError(errno.EIO, "the partial file is shorter than its bytes written")
+    async def write(self, chunk: bytes) -> None:
+        self.absorb(chunk)
+        await self.writer.write(chunk)
 
 
 class _Offload:
@@ -404,16 +359,21 @@ class _Offload:
         self._lock = threading.Lock()  # helpers count down from their own threads
         self._executor: ThreadPoolExecutor | None = None
 
-    def write(self, file: BinaryIO, state: _Transfer, chunk: bytes) -> Future[None] | None:
-        """Write and hash `chunk` now, or start doing it on a helper and return its job."""
-        if len(chunk) < _OFFLOAD_MIN or self._out >= self._jobs:
-            state.write(file, chunk)
+    async def write(self, state: _Transfer, chunk: bytes) -> Future[None] | None:
+        """Write and hash `chunk` now, or start doing it on a helper and return its job
+        (only for a writer with a blocking write: a folder's)."""
+        blocking = hasattr(state.writer, "write_blocking")
+        if not blocking or len(chunk) < _OFFLOAD_MIN or self._out >= self._jobs:
+            if blocking:
+                state.write_blocking(chunk)
+            else:
+                await state.write(chunk)
             return None
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="vobiz-hash")
         with self._lock:
             self._out += 1
-        job = self._executor.submit(state.write, file, chunk)
+        job = self._executor.submit(state.write_blocking, chunk)
         job.add_done_callback(self._done)
         return job
 
@@ -473,12 +433,12 @@ async def _iterate(source: Source) -> AsyncGenerator[Item | InvalidRecording, No
 
 
 class Downloader:
-    """Downloads recordings into `dest` for one session; see `Recordings.download_many`."""
+    """Downloads recordings into a sink for one session; see `Recordings.download_many`."""
 
     def __init__(
         self,
         session: AsyncSession,
-        dest: str | os.PathLike[str],
+        dest: Destination,
         *,
         concurrency: int = 16,
         overwrite: bool = False,
@@ -498,25 +458,23 @@ class Downloader:
         if layout not in ("flat", "date"):
             raise ValueError(f"layout must be 'flat' or 'date', got {layout!r}")
         self._session = session
-        self.dest = Path(dest)
+        self.sink = sink_for(dest, layout=layout, fsync=fsync)
         self.concurrency = concurrency
         self.overwrite = overwrite
         self.max_attempts = max_attempts
         self.max_paced_wait = max_paced_wait
-        self.fsync = fsync
-        self.layout = layout
         self.chunk_size = chunk_size
         #: Domains whose https hosts receive credentials; None means the session's.
         self.trusted_hosts = None if trusted_hosts is None else frozenset(trusted_hosts)
         self._on_progress = on_progress
         self._manifest_arg = manifest
         self._manifest: Manifest | None = None
+        self._owns_manifest = False
         self._claimed: set[str] = set()
         #: The destination-wide error that stopped the batch, if one did.
         self._stopped_by: VobizError | None = None
-        #: Batch mode lists each destination folder once instead of a stat per file.
-        self._scans: dict[Path, set[str]] | None = None
-        self._made_dirs: set[Path] = set()
+        #: The destination refused the batch before it started: every item fails with it.
+        self._refused: StorageError | None = None
         self._offload = _Offload(concurrency)
 
     # -- batch ---------------------------------------------------------------------------
@@ -524,8 +482,7 @@ class Downloader:
     async def run(self, source: Source) -> DownloadReport:
         """Download every item of `source`, `concurrency` at a time, pipelined."""
         started = time.monotonic()
-        self._prepare()
-        self._scans = {}
+        await self._prepare()
         results: list[DownloadResult | None] = []
         queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(self.concurrency * 2)
 
@@ -555,7 +512,7 @@ class Downloader:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._close()
+            await self._close()
         final = [r for r in results if r is not None]
         assert len(final) == len(results)
         return DownloadReport(results=final, elapsed=time.monotonic() - started)
@@ -568,14 +525,21 @@ class Downloader:
         self._emit(_result_event(result))
         return result
 
-    def _prepare(self) -> None:
-        """Open the manifest, size the connection pool to the concurrency, and keep read
-        buffers off fresh mappings."""
+    async def _prepare(self) -> None:
+        """Check the destination once, open the manifest, size the connection pool to the
+        concurrency, and keep read buffers off fresh mappings."""
         _raise_mmap_threshold()
+        try:
+            await self.sink.prepare()
+        except StorageError as err:
+            logger.error("%s", err)
+            self._refused = err
+            return
         if isinstance(self._manifest_arg, Manifest):
             self._manifest = self._manifest_arg
         elif self._manifest_arg is not None:
             self._manifest = Manifest(self._manifest_arg)
+            self._owns_manifest = True
         limit = self._session.reserve_connections(self.concurrency)
         if 0 < limit < self.concurrency:
             logger.warning(
@@ -584,11 +548,15 @@ class Downloader:
                 self.concurrency,
             )
 
-    def _close(self) -> None:
-        """Close what `_prepare` and the transfers opened: the manifest and the helpers."""
-        if self._manifest is not None and self._manifest is not self._manifest_arg:
-            self._manifest.close()
-        self._offload.close()
+    async def _close(self) -> None:
+        """Close what `_prepare` and the transfers opened: the sink, the manifest, the
+        helper threads."""
+        try:
+            await self.sink.close()
+        finally:
+            if self._owns_manifest and self._manifest is not None:
+                self._manifest.close()
+            self._offload.close()
 
     def _emit(self, event: ProgressEvent) -> None:
         if self._on_progress is None:
@@ -602,11 +570,11 @@ class Downloader:
 
     async def download(self, item: Item) -> DownloadResult:
         """Download a single recording or id, with the manifest opened and closed around it."""
-        self._prepare()
+        await self._prepare()
         try:
             return await self.one(item)
         finally:
-            self._close()
+            await self._close()
 
     async def one(self, item: Item) -> DownloadResult:
         """Download one recording or id; failures become a failed result, never a raise."""
@@ -621,100 +589,90 @@ class Downloader:
 
     async def _one(self, item: Item, recording_id: str) -> DownloadResult:
         failed = DownloadResult(recording_id, DownloadStatus.FAILED)
+        if self._refused is not None:
+            return attrs.evolve(failed, error=self._refused)
         if self._stopped_by is not None:
-            error = _not_started_error(self._stopped_by)
-            return attrs.evolve(failed, error=error)
+            return attrs.evolve(failed, error=_not_started_error(self._stopped_by))
         if recording_id in self._claimed:
             return DownloadResult(recording_id, DownloadStatus.SKIPPED)  # a duplicate input
         self._claimed.add(recording_id)
         try:
-            stem = safe_file_stem(recording_id)
+            safe_file_stem(recording_id)  # a hostile id fails before any request
             recording = item if isinstance(item, Recording) else None
-            flat_by_id = recording is None and self.layout == "flat"
-            if flat_by_id and (done := self._already_done(recording_id, stem, None)):
+            if (done := await self._stored(recording_id, recording)) is not None:
                 return done
             if recording is None:
                 recording = await self._session.recordings.get(recording_id)
-            if (done := self._already_done(recording_id, stem, recording)) is not None:
-                return done
-            return await self._transfer(recording, stem)
+                if (done := await self._stored(recording_id, recording)) is not None:
+                    return done
+            return await self._transfer(recording)
         except VobizError as err:
             return attrs.evolve(failed, error=err)
         except OSError as err:
-            return attrs.evolve(failed, error=_disk_error(err, self.dest))
+            return attrs.evolve(failed, error=disk_error(err, self.sink.describe()))
         finally:
             self._claimed.discard(recording_id)
 
-    def _directory(self, recording: Recording | None) -> Path:
-        if self.layout == "date" and recording is not None and recording.add_time is not None:
-            return self.dest / recording.add_time.strftime("%Y/%m/%d")
-        return self.dest
-
-    def _exists(self, directory: Path, name: str) -> bool:
-        """Whether `directory/name` exists, from one listing of the folder per batch."""
-        if self._scans is None:
-            return (directory / name).exists()
-        names = self._scans.get(directory)
-        if names is None:
-            try:
-                names = set(os.listdir(directory))
-            except OSError:
-                names = set()
-            self._scans[directory] = names
-        return name in names
-
-    def _already_done(
-        self, recording_id: str, stem: str, recording: Recording | None
+    async def _stored(
+        self, recording_id: str, recording: Recording | None
     ) -> DownloadResult | None:
-        """A skipped result when the recording is already saved, without any request."""
+        """A skipped result when the sink already holds the recording, without any request.
+
+        The sink is the truth and the manifest a cache: an entry whose recording is gone
+        or has another size is fetched again.
+        """
         if self.overwrite:
             return None
-        entry = self._manifest.get(recording_id) if self._manifest else None
-        if entry is not None:
-            path = self.dest / entry.path
-            with contextlib.suppress(OSError):
-                if path.stat().st_size == entry.size:
-                    return DownloadResult(
-                        recording_id,
-                        DownloadStatus.SKIPPED,
-                        path=path,
-                        size=entry.size,
-                        sha256=entry.sha256,
-                        container=entry.container,
-                    )
-            return None  # the manifest knows it, but the file is gone or changed: fetch again
-        directory = self._directory(recording)
-        fmt = recording.recording_format if recording else None
-        for ext in dict.fromkeys(("mp3", "wav", file_extension(None, fmt))):
-            if self._exists(directory, f"{stem}.{ext}"):
-                path = directory / f"{stem}.{ext}"
-                with contextlib.suppress(OSError):
-                    size = path.stat().st_size
-                    if self._exists(directory, f"{stem}.part"):  # an aborted --overwrite
-                        (directory / f"{stem}.part").unlink(missing_ok=True)
-                    return DownloadResult(
-                        recording_id, DownloadStatus.SKIPPED, path=path, size=size
-                    )
-        return None
+        entry = self._manifest.get(recording_id) if self._manifest is not None else None
+        stored = await self.sink.lookup(
+            recording_id, recording, key=entry.path if entry is not None else None
+        )
+        if stored is None or (entry is not None and entry.size != stored.size):
+            return None
+        return DownloadResult(
+            recording_id,
+            DownloadStatus.SKIPPED,
+            path=self._path(stored),
+            location=stored.location,
+            size=stored.size,
+            sha256=stored.sha256 or (entry.sha256 if entry is not None else None),
+            container=stored.container or (entry.container if entry is not None else None),
+        )
 
-    async def _transfer(self, recording: Recording, stem: str) -> DownloadResult:
-        directory = self._directory(recording)
-        if directory not in self._made_dirs:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(directory)
-        part = f"{stem}.part"
-        state = _Transfer(recording, os.path.join(directory, part), recording.recording_url)
-        if self._exists(directory, part):
-            await asyncio.to_thread(state.adopt_partial)
-        if self._on_progress is not None:
-            self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
+    def _path(self, stored: Stored) -> str | None:
+        """A folder's file path for a result; None for object storage."""
+        return stored.location if isinstance(self.sink, DirectorySink) else None
+
+    async def _transfer(self, recording: Recording) -> DownloadResult:
+        writer = await self.sink.open(recording)
+        state = _Transfer(recording, writer, recording.recording_url)
+        try:
+            if writer.offset:
+                async for chunk in writer.read_back():
+                    state.absorb(chunk)
+                state.etag = writer.validator
+            if self._on_progress is not None:
+                self._emit(ProgressEvent(ProgressKind.STARTED, recording.recording_id))
+            failure = await self._attempts(state)
+            if failure is not None:
+                await writer.abort()
+                return failure
+            return await self._finish(state)
+        except BaseException:
+            await writer.abort()
+            raise
+
+    async def _attempts(self, state: _Transfer) -> DownloadResult | None:
+        """Attempt the transfer until it is whole (None) or has failed (its result)."""
+        recording = state.recording
         attempts = failures = 0
         paced = 0.0  # seconds waited on the server's Retry-After: pacing, not failures
         while True:
             attempts += 1
+            state.attempts = attempts
             try:
                 await self._attempt(state)
-                break
+                return None
             except _NoRoom as no_room:
                 return self._not_started(state, attempts, no_room.error)
             except _Stale as stale:
@@ -748,84 +706,80 @@ class Downloader:
                 await asyncio.sleep(delay)
             except VobizError as err:
                 return self._failed(recording, attempts, err)
-        return await self._finish(state, directory, stem, attempts)
 
-    def _not_started(self, state: _Transfer, attempts: int, err: OSError) -> DownloadResult:
-        """A transfer whose space could not be reserved: no byte was written. A fresh
-        `.part` goes, so leftovers never fill the disk for the next run; the batch then
-        stops starting transfers, and the ones already reserved complete."""
-        if state.offset == 0:
-            with contextlib.suppress(OSError):
-                os.unlink(state.part)
-            state.forget_etag()
-        error = _disk_error(err, os.path.dirname(state.part))
-        disk_error = DiskError(f"{DISK_FULL_NOT_STARTED} ({error})")
-        disk_error.errno = err.errno  # type: ignore[attr-defined]
-        return self._failed(state.recording, attempts, disk_error)
+    def _not_started(self, state: _Transfer, attempts: int, err: DiskError) -> DownloadResult:
+        """A transfer whose space could not be reserved: no byte was written, and the batch
+        stops starting transfers (the ones already reserved complete)."""
+        disk_full = DiskError(f"{DISK_FULL_NOT_STARTED} ({err})")
+        disk_full.errno = getattr(err, "errno", None)  # type: ignore[attr-defined]
+        disk_full.destination_wide = True
+        return self._failed(state.recording, attempts, disk_full)
 
     def _failed(self, recording: Recording, attempts: int, error: VobizError) -> DownloadResult:
         return DownloadResult(
             recording.recording_id, DownloadStatus.FAILED, attempts=attempts, error=error
         )
 
-    async def _finish(
-        self, state: _Transfer, directory: Path, stem: str, attempts: int
-    ) -> DownloadResult:
+    async def _finish(self, state: _Transfer) -> DownloadResult:
+        """Store the verified bytes under their final name, then index them."""
         recording = state.recording
         container = sniff_container(state.head)
-        name = f"{stem}.{file_extension(container, recording.recording_format)}"
-        final = os.path.join(directory, name)
-        if self.fsync:
-            await asyncio.to_thread(_fsync_path, state.part)
-        os.replace(state.part, final)
-        state.forget_etag()
-        if self._scans is not None and directory in self._scans:
-            self._scans[directory].add(name)  # a repeated id later in the batch skips
-        if self.fsync:
-            await asyncio.to_thread(_fsync_path, directory)
         digest = state.hasher.hexdigest()
+        stored = await state.writer.commit(container=container, size=state.offset, sha256=digest)
         if self._manifest is not None:
+            add_time = recording.add_time
             self._manifest.record(
                 recording.recording_id,
-                name if directory is self.dest else Path(final).relative_to(self.dest).as_posix(),
-                size=state.offset,
+                stored.key,
+                size=stored.size,
                 sha256=digest,
                 container=container,
-                add_time=None
-                if recording.add_time is None
-                else format_timestamp(recording.add_time),
-                # A manifest this batch opened itself is never read again: later duplicates
-                # are caught by `_scans`. A caller's manifest keeps its entries.
-                remember=self._manifest is self._manifest_arg,
+                add_time=None if add_time is None else format_timestamp(add_time),
             )
         return DownloadResult(
             recording.recording_id,
             DownloadStatus.DOWNLOADED,
-            path=final,
-            size=state.offset,
+            path=self._path(stored),
+            location=stored.location,
+            size=stored.size,
             sha256=digest,
             container=container,
-            attempts=attempts,
+            attempts=state.attempts,
         )
 
     # -- one attempt ---------------------------------------------------------------------
 
     async def _attempt(self, state: _Transfer) -> None:
-        """One GET (following redirects) streamed into the `.part` file."""
+        """One GET (following redirects) streamed into the sink's writer."""
+        writer = state.writer
+        if writer.offset != state.offset:
+            state.restart()  # the writer's tail is unknown (a failed write): start over
+            await writer.restart()
         headers = {"Accept-Encoding": "identity"}
         if state.offset:
+            tail = getattr(writer, "tail", None)
             if state.etag:
                 headers["Range"] = f"bytes={state.offset}-"
                 headers["If-Range"] = state.etag
-            else:
-                await asyncio.to_thread(state.read_tail)
+            elif tail is not None:
+                state.tail = await asyncio.to_thread(tail, RESUME_OVERLAP)
                 headers["Range"] = f"bytes={state.offset - len(state.tail)}-"
+            else:  # nothing proves the held bytes' version, and they cannot be compared
+                state.restart()
+                await writer.restart()
         try:
             url = URL(state.url, encoded=True)
         except ValueError:
             raise UnsafeURLError("malformed recording URL") from None
         try:
-            resp = await self._get(url, headers)
+            resp = await self._session.stream(
+                "GET",
+                url,
+                headers=headers,
+                read_bufsize=self.chunk_size,
+                trusted_hosts=self.trusted_hosts,
+                auto_decompress=False,  # decoded in `_stream`, where completeness is checked
+            )
         except APIConnectionError as err:
             raise _Retryable(err) from err
         async with resp:
@@ -836,42 +790,11 @@ class Downloader:
             try:
                 await self._stream(resp, state, expected)
             except BaseException:
-                state.remember_etag()  # so a later run resumes this .part with If-Range
+                await writer.remember(state.etag)  # a later run resumes with If-Range
                 raise
         if state.total is not None and state.offset != state.total:
             # A 206 that ended before the end of the file: ask for the rest.
             raise _Retryable(IntegrityError(f"have {state.offset} of {state.total} bytes"))
-
-    async def _get(self, url: URL, headers: dict[str, str]) -> aiohttp.ClientResponse:
-        """GET `url`, following up to MAX_REDIRECTS redirects with a fresh trust decision
-        for every hop (the session's `_send` attaches credentials only to trusted hosts)."""
-        for _ in range(MAX_REDIRECTS + 1):
-            resp = await self._session._send(
-                "GET",
-                url,
-                headers=headers,
-                read_bufsize=self.chunk_size,
-                trusted_hosts=self.trusted_hosts,
-                auto_decompress=False,  # decoded in `_stream`, where completeness is checked
-            )
-            # Host and path only: a signed URL's query is a credential of its own.
-            logger.debug("GET %s%s -> %d", url.host, url.path, resp.status)
-            if resp.status not in _REDIRECT_STATUSES:
-                return resp
-            location = resp.headers.get("Location")
-            resp.release()
-            if not location:
-                raise UnsafeURLError(f"redirect {resp.status} without a Location header")
-            try:
-                target = url.join(URL(location, encoded=True))
-            except ValueError:
-                raise UnsafeURLError("malformed redirect Location") from None
-            if target.scheme not in ("http", "https"):
-                raise UnsafeURLError(f"refusing a redirect to a non-HTTP URL ({target.scheme}:)")
-            if url.scheme == "https" and target.scheme == "http":
-                raise UnsafeURLError(f"refusing a redirect from https to http ({target.host})")
-            url = target
-        raise UnsafeURLError(f"more than {MAX_REDIRECTS} redirects")
 
     def _check_status(self, resp: aiohttp.ClientResponse, state: _Transfer) -> int | None:
         """The number of body bytes to expect, or raise what the status means.
@@ -929,47 +852,50 @@ class Downloader:
         self, resp: aiohttp.ClientResponse, state: _Transfer, expected: int | None
     ) -> None:
         recording_id = state.recording.recording_id
+        writer = state.writer
         received = 0
         progress = self._on_progress is not None
         decoder = state.decoder
         overlap, state.tail = state.tail, b""  # bytes the partial ends with, sent again
         job: Future[None] | None = None  # the chunk a helper thread is writing, if any
         try:
-            with open(state.part, "ab" if state.offset else "wb") as file:  # noqa: ASYNC230
-                if expected:
-                    try:
-                        _reserve(file.fileno(), state.offset, expected)
-                    except OSError as err:
-                        raise _NoRoom(err) from err
-                if expected is None or expected > self.chunk_size:
-                    state.remember_etag()  # survives even a kill -9 mid-transfer
-                elif not state.offset:
-                    state.forget_etag()  # a fresh file: an older validator no longer holds
+            if state.offset == 0 and writer.offset:
+                await writer.restart()  # a full body replaces what the writer held
+            reserve = getattr(writer, "reserve", None)
+            if expected and reserve is not None:
                 try:
-                    async for chunk in resp.content.iter_chunked(self.chunk_size):
-                        if overlap:
-                            received += min(len(chunk), len(overlap))
-                            chunk, overlap = _match_overlap(chunk, overlap, state)
-                            if not chunk:
-                                continue
-                        if job is not None:
-                            await asyncio.wrap_future(job)  # until then `state` is the helper's
-                        data = chunk if decoder is None else decoder.decompress(chunk)
-                        job = self._offload.write(file, state, data) if data else None
-                        received += len(chunk)
-                        if progress:
-                            event = ProgressEvent(
-                                ProgressKind.BYTES, recording_id, len(chunk), expected
-                            )
-                            self._emit(event)
-                    if job is not None:
-                        await asyncio.wrap_future(job)
-                        job = None
-                    if decoder is not None and (tail := decoder.flush()):
-                        state.write(file, tail)
-                except BaseException as err:
-                    await _settle(job, err)
+                    await reserve(expected - len(overlap))
+                except DiskError as err:
+                    if getattr(err, "errno", None) in _DISK_FULL:
+                        raise _NoRoom(err) from err
                     raise
+            if expected is None or expected > self.chunk_size:
+                await writer.remember(state.etag)  # survives even a kill -9 mid-transfer
+            try:
+                async for chunk in resp.content.iter_chunked(self.chunk_size):
+                    if overlap:
+                        received += min(len(chunk), len(overlap))
+                        chunk, overlap = _match_overlap(chunk, overlap, state)
+                        if not chunk:
+                            continue
+                    if job is not None:
+                        await asyncio.wrap_future(job)  # until then `state` is the helper's
+                    data = chunk if decoder is None else decoder.decompress(chunk)
+                    job = await self._offload.write(state, data) if data else None
+                    received += len(chunk)
+                    if progress:
+                        event = ProgressEvent(
+                            ProgressKind.BYTES, recording_id, len(chunk), expected
+                        )
+                        self._emit(event)
+                if job is not None:
+                    await asyncio.wrap_future(job)
+                    job = None
+                if decoder is not None and (tail := decoder.flush()):
+                    await self._offload.write(state, tail)
+            except BaseException as err:
+                await _settle(job, err)
+                raise
         except (aiohttp.ClientError, TimeoutError) as err:
             # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
             message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
@@ -979,16 +905,19 @@ class Downloader:
         except zlib.error as err:
             state.restart()
             raise _Retryable(IntegrityError(f"undecodable encoded body: {err}")) from err
+        except StorageError:
+            state.restart()  # the writer's tail is unknown now
+            raise
         except OSError as err:
-            state.restart()  # the part file's tail is unknown now
-            raise _disk_error(err, state.part) from err
+            state.restart()
+            raise disk_error(err, self.sink.describe()) from err
         if expected is not None and received != expected:
             if decoder is not None:
                 state.restart()
             raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
         if decoder is not None and not decoder.eof:
             # The encoded bytes all arrived, but they are not a whole stream: a truncated
-            # .gz on the server. Never rename that.
+            # .gz on the server. Never store that.
             state.restart()
             raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
 
@@ -1006,42 +935,3 @@ def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[byte
 def _encoding_of(resp: aiohttp.ClientResponse) -> str:
     """The response's Content-Encoding, lower-cased; `identity` when absent."""
     return (resp.headers.get("Content-Encoding") or "identity").strip().lower()
-
-
-_FALLOC_FL_KEEP_SIZE = 1
-
-
-@functools.cache
-def _fallocate() -> Callable[[int, int, int, int], int] | None:
-    """Linux's fallocate(2) from the C library, or None where there is none."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.fallocate
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _reserve(fd: int, offset: int, length: int) -> None:
-    """Reserve `length` bytes of disk from `offset` on without changing the file's size
-    (`FALLOC_FL_KEEP_SIZE`: a `.part`'s size stays the count of bytes received, which a
-    resume relies on). Raises `OSError` ENOSPC/EDQUOT when the space is not there; does
-    nothing where the system or the file system cannot reserve (no fallocate, tmpfs on old
-    kernels, network file systems)."""
-    fallocate = _fallocate()
-    if fallocate is None or length <= 0:
-        return
-    if fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        code = ctypes.get_errno()
-        if code in _DISK_FULL:
-            raise OSError(code, os.strerror(code))
-
-
-def _fsync_path(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from yarl import URL
+
 from .errors import (
     APIStatusError,
     AuthenticationError,
@@ -31,11 +33,13 @@ from .errors import (
     ResponseValidationError,
     ServerError,
     UnprocessableEntityError,
+    UnsafeURLError,
 )
 
 __all__ = [
     "CONTENT_TYPES",
     "MAX_RETRY_AFTER",
+    "REDIRECT_STATUSES",
     "RETRYABLE_STATUSES",
     "address_problem",
     "archive_key",
@@ -55,6 +59,7 @@ __all__ = [
     "parse_timestamp",
     "parse_unsatisfied_range",
     "quote_path_segment",
+    "redirect_target",
     "safe_file_stem",
     "sniff_container",
 ]
@@ -414,3 +419,28 @@ def address_problem(address: str, *, allow_loopback: bool) -> str | None:
     if not ip.is_global:
         return "a private address"
     return None
+
+
+#: Statuses whose `Location` a download follows (itself: credentials must be re-decided).
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+def redirect_target(url: URL, status: int, location: str | None) -> URL | None:
+    """Where a response sends the client next: None when it is not a redirect, else the
+    absolute target, or `UnsafeURLError` for one never to follow (no or a malformed
+    `Location`, a non-HTTP scheme, https down to http). Whether credentials may go there
+    is the session's separate decision (`AsyncSession.is_trusted`), made again per hop.
+    """
+    if status not in REDIRECT_STATUSES:
+        return None
+    if not location:
+        raise UnsafeURLError(f"redirect {status} without a Location header")
+    try:
+        target = url.join(URL(location, encoded=True))
+    except ValueError:
+        raise UnsafeURLError("malformed redirect Location") from None
+    if target.scheme not in ("http", "https"):
+        raise UnsafeURLError(f"refusing a redirect to a non-HTTP URL ({target.scheme}:)")
+    if url.scheme == "https" and target.scheme == "http":
+        raise UnsafeURLError(f"refusing a redirect from https to http ({target.host})")
+    return target

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .converter import structure
 from .download import (
     MAX_PACED_WAIT,
+    Destination,
     Downloader,
     DownloadReport,
     DownloadResult,
@@ -179,7 +180,7 @@ class Recordings:
     async def download(
         self,
         recording: Recording | str,
-        dest: str | os.PathLike[str],
+        dest: Destination,
         **options: Any,
     ) -> DownloadResult:
         """Download one recording (or id) into `dest`; failures come back as a failed result.
@@ -191,7 +192,7 @@ class Recordings:
     async def download_many(
         self,
         source: Source,
-        dest: str | os.PathLike[str],
+        dest: Destination,
         *,
         concurrency: int = 16,
         on_progress: ProgressCallback | None = None,

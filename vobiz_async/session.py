@@ -39,14 +39,17 @@ from .protocol import (
     is_retryable_status,
     parse_retry_after,
     quote_path_segment,
+    redirect_target,
 )
 from .recordings import Recordings
 
-__all__ = ["DEFAULT_BASE_URL", "AsyncSession"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_REDIRECTS", "AsyncSession"]
 
 logger = logging.getLogger("vobiz_async")
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai/api/v1/"
+#: Redirects one streamed GET follows before giving up.
+MAX_REDIRECTS = 10
 #: The path every Vobiz API root ends in.
 API_PATH = "/api/v1/"
 #: Vobiz's own domain: its media hosts (media., recordings., storage.) live under it.
@@ -353,6 +356,46 @@ class AsyncSession:
                 read_bufsize=read_bufsize,
                 auto_decompress=auto_decompress,
             )
+
+    async def stream(
+        self,
+        method: str,
+        url: URL,
+        *,
+        headers: Mapping[str, str] | None = None,
+        read_bufsize: int | None = None,
+        trusted_hosts: Iterable[str] | None = None,
+        auto_decompress: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """A streamed request (a media download) that follows up to `MAX_REDIRECTS`
+        redirects itself, deciding afresh on every hop whether credentials may go there
+        and whether the target may be fetched at all; the caller releases the response.
+
+        aiohttp's own redirect handling would forward `X-Auth-*` headers to any host; here
+        they reach a hop only when `is_trusted` says so (`trusted_hosts`, default the
+        session's), and a hop to a private address or a downgrade to http is refused.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            resp = await self._send(
+                method,
+                url,
+                headers=headers,
+                read_bufsize=read_bufsize,
+                trusted_hosts=trusted_hosts,
+                auto_decompress=auto_decompress,
+            )
+            # Host and path only: a signed URL's query is a credential of its own.
+            logger.debug("%s %s%s -> %d", method, url.host, url.path, resp.status)
+            try:
+                target = redirect_target(url, resp.status, resp.headers.get("Location"))
+            except BaseException:
+                resp.release()
+                raise
+            if target is None:
+                return resp
+            resp.release()
+            url = target
+        raise UnsafeURLError(f"more than {MAX_REDIRECTS} redirects")
 
     def note_advisories(self, headers: Mapping[str, str], path: str) -> None:
         """Log `Deprecation` and `Sunset` headers once per distinct value."""

@@ -38,6 +38,11 @@ class Stored:
 class Writer(Protocol):
     """One recording's bytes on their way into a sink, across the attempts of one transfer.
 
+    A writer may also offer `write_blocking(chunk)` (a thread-safe blocking `write` the
+    downloader calls from a helper thread), `reserve(length)` (claim space for the body
+    before writing it, raising `DiskError` ENOSPC) and `tail(size)` (the held bytes' last
+    `size`, blocking, to prove a resume continues them): a folder's writer has all three.
+
     A writer starts with what the sink already holds for the recording from an earlier run
     (`offset` bytes, which `read_back` returns, fetched from the source version `validator`
     names) or with nothing. `write` appends; `restart` drops everything; `commit` makes the
@@ -101,10 +106,13 @@ class Sink(Protocol):
         bucket); raise `StorageError` with one line naming the destination otherwise."""
         ...
 
-    async def lookup(self, recording_id: str, recording: Recording | None) -> Stored | None:
+    async def lookup(
+        self, recording_id: str, recording: Recording | None, *, key: str | None = None
+    ) -> Stored | None:
         """What the sink already holds for a recording, without a request per recording in
         a batch (one listing of each folder or prefix it touches). `recording` is None when
-        only the id is known; a layout that needs `add_time` then answers None."""
+        only the id is known; a layout that needs `add_time` then answers None. `key` is
+        where an index says the recording was stored; it is checked instead of the layout."""
         ...
 
     async def open(self, recording: Recording, *, size_hint: int | None = None) -> Writer:
