@@ -6,9 +6,11 @@ The parent starts moto (`ThreadedMotoServer`, 127.0.0.1 only) and runs every upl
 fresh child process, so each figure is the client's own peak RSS (VmHWM of the child:
 interpreter, client library, the parts in flight) and wall time of one streamed upload of
 N MiB, fed as 256 KiB chunks from an async generator the way the downloader hands them
-over. Both clients use 8 MiB parts with at most 4 in flight. A last probe per client feeds
-12 MiB and then raises (a media source that fails for good) and counts the incomplete
-multipart uploads left in the bucket: the integrity contract needs zero.
+over. Both clients use 8 MiB parts with at most 4 in flight. Then the batch scenario: 16
+recordings of `--batch-mib` MiB at once, through the shipped `S3Sink` (64 MiB budget) and
+through 16 concurrent obstore puts with one part in flight each. A last probe per client
+feeds 12 MiB and then raises (a media source that fails for good) and counts the
+incomplete multipart uploads left in the bucket: the integrity contract needs zero.
 """
 
 from __future__ import annotations
@@ -126,6 +128,72 @@ async def upload_aiobotocore(endpoint: str, total: int, fail_after: int | None) 
             raise
 
 
+async def batch_s3sink(endpoint: str, total: int, fail_after: int | None) -> None:
+    """The shipped S3Sink: 16 recordings of `total` bytes at once, default 64 MiB budget."""
+    import datetime as dt
+    from decimal import Decimal
+
+    from vobiz_async import Recording
+    from vobiz_async.sinks import S3Sink
+
+    def rec(i: int) -> Recording:
+        return Recording(
+            recording_id=f"r{i}", call_uuid="c", recording_url="https://x/y",
+            recording_format="mp3", recording_type="trunk",
+            add_time=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), recording_duration_ms=Decimal(1),
+            recording_start_ms=None, recording_end_ms=None, rounded_recording_duration=1,
+            from_number="1", to_number="2", conference_name=None, recording_storage_duration=0,
+            recording_storage_rate=Decimal(0), monthly_recording_storage_amount=Decimal(0),
+            resource_uri="/r",
+        )  # fmt: skip
+
+    sink = S3Sink(BUCKET, "batch/", endpoint_url=endpoint, part_size=PART)
+    await sink.prepare()
+
+    async def one(i: int) -> None:
+        import hashlib
+
+        writer = await sink.open(rec(i), size_hint=total)
+        digest = hashlib.sha256()
+        async for chunk in chunks(total):
+            digest.update(chunk)
+            await writer.write(chunk)
+        await writer.commit(container=None, size=total, sha256=digest.hexdigest())
+
+    await asyncio.gather(*(one(i) for i in range(BATCH)))
+    await sink.close()
+    EXTRA["budget_high_water_mb"] = round(sink.budget.high_water / MIB, 1)
+
+
+async def batch_obstore(endpoint: str, total: int, fail_after: int | None) -> None:
+    """obstore's nearest equivalent: 16 streamed puts at once, one part in flight each."""
+    import obstore
+    from obstore.store import S3Store
+
+    store = S3Store(
+        BUCKET, endpoint=endpoint, region="us-east-1", client_options={"allow_http": True}
+    )
+    await asyncio.gather(
+        *(
+            obstore.put_async(
+                store, f"batch/o{i}.mp3", chunks(total), chunk_size=PART, max_concurrency=1
+            )
+            for i in range(BATCH)
+        )
+    )
+
+
+MIB = 1024 * 1024
+BATCH = 16
+EXTRA: dict[str, float] = {}  # what a scenario reports besides time and RSS
+UPLOADS = {
+    "obstore": upload_obstore,
+    "aiobotocore": upload_aiobotocore,
+    "batch-s3sink": batch_s3sink,
+    "batch-obstore": batch_obstore,
+}
+
+
 def peak_rss_mb() -> float:
     """This process's own high-water RSS (VmHWM). Not `ru_maxrss`: Linux carries that over
     `execve` from the forked parent, which here holds moto and every object it stored."""
@@ -137,7 +205,7 @@ def peak_rss_mb() -> float:
 
 
 def child(client: str, endpoint: str, mib: int, fail_after: int | None) -> None:
-    upload = upload_obstore if client == "obstore" else upload_aiobotocore
+    upload = UPLOADS[client]
     start = time.perf_counter()
     outcome = "ok"
     try:
@@ -148,7 +216,7 @@ def child(client: str, endpoint: str, mib: int, fail_after: int | None) -> None:
         outcome = f"{type(err).__name__}"
     wall = time.perf_counter() - start
     rss_mb = peak_rss_mb()
-    print(json.dumps({"wall": wall, "rss_mb": rss_mb, "outcome": outcome}))
+    print(json.dumps({"wall": wall, "rss_mb": rss_mb, "outcome": outcome, **EXTRA}))
 
 
 def run_child(client: str, endpoint: str, mib: int, fail_after: int | None = None) -> dict:
@@ -178,6 +246,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--batch-mib", type=int, default=30, help="the batch scenario: 16 of this size at once"
+    )
     args = parser.parse_args()
 
     import boto3
@@ -213,10 +284,20 @@ def main() -> None:
                     f"{statistics.median(rss):.1f} MB (max {max(rss):.1f})"
                     + (f"  not clean: {bad}" if bad else "")
                 )
+        for client in ("batch-s3sink", "batch-obstore"):
+            runs = [run_child(client, endpoint, args.batch_mib) for _ in range(args.reps)]
+            rss = [r["rss_mb"] for r in runs]
+            walls = [r["wall"] for r in runs]
+            print(
+                f"{BATCH} x {args.batch_mib} MiB at once  {client:<13}  wall median "
+                f"{statistics.median(walls):.2f} s  peak RSS median {statistics.median(rss):.1f}"
+                f" MB (max {max(rss):.1f})  outcomes {sorted({r['outcome'] for r in runs})}"
+                + "".join(f"  {k} {r[k]}" for r in runs[:1] for k in r if k.startswith("budget"))
+            )
         for client in ("obstore", "aiobotocore"):
             result = run_child(client, endpoint, 20, fail_after=12 * 1024 * 1024)
             left = s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
-            exists = "Contents" in s3.list_objects_v2(Bucket=BUCKET)
+            exists = "Contents" in s3.list_objects_v2(Bucket=BUCKET, Prefix="obj.bin")
             print(
                 f"abort probe  {client:<11}  raised: {result['outcome']}; incomplete uploads "
                 f"left: {len(left)}; object present: {exists}"

@@ -36,6 +36,7 @@ import hashlib
 import importlib.util
 import io
 import logging
+import mmap
 import os
 import re
 from collections.abc import AsyncIterator, Coroutine, Mapping
@@ -64,6 +65,7 @@ logger = logging.getLogger(__name__)
 _EXTRA_HINT = "pip install 'vobiz-async[s3]'"
 _MIN_PART = 5 * 1024**2  # S3's smallest part other than the last
 _MAX_PART = 5 * 1024**3
+_MAX_PARTS = 10_000  # S3's limit per multipart upload
 _HEAD_BYTES = 64  # enough for sniff_container
 _READ_CHUNK = 1024 * 1024
 _MD5_INLINE = 256 * 1024  # hash smaller bodies on the loop, bigger ones in a thread
@@ -588,13 +590,50 @@ class S3Sink:
         }
 
 
+class _PartBuffer:
+    """One part's bytes in an anonymous mmap, handed back to the OS when closed.
+
+    Not a `bytearray`: glibc serves 8 MiB blocks from its heap once one was freed and keeps
+    what is freed there, which cost about 30 MB of peak RSS in a 16-upload batch
+    (`benchmarks/RESULTS.md`, experiment 26). Pages are touched only as bytes arrive.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._map = mmap.mmap(-1, max(size, 1))
+        self.length = 0
+
+    def append(self, piece: memoryview) -> None:
+        self._map[self.length : self.length + len(piece)] = piece
+        self.length += len(piece)
+
+    def grown(self, size: int) -> _PartBuffer:
+        """A bigger buffer holding the same bytes; this one is closed."""
+        bigger = _PartBuffer(size)
+        with memoryview(self._map) as whole, whole[: self.length] as held:
+            bigger.append(held)
+        self.close()
+        return bigger
+
+    def view(self) -> memoryview:
+        """The held bytes, without a copy; release the view before `close`."""
+        with memoryview(self._map) as whole:
+            return whole[: self.length]
+
+    def data(self) -> bytes:
+        return self._map[: self.length]
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view still out: the GC unmaps it later
+            self._map.close()
+
+
 class _PartBody(io.RawIOBase):
     """A part's buffer as a seekable stream, without copying it: aiohttp streams a file-like
     body in pieces (it warns about big `bytes` bodies), and botocore rewinds it to retry."""
 
-    def __init__(self, data: bytearray) -> None:
+    def __init__(self, view: memoryview) -> None:
         super().__init__()
-        self._view = memoryview(data)
+        self._view = view
         self._pos = 0
 
     def __len__(self) -> int:
@@ -624,7 +663,7 @@ class _PartBody(io.RawIOBase):
         pass
 
 
-async def _content_md5(body: bytes | bytearray) -> str:
+async def _content_md5(body: memoryview) -> str:
     def digest() -> str:
         return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
 
@@ -646,7 +685,7 @@ class _S3Writer:
     def _reset(self) -> None:
         self._offset = 0
         self._head = b""
-        self._buf = bytearray()
+        self._buf: _PartBuffer | None = None  # the part being filled
         self._pos = 0  # bytes in _buf
         self._reserved = 0  # budget held for _buf
         self._upload_id: str | None = None
@@ -683,8 +722,8 @@ class _S3Writer:
             raise ObjectStoreError(
                 f"{self._sink.describe()}: an unfinished upload cannot be read back"
             )
-        if self._pos:
-            yield bytes(self._buf[: self._pos])
+        if self._buf is not None and self._pos:
+            yield self._buf.data()
 
     async def write(self, chunk: bytes) -> None:
         self._check_usable()
@@ -694,7 +733,8 @@ class _S3Writer:
                 await self._reserve()
             room = self._reserved - self._pos
             piece, view = view[:room], view[room:]
-            self._buf[self._pos : self._pos + len(piece)] = piece
+            assert self._buf is not None  # reserved above
+            self._buf.append(piece)
             self._pos += len(piece)
             if len(self._head) < _HEAD_BYTES:
                 self._head += bytes(piece[: _HEAD_BYTES - len(self._head)])
@@ -720,13 +760,18 @@ class _S3Writer:
         if target <= self._reserved:
             target = part
         await self._sink.budget.acquire(target - self._reserved)
-        if self._pos == 0:
-            self._buf = bytearray(target)  # calloc'd: pages are touched only as bytes arrive
+        if self._buf is None:
+            self._buf = _PartBuffer(target)
         else:
-            self._buf.extend(bytes(target - len(self._buf)))
+            self._buf = self._buf.grown(target)
         self._reserved = target
 
     async def _send_part(self) -> None:
+        if self._next_part > _MAX_PARTS:
+            self._failure = ObjectStoreError(
+                f"{self._sink.describe()}: more than {_MAX_PARTS} parts; raise part_size"
+            )
+            raise self._failure
         if self._upload_id is None:
             await self._start_upload()
         body, reserved = self._take_buffer()
@@ -736,10 +781,9 @@ class _S3Writer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _take_buffer(self) -> tuple[bytearray, int]:
-        body, reserved = self._buf, self._reserved
-        del body[self._pos :]
-        self._buf, self._pos, self._reserved = bytearray(), 0, 0
+    def _take_buffer(self) -> tuple[_PartBuffer, int]:
+        body, reserved = self._buf or _PartBuffer(0), self._reserved
+        self._buf, self._pos, self._reserved = None, 0, 0
         return body, reserved
 
     async def _start_upload(self) -> None:
@@ -772,16 +816,17 @@ class _S3Writer:
             self._upload_id = None
             await self._abort_upload(key, created["UploadId"])
 
-    async def _upload_part(self, number: int, body: bytearray, reserved: int) -> None:
+    async def _upload_part(self, number: int, buffer: _PartBuffer, reserved: int) -> None:
         sink = self._sink
+        view = buffer.view()
         try:
             response = await sink._require_client().upload_part(
                 Bucket=sink.bucket,
                 Key=sink.prefix + (self._key or ""),
                 UploadId=self._upload_id,
                 PartNumber=number,
-                Body=_PartBody(body),
-                ContentMD5=await _content_md5(body),
+                Body=_PartBody(view),
+                ContentMD5=await _content_md5(view),
             )
             self._parts[number] = response["ETag"]
         except asyncio.CancelledError:
@@ -791,6 +836,8 @@ class _S3Writer:
             if self._failure is None:
                 self._failure = sink._translate(err, f"uploading part {number}")
         finally:
+            view.release()
+            buffer.close()
             sink.budget.release(reserved)
 
     async def restart(self) -> None:
@@ -843,19 +890,22 @@ class _S3Writer:
 
     async def _put_whole(self, key: str, container: str | None, sha256: str) -> None:
         sink = self._sink
-        body, reserved = self._take_buffer()
+        buffer, reserved = self._take_buffer()
+        view = buffer.view()
         try:
             await sink._require_client().put_object(
                 Bucket=sink.bucket,
                 Key=sink.prefix + key,
-                Body=_PartBody(body),
-                ContentMD5=await _content_md5(body),
+                Body=_PartBody(view),
+                ContentMD5=await _content_md5(view),
                 ContentType=media_type(container),
                 Metadata={**sink._metadata(self._recording, container), "sha256": sha256},
             )
         except Exception as err:
             raise sink._translate(err, "storing the object") from None
         finally:
+            view.release()
+            buffer.close()
             sink.budget.release(reserved)
 
     async def _complete(self, container: str | None, sha256: str) -> str:
@@ -925,7 +975,9 @@ class _S3Writer:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._reserved:
             self._sink.budget.release(self._reserved)
-        self._buf, self._pos, self._reserved = bytearray(), 0, 0
+        if self._buf is not None:
+            self._buf.close()
+        self._buf, self._pos, self._reserved = None, 0, 0
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
