@@ -825,3 +825,58 @@ async def test_cancelled_while_starting_an_upload_leaves_none(
     assert proxy.calls("DELETE", "uploadId")
     assert incomplete_uploads(admin, sink.bucket) == []
     assert keys(admin, sink.bucket) == []
+
+
+async def test_failed_metadata_stamp_leaves_no_object(
+    sink: S3Sink, admin: Any, proxy: S3Proxy
+) -> None:
+    """If the sha256 cannot be stamped on a completed upload, the object is taken away."""
+    proxy.fault = lambda r: (
+        s3_error(500, "InternalError") if "x-amz-copy-source" in r.headers else None
+    )
+    data = body_of(PART + 3)
+    writer = await sink.open(recording("unstamped"))
+    await write_all(writer, data)
+    with pytest.raises(ObjectStoreError, match="sha256"):
+        await writer.commit(container="mp3", size=len(data), sha256=sha(data))
+    assert keys(admin, sink.bucket) == []
+    assert incomplete_uploads(admin, sink.bucket) == []
+
+
+async def test_verify_compares_with_the_index_too(bucket: str, proxy: S3Proxy) -> None:
+    """An object whose metadata agrees but whose index entry does not is reported changed."""
+
+    @attrs.frozen
+    class Entry:
+        size: int
+        sha256: str
+
+    data = body_of(500)
+    index = {"x": Entry(500, "a" * 64), "y": Entry(500, sha(data))}
+    sink = S3Sink(bucket, index=index)
+    await sink.prepare()
+    await store(sink, recording("x"), data)
+    await store(sink, recording("y"), data)
+    problems = await verify_objects(sink)
+    await sink.close()
+    assert [(p.key, p.kind, p.expected) for p in problems] == [("x.mp3", "changed", "a" * 64)]
+
+
+async def test_concurrent_lookups_share_one_listing(sink: S3Sink, proxy: S3Proxy) -> None:
+    """Many lookups at once in a batch still cost one listing of the prefix."""
+    proxy.seen.clear()
+    found = await asyncio.gather(*(sink.lookup(f"id{i}", None) for i in range(20)))
+    assert found == [None] * 20
+    assert len(proxy.calls("GET")) == 1
+
+
+async def test_access_denied_on_upload_is_destination_wide(sink: S3Sink, proxy: S3Proxy) -> None:
+    """A bucket that refuses writes mid-batch raises a destination-wide typed error."""
+    proxy.fault = lambda r: s3_error(403, "AccessDenied") if r.method == "PUT" else None
+    data = body_of(100)
+    writer = await sink.open(recording("denied"))
+    await write_all(writer, data)
+    with pytest.raises(StoragePermissionError, match=sink.bucket) as caught:
+        await writer.commit(container="mp3", size=len(data), sha256=sha(data))
+    assert caught.value.destination_wide
+    assert "\n" not in str(caught.value)

@@ -12,7 +12,8 @@ How a recording lands:
   while the next one fills; the upload is completed only in `commit`, after the downloader
   verified the whole length and sha256, and the sha256 is then stamped onto the object (a
   multipart upload's metadata is fixed when it starts, before the hash is known) with an
-  in-place `CopyObject` conditional on the completed upload's ETag. Any failure,
+  in-place `CopyObject` conditional on the completed upload's ETag (so an object is at most
+  5 GiB, S3's limit for one copy; a recording is far smaller). Any failure,
   cancellation, `restart()` or `abort()` aborts the upload; `close()` aborts what a caller
   left open.
 - Within one writer, a dropped media connection costs nothing here: the downloader sends a
@@ -954,9 +955,11 @@ class _S3Writer:
                 Metadata={**sink._metadata(self._recording, container), "sha256": sha256},
             )
         except Exception as err:
-            # Without its sha256 the object would pass for unverified; take it away.
-            with contextlib.suppress(Exception):
-                await client.delete_object(Bucket=sink.bucket, Key=sink.prefix + key)
+            # Without its sha256 the object would pass for unverified: take it away, unless
+            # the precondition failed, when the object under the key is no longer ours.
+            if _error_code(err)[0] != "PreconditionFailed":
+                with contextlib.suppress(Exception):
+                    await client.delete_object(Bucket=sink.bucket, Key=sink.prefix + key)
             raise sink._translate(err, "recording the object's sha256") from None
         return key
 
@@ -1002,7 +1005,8 @@ class _S3Writer:
 
 async def verify_objects(sink: S3Sink) -> list[ObjectProblem]:
     """Stream every object under the sink's prefix, recompute its sha256 and compare it with
-    the object's `sha256` metadata; return the objects without it or whose bytes changed.
+    the object's `sha256` metadata (and the sink's `index`, when it has one and knows the
+    recording); return the objects without that metadata or whose bytes changed.
 
     Prepares and closes the sink itself when it is not prepared already.
     """
@@ -1045,9 +1049,15 @@ async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem
     except Exception as err:
         raise sink._translate(err, f"reading {full_key!r}") from None
     actual = hasher.hexdigest()
-    expected = response.get("Metadata", {}).get("sha256")
+    metadata = response.get("Metadata", {})
+    expected = metadata.get("sha256")
     if not expected:
         return ObjectProblem(key, sink.location(key), "missing-metadata", None, actual)
     if expected.lower() != actual:
         return ObjectProblem(key, sink.location(key), "changed", expected, actual)
+    if sink.index is not None:
+        recording_id = metadata.get("recording-id") or key.rpartition("/")[2].rpartition(".")[0]
+        known = getattr(sink.index.get(recording_id), "sha256", None)
+        if known and known.lower() != actual:
+            return ObjectProblem(key, sink.location(key), "changed", known, actual)
     return None
