@@ -880,3 +880,25 @@ async def test_access_denied_on_upload_is_destination_wide(sink: S3Sink, proxy: 
         await writer.commit(container="mp3", size=len(data), sha256=sha(data))
     assert caught.value.destination_wide
     assert "\n" not in str(caught.value)
+
+
+async def test_the_manifest_serves_as_the_index(bucket: str, proxy: S3Proxy, tmp_path: Any) -> None:
+    """The library's own Manifest (the SQLite index) supplies sha256s to lookup."""
+    from vobiz_async.manifest import Manifest
+
+    data = body_of(700)
+    with Manifest(tmp_path / "index.sqlite") as manifest:
+        sink = S3Sink(bucket, index=manifest)
+        await sink.prepare()
+        stored = await store(sink, recording("m1"), data)
+        manifest.add(
+            manifest.record(
+                "m1", stored.key, size=700, sha256=sha(data), container="mp3", add_time=None
+            )
+        )
+        await sink.close()
+        await sink.prepare()
+        found = await sink.lookup("m1", None)
+        await sink.close()
+    assert found is not None
+    assert found.sha256 == sha(data)
