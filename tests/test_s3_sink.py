@@ -902,3 +902,18 @@ async def test_the_manifest_serves_as_the_index(bucket: str, proxy: S3Proxy, tmp
         await sink.close()
     assert found is not None
     assert found.sha256 == sha(data)
+
+
+async def test_date_layout_without_add_time_uses_the_root(bucket: str, proxy: S3Proxy) -> None:
+    """A recording without add_time lands at the prefix's root, and lookup finds it there."""
+    undated = attrs.evolve(recording("nodate"), add_time=None)
+    sink = S3Sink(bucket, prefix="v/", layout="date")
+    await sink.prepare()
+    stored = await store(sink, undated, body_of(40))
+    await sink.close()
+    await sink.prepare()
+    found = await sink.lookup("nodate", undated)
+    await sink.close()
+    assert stored.key == "nodate.mp3"
+    assert found is not None
+    assert found.key == "nodate.mp3"

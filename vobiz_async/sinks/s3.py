@@ -490,12 +490,17 @@ class S3Sink:
 
     # -- lookup ---------------------------------------------------------------------------
 
-    def _folder(self, recording: Recording | None) -> str | None:
+    def _folder(self, recording_id: str, recording: Recording | None) -> str | None:
+        """The folder a recording's key is in, as `archive_key` decides (a date layout
+        without `add_time` falls back to the root); None when that cannot be known."""
         if self.layout == "flat":
             return ""
         if recording is None:
             return None
-        return recording.add_time.strftime("%Y/%m/%d/")
+        key = archive_key(
+            recording_id, extension="bin", add_time=recording.add_time, layout=self.layout
+        )
+        return key[: key.rfind("/") + 1]
 
     def key_for(self, recording: Recording, container: str | None) -> str:
         """The key relative to the prefix for `recording` with the sniffed `container`."""
@@ -508,12 +513,12 @@ class S3Sink:
 
     async def lookup(self, recording_id: str, recording: Recording | None) -> Stored | None:
         """The object already stored for the recording, from one cached listing per folder."""
-        folder = self._folder(recording)
-        if folder is None:
-            return None
         try:
             stem = safe_file_stem(recording_id)
         except InvalidRecordingIdError:
+            return None
+        folder = self._folder(stem, recording)
+        if folder is None:
             return None
         listing = await self._listing(folder)
         found = listing.get(stem)
@@ -592,7 +597,7 @@ class S3Sink:
     def _metadata(self, recording: Recording, container: str | None) -> dict[str, str]:
         return {
             "recording-id": recording.recording_id,
-            "add-time": recording.add_time.isoformat(),
+            "add-time": recording.add_time.isoformat() if recording.add_time else "",
             "container": container or "",
         }
 
