@@ -186,3 +186,27 @@ def index_usage(path: str) -> tuple[int, str | None]:
             return len(manifest) + len(problems), entry.sha256 if entry else None
     except ManifestError as err:
         return 0, str(err)
+
+
+async def archive_to_s3(recording: Recording) -> list[str]:
+    """An S3 sink used through the Sink seam, its errors, and verify_objects."""
+    from vobiz_async import BucketNotFoundError, ObjectStoreError
+    from vobiz_async.sinks import ObjectProblem, S3Sink, Sink, Stored, verify_objects
+
+    sink: Sink = S3Sink.from_url("s3://my-bucket/vobiz/", part_size=8 * 1024**2)
+    explicit = S3Sink("my-bucket", prefix="vobiz/", endpoint_url="http://127.0.0.1:9000")
+    try:
+        await sink.prepare()
+        writer = await sink.open(recording, size_hint=10)
+        await writer.write(b"0123456789")
+        stored: Stored = await writer.commit(container="mp3", size=10, sha256="0" * 64)
+        found: Stored | None = await sink.lookup(recording.recording_id, recording)
+    except BucketNotFoundError as err:
+        return [str(err), str(err.destination_wide)]
+    except ObjectStoreError as err:
+        return [str(err.code)]
+    finally:
+        await sink.close()
+    problems: list[ObjectProblem] = await verify_objects(explicit)
+    high_water: int = explicit.budget.high_water
+    return [stored.location, str(found), *(p.kind for p in problems), str(high_water)]

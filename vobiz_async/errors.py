@@ -19,6 +19,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BucketNotFoundError",
     "ConfigurationError",
     "ConflictError",
     "DiskError",
@@ -27,13 +28,16 @@ __all__ = [
     "InvalidRecordingIdError",
     "ManifestError",
     "NotFoundError",
+    "ObjectStoreError",
     "PaymentRequiredError",
     "PermissionDeniedError",
     "RateLimitError",
     "ResponseValidationError",
     "ServerError",
     "SessionClosedError",
+    "StorageCredentialsError",
     "StorageError",
+    "StoragePermissionError",
     "UnprocessableEntityError",
     "UnsafeURLError",
     "VobizError",
@@ -177,3 +181,35 @@ class DiskError(StorageError):
 
 class ManifestError(VobizError):
     """The archive's index cannot be opened, imported, read or written."""
+
+
+class ObjectStoreError(StorageError):
+    """An object store (S3 or an S3-compatible one) refused or lost an upload or a listing.
+
+    `code` is the store's error code (`NoSuchBucket`, `BadDigest`, ...) when it sent one.
+    The message names the bucket and never carries a secret.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (functools.partial(type(self), str(self), code=self.code), (), self.__dict__)
+
+
+class BucketNotFoundError(ObjectStoreError):
+    """The bucket does not exist (`NoSuchBucket`): nothing in the batch can be stored."""
+
+    destination_wide = True
+
+
+class StoragePermissionError(ObjectStoreError):
+    """The store refused the credentials' access to the bucket (`AccessDenied`)."""
+
+    destination_wide = True
+
+
+class StorageCredentialsError(StoragePermissionError):
+    """No storage credentials, or ones the store does not accept (unknown key, bad
+    signature, expired token)."""

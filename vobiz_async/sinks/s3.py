@@ -1,0 +1,1077 @@
+"""`S3Sink`: recordings into S3 or an S3-compatible object store, verified and bounded.
+
+The client is aiobotocore (chosen by measurement, `benchmarks/RESULTS.md` experiment 26),
+imported only when a sink is prepared, so `import vobiz_async` stays fast and works without
+the `s3` extra.
+
+How a recording lands:
+
+- A body up to `part_size` is one `PutObject` with `Content-MD5`, which every S3-compatible
+  store verifies, and the user metadata (`sha256`, `recording-id`, `add-time`, `container`).
+- A larger body is a multipart upload: each full part is sent with its own `Content-MD5`
+  while the next one fills; the upload is completed only in `commit`, after the downloader
+  verified the whole length and sha256, and the sha256 is then stamped onto the object (a
+  multipart upload's metadata is fixed when it starts, before the hash is known) with an
+  in-place `CopyObject` conditional on the completed upload's ETag (so an object is at most
+  5 GiB, S3's limit for one copy; a recording is far smaller). Any failure,
+  cancellation, `restart()` or `abort()` aborts the upload; `close()` aborts what a caller
+  left open.
+- Within one writer, a dropped media connection costs nothing here: the downloader sends a
+  `Range` request and keeps calling `write`; parts already uploaded stay uploaded.
+- Bytes waiting for upload (filling parts and parts in flight) are charged to one
+  `ByteBudget` per sink, `max_buffer_bytes`, whatever the concurrency: a writer reserves a
+  whole part (or the rest of its `size_hint`, if smaller) before filling it and waits when
+  the budget is spent.
+- `lookup` lists the prefix (or each date folder the batch touches) once per batch and
+  answers from that listing; a listing gives sizes, not metadata, so `sha256` comes only
+  from an optional local `index`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+import hashlib
+import importlib.util
+import io
+import logging
+import mmap
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from ..errors import (
+    BucketNotFoundError,
+    ConfigurationError,
+    IntegrityError,
+    InvalidRecordingIdError,
+    ObjectStoreError,
+    StorageCredentialsError,
+    StoragePermissionError,
+)
+from ..models import Recording
+from ..protocol import archive_key, file_extension, media_type, safe_file_stem, sniff_container
+from .base import Stored
+
+__all__ = ["ByteBudget", "ObjectProblem", "S3Sink", "verify_objects"]
+
+logger = logging.getLogger(__name__)
+
+_EXTRA_HINT = "pip install 'vobiz-async[s3]'"
+_MIN_PART = 5 * 1024**2  # S3's smallest part other than the last
+_MAX_PART = 5 * 1024**3
+_MAX_PARTS = 10_000  # S3's limit per multipart upload
+_HEAD_BYTES = 64  # enough for sniff_container
+_READ_CHUNK = 1024 * 1024
+_MD5_INLINE = 256 * 1024  # hash smaller bodies on the loop, bigger ones in a thread
+
+_T = TypeVar("_T")
+ChecksumPolicy = Literal["when_supported", "when_required"]
+Layout = Literal["flat", "date"]
+
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _Index(Protocol):
+    """What `S3Sink(index=...)` needs: `get(recording_id)` returning an entry with `size`
+    and `sha256` attributes, or None (`vobiz_async.manifest.Manifest` fits)."""
+
+    def get(self, recording_id: str) -> Any: ...
+
+
+@attrs.frozen
+class ObjectProblem:
+    """One object `verify_objects` found wanting."""
+
+    key: str
+    location: str
+    #: "missing-metadata" (no `sha256` user metadata) or "changed" (the bytes disagree).
+    kind: Literal["missing-metadata", "changed"]
+    expected: str | None
+    actual: str
+
+
+class ByteBudget:
+    """Bytes a sink's writers may hold for uploads at once, shared and FIFO-fair.
+
+    `acquire(n)` waits until `n` more bytes fit under `limit`; `release(n)` gives them back.
+    `high_water` is the most ever held at once, for tests and benchmarks.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.high_water = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def __repr__(self) -> str:
+        return f"ByteBudget(limit={self.limit}, used={self.used}, high_water={self.high_water})"
+
+    async def acquire(self, n: int) -> None:
+        """Hold `n` more bytes, waiting for other writers to release when they do not fit."""
+        if n > self.limit:
+            raise ValueError(f"cannot hold {n} bytes under a budget of {self.limit}")
+        if not self._waiters and self.used + n <= self.limit:
+            self._take(n)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release(n)  # granted, then cancelled before the caller saw it
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, n: int) -> None:
+        """Give back `n` bytes and wake the writers that now fit, oldest first."""
+        self.used -= n
+        self._wake()
+
+    def _take(self, n: int) -> None:
+        self.used += n
+        self.high_water = max(self.high_water, self.used)
+
+    def _wake(self) -> None:
+        while self._waiters and self.used + self._waiters[0][0] <= self.limit:
+            n, future = self._waiters.popleft()
+            if not future.done():
+                self._take(n)
+                future.set_result(None)
+
+
+_TOKEN_HEADER = re.compile(
+    r"(x-amz-security-token['\"]?\s*[:=]\s*b?['\"]?)([^'\"\s,}&\n]+)", re.IGNORECASE
+)
+
+
+class _RedactSecrets(logging.Filter):
+    """Blanks AWS secrets in botocore's own DEBUG lines: it logs request headers and the
+    canonical request, which carry the session token. Known secret values are replaced
+    wherever they appear, and any `x-amz-security-token` value (a refreshed token too)."""
+
+    def __init__(self) -> None:
+        super().__init__("vobiz-redact")
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = _TOKEN_HEADER.sub(r"\1<redacted>", message)
+        for secret in self.secrets:
+            cleaned = cleaned.replace(secret, "<redacted>")
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+_REDACT = _RedactSecrets()
+
+
+def _guard_client_logs(secrets: tuple[str | None, ...]) -> None:
+    """Put `_REDACT` on every botocore and aiobotocore logger (filters are not inherited)."""
+    _REDACT.secrets.update(s for s in secrets if s and len(s) >= 8)
+    names = [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in _CLIENT_LOGGERS]
+    for name in [*_CLIENT_LOGGERS, *names]:
+        log = logging.getLogger(name)
+        if _REDACT not in log.filters:
+            log.addFilter(_REDACT)
+
+
+_CLIENT_LOGGERS = ("botocore", "aiobotocore", "urllib3")
+
+
+def _client_installed() -> bool:
+    try:
+        return importlib.util.find_spec("aiobotocore") is not None
+    except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules
+        return False
+
+
+def _check_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigurationError(f"not an S3 bucket name: {bucket!r}")
+    return bucket
+
+
+def _check_prefix(prefix: str) -> str:
+    """`prefix` with one trailing `/`, or "" (the bucket's root); never a climbing path."""
+    if not isinstance(prefix, str) or _CONTROL.search(prefix):
+        raise ConfigurationError(f"not a usable S3 prefix: {prefix!r}")
+    stripped = prefix.strip("/")
+    if not stripped:
+        return ""
+    if prefix.startswith("/") or any(seg in ("", ".", "..") for seg in stripped.split("/")):
+        raise ConfigurationError(f"not a usable S3 prefix: {prefix!r}")
+    return stripped + "/"
+
+
+def _check_endpoint(url: str, source: str) -> str:
+    """An explicit endpoint: http or https, a host, no credentials, query or fragment."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{source}: the S3 endpoint must be an http(s) URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"{source}: the S3 endpoint must not carry credentials, a query or a fragment"
+        )
+    return url.rstrip("/")
+
+
+def _resolve_endpoint(endpoint_url: str | None) -> str | None:
+    """The argument, then `AWS_ENDPOINT_URL_S3`, then `AWS_ENDPOINT_URL`; else None, which
+    means AWS itself over https. Each of these is explicit, so each may be plain http."""
+    if endpoint_url:
+        return _check_endpoint(endpoint_url, "endpoint_url")
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(name)
+        if value:
+            return _check_endpoint(value, name)
+    return None
+
+
+def _error_code(err: BaseException) -> tuple[str | None, int | None]:
+    response = getattr(err, "response", None)
+    if not isinstance(response, Mapping):
+        return None, None
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return (str(code) if code is not None else None), status
+
+
+_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "AuthorizationHeaderMalformed",
+    }
+)
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"})
+_NO_BUCKET_CODES = frozenset({"NoSuchBucket"})
+
+
+def classify_s3_error(code: str | None, status: int | None) -> type[ObjectStoreError]:
+    """Which error class an S3 error code (or bare status, for HEAD) maps to."""
+    if code in _NO_BUCKET_CODES:
+        return BucketNotFoundError
+    if code in _CREDENTIAL_CODES:
+        return StorageCredentialsError
+    if code in _DENIED_CODES or status == 403:
+        return StoragePermissionError
+    return ObjectStoreError
+
+
+class S3Sink:
+    """Archive recordings into an S3 bucket (or an S3-compatible store) under `prefix`.
+
+    Keys are `<prefix><id>.<ext>` (`layout="flat"`) or `<prefix>YYYY/MM/DD/<id>.<ext>`
+    (`layout="date"`, by `add_time`), the extension from the sniffed container.
+
+    Credentials, region and profile come from the standard AWS chain (`AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE` or `profile=`, the shared
+    config and credentials files, instance roles). `region` falls back to `AWS_REGION`, then
+    `AWS_DEFAULT_REGION` and the profile. `endpoint_url` falls back to `AWS_ENDPOINT_URL_S3`,
+    then `AWS_ENDPOINT_URL`; without any, the endpoint is AWS over https. Plain http is used
+    only when one of those names it. A custom endpoint is addressed path-style, which every
+    S3-compatible store accepts.
+
+    `request_checksum_calculation`: botocore sends a CRC32 checksum with every upload by
+    default (`"when_supported"`), in a form (aws-chunked bodies with trailing checksums)
+    that several S3-compatible stores reject. The default here is `"when_supported"` on AWS
+    and `"when_required"` on any custom endpoint: integrity does not depend on that CRC,
+    because every `PutObject` and `UploadPart` carries its own `Content-MD5`, the one
+    checksum all S3-compatible stores verify. Pass it explicitly to override.
+
+    `part_size` (5 MiB to 5 GiB) is both the largest single PUT and the multipart part
+    size; `max_buffer_bytes` (at least `part_size`) bounds the bytes held for uploads
+    across every writer of the sink (`budget`). `max_attempts` counts tries per request
+    (botocore's standard retry mode). `index` optionally supplies known sha256s to
+    `lookup`.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        layout: Layout = "flat",
+        part_size: int = 8 * 1024**2,
+        max_buffer_bytes: int = 64 * 1024**2,
+        request_checksum_calculation: ChecksumPolicy | None = None,
+        profile: str | None = None,
+        max_attempts: int = 4,
+        index: _Index | None = None,
+    ) -> None:
+        if not _client_installed():
+            raise ConfigurationError(f"S3 destinations need the optional S3 client: {_EXTRA_HINT}")
+        self.bucket = _check_bucket(bucket)
+        self.prefix = _check_prefix(prefix)
+        if layout not in ("flat", "date"):
+            raise ConfigurationError(f"layout must be 'flat' or 'date', not {layout!r}")
+        self.layout: Layout = layout
+        if not _MIN_PART <= part_size <= _MAX_PART:
+            raise ConfigurationError("part_size must be between 5 MiB and 5 GiB")
+        if max_buffer_bytes < part_size:
+            raise ConfigurationError("max_buffer_bytes must be at least part_size")
+        if max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        self.part_size = part_size
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_attempts = max_attempts
+        self.endpoint_url = _resolve_endpoint(endpoint_url)
+        self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if request_checksum_calculation is None:
+            request_checksum_calculation = (
+                "when_supported" if self.endpoint_url is None else "when_required"
+            )
+        if request_checksum_calculation not in ("when_supported", "when_required"):
+            raise ConfigurationError(
+                "request_checksum_calculation must be 'when_supported' or 'when_required'"
+            )
+        self.request_checksum_calculation: ChecksumPolicy = request_checksum_calculation
+        self.profile = profile
+        self.index = index
+        self.budget = ByteBudget(max_buffer_bytes)
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._listings: dict[str, dict[str, tuple[str, int]]] = {}  # folder -> stem -> ...
+        self._listing_locks: dict[str, asyncio.Lock] = {}
+        self._open_writers: set[_S3Writer] = set()
+        self._cleanup: set[asyncio.Future[Any]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> S3Sink:
+        """`s3://bucket/prefix/` as a sink; `options` are the constructor's keywords."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ConfigurationError(f"not an s3://bucket/prefix URL: {url!r}")
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise ConfigurationError(f"an s3:// URL names a bucket and a prefix only: {url!r}")
+        return cls(parts.netloc, parts.path.lstrip("/"), **options)
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Sink(bucket={self.bucket!r}, prefix={self.prefix!r}, "
+            f"endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+            f"layout={self.layout!r})"
+        )
+
+    def describe(self) -> str:
+        """`s3://bucket/prefix`, for messages."""
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def location(self, key: str) -> str:
+        """Where a person finds the object for a key relative to the prefix."""
+        return f"s3://{self.bucket}/{self.prefix}{key}"
+
+    # -- batch lifecycle ------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Open the client and check, with one listing request, that the bucket exists and
+        the credentials may list it; a new batch also starts a new lookup cache."""
+        self._listings.clear()
+        self._listing_locks.clear()
+        if self.budget.used == 0:
+            self.budget = ByteBudget(self.max_buffer_bytes)  # bound to this batch's loop
+        if self._client is None:
+            await self._open_client()
+        try:
+            await self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as err:
+            await self.close()
+            failure = self._translate(err, "checking the bucket")
+            failure.destination_wide = True  # at prepare, nothing in the batch could work
+            raise failure from None
+
+    async def close(self) -> None:
+        """Abort uploads a caller left open, then close the client."""
+        await self._settle()
+        for writer in list(self._open_writers):
+            await writer.abort()
+        await self._settle()
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def _open_client(self) -> None:
+        try:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import AioSession
+            from botocore.exceptions import BotoCoreError
+        except ImportError:
+            raise ConfigurationError(
+                f"S3 destinations need the optional S3 client: {_EXTRA_HINT}"
+            ) from None
+        config = AioConfig(
+            request_checksum_calculation=self.request_checksum_calculation,
+            response_checksum_validation="when_required",
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            s3={"addressing_style": "path"} if self.endpoint_url else None,
+            connect_timeout=20,
+            read_timeout=120,
+            max_pool_connections=32,
+        )
+        stack = contextlib.AsyncExitStack()
+        try:
+            session = AioSession(profile=self.profile)
+            region = self.region or session.get_config_variable("region")
+            if region is None and self.endpoint_url is not None:
+                region = "us-east-1"  # S3-compatible stores sign with any region
+            creator = session.create_client(
+                "s3", region_name=region, endpoint_url=self.endpoint_url, config=config
+            )
+            self._client = await stack.enter_async_context(creator)
+            credentials = await session.get_credentials()
+            if credentials is not None:
+                frozen = await credentials.get_frozen_credentials()
+                _guard_client_logs((frozen.secret_key, frozen.token))
+            else:
+                _guard_client_logs(())
+        except BotoCoreError as err:
+            await stack.aclose()
+            failure = ConfigurationError(
+                f"{self.describe()}: cannot set up the S3 client ({type(err).__name__})"
+            )
+            raise failure from None
+        self._stack = stack
+
+    async def _shielded(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run `coro` to its end even if the caller is cancelled; `close()` waits for it."""
+        task = asyncio.ensure_future(coro)
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+        return await asyncio.shield(task)
+
+    async def _settle(self) -> None:
+        while self._cleanup:
+            await asyncio.gather(*list(self._cleanup), return_exceptions=True)
+
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise ObjectStoreError(f"{self.describe()}: S3Sink used before prepare()")
+        return self._client
+
+    def _translate(self, err: BaseException, doing: str) -> ObjectStoreError:
+        """A one-line, secret-free `ObjectStoreError` naming the bucket, from a client error."""
+        if isinstance(err, ObjectStoreError):
+            return err
+        code, status = _error_code(err)
+        name = type(err).__name__
+        if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
+            return StorageCredentialsError(
+                f"{self.describe()}: no usable AWS credentials ({name})", code=name
+            )
+        cls = classify_s3_error(code, status)
+        what = {
+            BucketNotFoundError: f"bucket {self.bucket!r} does not exist",
+            StorageCredentialsError: "the store refused the AWS credentials",
+            StoragePermissionError: f"access to bucket {self.bucket!r} denied",
+        }.get(cls, f"{doing} failed")
+        detail = code or name
+        return cls(f"{self.describe()}: {what} ({detail})", code=code)
+
+    # -- lookup ---------------------------------------------------------------------------
+
+    def _folder(self, recording_id: str, recording: Recording | None) -> str | None:
+        """The folder a recording's key is in, as `archive_key` decides (a date layout
+        without `add_time` falls back to the root); None when that cannot be known."""
+        if self.layout == "flat":
+            return ""
+        if recording is None:
+            return None
+        key = archive_key(
+            recording_id, extension="bin", add_time=recording.add_time, layout=self.layout
+        )
+        return key[: key.rfind("/") + 1]
+
+    def key_for(self, recording: Recording, container: str | None) -> str:
+        """The key relative to the prefix for `recording` with the sniffed `container`."""
+        return archive_key(
+            recording.recording_id,
+            extension=file_extension(container, recording.recording_format),
+            add_time=recording.add_time,
+            layout=self.layout,
+        )
+
+    async def lookup(
+        self, recording_id: str, recording: Recording | None, *, key: str | None = None
+    ) -> Stored | None:
+        """The object already stored for the recording, from one cached listing per folder
+        (the folder of `key`, an index's record of where it was stored, when given)."""
+        try:
+            stem = safe_file_stem(recording_id)
+        except InvalidRecordingIdError:
+            return None
+        folder = key[: key.rfind("/") + 1] if key is not None else self._folder(stem, recording)
+        if folder is None:
+            return None
+        listing = await self._listing(folder)
+        found = listing.get(stem)
+        if found is None:
+            return None
+        extension, size = found
+        key = f"{folder}{stem}.{extension}"
+        sha256 = None
+        if self.index is not None:
+            entry = self.index.get(recording_id)
+            if entry is not None and getattr(entry, "size", None) == size:
+                sha256 = getattr(entry, "sha256", None)
+        return Stored(
+            key=key,
+            location=self.location(key),
+            size=size,
+            sha256=sha256,
+            container=extension if extension in ("mp3", "wav") else None,
+        )
+
+    async def _listing(self, folder: str) -> dict[str, tuple[str, int]]:
+        if folder in self._listings:
+            return self._listings[folder]
+        lock = self._listing_locks.setdefault(folder, asyncio.Lock())
+        async with lock:
+            if folder not in self._listings:
+                self._listings[folder] = await self._list_folder(folder)
+        return self._listings[folder]
+
+    async def _list_folder(self, folder: str) -> dict[str, tuple[str, int]]:
+        """stem -> (extension, size) for the objects directly under `folder`. About 210
+        bytes an object with UUID ids (tracemalloc), so a flat prefix of a million
+        recordings costs about 210 MB for a batch; `layout="date"` lists only the days a
+        batch touches."""
+        client = self._require_client()
+        full = self.prefix + folder
+        entries: dict[str, tuple[str, int]] = {}
+        token: str | None = None
+        try:
+            while True:
+                kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/"}
+                if token:
+                    kwargs["ContinuationToken"] = token
+                page = await client.list_objects_v2(**kwargs)
+                for item in page.get("Contents", ()):
+                    name = item["Key"][len(full) :]
+                    stem, dot, extension = name.rpartition(".")
+                    if dot and stem and stem not in entries:
+                        entries[stem] = (sys.intern(extension), int(item["Size"]))
+                token = page.get("NextContinuationToken")
+                if not page.get("IsTruncated") or not token:
+                    break
+        except Exception as err:
+            raise self._translate(err, f"listing {full!r}") from None
+        logger.debug("listed %d objects under %s", len(entries), self.location(folder))
+        return entries
+
+    def _remember(self, key: str, size: int) -> None:
+        folder, _, name = key.rpartition("/")
+        listing = self._listings.get(folder + "/" if folder else "")
+        if listing is not None:
+            stem, _, extension = name.rpartition(".")
+            listing[stem] = (sys.intern(extension), size)
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def open(self, recording: Recording, *, size_hint: int | None = None) -> _S3Writer:
+        """A writer for `recording`; an object store holds nothing from earlier runs, so it
+        always starts at offset 0."""
+        self._require_client()
+        safe_file_stem(recording.recording_id)  # a hostile id fails before any byte
+        writer = _S3Writer(self, recording, size_hint)
+        self._open_writers.add(writer)
+        return writer
+
+    def _metadata(self, recording: Recording, container: str | None) -> dict[str, str]:
+        return {
+            "recording-id": recording.recording_id,
+            "add-time": recording.add_time.isoformat() if recording.add_time else "",
+            "container": container or "",
+        }
+
+
+class _PartBuffer:
+    """One part's bytes in an anonymous mmap, handed back to the OS when closed.
+
+    Not a `bytearray`: glibc serves 8 MiB blocks from its heap once one was freed and keeps
+    what is freed there, which cost about 30 MB of peak RSS in a 16-upload batch
+    (`benchmarks/RESULTS.md`, experiment 26). Pages are touched only as bytes arrive.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._map = mmap.mmap(-1, max(size, 1))
+        self.length = 0
+
+    def append(self, piece: memoryview) -> None:
+        self._map[self.length : self.length + len(piece)] = piece
+        self.length += len(piece)
+
+    def grown(self, size: int) -> _PartBuffer:
+        """A bigger buffer holding the same bytes; this one is closed."""
+        bigger = _PartBuffer(size)
+        with memoryview(self._map) as whole, whole[: self.length] as held:
+            bigger.append(held)
+        self.close()
+        return bigger
+
+    def view(self) -> memoryview:
+        """The held bytes, without a copy; release the view before `close`."""
+        with memoryview(self._map) as whole:
+            return whole[: self.length]
+
+    def data(self) -> bytes:
+        return self._map[: self.length]
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # a view still out: the GC unmaps it later
+            self._map.close()
+
+
+class _PartBody(io.RawIOBase):
+    """A part's buffer as a seekable stream, without copying it: aiohttp streams a file-like
+    body in pieces (it warns about big `bytes` bodies), and botocore rewinds it to retry."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self._view = view
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), len(self._view) - self._pos))
+        buffer[:n] = self._view[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:  # aiohttp closes a payload it sent; a retry still rewinds it
+        pass
+
+
+async def _content_md5(body: memoryview) -> str:
+    def digest() -> str:
+        return base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+
+    return digest() if len(body) <= _MD5_INLINE else await asyncio.to_thread(digest)
+
+
+class _S3Writer:
+    """One recording on its way into the bucket: a part filling, parts in flight, and the
+    multipart upload they belong to (started only when the first part is full)."""
+
+    def __init__(self, sink: S3Sink, recording: Recording, size_hint: int | None) -> None:
+        self._sink = sink
+        self._recording = recording
+        self._size_hint = size_hint
+        self._validator: str | None = None
+        self._reset()
+        self._finished = False
+
+    def _reset(self) -> None:
+        self._offset = 0
+        self._head = b""
+        self._buf: _PartBuffer | None = None  # the part being filled
+        self._pos = 0  # bytes in _buf
+        self._reserved = 0  # budget held for _buf
+        self._upload_id: str | None = None
+        self._key: str | None = None
+        self._started_container: str | None = None
+        self._next_part = 1
+        self._parts: dict[int, str] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failure: ObjectStoreError | None = None
+        self._completing = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<S3 writer {self._recording.recording_id!r} offset={self._offset} "
+            f"parts={len(self._parts)} in {self._sink.describe()}>"
+        )
+
+    @property
+    def offset(self) -> int:
+        return self._offset
+
+    @property
+    def validator(self) -> str | None:
+        return self._validator
+
+    async def remember(self, validator: str | None) -> None:
+        self._validator = validator  # within this run only: an upload restarts across runs
+
+    async def read_back(self) -> AsyncIterator[bytes]:
+        """The held bytes while they are all still here; once parts left for the store
+        they cannot be read back (an unfinished upload is not readable), and an object
+        store writer never starts with bytes from an earlier run, so nothing needs to."""
+        if self._upload_id is not None:
+            raise ObjectStoreError(
+                f"{self._sink.describe()}: an unfinished upload cannot be read back"
+            )
+        if self._buf is not None and self._pos:
+            yield self._buf.data()
+
+    async def write(self, chunk: bytes) -> None:
+        self._check_usable()
+        view = memoryview(chunk)
+        while view:
+            if self._pos == self._reserved:
+                await self._reserve()
+            room = self._reserved - self._pos
+            piece, view = view[:room], view[room:]
+            assert self._buf is not None  # reserved above
+            self._buf.append(piece)
+            self._pos += len(piece)
+            if len(self._head) < _HEAD_BYTES:
+                self._head += bytes(piece[: _HEAD_BYTES - len(self._head)])
+            self._offset += len(piece)
+            if self._pos >= self._sink.part_size:
+                await self._send_part()
+
+    def _check_usable(self) -> None:
+        if self._finished:
+            raise ObjectStoreError(f"{self._sink.describe()}: writer already finished")
+        if self._failure is not None:
+            raise self._failure
+
+    async def _reserve(self) -> None:
+        """Budget for the part being filled: the rest of the size hint if that is smaller
+        than a part, else a whole part (also when the body outgrew its hint)."""
+        part = self._sink.part_size
+        target = part
+        if self._size_hint is not None:
+            left = self._size_hint - (self._offset - self._pos)
+            if left > self._pos:
+                target = min(part, left)
+        if target <= self._reserved:
+            target = part
+        await self._sink.budget.acquire(target - self._reserved)
+        if self._buf is None:
+            self._buf = _PartBuffer(target)
+        else:
+            self._buf = self._buf.grown(target)
+        self._reserved = target
+
+    async def _send_part(self) -> None:
+        if self._next_part > _MAX_PARTS:
+            self._failure = ObjectStoreError(
+                f"{self._sink.describe()}: more than {_MAX_PARTS} parts; raise part_size"
+            )
+            raise self._failure
+        if self._upload_id is None:
+            await self._start_upload()
+        body, reserved = self._take_buffer()
+        number = self._next_part
+        self._next_part += 1
+        task = asyncio.create_task(self._upload_part(number, body, reserved))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _take_buffer(self) -> tuple[_PartBuffer, int]:
+        body, reserved = self._buf or _PartBuffer(0), self._reserved
+        self._buf, self._pos, self._reserved = None, 0, 0
+        return body, reserved
+
+    async def _start_upload(self) -> None:
+        sink = self._sink
+        container = sniff_container(self._head)
+        key = sink.key_for(self._recording, container)
+        self._key = key
+        self._started_container = container
+        # Shielded: an upload the store created must be known here even if the caller is
+        # cancelled meanwhile, or nothing would ever abort it.
+        await sink._shielded(self._create_upload(key, container))
+        if self._failure is not None:
+            raise self._failure
+
+    async def _create_upload(self, key: str, container: str | None) -> None:
+        sink = self._sink
+        try:
+            created = await sink._require_client().create_multipart_upload(
+                Bucket=sink.bucket,
+                Key=sink.prefix + key,
+                ContentType=media_type(container),
+                Metadata=sink._metadata(self._recording, container),
+            )
+        except Exception as err:
+            self._failure = sink._translate(err, "starting an upload")
+            return
+        self._upload_id = created["UploadId"]
+        logger.debug("started upload of %s", sink.location(key))
+        if self._finished:  # aborted while the request was out: abort what it created
+            self._upload_id = None
+            await self._abort_upload(key, created["UploadId"])
+
+    async def _upload_part(self, number: int, buffer: _PartBuffer, reserved: int) -> None:
+        sink = self._sink
+        view = buffer.view()
+        try:
+            response = await sink._require_client().upload_part(
+                Bucket=sink.bucket,
+                Key=sink.prefix + (self._key or ""),
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=_PartBody(view),
+                ContentMD5=await _content_md5(view),
+            )
+            self._parts[number] = response["ETag"]
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            logger.debug("part %d of %s failed: %s", number, self._key, type(err).__name__)
+            if self._failure is None:
+                self._failure = sink._translate(err, f"uploading part {number}")
+        finally:
+            view.release()
+            buffer.close()
+            sink.budget.release(reserved)
+
+    async def restart(self) -> None:
+        """Abort the upload under way and hold nothing; the next `write` is byte 0."""
+        self._check_finished()
+        await self._discard()
+        self._reset()
+
+    def _check_finished(self) -> None:
+        if self._finished:
+            raise ObjectStoreError(f"{self._sink.describe()}: writer already finished")
+
+    async def commit(self, *, container: str | None, size: int, sha256: str) -> Stored:
+        self._check_finished()
+        sink = self._sink
+        try:
+            if self._failure is not None:
+                raise self._failure
+            if size != self._offset:
+                raise IntegrityError(
+                    f"{sink.describe()}: {size} bytes verified but {self._offset} written"
+                )
+            if container is None:
+                container = sniff_container(self._head)
+            if self._upload_id is None:
+                key = sink.key_for(self._recording, container)
+                await self._put_whole(key, container, sha256)
+            else:
+                # Every byte is verified by now: a cancellation must not strand the upload
+                # half-completed, so completing it (or aborting on failure) runs to the end.
+                self._completing = True
+                key = await sink._shielded(self._complete(container, sha256))
+        except asyncio.CancelledError:
+            if self._completing:  # the completion runs on and cleans up after itself
+                self._finished = True
+                sink._open_writers.discard(self)
+            else:
+                await self.abort()
+            raise
+        except BaseException:
+            await self.abort()
+            raise
+        self._finished = True
+        sink._open_writers.discard(self)
+        sink._remember(key, size)
+        logger.debug("stored %s (%d bytes)", sink.location(key), size)
+        return Stored(
+            key=key, location=sink.location(key), size=size, sha256=sha256, container=container
+        )
+
+    async def _put_whole(self, key: str, container: str | None, sha256: str) -> None:
+        sink = self._sink
+        buffer, reserved = self._take_buffer()
+        view = buffer.view()
+        try:
+            await sink._require_client().put_object(
+                Bucket=sink.bucket,
+                Key=sink.prefix + key,
+                Body=_PartBody(view),
+                ContentMD5=await _content_md5(view),
+                ContentType=media_type(container),
+                Metadata={**sink._metadata(self._recording, container), "sha256": sha256},
+            )
+        except Exception as err:
+            raise sink._translate(err, "storing the object") from None
+        finally:
+            view.release()
+            buffer.close()
+            sink.budget.release(reserved)
+
+    async def _complete(self, container: str | None, sha256: str) -> str:
+        try:
+            return await self._complete_upload(container, sha256)
+        except BaseException:
+            await self._discard()
+            raise
+
+    async def _complete_upload(self, container: str | None, sha256: str) -> str:
+        sink = self._sink
+        key = self._key or ""
+        if container != self._started_container:
+            raise ObjectStoreError(
+                f"{sink.location(key)}: the container ({container}) differs from the one the "
+                f"upload started with ({self._started_container})"
+            )
+        if self._pos:
+            await self._send_part()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
+        if self._failure is not None:
+            raise self._failure
+        client = sink._require_client()
+        parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
+        if len(parts) != self._next_part - 1:
+            raise ObjectStoreError(f"{sink.location(key)}: a part went missing")
+        try:
+            done = await client.complete_multipart_upload(
+                Bucket=sink.bucket,
+                Key=sink.prefix + key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except Exception as err:
+            raise sink._translate(err, "completing the upload") from None
+        self._upload_id = None  # completed: nothing left to abort
+        try:
+            await client.copy_object(
+                Bucket=sink.bucket,
+                Key=sink.prefix + key,
+                CopySource={"Bucket": sink.bucket, "Key": sink.prefix + key},
+                CopySourceIfMatch=done["ETag"],
+                MetadataDirective="REPLACE",
+                ContentType=media_type(container),
+                Metadata={**sink._metadata(self._recording, container), "sha256": sha256},
+            )
+        except Exception as err:
+            # Without its sha256 the object would pass for unverified: take it away, unless
+            # the precondition failed, when the object under the key is no longer ours.
+            if _error_code(err)[0] != "PreconditionFailed":
+                with contextlib.suppress(Exception):
+                    await client.delete_object(Bucket=sink.bucket, Key=sink.prefix + key)
+            raise sink._translate(err, "recording the object's sha256") from None
+        return key
+
+    async def abort(self) -> None:
+        """Stop: cancel parts in flight, abort the multipart upload, hold nothing."""
+        if self._finished:
+            return
+        self._finished = True
+        self._sink._open_writers.discard(self)
+        await self._discard()
+
+    async def _discard(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._reserved:
+            self._sink.budget.release(self._reserved)
+        if self._buf is not None:
+            self._buf.close()
+        self._buf, self._pos, self._reserved = None, 0, 0
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        # Shielded: a second Ctrl-C must not leave the upload behind; close() awaits it.
+        await self._sink._shielded(self._abort_upload(self._key or "", upload_id))
+
+    async def _abort_upload(self, key: str, upload_id: str) -> None:
+        sink = self._sink
+        try:
+            await sink._require_client().abort_multipart_upload(
+                Bucket=sink.bucket, Key=sink.prefix + key, UploadId=upload_id
+            )
+            logger.debug("aborted upload of %s", sink.location(key))
+        except Exception as err:
+            logger.warning(
+                "could not abort the upload of %s: %s (a lifecycle rule for incomplete "
+                "multipart uploads cleans it up)",
+                sink.location(key),
+                sink._translate(err, "aborting the upload"),
+            )
+
+
+async def verify_objects(sink: S3Sink) -> list[ObjectProblem]:
+    """Stream every object under the sink's prefix, recompute its sha256 and compare it with
+    the object's `sha256` metadata (and the sink's `index`, when it has one and knows the
+    recording); return the objects without that metadata or whose bytes changed.
+
+    Prepares and closes the sink itself when it is not prepared already.
+    """
+    owned = sink._client is None
+    if owned:
+        await sink.prepare()
+    try:
+        client = sink._require_client()
+        problems: list[ObjectProblem] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": sink.bucket, "Prefix": sink.prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            try:
+                page = await client.list_objects_v2(**kwargs)
+            except Exception as err:
+                raise sink._translate(err, "listing the prefix") from None
+            for item in page.get("Contents", ()):
+                problem = await _verify_one(sink, client, item["Key"])
+                if problem is not None:
+                    problems.append(problem)
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                break
+        return problems
+    finally:
+        if owned:
+            await sink.close()
+
+
+async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem | None:
+    key = full_key[len(sink.prefix) :]
+    try:
+        response = await client.get_object(Bucket=sink.bucket, Key=full_key)
+        hasher = hashlib.sha256()
+        async with response["Body"] as body:
+            while chunk := await body.read(_READ_CHUNK):
+                hasher.update(chunk)
+    except Exception as err:
+        raise sink._translate(err, f"reading {full_key!r}") from None
+    actual = hasher.hexdigest()
+    metadata = response.get("Metadata", {})
+    expected = metadata.get("sha256")
+    if not expected:
+        return ObjectProblem(key, sink.location(key), "missing-metadata", None, actual)
+    if expected.lower() != actual:
+        return ObjectProblem(key, sink.location(key), "changed", expected, actual)
+    if sink.index is not None:
+        recording_id = metadata.get("recording-id") or key.rpartition("/")[2].rpartition(".")[0]
+        known = getattr(sink.index.get(recording_id), "sha256", None)
+        if known and known.lower() != actual:
+            return ObjectProblem(key, sink.location(key), "changed", known, actual)
+    return None
