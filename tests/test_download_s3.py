@@ -7,10 +7,12 @@ The sink's own contract (parts, checksums, budget, faults on the S3 side) is tes
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from test_cli import run_cli, summary
 from test_s3_sink import (  # the module's moto server, fake AWS environment and helpers
     SECRET,
     _admin,
@@ -139,3 +141,62 @@ async def test_hostile_ids_never_leave_the_prefix(
 
     assert len(report.failed) == 1
     assert keys(admin, bucket) == []
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def cli_env(fake: FakeVobiz) -> dict[str, str]:
+    """This process's environment (with the fake AWS settings) pointed at the fake."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")},
+        "VOBIZ_AUTH_ID": fake.auth_id,
+        "VOBIZ_AUTH_TOKEN": fake.auth_token,
+        "VOBIZ_BASE_URL": fake.base_url,
+    }
+
+
+async def test_cli_download_and_verify_s3(
+    fake: FakeVobiz, bucket: str, admin: Any, moto_url: str, tmp_path: Any
+) -> None:
+    """`download --out s3://...` archives into the bucket (date layout, an endpoint given
+    on the command line); `verify s3://...` passes, then names an object whose bytes
+    changed and exits 1."""
+    for _ in range(4):
+        fake.add_recording(size=20_000)
+    env = cli_env(fake)
+    env.pop("AWS_ENDPOINT_URL")
+    dest = f"s3://{bucket}/calls/"
+    endpoint = ("--s3-endpoint-url", moto_url)
+
+    done = await run_cli("download", "--out", dest, "--layout", "date", *endpoint, env=env)
+
+    assert done.code == 0, done.output
+    assert summary(done).startswith("downloaded 4, skipped 0, failed 0")
+    stored = keys(admin, bucket)
+    assert len(stored) == 4
+    assert all(k.startswith("calls/2") and k.count("/") == 4 for k in stored), stored
+    assert SECRET not in done.output
+
+    ok = await run_cli("verify", dest, *endpoint, env=env)
+    assert ok.code == 0, ok.output
+    metadata = admin.head_object(Bucket=bucket, Key=stored[0])["Metadata"]
+    admin.put_object(Bucket=bucket, Key=stored[0], Body=b"ID3 tampered", Metadata=metadata)
+    bad = await run_cli("verify", dest, *endpoint, env=env)
+
+    assert bad.code == 1
+    assert f"changed: s3://{bucket}/{stored[0]}" in bad.out
+
+
+async def test_cli_missing_bucket_is_one_line(fake: FakeVobiz) -> None:
+    """A missing bucket: exit 1, one line on stderr naming it, no listing, no traceback."""
+    for _ in range(3):
+        fake.add_recording(size=1_000)
+
+    done = await run_cli("download", "--out", "s3://no-such-bucket-here/x/", env=cli_env(fake))
+
+    assert done.code == 1
+    assert "no-such-bucket-here" in done.err
+    assert len(done.err.strip().splitlines()) == 1, done.err
+    assert "Traceback" not in done.output
+    assert not any(r.operation == "list" for r in fake.stats.requests)

@@ -33,6 +33,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     InvalidRecordingIdError,
+    StorageError,
     VobizError,
 )
 from .manifest import MANIFEST_NAME, Manifest, verify_manifest
@@ -41,6 +42,7 @@ from .pager import AsyncPager
 from .protocol import quote_path_segment
 from .recordings import MAX_PAGE_SIZE
 from .session import AsyncSession
+from .sinks import S3Sink, verify_objects
 from .workers import configure_logging, default_workers, download_in_workers
 
 __all__ = ["main"]
@@ -227,8 +229,18 @@ def print_summary(report: DownloadReport, out: TextIO, transferred: int | None =
         f"failed {len(report.failed)}; {_human_bytes(moved)} transferred in "
         f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s){saved}\n"
     )
+    # A destination-wide error (a missing bucket, a full disk) is one line for all it hit.
+    shared: dict[str, int] = {}
     for result in report.failed:
-        out.write(f"  failed {result.recording_id}: {result.error}\n")
+        error = result.error
+        if isinstance(error, StorageError) and (
+            error.destination_wide or str(error).startswith("not started")
+        ):
+            shared[str(error)] = shared.get(str(error), 0) + 1
+        else:
+            out.write(f"  failed {result.recording_id}: {error}\n")
+    for message, count in shared.items():
+        out.write(f"  failed {count} recording(s): {message}\n")
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -383,6 +395,65 @@ def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:
     return max(1, min(workers, concurrency))
 
 
+def _s3_sink(args: argparse.Namespace, out: str, index: Manifest | None = None) -> S3Sink:
+    """The object-storage destination an `s3://bucket/prefix/` argument names."""
+    return S3Sink.from_url(
+        out,
+        endpoint_url=getattr(args, "s3_endpoint_url", None),
+        region=getattr(args, "s3_region", None),
+        layout=getattr(args, "layout", "flat"),
+        index=index,
+    )
+
+
+async def _check_bucket(sink: S3Sink) -> None:
+    """Prove the bucket is there and takes our credentials, once, before any listing."""
+    try:
+        await sink.prepare()
+    except StorageError as err:
+        raise DestinationError(str(err)) from None
+    finally:
+        await sink.close()
+
+
+async def _run_s3_download(
+    session: AsyncSession, args: argparse.Namespace, progress: Progress
+) -> DownloadReport:
+    """`download --out s3://...`: the object metadata is the record; `--index` adds a local
+    index that speeds up re-runs."""
+    if args.repair:
+        raise UsageError("--repair works on folders; for s3:// run `verify` and re-download")
+    with contextlib.ExitStack() as stack:
+        index = stack.enter_context(Manifest(args.index)) if args.index else None
+        sink = _s3_sink(args, args.out, index)
+        await _check_bucket(sink)
+        ids = _read_ids(args)
+        source = await _source(session, args, progress, ids)
+        return await session.recordings.download_many(
+            source,
+            sink,
+            concurrency=args.concurrency,
+            on_progress=progress,
+            manifest=index,
+            overwrite=args.overwrite,
+        )
+
+
+async def _source(
+    session: AsyncSession, args: argparse.Namespace, progress: Progress, ids: list[str] | None
+) -> Any:
+    """The recordings to archive: the ids given, or the whole (filtered) listing."""
+    if ids is not None:
+        # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
+        await session.check_credentials()
+        progress.set_total(len(ids))
+        return ids
+    pager = session.recordings.list(
+        limit=MAX_PAGE_SIZE, recording_type=args.recording_type, call_uuid=args.call_uuid
+    )
+    return _listing(pager, progress)
+
+
 async def run_download(
     session: AsyncSession,
     args: argparse.Namespace,
@@ -390,6 +461,10 @@ async def run_download(
     reports: list[DownloadReport],
 ) -> int:
     """The archive job shared by `download` and `demo`."""
+    if str(args.out).startswith("s3://"):
+        report = await _run_s3_download(session, args, progress)
+        reports.append(report)
+        return EXIT_OK if report.ok else EXIT_FAILED
     ids = _read_ids(args)
     out = Path(args.out)
     await asyncio.to_thread(check_destination, out)
@@ -399,24 +474,18 @@ async def run_download(
         if not ids:
             return EXIT_OK
         overwrite = True  # only these ids: each is missing or its bytes changed
-    source: Any
-    if ids is not None:
-        # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
-        await session.check_credentials()
-        progress.set_total(len(ids))
-        source = ids
-    else:
-        pager = session.recordings.list(
-            limit=MAX_PAGE_SIZE, recording_type=args.recording_type, call_uuid=args.call_uuid
-        )
-        source = _listing(pager, progress)
+    source = await _source(session, args, progress, ids)
+    index = getattr(args, "index", None)
     options: dict[str, Any] = {
         "concurrency": args.concurrency,
         "on_progress": progress,
-        "manifest": None if args.no_manifest else out / MANIFEST_NAME,
+        "manifest": None if args.no_manifest else (index or out / MANIFEST_NAME),
         "overwrite": overwrite,
     }
-    workers = _worker_count(args, ids)
+    layout = getattr(args, "layout", "flat")
+    workers = _worker_count(args, ids) if layout == "flat" else 1  # the pool lays out flat
+    if layout != "flat":
+        options["layout"] = layout
     if workers > 1:
         report = await download_in_workers(
             session, source, out, workers=workers, debug=args.debug, **options
@@ -442,7 +511,32 @@ async def cmd_download(args: argparse.Namespace) -> int:
     return code
 
 
+async def _verify_s3(args: argparse.Namespace) -> int:
+    """`verify s3://bucket/prefix/`: re-hash every object against its sha256 metadata (and
+    the index, given `--manifest`), and name each recording the index has but the bucket
+    lacks."""
+    with contextlib.ExitStack() as stack:
+        index = stack.enter_context(Manifest(args.manifest)) if args.manifest else None
+        sink = _s3_sink(args, args.dir, index)
+        problems = [f"{p.kind}: {p.location}" for p in await verify_objects(sink)]
+        if index is not None:
+            await sink.prepare()
+            try:
+                for entry in index:
+                    found = await sink.lookup(entry.recording_id, None, key=entry.path)
+                    if found is None:
+                        problems.append(f"missing: {sink.location(entry.path)}")
+            finally:
+                await sink.close()
+    for problem in problems:
+        print(problem)
+    print(f"verified {sink.describe()}; {len(problems)} problem(s)")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
 async def cmd_verify(args: argparse.Namespace) -> int:
+    if str(args.dir).startswith("s3://"):
+        return await _verify_s3(args)
     root = Path(args.dir)
     manifest_path = Path(args.manifest) if args.manifest else root / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -689,7 +783,20 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None, repair=False)
 
     download = add("download", cmd_download, "archive recordings into a folder")
-    download.add_argument("--out", required=True, help="destination folder")
+    download.add_argument(
+        "--out", required=True, help="destination: a folder, or s3://bucket/prefix/"
+    )
+    download.add_argument(
+        "--layout",
+        choices=("flat", "date"),
+        default="flat",
+        help="flat: <id>.<ext>; date: YYYY/MM/DD/<id>.<ext> (by add_time)",
+    )
+    download.add_argument("--s3-endpoint-url", help="default: $AWS_ENDPOINT_URL_S3, AWS")
+    download.add_argument("--s3-region", help="default: $AWS_REGION / the AWS profile")
+    download.add_argument(
+        "--index", help=f"the index file (default: OUT/{MANIFEST_NAME}; none for s3://)"
+    )
     download.add_argument("--recording-type")
     download.add_argument("--call-uuid")
     download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
@@ -702,7 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     download_options(download)
 
     verify = add("verify", cmd_verify, "re-hash an archive against its manifest")
-    verify.add_argument("dir")
+    verify.add_argument("dir", help="a folder, or s3://bucket/prefix/")
+    verify.add_argument("--s3-endpoint-url", help="default: $AWS_ENDPOINT_URL_S3, AWS")
+    verify.add_argument("--s3-region", help="default: $AWS_REGION / the AWS profile")
     verify.add_argument("--manifest", help=f"default: DIR/{MANIFEST_NAME}")
 
     index = commands.add_parser("index", help="the archive's index (manifest)")
