@@ -28,11 +28,13 @@ from vobiz_async import (
     DiskError,
     DownloadStatus,
     IntegrityError,
+    ProgressEvent,
     RateLimitError,
     Recording,
     ResponseValidationError,
     UnsafeURLError,
 )
+from vobiz_async import download as download_module
 from vobiz_async.download import RESUME_OVERLAP
 from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
@@ -490,3 +492,43 @@ async def test_a_nearly_full_disk_archives_what_fits(
     assert len(second.downloaded) == 3
     for rid in rids:
         assert sha256(tmpfs / f"{rid}.mp3") == fake.sha256(rid)
+
+
+# ------------------------------------------------------------------ a report at scale
+
+
+async def test_a_large_batch_keeps_failures_and_counts_not_every_result(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past RESULTS_KEPT items the report keeps the first results, every failure and the
+    counts; every item's result still reaches on_progress."""
+    monkeypatch.setattr(download_module, "RESULTS_KEPT", 5)
+    rids = [fake.add_recording(size=2_000 + i).recording_id for i in range(8)]
+    fake.media_fault(rids[7], "status", status=404, times=5)  # gone for good, past the bound
+    events: list[ProgressEvent] = []
+
+    report = await session.recordings.download_many(
+        rids, tmp_path, concurrency=2, on_progress=events.append
+    )
+
+    assert report.truncated
+    assert [r.recording_id for r in report.results] == rids[:5]
+    assert [r.recording_id for r in report.failed] == [rids[7]]
+    assert report.counts[DownloadStatus.DOWNLOADED] == 7
+    assert report.counts[DownloadStatus.FAILED] == 1
+    assert report.total_bytes == sum(fake.size(rid) for rid in rids[:7])
+    finished = {e.result.recording_id for e in events if e.result is not None}
+    assert finished == set(rids)
+
+
+async def test_a_small_batch_keeps_every_result(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """Up to RESULTS_KEPT items, `results` is complete and in input order."""
+    rids = [fake.add_recording(size=1_000).recording_id for _ in range(4)]
+
+    report = await session.recordings.download_many(rids, tmp_path)
+
+    assert not report.truncated
+    assert [r.recording_id for r in report.results] == rids
+    assert report.counts[DownloadStatus.DOWNLOADED] == 4

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import attrs
 
 from ._version import __version__
-from .download import DownloadReport, ProgressEvent, ProgressKind
+from .download import DownloadReport, DownloadStatus, ProgressEvent, ProgressKind
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -224,9 +224,11 @@ def print_summary(report: DownloadReport, out: TextIO, transferred: int | None =
         if _human_bytes(report.total_bytes) != _human_bytes(moved)
         else ""
     )
+    counts = report.counts
     out.write(
-        f"downloaded {len(report.downloaded)}, skipped {len(report.skipped)}, "
-        f"failed {len(report.failed)}; {_human_bytes(moved)} transferred in "
+        f"downloaded {counts[DownloadStatus.DOWNLOADED]}, "
+        f"skipped {counts[DownloadStatus.SKIPPED]}, "
+        f"failed {counts[DownloadStatus.FAILED]}; {_human_bytes(moved)} transferred in "
         f"{report.elapsed:.1f}s ({_human_bytes(rate)}/s){saved}\n"
     )
     # A destination-wide error (a missing bucket, a full disk) is one line for all it hit.

@@ -10,6 +10,7 @@ followed here, not by aiohttp, so credentials never leave Vobiz's hosts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import enum
 import errno
@@ -21,7 +22,14 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -62,6 +70,7 @@ if TYPE_CHECKING:
     from .session import AsyncSession
 
 __all__ = [
+    "RESULTS_KEPT",
     "DownloadReport",
     "DownloadResult",
     "DownloadStatus",
@@ -75,6 +84,9 @@ logger = logging.getLogger("vobiz_async")
 #: The longest one recording waits in all on a server's Retry-After (429, 503) before it is
 #: failed; such waits do not use up `max_attempts`.
 MAX_PACED_WAIT = 600.0
+#: A batch report keeps every result up to this many items; above it, failures and counts
+#: (each result still reaches `on_progress`), so a batch of millions stays small.
+RESULTS_KEPT = 10_000
 #: Read size for media bodies; large reads keep per-chunk overhead low.
 CHUNK_SIZE = 256 * 1024
 #: Media answers that may mean the signed URL went stale: worth one fresh `get()`.
@@ -168,13 +180,32 @@ class DownloadResult:
 
 @attrs.frozen
 class DownloadReport:
-    """Every item's result, in input order, with totals."""
+    """The batch's results in input order, with totals.
+
+    `results` holds every item's result for batches of up to `RESULTS_KEPT` items; above
+    that it holds the first `RESULTS_KEPT` (`truncated` is True), while `failed` still lists
+    every failure and `counts` and `total_bytes` count every item. Every item's result is
+    also delivered as it happens, through `on_progress` (`event.result`).
+    """
 
     results: list[DownloadResult]
     elapsed: float
+    #: More items than `RESULTS_KEPT`: `results` holds only the first ones.
+    truncated: bool = False
+    _later_failures: list[DownloadResult] = attrs.field(factory=list, alias="later_failures")
+    _tally: Mapping[DownloadStatus, int] | None = attrs.field(default=None, alias="tally")
+    _bytes: int | None = attrs.field(default=None, alias="bytes_downloaded")
 
     def _with(self, status: DownloadStatus) -> list[DownloadResult]:
         return [r for r in self.results if r.status is status]
+
+    @property
+    def counts(self) -> Mapping[DownloadStatus, int]:
+        """How many items ended in each status, truncated or not."""
+        if self._tally is not None:
+            return self._tally
+        counted = collections.Counter(r.status for r in self.results)
+        return {status: counted[status] for status in DownloadStatus}
 
     @property
     def downloaded(self) -> list[DownloadResult]:
@@ -188,12 +219,14 @@ class DownloadReport:
 
     @property
     def failed(self) -> list[DownloadResult]:
-        """Results that could not be saved; each carries its error."""
-        return self._with(DownloadStatus.FAILED)
+        """Every result that could not be saved, truncated or not; each carries its error."""
+        return self._with(DownloadStatus.FAILED) + self._later_failures
 
     @property
     def total_bytes(self) -> int:
-        """Bytes written by this run (downloaded files only)."""
+        """Bytes of the recordings this run downloaded (of every one, truncated or not)."""
+        if self._bytes is not None:
+            return self._bytes
         return sum(r.size for r in self.downloaded)
 
     @property
@@ -483,25 +516,43 @@ class Downloader:
         """Download every item of `source`, `concurrency` at a time, pipelined."""
         started = time.monotonic()
         await self._prepare()
-        results: list[DownloadResult | None] = []
+        results: list[DownloadResult | None] = []  # the first RESULTS_KEPT, in input order
+        later_failures: list[DownloadResult] = []
+        tally = dict.fromkeys(DownloadStatus, 0)
+        downloaded_bytes = 0
+        count = 0
         queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(self.concurrency * 2)
 
+        def keep(index: int, result: DownloadResult) -> None:
+            nonlocal downloaded_bytes
+            tally[result.status] += 1
+            if result.status is DownloadStatus.DOWNLOADED:
+                downloaded_bytes += result.size
+            if index < RESULTS_KEPT:
+                results[index] = result
+            elif result.status is DownloadStatus.FAILED:
+                later_failures.append(result)
+
         async def produce() -> None:
+            nonlocal count
             async with contextlib.aclosing(_iterate(source)) as items:
                 async for item in items:  # after a full disk, items fail at once
+                    if isinstance(item, InvalidRecording) and item.recording_id is None:
+                        continue  # only the pager counts it: there is no id to report
+                    index, count = count, count + 1
+                    if index < RESULTS_KEPT:
+                        results.append(None)
                     if isinstance(item, InvalidRecording):
-                        if item.recording_id is not None:  # else only the pager counts it
-                            results.append(self._invalid(item))
-                        continue
-                    results.append(None)
-                    await queue.put((len(results) - 1, item))
+                        keep(index, self._invalid(item))
+                    else:
+                        await queue.put((index, item))
             for _ in range(self.concurrency):
                 await queue.put(None)
 
         async def work() -> None:
             while (job := await queue.get()) is not None:
                 index, item = job
-                results[index] = await self.one(item)
+                keep(index, await self.one(item))
 
         tasks = [asyncio.create_task(produce())]
         tasks += [asyncio.create_task(work()) for _ in range(self.concurrency)]
@@ -515,7 +566,14 @@ class Downloader:
             await self._close()
         final = [r for r in results if r is not None]
         assert len(final) == len(results)
-        return DownloadReport(results=final, elapsed=time.monotonic() - started)
+        return DownloadReport(
+            results=final,
+            elapsed=time.monotonic() - started,
+            truncated=count > RESULTS_KEPT,
+            later_failures=later_failures,
+            tally=tally,
+            bytes_downloaded=downloaded_bytes,
+        )
 
     def _invalid(self, item: InvalidRecording) -> DownloadResult:
         """The failed result of a listed object that is not an archivable recording."""
