@@ -43,6 +43,7 @@ from typing import IO, Any, Self
 
 import attrs
 
+from ._files import fsync_path
 from .errors import ManifestError
 
 if sys.platform != "win32":
@@ -381,7 +382,7 @@ def _import_legacy(path: Path) -> None:
             count = _build(building, _legacy_rows(legacy, path))
             _keep(path, backup)
             os.replace(building, path)
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
         except OSError as err:
             with contextlib.suppress(OSError):
                 building.unlink(missing_ok=True)
@@ -437,16 +438,6 @@ def _keep(path: Path, backup: Path) -> None:
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, backup)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if sys.platform == "win32":  # pragma: no cover - directories cannot be opened there
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- verify -------------------------------------------------------------------------------

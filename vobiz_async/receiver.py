@@ -28,6 +28,7 @@ from typing import Any, Literal
 import attrs
 from yarl import URL
 
+from ._files import fsync_path
 from .download import DownloadStatus
 from .errors import ConfigurationError
 from .manifest import MANIFEST_NAME, Manifest
@@ -197,7 +198,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         self._load()
         logger.info("%s: compacted, %d line(s) dropped", self.path, dropped)
         return dropped
@@ -209,7 +210,7 @@ class Spool:
             created = not self.path.exists()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if created:
-                _fsync_dir(self.path.parent)  # the new name survives a power cut too
+                fsync_path(self.path.parent)  # the new name survives a power cut too
             if self._torn:
                 os.write(self._fd, b"\n")
                 self._torn = False
@@ -228,15 +229,6 @@ class Spool:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # some file systems cannot fsync a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- the receiver -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from ._files import Secret
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -57,20 +58,6 @@ VOBIZ_DOMAIN = "vobiz.ai"
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 #: API origins outside vobiz.ai already warned about in this process.
 _warned_origins: set[str] = set()
-
-
-class _Secret:
-    """A string that never shows itself in a repr, a traceback's locals or a log."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<redacted>"
-
-    __str__ = __repr__
 
 
 def _is_loopback(host: str) -> bool:
@@ -156,7 +143,7 @@ class AsyncSession:
             self._account_segment = quote_path_segment(auth_id, what="auth id")
         except InvalidRecordingIdError as err:
             raise ConfigurationError(f"auth_id is not a valid Vobiz account id: {err}") from None
-        self._token = _Secret(token)
+        self._token = Secret(token)
         self.base_url = self._check_base_url(
             base_url or os.environ.get("VOBIZ_BASE_URL") or DEFAULT_BASE_URL
         )

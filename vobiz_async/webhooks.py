@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 from yarl import URL
 
+from ._files import Secret
 from .errors import ConfigurationError, InvalidRecordingIdError, VobizError
 from .protocol import safe_file_stem
 
@@ -202,20 +203,6 @@ def check_basic_auth(header: str | None, user: str, password: str) -> bool:
     return bool(sep) and user_ok and password_ok
 
 
-class _Secret:
-    """A string that never shows itself in a repr or a log."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return "<redacted>"
-
-    __str__ = __repr__
-
-
 class WebhookVerifier:
     """The receiver's credentials and public URL: decides whether a request is Vobiz's."""
 
@@ -230,10 +217,10 @@ class WebhookVerifier:
         if not auth_token:
             raise ConfigurationError("the auth token is needed to verify callback signatures")
         self.public_url = signed_url(public_url)
-        self._token = _Secret(auth_token)
-        self._parent = _Secret(parent_auth_token) if parent_auth_token else None
+        self._token = Secret(auth_token)
+        self._parent = Secret(parent_auth_token) if parent_auth_token else None
         self.basic_user = basic_auth[0] if basic_auth else None
-        self._basic_password = _Secret(basic_auth[1]) if basic_auth else None
+        self._basic_password = Secret(basic_auth[1]) if basic_auth else None
 
     def __repr__(self) -> str:
         return (
@@ -357,6 +344,46 @@ def _recording_id(value: Any) -> str:
         raise WebhookPayloadError("the callback's recording id is not a usable id") from None
 
 
+@attrs.frozen
+class _Shape:
+    """Where one callback shape keeps each field of a `RecordingEvent`."""
+
+    name: str
+    recording_id: str
+    record_urls: tuple[str, ...]
+    call_uuid: str
+    duration_ms: str
+    duration_s: str
+    start_ms: str
+    end_ms: str
+    end_reason: str | None = None
+    api_id: str | None = None
+
+
+_RECORD_XML = _Shape(
+    "record",
+    "RecordingID",
+    ("RecordUrl", "RecordFile"),
+    "CallUUID",
+    "RecordingDurationMs",
+    "RecordingDuration",
+    "RecordingStartMs",
+    "RecordingEndMs",
+    end_reason="RecordingEndReason",
+)
+_REST = _Shape(
+    "rest",
+    "recording_id",
+    ("record_url",),
+    "call_uuid",
+    "recording_duration_ms",
+    "recording_duration",
+    "recording_start_ms",
+    "recording_end_ms",
+    api_id="api_id",
+)
+
+
 def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     """The finished recording a callback announces, or None when it announces none.
 
@@ -366,42 +393,29 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     None. A finished shape whose recording id is missing or unsafe is `WebhookPayloadError`.
     """
     event = _optional_str(fields.get("Event"))
-    if event is not None:
-        if event != "RecordStop":
-            return None
-        record_url = _optional_str(fields.get("RecordUrl")) or _optional_str(
-            fields.get("RecordFile")
-        )
-        if record_url is None:
-            return None
-        duration_ms = _optional_int(fields.get("RecordingDurationMs"))
-        if duration_ms is None and (seconds := _optional_int(fields.get("RecordingDuration"))):
-            duration_ms = seconds * 1000
-        return RecordingEvent(
-            recording_id=_recording_id(fields.get("RecordingID")),
-            shape="record",
-            record_url=record_url,
-            call_uuid=_optional_str(fields.get("CallUUID")),
-            duration_ms=duration_ms,
-            start_ms=_optional_int(fields.get("RecordingStartMs")),
-            end_ms=_optional_int(fields.get("RecordingEndMs")),
-            end_reason=_optional_str(fields.get("RecordingEndReason")),
-        )
-    record_url = _optional_str(fields.get("record_url"))
-    if record_url is None or _optional_str(fields.get("recording_id")) is None:
+    if event is not None and event != "RecordStop":
         return None
-    duration_ms = _optional_int(fields.get("recording_duration_ms"))
-    if duration_ms is None and (seconds := _optional_int(fields.get("recording_duration"))):
+    shape = _RECORD_XML if event is not None else _REST
+    record_url = next(
+        (url for name in shape.record_urls if (url := _optional_str(fields.get(name)))), None
+    )
+    if record_url is None:
+        return None
+    if shape is _REST and _optional_str(fields.get(shape.recording_id)) is None:
+        return None
+    duration_ms = _optional_int(fields.get(shape.duration_ms))
+    if duration_ms is None and (seconds := _optional_int(fields.get(shape.duration_s))):
         duration_ms = seconds * 1000
     return RecordingEvent(
-        recording_id=_recording_id(fields.get("recording_id")),
-        shape="rest",
+        recording_id=_recording_id(fields.get(shape.recording_id)),
+        shape=shape.name,
         record_url=record_url,
-        call_uuid=_optional_str(fields.get("call_uuid")),
+        call_uuid=_optional_str(fields.get(shape.call_uuid)),
         duration_ms=duration_ms,
-        start_ms=_optional_int(fields.get("recording_start_ms")),
-        end_ms=_optional_int(fields.get("recording_end_ms")),
-        api_id=_optional_str(fields.get("api_id")),
+        start_ms=_optional_int(fields.get(shape.start_ms)),
+        end_ms=_optional_int(fields.get(shape.end_ms)),
+        end_reason=_optional_str(fields.get(shape.end_reason)) if shape.end_reason else None,
+        api_id=_optional_str(fields.get(shape.api_id)) if shape.api_id else None,
     )
 
 

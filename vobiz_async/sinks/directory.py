@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from .._files import fsync_path
 from ..errors import DiskError
 from ..models import Recording
 from ..protocol import archive_key, file_extension, safe_file_stem
@@ -76,14 +77,6 @@ def reserve(fd: int, offset: int, length: int) -> None:
         code = ctypes.get_errno()
         if code in _DISK_FULL:
             raise OSError(code, os.strerror(code))
-
-
-def _fsync_path(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DirectorySink:
@@ -341,10 +334,10 @@ class DirectoryWriter:
             self._opened()  # an empty body still makes an (empty) file
             self._close()
             if self._sink.fsync:
-                await asyncio.to_thread(_fsync_path, self.part)
+                await asyncio.to_thread(fsync_path, self.part)
             os.replace(self.part, final)
             if self._sink.fsync:
-                await asyncio.to_thread(_fsync_path, folder)
+                await asyncio.to_thread(fsync_path, folder)
         except OSError as err:
             raise disk_error(err, final) from err
         self._forget_validator()
