@@ -200,3 +200,23 @@ async def test_cli_missing_bucket_is_one_line(fake: FakeVobiz) -> None:
     assert len(done.err.strip().splitlines()) == 1, done.err
     assert "Traceback" not in done.output
     assert not any(r.operation == "list" for r in fake.stats.requests)
+
+
+async def test_one_sink_serves_download_then_download_many(
+    fake: FakeVobiz, session: AsyncSession, bucket: str, admin: Any
+) -> None:
+    """A `Sink` may be reused: `download()` and then `download_many()` into one S3Sink,
+    the second skipping what the first stored."""
+    first, *rest = [fake.add_recording(size=10_000).recording_id for _ in range(3)]
+    sink = S3Sink(bucket, prefix="reuse/")
+
+    one = await session.recordings.download(first, sink)
+    many = await session.recordings.download_many([first, *rest], sink)
+
+    assert one.status is DownloadStatus.DOWNLOADED, one.error
+    assert [r.status for r in many.results] == [
+        DownloadStatus.SKIPPED,
+        DownloadStatus.DOWNLOADED,
+        DownloadStatus.DOWNLOADED,
+    ]
+    assert sorted(keys(admin, bucket)) == sorted(f"reuse/{rid}.mp3" for rid in [first, *rest])
