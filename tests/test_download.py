@@ -1733,6 +1733,43 @@ async def test_full_disk_stops_new_transfers(
     assert_no_partial_finals(fake, small_disk)
 
 
+class _TornWrite(_PartFile):
+    """A file whose third write lands half its bytes and then fails with ENOSPC."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:
+        self.writes += 1
+        if self.writes == 3:
+            super().write(data[: len(data) // 2])
+            self.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+async def test_a_torn_write_fails_and_the_next_run_resumes_whole(
+    fake: FakeVobiz, session: AsyncSession, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails halfway fails the item with DiskError, leaves a partial that is a
+    prefix of the served bytes, and the next run resumes it to the whole recording."""
+    (rid,) = add(fake, size=2_000_000)
+    wrap_part_files(monkeypatch, _TornWrite)
+
+    torn = await session.recordings.download(recording(fake, rid), dest)
+
+    assert torn.status is DownloadStatus.FAILED
+    assert isinstance(torn.error, DiskError)
+    part = dest / f"{rid}.part"
+    assert part.read_bytes() == fake.body(rid)[: part.stat().st_size]
+    monkeypatch.undo()
+
+    again = await session.recordings.download(recording(fake, rid), dest)
+
+    assert_verified(fake, again)
+
+
 async def test_a_destination_turning_read_only_stops_new_transfers(
     fake: FakeVobiz, session: AsyncSession, dest: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

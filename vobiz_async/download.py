@@ -424,7 +424,7 @@ class _Offload:
 async def _settle(job: Future[None] | None, err: BaseException) -> None:
     """Wait for a helper's job before the file closes or `state` is used again, even
     through a cancellation. A failed write outranks `err` (unless we are being cancelled):
-    the OSError handler then restarts the transfer, since the file's tail is unknown."""
+    the storage-error handler then restarts the transfer, since the file's tail is unknown."""
     if job is None:
         return
     cancelled: asyncio.CancelledError | None = None
@@ -437,7 +437,7 @@ async def _settle(job: Future[None] | None, err: BaseException) -> None:
         raise cancelled
     failure = None if job.cancelled() else job.exception()
     if (
-        isinstance(failure, OSError)
+        isinstance(failure, (OSError, StorageError))
         and failure is not err
         and not isinstance(err, asyncio.CancelledError)
     ):

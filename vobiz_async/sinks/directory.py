@@ -293,12 +293,27 @@ class DirectoryWriter:
             raise disk_error(err, os.path.dirname(self.part)) from err
 
     def write_blocking(self, chunk: bytes) -> None:
-        """Append `chunk`; safe on a helper thread while the loop leaves this writer alone."""
+        """Append `chunk`; safe on a helper thread while the loop leaves this writer alone.
+        A failed write leaves the partial holding exactly the bytes written before it."""
         try:
             self._opened().write(chunk)
         except OSError as err:
+            self._cut_back()
             raise disk_error(err, self.part) from err
         self._offset += len(chunk)
+
+    def _cut_back(self) -> None:
+        """After a failed write: drop whatever part of it reached the file, so the partial's
+        size stays the writer's offset; remove the partial if even that fails."""
+        with contextlib.suppress(OSError, DiskError):
+            self._close()
+        try:
+            os.truncate(self.part, self._offset)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.part)
+            self._offset = 0
+            self._forget_validator()
 
     async def write(self, chunk: bytes) -> None:
         self.write_blocking(chunk)
