@@ -521,7 +521,11 @@ class Downloader:
         tally = dict.fromkeys(DownloadStatus, 0)
         downloaded_bytes = 0
         count = 0
-        queue: asyncio.Queue[tuple[int, Item] | None] = asyncio.Queue(self.concurrency * 2)
+        # One task per item in flight, started as a slot frees: nothing is set up per slot,
+        # so an absurd concurrency costs nothing beyond the work.
+        slots = asyncio.Semaphore(self.concurrency)
+        running: set[asyncio.Task[None]] = set()
+        broken: list[BaseException] = []  # a transfer task that raised: a bug, re-raised
 
         def keep(index: int, result: DownloadResult) -> None:
             nonlocal downloaded_bytes
@@ -533,8 +537,18 @@ class Downloader:
             elif result.status is DownloadStatus.FAILED:
                 later_failures.append(result)
 
-        async def produce() -> None:
-            nonlocal count
+        async def transfer(index: int, item: Item) -> None:
+            try:
+                keep(index, await self.one(item))
+            finally:
+                slots.release()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and (error := task.exception()) is not None:
+                broken.append(error)
+
+        try:
             async with contextlib.aclosing(_iterate(source)) as items:
                 async for item in items:  # after a full disk, items fail at once
                     if isinstance(item, InvalidRecording) and item.recording_id is None:
@@ -544,25 +558,22 @@ class Downloader:
                         results.append(None)
                     if isinstance(item, InvalidRecording):
                         keep(index, self._invalid(item))
-                    else:
-                        await queue.put((index, item))
-            for _ in range(self.concurrency):
-                await queue.put(None)
-
-        async def work() -> None:
-            while (job := await queue.get()) is not None:
-                index, item = job
-                keep(index, await self.one(item))
-
-        tasks = [asyncio.create_task(produce())]
-        tasks += [asyncio.create_task(work()) for _ in range(self.concurrency)]
-        try:
-            for finished in asyncio.as_completed(tasks):
-                await finished
+                        continue
+                    await slots.acquire()
+                    if broken:
+                        slots.release()
+                        raise broken[0]
+                    task = asyncio.create_task(transfer(index, item))
+                    running.add(task)
+                    task.add_done_callback(finished)
+            while running:
+                await asyncio.wait(set(running))
+            if broken:
+                raise broken[0]
         finally:
-            for task in tasks:
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
             await self._close()
         final = [r for r in results if r is not None]
         assert len(final) == len(results)

@@ -185,7 +185,8 @@ class DirectorySink:
         stem = safe_file_stem(recording.recording_id)
         part = os.path.join(folder, stem + PARTIAL_SUFFIX)
         writer = DirectoryWriter(self, recording, part)
-        await asyncio.to_thread(writer.adopt)
+        if stem + PARTIAL_SUFFIX in self._names(folder):  # the batch's one listing
+            writer.adopt()  # a stat and a few bytes: cheaper on the loop than a thread hop
         return writer
 
     def committed(self, folder: str, name: str) -> None:
