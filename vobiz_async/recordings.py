@@ -25,6 +25,7 @@ from .pager import AsyncPager
 from .protocol import quote_path_segment
 
 if TYPE_CHECKING:
+    from .scaleout import Engine
     from .session import AsyncSession
 
 __all__ = ["MAX_PAGE_SIZE", "Recordings"]
@@ -203,6 +204,7 @@ class Recordings:
         layout: Layout = "flat",
         trusted_hosts: Iterable[str] | None = None,
         max_paced_wait: float = MAX_PACED_WAIT,
+        engine: Engine | None = None,
     ) -> DownloadReport:
         """Download every recording of `source` into `dest`, `concurrency` at a time.
 
@@ -214,7 +216,25 @@ class Recordings:
         A transfer is tried up to `max_attempts` times; a 429 or 503 whose `Retry-After` was
         honoured is the server pacing the batch, not a failed attempt, so it only counts
         against `max_paced_wait`, the seconds one recording may spend waiting on them.
+
+        `engine` (such as `vobiz_async.scaleout.RayEngine`) runs the job elsewhere, in
+        shards; `concurrency` then stays the total in flight across the job.
         """
+        if engine is not None:
+            return await engine.run(
+                self._session,
+                source,
+                dest,
+                concurrency=concurrency,
+                on_progress=on_progress,
+                manifest=manifest,
+                overwrite=overwrite,
+                max_attempts=max_attempts,
+                fsync=fsync,
+                layout=layout,
+                trusted_hosts=trusted_hosts,
+                max_paced_wait=max_paced_wait,
+            )
         downloader = Downloader(
             self._session,
             dest,

@@ -1,0 +1,236 @@
+"""`RayEngine`: shards as Ray tasks on a two-node `ray.cluster_utils.Cluster` on 127.0.0.1.
+
+The fake serves from this test's event loop; the Ray workers are real processes on two Ray
+nodes of this machine, writing into one shared folder. Ray advertises the machine's
+non-loopback address unless told otherwise: the two test-only settings below (read when Ray
+is imported) keep every Ray process on 127.0.0.1 and its usage reporting off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from vobiz_async import AsyncSession, DownloadStatus, Recording  # noqa: E402
+from vobiz_async.manifest import Manifest, verify_manifest  # noqa: E402
+from vobiz_async.scaleout import (  # noqa: E402
+    SHARDS_SUFFIX,
+    RayEngine,
+    ScaleOutReport,
+    plan_shards,
+    split_concurrency,
+)
+from vobiz_async.testing import FakeVobiz  # noqa: E402
+
+#: The token the fake accepts in these tests: distinctive, so a grep cannot miss it.
+TOKEN = "tok-Zq8xK3vT-never-in-ray"
+JOB_TIMEOUT = 120.0
+
+
+def media_gets(fake: FakeVobiz) -> Counter[str]:
+    """Media GETs per recording id, as the fake counted them."""
+    counts: Counter[str] = Counter()
+    for record in fake.stats.requests:
+        if record.operation == "media" and record.method == "GET":
+            name = unquote(record.path.split("?", 1)[0].rsplit("/", 1)[1])
+            counts[name.rpartition(".")[0]] += 1
+    return counts
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_all_verified(fake: FakeVobiz, out: Path, report: ScaleOutReport) -> None:
+    """Every recording is on disk with the fake's bytes and in the index, which verifies."""
+    assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
+    by_id = {r.recording_id: r for r in report.results}
+    assert sorted(by_id) == sorted(fake.recording_ids)
+    for rid in fake.recording_ids:
+        path = by_id[rid].path
+        assert path is not None
+        assert sha256(path) == fake.sha256(rid), rid
+    with Manifest(out / "index") as index:
+        assert sorted(e.recording_id for e in index) == sorted(fake.recording_ids)
+        assert verify_manifest(out, index) == []
+
+
+# -- pure parts -------------------------------------------------------------------------
+
+
+def _recording(rid: str, minutes: int) -> Recording:
+    moment = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)
+    return Recording(recording_id=rid, add_time=moment, recording_url=f"https://x/{rid}.mp3")
+
+
+def test_shards_are_cut_oldest_first_and_keep_their_keys_when_recordings_arrive() -> None:
+    """A newer recording joins the last shard; the earlier shards keep their keys."""
+    listing = [_recording(f"r{n}", minutes=n) for n in range(7)][::-1]  # newest first
+    before = plan_shards(listing, 3)
+    after = plan_shards([_recording("r7", minutes=7), *listing], 3)
+    assert [[i.recording_id for i in items] for _, items in before] == [  # type: ignore[union-attr]
+        ["r0", "r1", "r2"],
+        ["r3", "r4", "r5"],
+        ["r6"],
+    ]
+    assert [key for key, _ in after[:2]] == [key for key, _ in before[:2]]
+    assert after[2][0] != before[2][0]
+
+
+@pytest.mark.parametrize(
+    ("total", "per_shard", "shards", "cpus", "expected"),
+    [
+        (16, 16, 10, 2, (2, 8)),  # the total is split over the shards that run at once
+        (64, 16, 10, 8, (8, 8)),  # spread over every CPU rather than fill fewer shards
+        (1000, 16, 3, 8, (3, 16)),  # fewer shards than CPUs
+        (1, 16, 5, 4, (1, 1)),
+        (5, 2, 10, 4, (4, 1)),
+    ],
+)
+def test_concurrency_is_split_over_the_shards_that_run_at_once(
+    total: int, per_shard: int, shards: int, cpus: int, expected: tuple[int, int]
+) -> None:
+    """Shards at once times transfers per shard never exceeds the job's concurrency."""
+    slots, each = split_concurrency(total, per_shard, shards, cpus)
+    assert (slots, each) == expected
+    assert slots * each <= max(total, slots)
+
+
+def test_retrying_forever_is_refused() -> None:
+    """Ray's max_retries=-1 (retry forever) is a ValueError, not an endless loop."""
+    with pytest.raises(ValueError, match="forever"):
+        RayEngine(max_retries=-1)
+
+
+def test_importing_the_library_and_cli_does_not_import_ray() -> None:
+    """Ray is imported only when an engine runs."""
+    code = (
+        "import sys, vobiz_async, vobiz_async.cli, vobiz_async.scaleout; "
+        "sys.exit('ray' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0  # noqa: S603
+
+
+# -- on a two-node cluster --------------------------------------------------------------
+
+
+@pytest.fixture(name="cluster", scope="module")
+def _cluster() -> Iterator[Cluster]:
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(name="node")
+def _node(cluster: Cluster) -> Iterator[Any]:
+    """A second node with one CPU, removed after the test if it is still there."""
+    node = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield node
+    if node in cluster.worker_nodes:
+        cluster.remove_node(node)
+
+
+@pytest.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=32, seed=3, media_latency=0.05, auth_token=TOKEN) as fake:
+        yield fake
+
+
+async def archive(
+    session: AsyncSession, out: Path, engine: RayEngine, **options: Any
+) -> ScaleOutReport:
+    job = session.recordings.download_many(
+        session.recordings.list(limit=100), out, manifest=out / "index", engine=engine, **options
+    )
+    report = await asyncio.wait_for(job, JOB_TIMEOUT)
+    assert isinstance(report, ScaleOutReport)
+    return report
+
+
+async def test_shards_run_on_both_nodes_and_each_recording_is_fetched_once(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """4 shards over 2 nodes: two node ids, one media GET per recording, all verified."""
+    engine = RayEngine(shard_size=8, concurrency_per_shard=4)
+    report = await archive(session, tmp_path, engine, concurrency=8)
+    assert_all_verified(fake, tmp_path, report)
+    assert len({share.node_id for share in report.workers}) == 2
+    assert sum(share.recordings for share in report.workers) == 32
+    assert all(share.pid != os.getpid() for share in report.workers)
+    assert media_gets(fake) == Counter(dict.fromkeys(fake.recording_ids, 1))
+    assert fake.stats.media_in_flight_max <= 8  # the job's concurrency, across both nodes
+
+
+async def test_a_rerun_issues_no_media_gets(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """The same job again skips every finished shard: no media request at all."""
+    engine = RayEngine(shard_size=8, concurrency_per_shard=4)
+    await archive(session, tmp_path, engine, concurrency=8)
+    fake.stats.reset()
+    again = await archive(session, tmp_path, engine, concurrency=8)
+    assert fake.stats.media_requests == 0
+    assert (again.shards, again.shards_skipped) == (4, 4)
+    assert_all_verified(fake, tmp_path, again)
+
+
+async def test_without_the_shard_journal_a_rerun_skips_stored_files_by_the_index(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """With the journal gone the shards run again, find every file, and fetch none."""
+    engine = RayEngine(shard_size=8, concurrency_per_shard=4)
+    await archive(session, tmp_path, engine, concurrency=8)
+    await asyncio.to_thread(Path(str(tmp_path / "index") + SHARDS_SUFFIX).unlink)
+    fake.stats.reset()
+    again = await archive(session, tmp_path, engine, concurrency=8)
+    assert fake.stats.media_requests == 0
+    assert again.shards_skipped == 0
+    assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
+    assert_all_verified(fake, tmp_path, again)
+
+
+async def test_the_token_leaves_no_trace_in_ray(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """After a job: not in any file under the session's logs/, the task records, the job
+    table, or the key-value store (where pickled functions live)."""
+    engine = RayEngine(shard_size=8, concurrency_per_shard=4)
+    report = await archive(session, tmp_path, engine, concurrency=8)
+    assert report.ok
+    secret = TOKEN.encode()
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    logs = [p for p in (session_dir / "logs").rglob("*") if p.is_file()]
+    assert logs  # the grep below looks at something
+    assert [p for p in logs if secret in p.read_bytes()] == []
+    state = ray._private.state.state
+    events = state._get_all_task_events()
+    assert any(b"vobiz-shard-" in e.SerializeToString() for e in events)
+    assert [e for e in events if secret in e.SerializeToString()] == []
+    assert TOKEN not in repr(state.job_table())
+    from ray.experimental import internal_kv
+
+    for namespace in (None, "fun", "session", "cluster", "job", "runtime_env", "dashboard"):
+        for key in internal_kv._internal_kv_list(b"", namespace=namespace):
+            value = internal_kv._internal_kv_get(key, namespace=namespace) or b""
+            assert secret not in key + value, (namespace, key)
