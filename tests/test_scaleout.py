@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -208,6 +209,64 @@ async def test_without_the_shard_journal_a_rerun_skips_stored_files_by_the_index
     assert again.shards_skipped == 0
     assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
     assert_all_verified(fake, tmp_path, again)
+
+
+async def test_losing_a_node_completes_the_job_and_refetches_only_what_was_in_flight(
+    cluster: Cluster, node: Any, tmp_path: Path
+) -> None:
+    """A node killed mid-shard: its shard is retried elsewhere, the job completes, the
+    index covers every recording, and only recordings in flight there are fetched twice."""
+    per_shard = 2
+    async with (
+        FakeVobiz(recordings=32, seed=4, media_latency=0.25, auth_token=TOKEN) as fake,
+        AsyncSession(**fake.session_kwargs()) as session,
+    ):
+        engine = RayEngine(shard_size=8, concurrency_per_shard=per_shard)
+        job = asyncio.create_task(archive(session, tmp_path, engine, concurrency=2 * per_shard))
+        for _ in range(800):  # both shards in flight: one on each node
+            if fake.stats.media_in_flight >= 2 * per_shard or job.done():
+                break
+            await asyncio.sleep(0.025)
+        assert not job.done()
+        await asyncio.to_thread(cluster.remove_node, node, allow_graceful=False)
+        report = await job
+        assert_all_verified(fake, tmp_path, report)
+        gets = media_gets(fake)
+        assert set(gets) == set(fake.recording_ids)
+        twice = [rid for rid, count in gets.items() if count > 1]
+        assert len(twice) <= per_shard, gets
+        assert max(gets.values()) <= 2
+        assert sum(share.recordings for share in report.workers) == 32
+
+
+class _Poison(str):
+    """An id that kills the worker process that unpickles it: a shard that always crashes."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (17,))
+
+
+async def test_a_shard_that_always_crashes_is_retried_a_bounded_number_of_times_and_reported(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """The crashing shard fails after its retries; every other shard completes."""
+    good = fake.recording_ids[:6]
+    engine = RayEngine(shard_size=3, concurrency_per_shard=2, max_retries=1)
+    job = session.recordings.download_many(
+        [*good, _Poison("poison")], tmp_path, manifest=tmp_path / "index", engine=engine
+    )
+    report = await asyncio.wait_for(job, JOB_TIMEOUT)
+    assert isinstance(report, ScaleOutReport)
+    assert [(f.index, f.size) for f in report.failed_shards] == [(2, 1)]
+    assert "poison" in [r.recording_id for r in report.failed]
+    assert sorted(r.recording_id for r in report.downloaded) == sorted(good)
+    journal = sqlite3.connect(str(tmp_path / "index") + SHARDS_SUFFIX)
+    try:
+        assert journal.execute("SELECT count(*) FROM shards").fetchone()[0] == 2
+    finally:
+        journal.close()
 
 
 async def test_the_token_leaves_no_trace_in_ray(
