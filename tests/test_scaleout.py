@@ -9,6 +9,7 @@ is imported) keep every Ray process on 127.0.0.1 and its usage reporting off.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -131,11 +132,43 @@ def test_importing_the_library_and_cli_does_not_import_ray() -> None:
 # -- on a two-node cluster --------------------------------------------------------------
 
 
+#: Even with its dashboard off, a Ray head runs a usage-stats process that asks the cloud
+#: metadata address (169.254.169.254, metadata.google.internal) which cloud it is on, and
+#: sends a "usage stats disabled" report to usage-stats.ray.io for clusters not started by
+#: `ray.init`. Both go through `requests`, which honours these proxy settings: the processes
+#: Ray starts with them reach only a closed loopback port instead (seen with strace).
+LOOPBACK_ONLY = {
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost",
+    "NO_PROXY": "127.0.0.1,localhost",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+}
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """The environment Ray's processes are started with: nothing leaves 127.0.0.1."""
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ONLY}
+    os.environ.update(LOOPBACK_ONLY)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @pytest.fixture(name="cluster", scope="module")
 def _cluster() -> Iterator[Cluster]:
-    cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-    )
+    with loopback_only():
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
     ray.init(address=cluster.address, log_to_driver=False)
     yield cluster
     ray.shutdown()
@@ -145,7 +178,8 @@ def _cluster() -> Iterator[Cluster]:
 @pytest.fixture(name="node")
 def _node(cluster: Cluster) -> Iterator[Any]:
     """A second node with one CPU, removed after the test if it is still there."""
-    node = cluster.add_node(num_cpus=1)
+    with loopback_only():
+        node = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     yield node
     if node in cluster.worker_nodes:
