@@ -50,7 +50,7 @@ def parse_args() -> argparse.Namespace:
         "--peer",
         action="append",
         metavar="SLUG",
-        help="run only these peers (repeatable): vobiz_async, curl, aria2c, wget, httpx, "
+        help="run only these peers (repeatable): vobiz_async, cli, ray, curl, aria2c, wget, httpx, "
         "aiohttp-naive, requests; listing: sequential, pager, list-then-download, pipelined",
     )
     parser.add_argument("--seed", type=int, default=5, help="seed of the peer order")

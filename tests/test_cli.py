@@ -19,7 +19,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-from _procs import child_pids, running
 
 from vobiz_async import Recording, __version__
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
@@ -195,12 +194,10 @@ async def test_version(base_env: dict[str, str]) -> None:
 # -- download -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", ["1", "3"])
 async def test_download_with_faults_saves_every_file_intact(
-    cli: Cli, fake: FakeVobiz, out: Path, workers: str
+    cli: Cli, fake: FakeVobiz, out: Path
 ) -> None:
-    """Dropped, short, 503 and expired-URL transfers all end byte for byte right, exit 0,
-    in one process or spread over worker processes."""
+    """Dropped, short, 503 and expired-URL transfers all end byte for byte right, exit 0."""
     ids = fake.recording_ids
     fake.media_fault(ids[0], "drop")
     fake.media_fault(ids[1], "short")
@@ -208,7 +205,7 @@ async def test_download_with_faults_saves_every_file_intact(
     fake.media_fault(ids[3], "expired")
     fake.media_fault(ids[4], "drop", times=2)
 
-    result = await cli("download", "--out", str(out), "--concurrency", "4", "--workers", workers)
+    result = await cli("download", "--out", str(out), "--concurrency", "4")
 
     assert result.code == 0, result.output
     assert_archived(fake, out, ids)
@@ -217,15 +214,12 @@ async def test_download_with_faults_saves_every_file_intact(
     assert {403, 503} <= statuses, "the status faults were never served"
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-async def test_download_writes_manifest_of_every_file(
-    cli: Cli, fake: FakeVobiz, out: Path, workers: str
-) -> None:
+async def test_download_writes_manifest_of_every_file(cli: Cli, fake: FakeVobiz, out: Path) -> None:
     """The manifest lists every saved file, one entry each, with its size and the served
-    sha256; worker processes share it."""
+    sha256."""
     fake.media_fault(fake.recording_ids[0], "drop")
 
-    result = await cli("download", "--out", str(out), "--workers", workers)
+    result = await cli("download", "--out", str(out))
 
     assert result.code == 0, result.output
     files = saved(out)
@@ -254,17 +248,16 @@ async def test_verify_after_download_passes(cli: Cli, fake: FakeVobiz, out: Path
     [(404, 2), (500, 50)],
     ids=["not-found-even-after-refresh", "server-error-every-attempt"],
 )
-@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_permanent_failure_exits_1_and_saves_the_rest(
-    cli: Cli, fake: FakeVobiz, out: Path, status: int, times: int, workers: str
+    cli: Cli, fake: FakeVobiz, out: Path, status: int, times: int
 ) -> None:
-    """One recording that never downloads: exit 1, named with its reason (also when a
-    worker process met it); the rest are saved."""
+    """One recording that never downloads: exit 1, named with its reason; the rest are
+    saved."""
     ids = fake.recording_ids
     doomed = ids[5]
     fake.media_fault(doomed, "status", status=status, times=times, retry_after=0)
 
-    result = await cli("download", "--out", str(out), "--workers", workers)
+    result = await cli("download", "--out", str(out))
 
     assert result.code == 1, result.output
     assert summary(result).startswith(f"downloaded {len(ids) - 1}, skipped 0, failed 1;")
@@ -340,12 +333,11 @@ async def test_overwrite_fetches_everything_again(cli: Cli, fake: FakeVobiz, out
     assert_archived(fake, out, fake.recording_ids)
 
 
-@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["default", "2-workers"])
-async def test_download_ids(cli: Cli, fake: FakeVobiz, out: Path, workers: list[str]) -> None:
+async def test_download_ids(cli: Cli, fake: FakeVobiz, out: Path) -> None:
     """`--ids A B` downloads exactly those recordings."""
     wanted = fake.recording_ids[2:4]
 
-    result = await cli("download", "--out", str(out), "--ids", *wanted, *workers)
+    result = await cli("download", "--out", str(out), "--ids", *wanted)
 
     assert result.code == 0, result.output
     assert_archived(fake, out, wanted)
@@ -450,12 +442,11 @@ async def wait_for_bytes(part: Path, proc: asyncio.subprocess.Process) -> None:
     raise AssertionError(f"{part.name} never appeared")
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_ctrl_c_stops_cleanly_and_rerun_completes(
-    base_env: dict[str, str], out: Path, workers: str
+    base_env: dict[str, str], out: Path
 ) -> None:
-    """SIGINT mid-download: exit 130, no partial final file, no worker process left behind;
-    a re-run resumes and completes."""
+    """SIGINT mid-download: exit 130, no partial final file; a re-run resumes and
+    completes."""
     async with FakeVobiz(recordings=6, seed=2) as fake:
         big = fake.add_recording(size=2_000_000).recording_id  # ~25 s at the "slow" rate
         # Only the big one trickles: a slow fault left unserved by the first run would
@@ -463,16 +454,11 @@ async def test_ctrl_c_stops_cleanly_and_rerun_completes(
         fake.media_fault(big, "slow")
         env = env_for(base_env, fake)
 
-        proc = await start_cli(
-            "download", "--out", str(out), "--concurrency", "8", "--workers", workers, env=env
-        )
+        proc = await start_cli("download", "--out", str(out), "--concurrency", "8", env=env)
         await wait_for_bytes(out / f"{big}.part", proc)
-        workers_seen = child_pids(proc.pid)
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)
 
-        assert len(workers_seen) == int(workers) - 1  # the CLI itself is one of them
-        assert not [pid for pid in workers_seen if running(pid)], "a worker outlived the CLI"
         assert interrupted.code == 130, interrupted.output
         assert "interrupted" in interrupted.err
         assert "Traceback" not in interrupted.output

@@ -283,7 +283,7 @@ async def test_destination_check_leaves_no_probe(cli: Cli, fake: FakeVobiz, tmp_
         (["fake-server", "--base-url", "https://api.vobiz.ai/api/v1/"], "--base-url does not"),
         (["fake-server", "--auth-id", "a/b"], "--auth-id is not usable"),
         (["download", "--out", "x", "--concurrency", "abc"], "expected a whole number >= 1"),
-        (["download", "--out", "x", "--workers", "0"], "--workers: expected a whole number >= 1"),
+        (["download", "--out", "x", "--shard-size", "0"], "--shard-size: expected a whole"),
         (["list", "--limit", "ten"], "--limit: expected a whole number >= 1, got 'ten'"),
         (["demo", "--count", "1.5"], "--count: expected a whole number >= 1, got '1.5'"),
     ],
@@ -294,7 +294,7 @@ async def test_destination_check_leaves_no_probe(cli: Cli, fake: FakeVobiz, tmp_
         "fake-base-url",
         "fake-auth-id",
         "concurrency-word",
-        "zero-workers",
+        "zero-shard-size",
         "limit-word",
         "demo-fraction",
     ],
@@ -537,7 +537,7 @@ async def test_resumed_run_counts_only_the_bytes_it_transferred(
             "VOBIZ_AUTH_TOKEN": fake.auth_token,
             "VOBIZ_BASE_URL": fake.base_url,
         }
-        proc = await start("download", "--out", str(out), "--workers", "1", env=env)
+        proc = await start("download", "--out", str(out), env=env)
         await wait_for_bytes(out / f"{big}.part", proc, at_least=120_000)
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)

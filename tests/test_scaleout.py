@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -30,7 +31,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from vobiz_async import AsyncSession, DownloadStatus, Recording  # noqa: E402
-from vobiz_async.manifest import Manifest, verify_manifest  # noqa: E402
+from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest  # noqa: E402
 from vobiz_async.scaleout import (  # noqa: E402
     SHARDS_SUFFIX,
     RayEngine,
@@ -327,3 +328,66 @@ async def test_the_token_leaves_no_trace_in_ray(
         for key in internal_kv._internal_kv_list(b"", namespace=namespace):
             value = internal_kv._internal_kv_get(key, namespace=namespace) or b""
             assert secret not in key + value, (namespace, key)
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+async def run_cli(*args: str, fake: FakeVobiz) -> tuple[int, str, str]:
+    """`vobiz-recordings ARGS` in a child process, credentials in its environment."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")},
+        **LOOPBACK_ONLY,
+        "VOBIZ_AUTH_ID": fake.auth_id,
+        "VOBIZ_AUTH_TOKEN": fake.auth_token,
+        "VOBIZ_BASE_URL": fake.base_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vobiz_async",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), JOB_TIMEOUT)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_on_a_local_ray_reports_its_workers_in_the_json_summary(
+    fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """`download --engine ray --json`: a local Ray of its own; the last line of stdout is
+    the summary, whose workers add up to every recording, all archived and verified."""
+    code, out, err = await run_cli(
+        "download", "--out", str(tmp_path), "--engine", "ray", "--shard-size", "8",
+        "--concurrency", "4", "--json", fake=fake,
+    )  # fmt: skip
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["downloaded"], summary["failed"]) == (32, 0)
+    assert sum(w["recordings"] for w in summary["workers"]) == 32
+    assert all(int(w["node_id"], 16) and w["pid"] > 0 for w in summary["workers"])
+    assert summary["failed_shards"] == []
+    assert media_gets(fake) == Counter(dict.fromkeys(fake.recording_ids, 1))
+    with Manifest(tmp_path / MANIFEST_NAME) as index:
+        assert len(index) == 32
+        assert verify_manifest(tmp_path, index) == []
+    assert TOKEN not in out + err
+
+
+async def test_cli_refuses_the_token_on_the_command_line_with_ray(
+    fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """Ray stores the driver's command line: `--auth-token` with `--engine ray` is a usage
+    error that names the environment variable, before anything starts."""
+    code, out, err = await run_cli(
+        "--auth-token", TOKEN, "download", "--out", str(tmp_path), "--engine", "ray", fake=fake
+    )
+    assert code == 2
+    assert "VOBIZ_AUTH_TOKEN" in err
+    assert TOKEN not in out + err
+    assert fake.stats.api_requests == 0

@@ -41,15 +41,13 @@ from .models import InvalidRecording, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
 from .recordings import MAX_PAGE_SIZE
+from .scaleout import RayEngine, ScaleOutReport  # Ray itself: only when a job runs
 from .session import AsyncSession
 from .sinks import S3Sink, verify_objects
-from .workers import configure_logging, default_workers, download_in_workers
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_AUTH, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-#: Fewer ids than this download in-process even when workers are available.
-SMALL_JOB = 64
 logger = logging.getLogger("vobiz_async")
 
 
@@ -210,6 +208,34 @@ class Progress:
             f"{self.failed} failed), {_human_bytes(self.bytes)}, "
             f"{_human_bytes(self.bytes / elapsed)}/s"
         )
+
+
+def summary_json(report: DownloadReport) -> dict[str, Any]:
+    """The closing summary as one JSON object; a Ray job adds where its work ran."""
+    summary: dict[str, Any] = {
+        "downloaded": len(report.downloaded),
+        "skipped": len(report.skipped),
+        "failed": len(report.failed),
+        "bytes": report.total_bytes,
+        "elapsed": round(report.elapsed, 3),
+        "failures": [
+            {"recording_id": r.recording_id, "error": str(r.error)} for r in report.failed
+        ],
+    }
+    if isinstance(report, ScaleOutReport):
+        summary["workers"] = [attrs.asdict(share) for share in report.workers]
+        summary["failed_shards"] = [attrs.asdict(f) for f in report.failed_shards]
+    return summary
+
+
+def configure_logging(debug: bool) -> None:
+    """Warnings, or everything with --debug (aiohttp's own chatter stays at errors)."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:
+        logging.getLogger("aiohttp").setLevel(logging.ERROR)
 
 
 def print_summary(report: DownloadReport, out: TextIO, transferred: int | None = None) -> None:
@@ -382,19 +408,19 @@ async def _ids_to_repair(args: argparse.Namespace, out: Path) -> list[str]:
     return [problem.recording_id for problem in problems]
 
 
-def _worker_count(args: argparse.Namespace, ids: list[str] | None) -> int:
-    """`--workers`, or one per two CPUs (at most 4); a short list of ids stays in-process,
-    where starting interpreters would cost more than it saves."""
-    if args.workers is not None:
-        workers: int = args.workers
-    elif ids is not None and len(ids) < SMALL_JOB:
-        workers = 1
-    else:
-        workers = default_workers()
-    if ids is not None:
-        workers = min(workers, len(ids))
-    concurrency: int = args.concurrency
-    return max(1, min(workers, concurrency))
+def _engine(args: argparse.Namespace) -> Any:
+    """`--engine ray`'s engine, or None for the local one."""
+    if getattr(args, "engine", "local") != "ray":
+        return None
+    if args.auth_token is not None:
+        # Ray keeps the driver's command line in its job table, for anyone on the cluster.
+        raise UsageError(
+            "with --engine ray, pass the auth token in VOBIZ_AUTH_TOKEN, not --auth-token: "
+            "Ray stores the command line"
+        )
+    if str(args.out).startswith("s3://"):
+        raise UsageError("--engine ray archives into a folder every node mounts, not s3:// yet")
+    return RayEngine(address=args.ray_address, shard_size=args.shard_size)
 
 
 def _s3_sink(args: argparse.Namespace, out: str, index: Manifest | None = None) -> S3Sink:
@@ -463,6 +489,7 @@ async def run_download(
     reports: list[DownloadReport],
 ) -> int:
     """The archive job shared by `download` and `demo`."""
+    engine = _engine(args)
     if str(args.out).startswith("s3://"):
         report = await _run_s3_download(session, args, progress)
         reports.append(report)
@@ -485,15 +512,9 @@ async def run_download(
         "overwrite": overwrite,
     }
     layout = getattr(args, "layout", "flat")
-    workers = _worker_count(args, ids) if layout == "flat" else 1  # the pool lays out flat
     if layout != "flat":
         options["layout"] = layout
-    if workers > 1:
-        report = await download_in_workers(
-            session, source, out, workers=workers, debug=args.debug, **options
-        )
-    else:
-        report = await session.recordings.download_many(source, out, **options)
+    report = await session.recordings.download_many(source, out, engine=engine, **options)
     reports.append(report)
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -509,7 +530,10 @@ async def cmd_download(args: argparse.Namespace) -> int:
             raise
     if reports:  # none when --repair found nothing to fetch
         with _stdout_may_close():
-            print_summary(reports[0], sys.stdout, transferred=progress.bytes)
+            if getattr(args, "json", False):
+                print(json.dumps(summary_json(reports[0]), separators=(",", ":")))
+            else:
+                print_summary(reports[0], sys.stdout, transferred=progress.bytes)
     return code
 
 
@@ -777,11 +801,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--concurrency", type=_positive, default=16)
         sub.add_argument("--overwrite", action="store_true", help="fetch files already saved")
         sub.add_argument("--no-manifest", action="store_true", help=f"skip {MANIFEST_NAME}")
-        sub.add_argument(
-            "--workers",
-            type=_positive,
-            help="processes sharing the transfers (default: one per two CPUs, at most 4)",
-        )
         sub.set_defaults(recording_type=None, call_uuid=None, ids=None, ids_file=None, repair=False)
 
     download = add("download", cmd_download, "archive recordings into a folder")
@@ -809,6 +828,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-fetch exactly the files `verify` finds missing or changed",
     )
     download_options(download)
+    download.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    download.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where transfers run: this process, or Ray tasks (pip install 'vobiz-async[ray]')",
+    )
+    download.add_argument(
+        "--ray-address", help="a running Ray cluster (auto, HOST:PORT); default: a local Ray"
+    )
+    download.add_argument(
+        "--shard-size", type=_positive, default=2000, help="recordings per Ray task"
+    )
 
     verify = add("verify", cmd_verify, "re-hash an archive against its manifest")
     verify.add_argument("dir", help="a folder, or s3://bucket/prefix/")

@@ -544,7 +544,9 @@ class _Run:
             return False
         address = self.engine.address
         ray.init(
-            address=address,
+            # "local" starts a Ray of our own even where another one runs on this machine
+            # (None would join the latest one started there).
+            address="local" if address is None else address,
             include_dashboard=False if address is None else None,
             # Worker output stays in the session's logs/ folder: the driver's stdout is the
             # CLI's, and its last line may be a JSON summary.

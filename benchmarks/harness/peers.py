@@ -15,14 +15,15 @@ from harness.services import AUTH_ID, AUTH_TOKEN, SCRIPTS
 
 HEADERS = (f"X-Auth-ID: {AUTH_ID}", f"X-Auth-Token: {AUTH_TOKEN}")
 LIBRARY = "vobiz_async"
-CLI_WORKERS = 2
-CLI = f"vobiz-recordings CLI ({CLI_WORKERS} workers)"
+CLI = "vobiz-recordings CLI"
+RAY = "vobiz_async on Ray (local)"
 CURL = "curl"
 SEQUENTIAL_PAGING = "sequential paging (aiohttp)"
 PAGER = "vobiz_async pager"
 LIST_THEN_DOWNLOAD = "list-then-download (vobiz_async)"
 PIPELINED = "pipelined (vobiz_async)"
 MANIFEST = frozenset({"manifest.jsonl"})
+RAY_MANIFEST = frozenset({"manifest.jsonl", "manifest.jsonl.shards"})
 CLI_MANIFEST = frozenset({"vobiz-manifest.jsonl"})
 
 
@@ -109,11 +110,11 @@ def wget_command(job: Job) -> list[str]:
 
 
 def cli_command(job: Job) -> list[str]:
-    """The shipped command line: list through the fake API, download with worker processes."""
+    """The shipped command line: list through the fake API, download in one process."""
     return [
         sys.executable,
         *("-m", "vobiz_async", "download", "--out", str(job.out_dir)),
-        *("--concurrency", str(job.concurrency), "--workers", str(CLI_WORKERS)),
+        *("--concurrency", str(job.concurrency)),
         *("--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN, "--base-url", job.api_base),
     ]
 
@@ -140,7 +141,15 @@ def download_peers() -> list[Peer]:
             python=True,
             allowed_extra=MANIFEST,
         ),
-        Peer(CLI, "cli-workers", cli_command, LIBRARY, python=True, allowed_extra=CLI_MANIFEST),
+        Peer(CLI, "cli", cli_command, LIBRARY, python=True, allowed_extra=CLI_MANIFEST),
+        Peer(
+            RAY,
+            "ray",
+            script("peer_vobiz_async.py", "--engine", "ray"),
+            "ray",
+            python=True,
+            allowed_extra=RAY_MANIFEST,
+        ),
         Peer(CURL, "curl", curl_command, "curl"),
         Peer("aria2c", "aria2c", aria2_command, "aria2c"),
         Peer("wget (sequential)", "wget", wget_command, "wget"),

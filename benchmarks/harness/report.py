@@ -250,7 +250,7 @@ def verdict(ok: bool | None) -> str:
 
 def target_rows(latest: dict[Group, dict[str, Any]]) -> list[list[str]]:
     """The issue's targets for downloads at tmpfs, concurrency 16, from the newest medians:
-    for the library in one process (`download_many`) and for the CLI with worker processes."""
+    for the library in one process (`download_many`) and for the CLI."""
     rows = []
     for workload, name, need in (("small", "files_per_s", 0.6), ("large", "mb_per_s", 0.9)):
         payload = latest.get((workload, "tmpfs", 16), {"medians": []})

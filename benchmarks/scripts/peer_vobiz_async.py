@@ -1,12 +1,14 @@
 """Peer: this library, `download_many(session.recordings.list(limit=100), ...)`, manifest on.
 
 Lists through the fake API (so the real code path runs), then streams every recording with
-verification, sha256 and atomic rename, as shipped.
+verification, sha256 and atomic rename, as shipped. `--engine ray` runs the same job on a
+local Ray started for it (`RayEngine(address=None)`): its start-up is part of the time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from peer_common import parse_args, report, unavailable
@@ -17,8 +19,26 @@ except ImportError as err:
     unavailable(f"vobiz_async.AsyncSession not importable ({err})")
 
 
+#: Keep Ray on 127.0.0.1: advertise loopback, no usage report, and the cloud-metadata probe
+#: of its usage-stats process (requests honours the proxy variables) goes to a closed port.
+RAY_LOOPBACK_ONLY = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost",
+}
+
+
 async def main() -> int:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, ("--engine", {"choices": ["local", "ray"], "default": "local"}))
+    engine = None
+    if args.engine == "ray":
+        os.environ.update(RAY_LOOPBACK_ONLY)
+        from vobiz_async.scaleout import RayEngine
+
+        engine = RayEngine(address=None)
     started = time.perf_counter()
     async with AsyncSession(
         auth_id=args.auth_id, auth_token=args.auth_token, base_url=args.api
@@ -30,6 +50,7 @@ async def main() -> int:
             args.out,
             concurrency=args.concurrency,
             manifest=args.out / "manifest.jsonl",
+            engine=engine,
         )
     failed = [(r.recording_id, repr(r.error)) for r in result.failed]
     report(transfer_s=time.perf_counter() - started, ok=result.ok, failed=failed[:5])
