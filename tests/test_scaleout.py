@@ -360,10 +360,12 @@ async def run_cli(*args: str, fake: FakeVobiz) -> tuple[int, str, str]:
 async def test_cli_on_a_local_ray_reports_its_workers_in_the_json_summary(
     fake: FakeVobiz, tmp_path: Path
 ) -> None:
-    """`download --engine ray --json`: a local Ray of its own; the last line of stdout is
-    the summary, whose workers add up to every recording, all archived and verified."""
+    """`download --engine ray --json` into a folder not made yet: a local Ray of its own;
+    the last line of stdout is the summary, whose workers add up to every recording, all
+    archived and verified."""
+    archive = tmp_path / "archive"
     code, out, err = await run_cli(
-        "download", "--out", str(tmp_path), "--engine", "ray", "--shard-size", "8",
+        "download", "--out", str(archive), "--engine", "ray", "--shard-size", "8",
         "--concurrency", "4", "--json", fake=fake,
     )  # fmt: skip
     assert code == 0, err
@@ -373,9 +375,9 @@ async def test_cli_on_a_local_ray_reports_its_workers_in_the_json_summary(
     assert all(int(w["node_id"], 16) and w["pid"] > 0 for w in summary["workers"])
     assert summary["failed_shards"] == []
     assert media_gets(fake) == Counter(dict.fromkeys(fake.recording_ids, 1))
-    with Manifest(tmp_path / MANIFEST_NAME) as index:
+    with Manifest(archive / MANIFEST_NAME) as index:
         assert len(index) == 32
-        assert verify_manifest(tmp_path, index) == []
+        assert verify_manifest(archive, index) == []
     assert TOKEN not in out + err
 
 

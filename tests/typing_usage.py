@@ -36,6 +36,7 @@ from vobiz_async import (
     VobizError,
 )
 from vobiz_async.manifest import Manifest, ManifestEntry, VerifyProblem, verify_manifest
+from vobiz_async.scaleout import RayEngine, ShardFailure, WorkerShare, plan_shards
 
 version: str = vobiz_async.__version__
 exported: list[str] = vobiz_async.__all__
@@ -210,3 +211,27 @@ async def archive_to_s3(recording: Recording) -> list[str]:
     problems: list[ObjectProblem] = await verify_objects(explicit)
     high_water: int = explicit.budget.high_water
     return [stored.location, str(found), *(p.kind for p in problems), str(high_water)]
+
+
+async def scale_out(session: AsyncSession) -> tuple[int, list[str]]:
+    """The Ray engine: a ScaleOutReport with where the work ran."""
+    engine = RayEngine(address=None, shard_size=2000, concurrency_per_shard=16, max_retries=3)
+    report = await engine.run(
+        session,
+        session.recordings.list(limit=100),
+        "archive/",
+        concurrency=16,
+        on_progress=None,
+        manifest="archive/vobiz-manifest.jsonl",
+        overwrite=False,
+        max_attempts=5,
+        fsync=False,
+        layout="flat",
+        trusted_hosts=None,
+        max_paced_wait=600.0,
+    )
+    shares: list[WorkerShare] = report.workers
+    failures: list[ShardFailure] = report.failed_shards
+    plain = await session.recordings.download_many(["rid"], "archive/", engine=engine)
+    keys = [key for key, _ in plan_shards(["a", "b"], 1)]
+    return sum(s.recordings for s in shares) + len(failures) + len(plain.results), keys

@@ -31,6 +31,7 @@ it. Install it with `pip install 'vobiz-async[ray]'`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -56,7 +57,7 @@ from .download import (
     ProgressKind,
     Source,
 )
-from .errors import ConfigurationError, DownloadError, ResponseValidationError, VobizError
+from .errors import ConfigurationError, DownloadError, ManifestError, ResponseValidationError
 from .manifest import Manifest, ManifestEntry
 from .models import InvalidRecording, Recording
 from .pager import AsyncPager
@@ -145,6 +146,8 @@ class ScaleOutReport(DownloadReport):
     #: Shards cut from the listing, and how many of them a finished earlier run covered.
     shards: int = 0
     shards_skipped: int = 0
+    #: Seconds each shard's task spent in `download_many` (its throughput, for planning).
+    shard_seconds: list[float] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -190,6 +193,7 @@ class _ShardOutcome:
     node_id: str
     pid: int
     results: list[DownloadResult]
+    seconds: float
 
 
 # -- pure parts -----------------------------------------------------------------------------
@@ -235,9 +239,13 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_JOURNAL_SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(_JOURNAL_SCHEMA)
+        except (OSError, sqlite3.Error) as err:
+            raise ManifestError(f"cannot open the shard journal {path}: {err}") from err
 
     def finished(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT key FROM shards")}
@@ -265,9 +273,11 @@ def _run_shard(config: _SessionConfig, job: _ShardJob) -> _ShardOutcome:
     """One shard on a Ray worker: its own event loop, session and `download_many`."""
     import ray  # a Ray worker has Ray
 
+    started = time.monotonic()
     results = asyncio.run(_shard_main(config, job))
     node_id = ray.get_runtime_context().get_node_id()
-    return _ShardOutcome(node_id=node_id, pid=os.getpid(), results=results)
+    seconds = time.monotonic() - started
+    return _ShardOutcome(node_id=node_id, pid=os.getpid(), results=results, seconds=seconds)
 
 
 async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadResult]:
@@ -470,6 +480,7 @@ class RayEngine:
             failed_shards=run.failures,
             shards=len(shards),
             shards_skipped=len(shards) - len(pending),
+            shard_seconds=run.shard_seconds,
         )
 
 
@@ -517,6 +528,7 @@ class _Run:
         self.args = args
         self.on_progress = on_progress
         self.failures: list[ShardFailure] = []
+        self.shard_seconds: list[float] = []
         self._shares: dict[tuple[str, int], int] = {}
 
     def worker_shares(self) -> list[WorkerShare]:
@@ -570,7 +582,7 @@ class _Run:
             )(_run_shard)
             results: list[DownloadResult] = []
             waiting = list(reversed(shards))
-            running: dict[asyncio.Future[Any], _Shard] = {}
+            running: dict[asyncio.Future[Any], tuple[_Shard, Any]] = {}
             try:
                 while waiting or running:
                     while waiting and len(running) < slots:
@@ -579,14 +591,16 @@ class _Run:
                         ref = task.options(name=f"vobiz-shard-{shard.index}").remote(
                             config_ref, job_ref
                         )
-                        running[asyncio.wrap_future(ref.future())] = shard
+                        running[asyncio.wrap_future(ref.future())] = (shard, ref)
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for future in done:
-                        shard = running.pop(future)
+                        shard, _ = running.pop(future)
                         results += await self._collect(shard, future)
             finally:
-                for future in running:
+                for future, (_, ref) in running.items():  # cancelled, or a failure here
                     future.cancel()
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref)  # its .part files stay for the re-run to resume
         finally:
             if owned:
                 ray.shutdown()
@@ -626,6 +640,7 @@ class _Run:
             ]
             self._emit(results)
             return results
+        self.shard_seconds.append(outcome.seconds)
         share = (outcome.node_id, outcome.pid)
         self._shares[share] = self._shares.get(share, 0) + len(outcome.results)
         await asyncio.to_thread(self._record, shard, outcome.results)
@@ -700,8 +715,5 @@ def _session_config(session: AsyncSession) -> _SessionConfig:
 
 def _task_error(err: BaseException) -> str:
     """One line for a failed task: Ray's exception type and the first line of its text."""
-    text = str(err).strip().splitlines()
-    first = next((line for line in text if line.strip()), "")
-    if isinstance(err, VobizError):
-        return f"{type(err).__name__}: {err}"
-    return f"{type(err).__name__}: {first}"[:500]
+    first = next((line for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {first.strip()}"[:500]
