@@ -30,7 +30,7 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from vobiz_async import AsyncSession, DownloadStatus, Recording  # noqa: E402
+from vobiz_async import AsyncSession, ConfigurationError, DownloadStatus, Recording  # noqa: E402
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest  # noqa: E402
 from vobiz_async.scaleout import (  # noqa: E402
     SHARDS_SUFFIX,
@@ -119,6 +119,19 @@ def test_retrying_forever_is_refused() -> None:
     """Ray's max_retries=-1 (retry forever) is a ValueError, not an endless loop."""
     with pytest.raises(ValueError, match="forever"):
         RayEngine(max_retries=-1)
+
+
+@pytest.mark.parametrize("dest", ["s3://bucket/prefix/", "sink"])
+async def test_object_storage_and_sinks_are_refused_on_ray(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path, dest: str
+) -> None:
+    """Not done yet: the engine says so before listing or starting Ray."""
+    from vobiz_async.sinks import DirectorySink
+
+    target: Any = DirectorySink(tmp_path) if dest == "sink" else dest
+    with pytest.raises(ConfigurationError, match="not supported on Ray yet"):
+        await session.recordings.download_many(["x"], target, engine=RayEngine())
+    assert fake.stats.api_requests == 0
 
 
 def test_importing_the_library_and_cli_does_not_import_ray() -> None:
