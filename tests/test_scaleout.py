@@ -406,3 +406,19 @@ async def test_cli_refuses_the_token_on_the_command_line_with_ray(
     assert "VOBIZ_AUTH_TOKEN" in err
     assert TOKEN not in out + err
     assert fake.stats.api_requests == 0
+
+
+async def test_cli_without_ray_installed_says_how_to_install_it(
+    fake: FakeVobiz, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Ray importable: one line naming the extra, exit 3, no traceback."""
+    shadow = tmp_path / "shadow"
+    (shadow / "ray").mkdir(parents=True)
+    (shadow / "ray" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    code, _, err = await run_cli(
+        "download", "--out", str(tmp_path / "archive"), "--engine", "ray", fake=fake
+    )
+    assert code == 3, err
+    assert "pip install 'vobiz-async[ray]'" in err
+    assert "Traceback" not in err
