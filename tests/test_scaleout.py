@@ -30,7 +30,13 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from vobiz_async import AsyncSession, ConfigurationError, DownloadStatus, Recording  # noqa: E402
+from vobiz_async import (  # noqa: E402
+    AsyncSession,
+    ConfigurationError,
+    DownloadStatus,
+    Recording,
+    scaleout,
+)
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest  # noqa: E402
 from vobiz_async.scaleout import (  # noqa: E402
     SHARDS_SUFFIX,
@@ -257,6 +263,25 @@ async def test_without_the_shard_journal_a_rerun_skips_stored_files_by_the_index
     assert again.shards_skipped == 0
     assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
     assert_all_verified(fake, tmp_path, again)
+
+
+async def test_a_job_above_the_kept_results_counts_every_recording_and_indexes_them(
+    node: Any,
+    fake: FakeVobiz,
+    session: AsyncSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like the local engine, the report keeps the first results only, counts them all."""
+    monkeypatch.setattr(scaleout, "RESULTS_KEPT", 5)
+    engine = RayEngine(shard_size=8, concurrency_per_shard=4)
+    report = await archive(session, tmp_path, engine, concurrency=8)
+    assert report.truncated
+    assert len(report.results) == 5
+    assert report.counts[DownloadStatus.DOWNLOADED] == 32
+    assert report.total_bytes == sum(fake.size(rid) for rid in fake.recording_ids)
+    with Manifest(tmp_path / "index") as index:
+        assert len(index) == 32
 
 
 async def test_losing_a_node_completes_the_job_and_refetches_only_what_was_in_flight(

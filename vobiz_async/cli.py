@@ -212,10 +212,11 @@ class Progress:
 
 def summary_json(report: DownloadReport) -> dict[str, Any]:
     """The closing summary as one JSON object; a Ray job adds where its work ran."""
+    counts = report.counts
     summary: dict[str, Any] = {
-        "downloaded": len(report.downloaded),
-        "skipped": len(report.skipped),
-        "failed": len(report.failed),
+        "downloaded": counts[DownloadStatus.DOWNLOADED],
+        "skipped": counts[DownloadStatus.SKIPPED],
+        "failed": counts[DownloadStatus.FAILED],
         "bytes": report.total_bytes,
         "elapsed": round(report.elapsed, 3),
         "failures": [

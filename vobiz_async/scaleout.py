@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 
 from .download import (
+    RESULTS_KEPT,
     Destination,
     DownloadReport,
     DownloadResult,
@@ -293,6 +294,13 @@ async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadRe
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
+    results: list[DownloadResult] = []
+
+    def collect(event: ProgressEvent) -> None:
+        # Every item's result, whatever the shard's size (a report keeps RESULTS_KEPT).
+        if event.result is not None:
+            results.append(event.result)
+
     with tempfile.TemporaryDirectory(prefix="vobiz-shard-") as scratch:
         manifest: Manifest | None = None
         if job.known:
@@ -303,10 +311,11 @@ async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadRe
                 manifest.add(entry)
         try:
             async with session:
-                report = await session.recordings.download_many(
+                await session.recordings.download_many(
                     job.items,
                     job.dest,
                     concurrency=job.concurrency,
+                    on_progress=collect,
                     manifest=manifest,
                     overwrite=job.overwrite,
                     max_attempts=job.max_attempts,
@@ -318,7 +327,7 @@ async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadRe
         finally:
             if manifest is not None:
                 manifest.close()
-    return [_proven(result) for result in report.results]
+    return [_proven(result) for result in results]
 
 
 def _proven(result: DownloadResult) -> DownloadResult:
@@ -473,9 +482,18 @@ class RayEngine:
             if index is not None and index is not manifest:
                 index.close()
         results.sort(key=lambda r: order[r.recording_id])
+        results += [*_repeats(items), *invalid]
+        tally = dict.fromkeys(DownloadStatus, 0)
+        for result in results:
+            tally[result.status] += 1
         return ScaleOutReport(
-            results=[*results, *_repeats(items), *invalid],
+            # As the local engine does: the first RESULTS_KEPT results, every failure.
+            results=results[:RESULTS_KEPT],
             elapsed=time.monotonic() - started,
+            truncated=len(results) > RESULTS_KEPT,
+            later_failures=[r for r in results[RESULTS_KEPT:] if not r.ok],
+            tally=tally,
+            bytes_downloaded=sum(r.size for r in results if r.status is DownloadStatus.DOWNLOADED),
             workers=run.worker_shares(),
             failed_shards=run.failures,
             shards=len(shards),
