@@ -49,6 +49,7 @@ from vobiz_async.testing import FakeVobiz  # noqa: E402
 
 #: The token the fake accepts in these tests: distinctive, so a grep cannot miss it.
 TOKEN = "tok-Zq8xK3vT-never-in-ray"
+AWS_SECRET = "aws-secret-never-in-ray-Xy81"
 JOB_TIMEOUT = 120.0
 
 
@@ -127,16 +128,15 @@ def test_retrying_forever_is_refused() -> None:
         RayEngine(max_retries=-1)
 
 
-@pytest.mark.parametrize("dest", ["s3://bucket/prefix/", "sink"])
-async def test_object_storage_and_sinks_are_refused_on_ray(
-    fake: FakeVobiz, session: AsyncSession, tmp_path: Path, dest: str
+async def test_sinks_other_than_s3_are_refused_on_ray(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
 ) -> None:
-    """Not done yet: the engine says so before listing or starting Ray."""
+    """A Sink object other than S3Sink would be pickled to every worker: refused before
+    listing or starting Ray."""
     from vobiz_async.sinks import DirectorySink
 
-    target: Any = DirectorySink(tmp_path) if dest == "sink" else dest
-    with pytest.raises(ConfigurationError, match="not supported on Ray yet"):
-        await session.recordings.download_many(["x"], target, engine=RayEngine())
+    with pytest.raises(ConfigurationError, match="not supported on Ray"):
+        await session.recordings.download_many(["x"], DirectorySink(tmp_path), engine=RayEngine())
     assert fake.stats.api_requests == 0
 
 
@@ -165,6 +165,12 @@ LOOPBACK_ONLY = {
     "no_proxy": "127.0.0.1,localhost",
     "NO_PROXY": "127.0.0.1,localhost",
     "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    # The nodes' own AWS environment, for the object-storage test (moto takes any keys);
+    # never the instance metadata service.
+    "AWS_ACCESS_KEY_ID": "AKIDRAYNODES",
+    "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
 }
 
 
@@ -447,3 +453,82 @@ async def test_cli_without_ray_installed_says_how_to_install_it(
     assert code == 3, err
     assert "pip install 'vobiz-async[ray]'" in err
     assert "Traceback" not in err
+
+
+# -- into object storage ------------------------------------------------------------------
+
+
+@pytest.fixture(name="moto_url", scope="module")
+def _moto_url() -> Iterator[str]:
+    from moto import server as moto_server
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1"
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+async def test_shards_archive_into_s3_from_both_nodes(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path, moto_url: str
+) -> None:
+    """An S3Sink destination on two nodes: each worker builds its own sink from the nodes'
+    AWS environment (no secret travels), every recording lands once, verified, and the
+    driver indexes every object; a re-run fetches nothing."""
+    import boto3
+
+    from vobiz_async.sinks import S3Sink
+
+    admin = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        region_name="us-east-1",
+        aws_access_key_id="admin",
+        aws_secret_access_key="admin",
+    )
+    admin.create_bucket(Bucket="ray-archive")
+    sink = S3Sink("ray-archive", prefix="calls/", endpoint_url=moto_url, region="us-east-1")
+    engine = RayEngine(shard_size=8, concurrency_per_shard=4)
+    job = session.recordings.download_many(
+        session.recordings.list(limit=100),
+        sink,
+        manifest=tmp_path / "index",
+        engine=engine,
+        concurrency=8,
+    )
+    report = await asyncio.wait_for(job, JOB_TIMEOUT)
+
+    assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
+    assert len({w.node_id for w in report.workers}) == 2
+    listed = [o["Key"] for o in admin.list_objects_v2(Bucket="ray-archive")["Contents"]]
+    by_id = {key.removeprefix("calls/").rsplit(".", 1)[0]: key for key in listed}
+    assert sorted(by_id) == sorted(fake.recording_ids)
+    assert len(listed) == len(fake.recording_ids)
+    for rid, key in by_id.items():
+        body = admin.get_object(Bucket="ray-archive", Key=key)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == fake.sha256(rid)
+    gets = Counter(unquote(r.path) for r in fake.stats.requests if r.operation == "media")
+    assert len(gets) == len(fake.recording_ids)
+    assert set(gets.values()) == {1}
+    with Manifest(tmp_path / "index") as index:
+        assert sorted(e.recording_id for e in index) == sorted(fake.recording_ids)
+    media_before = sum(gets.values())
+
+    secret = AWS_SECRET.encode()
+    session_dir = Path(ray._private.worker._global_node.get_session_dir_path())
+    logs = [p for p in (session_dir / "logs").rglob("*") if p.is_file()]
+    assert [p for p in logs if secret in p.read_bytes()] == []
+    events = ray._private.state.state._get_all_task_events()
+    assert [e for e in events if secret in e.SerializeToString()] == []
+
+    again = await asyncio.wait_for(
+        session.recordings.download_many(
+            session.recordings.list(limit=100), sink, manifest=tmp_path / "index", engine=engine
+        ),
+        JOB_TIMEOUT,
+    )
+
+    assert again.ok
+    after = sum(1 for r in fake.stats.requests if r.operation == "media")
+    assert after == media_before

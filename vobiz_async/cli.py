@@ -419,8 +419,6 @@ def _engine(args: argparse.Namespace) -> Any:
             "with --engine ray, pass the auth token in VOBIZ_AUTH_TOKEN, not --auth-token: "
             "Ray stores the command line"
         )
-    if str(args.out).startswith("s3://"):
-        raise UsageError("--engine ray archives into a folder every node mounts, not s3:// yet")
     return RayEngine(address=args.ray_address, shard_size=args.shard_size)
 
 
@@ -465,6 +463,7 @@ async def _run_s3_download(
             on_progress=progress,
             manifest=index,
             overwrite=args.overwrite,
+            engine=_engine(args),
         )
 
 

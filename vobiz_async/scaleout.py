@@ -63,6 +63,8 @@ from .manifest import Manifest, ManifestEntry
 from .models import InvalidRecording, Recording
 from .pager import AsyncPager
 from .protocol import format_timestamp, sniff_container
+from .sinks import S3Sink
+from .sinks.s3 import ChecksumPolicy
 
 if TYPE_CHECKING:
     from .session import AsyncSession
@@ -173,10 +175,55 @@ class _SessionConfig:
 
 
 @attrs.frozen
+class _S3Target:
+    """An `S3Sink`'s settings, none of them secret: each worker builds its own sink from
+    them, with the credentials of its node's AWS environment."""
+
+    bucket: str
+    prefix: str
+    endpoint_url: str | None
+    region: str | None
+    part_size: int
+    max_buffer_bytes: int
+    request_checksum_calculation: ChecksumPolicy
+    profile: str | None
+    max_attempts: int
+
+    @classmethod
+    def of(cls, sink: S3Sink) -> _S3Target:
+        return cls(
+            sink.bucket,
+            sink.prefix,
+            sink.endpoint_url,
+            sink.region,
+            sink.part_size,
+            sink.max_buffer_bytes,
+            sink.request_checksum_calculation,
+            sink.profile,
+            sink.max_attempts,
+        )
+
+    def sink(self, layout: Layout) -> S3Sink:
+        return S3Sink(
+            self.bucket,
+            self.prefix,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            layout=layout,
+            part_size=self.part_size,
+            max_buffer_bytes=self.max_buffer_bytes,
+            request_checksum_calculation=self.request_checksum_calculation,
+            profile=self.profile,
+            max_attempts=self.max_attempts,
+        )
+
+
+@attrs.frozen
 class _ShardJob:
     """A shard's work, as the task receives it (from the object store, by reference)."""
 
     items: tuple[Item, ...]
+    #: A folder every node mounts at this path, or `s3://bucket/prefix/` with `s3` set.
     dest: str
     concurrency: int
     overwrite: bool
@@ -187,6 +234,7 @@ class _ShardJob:
     max_paced_wait: float
     #: Index entries of this shard's recordings, so the worker skips them by a stat.
     known: tuple[ManifestEntry, ...]
+    s3: _S3Target | None = None
 
 
 @attrs.frozen
@@ -313,7 +361,7 @@ async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadRe
             async with session:
                 await session.recordings.download_many(
                     job.items,
-                    job.dest,
+                    job.dest if job.s3 is None else job.s3.sink(job.layout),
                     concurrency=job.concurrency,
                     on_progress=collect,
                     manifest=manifest,
@@ -348,6 +396,21 @@ def _proven(result: DownloadResult) -> DownloadResult:
 
 
 # -- the driver -----------------------------------------------------------------------------
+
+
+def _s3_target(dest: Destination) -> _S3Target | None:
+    """The object storage a job archives into, or None for a folder every node mounts."""
+    if isinstance(dest, str) and dest.startswith("s3://"):
+        return _S3Target.of(S3Sink.from_url(dest))
+    if isinstance(dest, S3Sink):
+        return _S3Target.of(dest)
+    if not isinstance(dest, str | os.PathLike):
+        # Another Sink would be pickled to every worker, with whatever it holds.
+        raise ConfigurationError(
+            "the Ray engine archives into a folder every node mounts at the same path, or "
+            "into s3://; other Sink objects are not supported on Ray"
+        )
+    return None
 
 
 def _ray() -> Any:
@@ -434,13 +497,7 @@ class RayEngine:
         """List once, cut shards, run them on Ray, record results; see the module doc."""
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        if not isinstance(dest, str | os.PathLike) or os.fspath(dest).startswith("s3://"):
-            # A Sink object would be pickled to every worker, credentials and all, and S3's
-            # keys do not map onto the index the driver writes: not done yet.
-            raise ConfigurationError(
-                "the Ray engine archives into a folder every node mounts at the same path; "
-                "s3:// and Sink destinations are not supported on Ray yet"
-            )
+        s3 = _s3_target(dest)
         ray = _ray()
         started = time.monotonic()
         items, invalid = await _listing(source)
@@ -459,9 +516,14 @@ class RayEngine:
         else:
             index = Manifest(manifest)
         journal = None if index is None else _Journal(Path(str(index.path) + SHARDS_SUFFIX))
-        base = str(Path.cwd() / dest)  # workers do not share the driver's working directory
+        if s3 is None:
+            assert isinstance(dest, str | os.PathLike)
+            base = str(Path.cwd() / dest)  # workers do not share the driver's working directory
+        else:
+            base = f"s3://{s3.bucket}/{s3.prefix}"
         job_args = _JobArgs(
             dest=base,
+            s3=s3,
             overwrite=overwrite,
             max_attempts=max_attempts,
             fsync=fsync,
@@ -517,6 +579,7 @@ def _repeats(items: Sequence[Item]) -> list[DownloadResult]:
 @attrs.frozen
 class _JobArgs:
     dest: str
+    s3: _S3Target | None
     overwrite: bool
     max_attempts: int
     fsync: bool
@@ -558,10 +621,13 @@ class _Run:
         entry = None if self.index is None else self.index.get(rid)
         if entry is None:
             return DownloadResult(rid, DownloadStatus.SKIPPED)
+        on_s3 = self.args.s3 is not None
+        where = self.args.dest + entry.path if on_s3 else os.path.join(self.args.dest, entry.path)
         return DownloadResult(
             rid,
             DownloadStatus.SKIPPED,
-            path=os.path.join(self.args.dest, entry.path),
+            path=None if on_s3 else where,
+            location=where,
             size=entry.size,
             sha256=entry.sha256,
             container=entry.container,
@@ -642,6 +708,7 @@ class _Run:
             trusted_hosts=self.args.trusted_hosts,
             max_paced_wait=self.args.max_paced_wait,
             known=tuple(known),
+            s3=self.args.s3,
         )
 
     async def _collect(self, shard: _Shard, future: asyncio.Future[Any]) -> list[DownloadResult]:
@@ -671,9 +738,9 @@ class _Run:
             return
         add_times = {i.recording_id: i.add_time for i in shard.items if isinstance(i, Recording)}
         for result in results:
-            if result.status is DownloadStatus.FAILED or not result.sha256 or not result.path:
+            path = self._key(result)
+            if result.status is DownloadStatus.FAILED or not result.sha256 or path is None:
                 continue
-            path = os.path.relpath(result.path, self.args.dest).replace(os.sep, "/")
             known = self.index.get(result.recording_id)
             if known is not None and (known.path, known.size, known.sha256) == (
                 path,
@@ -692,6 +759,14 @@ class _Run:
             )
         if all(r.ok for r in results) and len(results) == len(shard.items):
             self.journal.finish(shard.key, shard.items)
+
+    def _key(self, result: DownloadResult) -> str | None:
+        """Where a result's recording is, relative to the destination: the index's path."""
+        if result.path is not None:
+            return os.path.relpath(result.path, self.args.dest).replace(os.sep, "/")
+        if result.location is not None and result.location.startswith(self.args.dest):
+            return result.location[len(self.args.dest) :]
+        return None
 
     def _emit(self, results: list[DownloadResult]) -> None:
         if self.on_progress is None:
