@@ -641,16 +641,39 @@ async def test_part_from_earlier_run_resumed(
     assert fake.stats.media_bytes_sent == fake.size(rid) - fake.size(rid) // 2
 
 
-async def test_fsync_option(fake: FakeVobiz, session: AsyncSession, dest: Path) -> None:
-    """fsync=True still saves verified files."""
+@pytest.mark.parametrize("fsync", [True, False])
+async def test_fsync_option(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    dest: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fsync: bool,
+) -> None:
+    """fsync=True flushes each `.part` before its rename and then its folder; False, nothing."""
     rids = add(fake, 2)
+    flushed: list[Path] = []  # what each os.fsync reached, by the name it had at that moment
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
 
     report = await session.recordings.download_many(
-        [recording(fake, rid) for rid in rids], dest, fsync=True
+        [recording(fake, rid) for rid in rids], dest, fsync=fsync
     )
 
     for result in report.results:
         assert_verified(fake, result)
+    under_dest = [p for p in flushed if p.is_relative_to(dest)]
+    if not fsync:
+        assert under_dest == []
+        return
+    for rid in rids:
+        part = dest / f"{rid}.part"
+        assert part in under_dest, f"{rid}: its .part was not flushed before the rename"
+        assert dest in under_dest[under_dest.index(part) :], f"{rid}: folder not flushed after"
 
 
 # --------------------------------------------------------------------------- redirects
@@ -896,7 +919,8 @@ HOSTILE_IDS = [
 async def test_hostile_ids_never_escape_dest(
     fake: FakeVobiz, session: AsyncSession, tmp_path: Path
 ) -> None:
-    """Hostile ids fail (or stay inside dest), nothing escapes, and the rest succeed."""
+    """Hostile ids from the listing fail with InvalidRecordingIdError before any request of
+    their own, nothing escapes dest, and the rest succeed."""
     dest = tmp_path / "deep" / "er" / "archive"
     good = add(fake, 3)
     for hostile in HOSTILE_IDS:
@@ -915,14 +939,12 @@ async def test_hostile_ids_never_escape_dest(
         assert_verified(fake, by_id[rid])
     for hostile in HOSTILE_IDS:
         result = by_id[hostile]
-        if result.status is DownloadStatus.FAILED:
-            assert isinstance(result.error, InvalidRecordingIdError)
-        else:
-            assert result.path is not None
-            assert result.path.resolve().parent == dest.resolve()
-    assert len(media(fake)) == len(good) + sum(
-        r.status is DownloadStatus.DOWNLOADED for r in (by_id[h] for h in HOSTILE_IDS)
-    )
+        assert result.status is DownloadStatus.FAILED, hostile
+        assert isinstance(result.error, InvalidRecordingIdError), hostile
+        assert result.path is None
+    assert {r.operation for r in fake.stats.requests} == {"list", "media"}
+    assert len(media(fake)) == len(good)
+    assert tree(dest) == {by_id[rid].path.name for rid in good if by_id[rid].path}
 
 
 async def test_hostile_id_strings_fail_without_requests(
@@ -1815,18 +1837,40 @@ async def test_no_credentials_to_another_port_on_the_api_host(
     assert scripted.credentials_seen == 0
 
 
+@pytest.mark.parametrize(
+    ("session_trusts", "option", "credentialed"),
+    [("127.0.0.1", "example.invalid", 0), ("example.invalid", "127.0.0.1", 1)],
+    ids=["option-distrusts-the-media-host", "option-trusts-the-media-host"],
+)
 async def test_trusted_hosts_option_reaches_the_downloader(
-    fake: FakeVobiz, session: AsyncSession, scripted: Scripted, dest: Path
+    fake: FakeVobiz,
+    tls_context: ssl.SSLContext,
+    dest: Path,
+    session_trusts: str,
+    option: str,
+    credentialed: int,
 ) -> None:
     """download_many(trusted_hosts=...) replaces the session's domains for media requests."""
-    rid = fake.add_recording(recording_url=scripted.url("/plain.mp3")).recording_id
+    # An https media host, so the domain list alone decides whether credentials go there.
+    server = Scripted()
+    await server.start(tls=tls_context)
+    try:
+        rid = fake.add_recording(recording_url=server.tls_url("/plain.mp3")).recording_id
+        connector = aiohttp.TCPConnector(ssl=False)  # the certificate is self-signed
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            AsyncSession(
+                **fake.session_kwargs(), http_session=http, trusted_hosts=[session_trusts]
+            ) as session,
+        ):
+            report = await session.recordings.download_many(
+                [recording(fake, rid)], dest, trusted_hosts=[option]
+            )
+    finally:
+        await server.close()
 
-    report = await session.recordings.download_many(
-        [recording(fake, rid)], dest, trusted_hosts=["example.invalid"]
-    )
-
-    assert report.ok
-    assert scripted.credentials_seen == 0
+    assert report.ok, report.failed
+    assert server.credentials_seen == credentialed
 
 
 async def test_short_206_is_resumed_not_finished(
