@@ -7,13 +7,14 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -538,13 +539,42 @@ def test_verify_reports_missing_file(archive: tuple[Path, Manifest]) -> None:
     assert verify_manifest(root, manifest) == [VerifyProblem("b", "b.mp3", "missing")]
 
 
+#: The recorders of `opens()` now active.
+_OPEN_RECORDERS: list[list[str]] = []
+
+
+def _record_open(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _OPEN_RECORDERS and isinstance(args[0], str | bytes | os.PathLike):
+        _OPEN_RECORDERS[-1].append(os.fsdecode(args[0]))
+
+
+# An audit hook cannot be removed; idle (no recorder active) it only compares two names.
+sys.addaudithook(_record_open)
+
+
+@contextlib.contextmanager
+def opens() -> Iterator[list[str]]:
+    """The paths this process opens inside the block, however it reads them (audit events)."""
+    seen: list[str] = []
+    _OPEN_RECORDERS.append(seen)
+    try:
+        yield seen
+    finally:
+        _OPEN_RECORDERS.remove(seen)
+
+
 def test_verify_reports_size_difference(archive: tuple[Path, Manifest]) -> None:
     """A listed file with another length is reported without hashing it."""
     root, manifest = archive
     with (root / "a.mp3").open("ab") as f:
         f.write(b"x")
 
-    assert verify_manifest(root, manifest) == [VerifyProblem("a", "a.mp3", "size differs")]
+    with opens() as opened:
+        problems = verify_manifest(root, manifest)
+
+    assert problems == [VerifyProblem("a", "a.mp3", "size differs")]
+    assert str(root / "b.mp3") in opened  # the hook sees the files that are hashed
+    assert str(root / "a.mp3") not in opened
 
 
 def test_verify_reports_changed_bytes(archive: tuple[Path, Manifest]) -> None:

@@ -574,13 +574,17 @@ async def test_owned_http_session_closed(fake: FakeVobiz) -> None:
 
 
 async def test_one_connection_pool(fake: FakeVobiz, session: AsyncSession) -> None:
-    """Successive calls reuse one ClientSession, not one per request."""
+    """Successive calls reuse one ClientSession and its pooled connection, not one per request."""
     http = session.http
+    fake.stats.reset()
 
     await session.recordings.list(limit=1)
     await session.recordings.get(fake.recording_ids[0])
+    await session.check_credentials()
 
     assert session.http is http
+    assert len(fake.stats.requests) == 3
+    assert fake.stats.connections == 1  # all three over one kept-alive TCP connection
 
 
 async def test_deprecation_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -606,9 +610,14 @@ async def test_deprecation_logged_once(caplog: pytest.LogCaptureFixture) -> None
     assert len([m for m in messages if "Sunset" in m and "2026" in m]) == 1
 
 
-async def test_check_credentials_accepts_good_ones(session: AsyncSession) -> None:
+async def test_check_credentials_accepts_good_ones(fake: FakeVobiz, session: AsyncSession) -> None:
     """check_credentials() answers with the account for valid credentials."""
-    assert await session.check_credentials()
+    account = await session.check_credentials()
+
+    assert account["auth_id"] == fake.auth_id
+    assert [(r.operation, r.status, r.credentials) for r in fake.stats.requests] == [
+        ("auth_me", 200, True)
+    ]
 
 
 async def test_check_credentials_rejects_a_bad_token(fake: FakeVobiz) -> None:
