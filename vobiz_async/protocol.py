@@ -233,14 +233,19 @@ def parse_timestamp(value: str) -> datetime:
     value without an offset is taken as UTC.
     """
     text = value.strip() if isinstance(value, str) else ""
-    if _PLAIN_TIMESTAMP.match(text):
-        # The shape Vobiz sends, which Python's own parser reads as the rules below do.
-        return datetime.fromisoformat(text)
-    match = _TIMESTAMP.match(text)
-    if match is None:
-        raise ValueError(f"not a Vobiz timestamp: {value!r}")
-    frac = (match["frac"] or "")[:6].ljust(6, "0")
-    naive = datetime.fromisoformat(f"{match['date']}T{match['time']}.{frac}")
+    try:
+        if _PLAIN_TIMESTAMP.match(text):
+            # The shape Vobiz sends, which Python's own parser reads as the rules below do.
+            return datetime.fromisoformat(text)
+        match = _TIMESTAMP.match(text)
+        if match is None:
+            raise ValueError
+        frac = (match["frac"] or "")[:6].ljust(6, "0")
+        naive = datetime.fromisoformat(f"{match['date']}T{match['time']}.{frac}")
+    except ValueError:
+        # One message whichever check refused it (a month of 13, an offset of +24:00 on the
+        # fast path): Python's own ("month must be in 1..12") does not say which value.
+        raise ValueError(f"not a Vobiz timestamp: {value!r}") from None
     tz_text = match["tz"]
     tz: timezone = UTC
     if tz_text and tz_text not in ("Z", "z"):
@@ -248,7 +253,7 @@ def parse_timestamp(value: str) -> datetime:
         digits, _, micro = tz_text[1:].replace(":", "").partition(".")
         hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
         if hours > 23 or minutes > 59 or seconds > 59:
-            raise ValueError(f"not a Vobiz timestamp offset: {value!r}")
+            raise ValueError(f"not a Vobiz timestamp: {value!r}")
         offset = timedelta(
             hours=hours, minutes=minutes, seconds=seconds, microseconds=int(micro.ljust(6, "0"))
         )
