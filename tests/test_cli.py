@@ -896,7 +896,9 @@ async def test_bad_token_with_debug_never_prints_it(cli: Cli, out: Path, argv: l
     )
 
     assert result.code == 3, result.output
-    assert "AuthenticationError" in result.err
+    assert "Traceback (most recent call last):" in result.err, result.err
+    traceback = result.err.split("Traceback (most recent call last):", 1)[1]
+    assert "AuthenticationError: 401" in traceback  # the traceback of the refusal itself
     assert WRONG_TOKEN not in result.output
 
 
