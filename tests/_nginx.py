@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from _procs import default_sigint
 
 CONF = """\
 worker_processes 1;
@@ -74,7 +75,9 @@ def nginx(root: Path, prefix: Path, directives: str = "") -> Iterator[str]:
         CONF.format(user=user, prefix=prefix, port=port, root=root, directives=directives)
     )
     cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+    proc = subprocess.Popen(  # noqa: S603
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 10
         while True:

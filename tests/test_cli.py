@@ -19,6 +19,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _procs import default_sigint
 
 from vobiz_async import Recording, __version__
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
@@ -55,6 +56,7 @@ async def start_cli(
         stdin=stdin,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
 
 
@@ -174,6 +176,7 @@ async def test_console_script_help(base_env: dict[str, str]) -> None:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     result = await finish(proc)
 
@@ -682,7 +685,13 @@ async def run_on_tty(
     try:
         os.write(master, typed)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vobiz_async", *args, env=dict(env), **streams
+            sys.executable,
+            "-m",
+            "vobiz_async",
+            *args,
+            env=dict(env),
+            preexec_fn=default_sigint,
+            **streams,
         )
         os.close(slave)
         slave = -1

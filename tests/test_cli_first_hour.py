@@ -15,6 +15,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _procs import default_sigint
 
 from vobiz_async import AsyncSession
 from vobiz_async.testing import FakeVobiz
@@ -35,10 +36,6 @@ class Result:
         return self.out + self.err
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 async def start(
     *args: str,
     env: Mapping[str, str],
@@ -56,7 +53,7 @@ async def start(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
 
 
@@ -158,7 +155,7 @@ async def test_head_reads_the_first_line(env: dict[str, str], fake: FakeVobiz) -
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     result = await finish(proc)
 
@@ -249,7 +246,7 @@ async def test_read_only_file_system_is_one_line_and_exit_1(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
     )
     result = await finish(proc)
     if "mount:" in result.err or "unshare:" in result.err:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _procs import default_sigint
 
 from vobiz_async.cli import main
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, ManifestEntry
@@ -135,6 +136,7 @@ def test_export_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
         [sys.executable, "-m", "vobiz_async", "index", "export", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     ) as child:
         assert child.stdout is not None
         assert child.stderr is not None

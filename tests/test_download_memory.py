@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _procs import default_sigint
 
 from vobiz_async import AsyncSession, DownloadStatus
 
@@ -69,6 +70,7 @@ def _server() -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     ) as proc:
         try:
             assert proc.stdout is not None
@@ -115,6 +117,7 @@ def read_buffer_faults(mode: str) -> int:
         capture_output=True,
         text=True,
         check=True,
+        preexec_fn=default_sigint,
     )
     return int(done.stdout)
 

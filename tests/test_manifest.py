@@ -20,6 +20,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _procs import default_sigint
 
 from vobiz_async import AsyncSession
 from vobiz_async.errors import ManifestError
@@ -360,6 +361,7 @@ def test_entry_survives_a_crash_right_after_record(path: Path, how: str) -> None
         [sys.executable, "-c", CRASHER, str(path), how],
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE,
+        preexec_fn=default_sigint,
     ) as child:
         assert child.stdout is not None
         assert child.stdout.readline() == b"recorded\n"

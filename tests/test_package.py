@@ -6,6 +6,8 @@ import importlib.metadata
 import subprocess
 import sys
 
+from _procs import default_sigint
+
 import vobiz_async
 
 
@@ -18,6 +20,10 @@ def test_import_leaves_importlib_metadata_alone() -> None:
     """Importing the package (and the CLI) does not load importlib.metadata, 50 ms or more."""
     probe = "import sys, vobiz_async.cli; print('importlib.metadata' in sys.modules)"
     done = subprocess.run(  # noqa: S603 - our own interpreter, no shell
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=default_sigint,
     )
     assert done.stdout.strip() == "False"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+from _procs import default_sigint
 
 from vobiz_async.testing import FakeVobiz
 
@@ -84,6 +85,7 @@ async def run(args: list[str], cwd: Path, env: Mapping[str, str]) -> tuple[int, 
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=default_sigint,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)

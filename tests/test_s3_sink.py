@@ -24,6 +24,7 @@ from typing import Any
 
 import attrs
 import pytest
+from _procs import default_sigint
 from aiohttp import ClientSession, web
 from hypothesis import given
 from hypothesis import strategies as st
@@ -778,7 +779,9 @@ def test_import_does_not_load_the_s3_client() -> None:
         "import sys, vobiz_async, vobiz_async.sinks; "
         "assert not {'aiobotocore', 'botocore'} & set(sys.modules), sorted(sys.modules)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)  # noqa: S603 - our interpreter
+    subprocess.run(  # noqa: S603 - our interpreter
+        [sys.executable, "-c", code], check=True, preexec_fn=default_sigint
+    )
 
 
 async def test_cancelled_commit_still_completes_a_verified_upload(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from _procs import default_sigint
 
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.testing import FakeVobiz
@@ -28,10 +29,6 @@ TOKEN = "serve-test-token-Jx7fQ2"
 PUBLIC_URL = "https://hooks.example.test/vobiz/recording"
 TIMEOUT = 30.0
 _LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)(/\S*)")
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def sign(nonce: str) -> dict[str, str]:
@@ -67,7 +64,7 @@ async def start_serve(env: Mapping[str, str], *args: str) -> Receiver:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
         start_new_session=True,
     )
     try:
@@ -246,7 +243,7 @@ async def test_wrong_token_fails_at_start_with_exit_3(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_default_sigint,
+        preexec_fn=default_sigint,
         start_new_session=True,
     )
     try:
