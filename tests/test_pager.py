@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from _waiting import eventually
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -236,10 +237,14 @@ async def test_next_pages_requested_before_the_first_is_consumed(
     items = aiter(pager)
 
     first = await anext(items)
-    await asyncio.sleep(0.2)  # "busy" with the first item; ask for nothing more
+    # "Busy" with the first item, asking for nothing more, until the follow-ups are answered.
+    answered = await eventually(
+        lambda: fake.stats.api_requests >= 4 and fake.stats.api_in_flight == 0
+    )
 
     assert first.recording_id == fake.recording_ids[0]
-    assert fake.stats.api_requests == 4  # the first page and the next three
+    assert answered
+    assert fake.stats.api_requests == 4  # the first page and the next three, no more
     rest = [rec.recording_id async for rec in items]
     assert [first.recording_id, *rest] == fake.recording_ids
 
@@ -363,10 +368,9 @@ async def test_stop_with_pages_in_flight(fake: FakeVobiz, session: AsyncSession)
         if len(ids) == 12:  # page 3; page 6 was just scheduled
             in_flight_at_break = len(page_fetches())
             break
-    await asyncio.sleep(0.05)
 
     assert in_flight_at_break > 0
-    assert page_fetches() == []
+    assert await eventually(lambda: page_fetches() == [])
     assert ids == fake.recording_ids[:12]
 
 
