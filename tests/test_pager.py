@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
@@ -13,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from vobiz_async import (
+    AsyncPager,
     AsyncSession,
     NotFoundError,
     Page,
@@ -197,24 +199,32 @@ async def test_filters_carried_to_every_page(fake: FakeVobiz, session: AsyncSess
     assert all(q.get("recording_type") == "call" for q in list_queries(fake))
 
 
+async def hold_follow_ups(fake: FakeVobiz, pager: AsyncPager, in_flight: int) -> bool:
+    """Take the first item, then hold every later page request at the fake (however fast
+    this machine sends them) until `in_flight` are waiting there at once; stop the walk."""
+    async with contextlib.aclosing(aiter(pager)) as items:
+        await anext(items)
+        fake.latency = 3600  # no await since the first page: no follow-up has arrived yet
+        return await eventually(lambda: fake.stats.api_in_flight >= in_flight)
+
+
 async def test_concurrent_page_fetch(fake: FakeVobiz, session: AsyncSession) -> None:
     """Once total_count is known, more than one page request is in flight at a time."""
-    fake.latency = 0.05
+    overlapped = await hold_follow_ups(fake, session.recordings.list(limit=10), 2)
 
-    ids = [rec.recording_id async for rec in session.recordings.list(limit=10)]
-
-    assert ids == fake.recording_ids
+    assert overlapped
     assert fake.stats.api_in_flight_max > 1
 
 
 async def test_concurrency_bounded(fake: FakeVobiz, session: AsyncSession) -> None:
     """page_concurrency bounds the follow-up requests in flight."""
-    fake.latency = 0.02
+    pager = session.recordings.list(limit=5, page_concurrency=2)
 
-    ids = [rec.recording_id async for rec in session.recordings.list(limit=5, page_concurrency=2)]
+    overlapped = await hold_follow_ups(fake, pager, 2)
 
-    assert ids == fake.recording_ids
+    assert overlapped
     assert fake.stats.api_in_flight_max == 2
+    assert fake.stats.api_requests == 1 + 2  # no third follow-up while two are held
 
 
 async def test_sequential_with_concurrency_one(fake: FakeVobiz, session: AsyncSession) -> None:
