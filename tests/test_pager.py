@@ -126,6 +126,15 @@ async def test_follow_ups_use_the_api_path(fake: FakeVobiz, session: AsyncSessio
     assert {r.status for r in fake.stats.requests} == {200}
 
 
+async def hold_follow_ups(fake: FakeVobiz, pager: AsyncPager, in_flight: int) -> bool:
+    """Take the first item, then hold every later page request at the fake (however fast
+    this machine sends them) until `in_flight` are waiting there at once; stop the walk."""
+    async with contextlib.aclosing(aiter(pager)) as items:
+        await anext(items)
+        fake.latency = 3600  # no await since the first page: no follow-up has arrived yet
+        return await eventually(lambda: fake.stats.api_in_flight >= in_flight)
+
+
 async def test_default_page_size_walk(fake: FakeVobiz, session: AsyncSession) -> None:
     """Without a limit the walk still yields everything once, in order."""
     ids = [rec.recording_id async for rec in session.recordings.list()]
@@ -135,24 +144,28 @@ async def test_default_page_size_walk(fake: FakeVobiz, session: AsyncSession) ->
 
 async def test_default_page_size_is_the_servers() -> None:
     """Without a limit, pages keep the server's default size and still overlap."""
-    async with FakeVobiz(recordings=250, seed=3, latency=0.02) as fake:
-        async with AsyncSession(**fake.session_kwargs()) as session:
-            ids = [rec.recording_id async for rec in session.recordings.list()]
-
+    async with (
+        FakeVobiz(recordings=250, seed=3) as fake,
+        AsyncSession(**fake.session_kwargs()) as session,
+    ):
+        ids = [rec.recording_id async for rec in session.recordings.list()]
         assert ids == fake.recording_ids
         assert len(list_queries(fake)) == 13
-        assert fake.stats.api_in_flight_max > 1
+
+        assert await hold_follow_ups(fake, session.recordings.list(), 2)
 
 
 async def test_clamped_page_size_is_replanned_concurrently() -> None:
     """When the server caps the page size, the rest is planned at that size, in parallel."""
-    async with FakeVobiz(recordings=100, seed=3, latency=0.02, max_limit=20) as fake:
-        async with AsyncSession(**fake.session_kwargs()) as session:
-            ids = [rec.recording_id async for rec in session.recordings.list(limit=100)]
-
+    async with (
+        FakeVobiz(recordings=100, seed=3, max_limit=20) as fake,
+        AsyncSession(**fake.session_kwargs()) as session,
+    ):
+        ids = [rec.recording_id async for rec in session.recordings.list(limit=100)]
         assert ids == fake.recording_ids
         assert len(list_queries(fake)) == 5
-        assert fake.stats.api_in_flight_max > 1
+
+        assert await hold_follow_ups(fake, session.recordings.list(limit=100), 2)
 
 
 async def test_filters_kept_when_next_omits_them() -> None:
@@ -197,15 +210,6 @@ async def test_filters_carried_to_every_page(fake: FakeVobiz, session: AsyncSess
     assert [r.recording_id for r in recs] == expected
     assert len(list_queries(fake)) > 1
     assert all(q.get("recording_type") == "call" for q in list_queries(fake))
-
-
-async def hold_follow_ups(fake: FakeVobiz, pager: AsyncPager, in_flight: int) -> bool:
-    """Take the first item, then hold every later page request at the fake (however fast
-    this machine sends them) until `in_flight` are waiting there at once; stop the walk."""
-    async with contextlib.aclosing(aiter(pager)) as items:
-        await anext(items)
-        fake.latency = 3600  # no await since the first page: no follow-up has arrived yet
-        return await eventually(lambda: fake.stats.api_in_flight >= in_flight)
 
 
 async def test_concurrent_page_fetch(fake: FakeVobiz, session: AsyncSession) -> None:
