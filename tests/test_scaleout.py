@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from _procs import default_sigint
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -146,7 +147,10 @@ def test_importing_the_library_and_cli_does_not_import_ray() -> None:
         "import sys, vobiz_async, vobiz_async.cli, vobiz_async.scaleout; "
         "sys.exit('ray' in sys.modules)"
     )
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0  # noqa: S603
+    done = subprocess.run(  # noqa: S603 - our interpreter
+        [sys.executable, "-c", code], check=False, preexec_fn=default_sigint
+    )
+    assert done.returncode == 0
 
 
 # -- on a two-node cluster --------------------------------------------------------------
@@ -395,6 +399,7 @@ async def run_cli(*args: str, fake: FakeVobiz) -> tuple[int, str, str]:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
     out, err = await asyncio.wait_for(proc.communicate(), JOB_TIMEOUT)
     assert proc.returncode is not None
