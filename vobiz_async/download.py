@@ -498,7 +498,11 @@ class Downloader:
         self.max_paced_wait = max_paced_wait
         self.chunk_size = chunk_size
         #: Domains whose https hosts receive credentials; None means the session's.
-        self.trusted_hosts = None if trusted_hosts is None else frozenset(trusted_hosts)
+        self.trusted_hosts = (
+            None
+            if trusted_hosts is None
+            else frozenset(h.lower().strip(".") for h in trusted_hosts)  # as the session's
+        )
         self._on_progress = on_progress
         self._manifest_arg = manifest
         self._manifest: Manifest | None = None
