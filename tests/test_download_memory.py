@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _nginx import nginx
 from _procs import default_sigint
 
 from vobiz_async import AsyncSession, DownloadStatus
+from vobiz_async.testing import FakeVobiz
 
 SIZE = 400 * 2**20
 BUDGET = 64 * 2**20
@@ -129,3 +131,61 @@ def test_read_buffers_stay_on_the_heap() -> None:
         pytest.skip(f"this allocator maps no fresh pages per buffer ({unprimed} faults)")
     primed = read_buffer_faults("primed")
     assert primed < unprimed / 10, f"{primed} page faults primed, {unprimed} without"
+
+
+#: A child that archives the recordings the fake lists (media on nginx) at `concurrency`
+#: and prints its peak RSS from /proc, with nothing but the library in its memory.
+MANY_IN_FLIGHT = """
+import asyncio, json, sys, tempfile
+from vobiz_async import AsyncSession
+
+async def main(kwargs, concurrency, dest):
+    async with AsyncSession(**kwargs, max_connections=concurrency) as session:
+        report = await session.recordings.download_many(
+            session.recordings.list(limit=100), dest, concurrency=concurrency
+        )
+    status = open("/proc/self/status").read()
+    peak_kb = int(status.split("VmHWM:")[1].split()[0])
+    print(json.dumps({"ok": report.ok, "downloaded": len(report.downloaded), "peak": peak_kb}))
+
+asyncio.run(main(json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "size", "budget_mb"), [(64, 4_000_000, 64), (256, 1_000_000, 96)]
+)
+async def test_many_transfers_in_flight_stay_under_the_budget(
+    tmp_path: Path, concurrency: int, size: int, budget_mb: int
+) -> None:
+    """nginx serving `concurrency` recordings at once: the archiving process's peak RSS
+    stays within the budget (64 MB at 64 in flight, 96 MB at 256), all verified."""
+    www = tmp_path / "www"
+    www.mkdir()
+    body = b"ID3\\x04\\x00" + bytes(range(256)) * (size // 256)
+    for i in range(concurrency):
+        (www / f"r{i}.mp3").write_bytes(body)
+    with nginx(www, tmp_path / "nginx") as base:
+        async with FakeVobiz(recordings=0, record_requests=False) as fake:
+            for i in range(concurrency):
+                fake.add_recording(recording_url=f"{base}r{i}.mp3", size=1)
+            kwargs = json.dumps(dict(fake.session_kwargs()))
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                MANY_IN_FLIGHT,
+                kwargs,
+                str(concurrency),
+                str(tmp_path / "archive"),
+                stdout=asyncio.subprocess.PIPE,
+                preexec_fn=default_sigint,
+            )
+            out, _ = await child.communicate()
+
+    assert child.returncode == 0
+    done = json.loads(out)
+    assert done["ok"]
+    assert done["downloaded"] == concurrency
+    assert done["peak"] / 1024 < budget_mb, f"peak RSS {done['peak'] / 1024:.1f} MB"
+    for path in (tmp_path / "archive").iterdir():
+        assert path.stat().st_size == len(body)

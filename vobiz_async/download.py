@@ -89,6 +89,12 @@ MAX_PACED_WAIT = 600.0
 RESULTS_KEPT = 10_000
 #: Read size for media bodies; large reads keep per-chunk overhead low.
 CHUNK_SIZE = 256 * 1024
+#: Read buffers across a batch: each connection holds up to about three reads (aiohttp's
+#: buffer of twice its read size, and the transport's read), so at 256 KiB a read, 64
+#: transfers in flight held 129 MB. A batch divides this budget among its transfers.
+READ_BUDGET = 4 * 1024 * 1024
+#: The smallest read size, however many transfers run: below it syscalls dominate.
+MIN_CHUNK = 16 * 1024
 #: Media answers that may mean the signed URL went stale: worth one fresh `get()`.
 _STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -496,7 +502,10 @@ class Downloader:
         self.overwrite = overwrite
         self.max_attempts = max_attempts
         self.max_paced_wait = max_paced_wait
-        self.chunk_size = chunk_size
+        #: Bytes one transfer reads (and buffers) at a time: the whole `chunk_size` while
+        #: few run, less when many do, so read buffers across the batch stay near
+        #: READ_BUDGET (benchmarks/RESULTS.md, experiment 28).
+        self.chunk_size = max(MIN_CHUNK, min(chunk_size, READ_BUDGET // concurrency))
         #: Domains whose https hosts receive credentials; None means the session's.
         self.trusted_hosts = (
             None
@@ -855,6 +864,7 @@ class Downloader:
             )
         except APIConnectionError as err:
             raise _Retryable(err) from err
+        _limit_reads(resp, self.chunk_size)
         async with resp:
             try:
                 expected = self._check_status(resp, state)
@@ -993,6 +1003,20 @@ class Downloader:
             # .gz on the server. Never store that.
             state.restart()
             raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
+
+
+def _limit_reads(resp: aiohttp.ClientResponse, size: int) -> None:
+    """Make the connection's transport read at most `size` bytes at a time.
+
+    asyncio's selector transport reads up to 256 KiB per `recv` whatever the protocol's
+    buffer size (`max_size`, an attribute of `_SelectorSocketTransport`), and aiohttp keeps
+    each read until it is consumed: with many transfers in flight those reads are most of
+    the batch's memory. Where the transport has no such attribute nothing changes.
+    """
+    connection = resp.connection
+    transport = connection.transport if connection is not None else None
+    if transport is not None and getattr(transport, "max_size", size) > size:
+        transport.max_size = size  # type: ignore[attr-defined]
 
 
 def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[bytes, bytes]:
