@@ -1,0 +1,335 @@
+"""One politeness for a whole batch: an AIMD limit on transfers in flight under rate limits.
+
+A 429 (or a 503 with ``Retry-After``) on any request of the batch lowers the number of
+transfers allowed in flight (multiplicative decrease, never below one) and holds every new
+request until the ``Retry-After`` has passed; successes raise the limit back gradually
+(additive increase: about one more transfer per limit's worth of successes) toward the
+configured concurrency.
+
+Two layers, as everywhere in this package:
+
+- :class:`PacingPolicy` is the pure decision core. Its methods take a :class:`PacingState`
+  and the current time (any monotonic clock, in seconds) and return a new state; nothing in
+  it sleeps, reads a clock or knows asyncio, so it is tested by tables.
+- :class:`PacingGate` is the asyncio seam: ``acquire()``/``release()`` around each request,
+  ``on_rate_limited(retry_after, ticket)`` and ``on_success(ticket)`` after it. Its clock is
+  the event loop's.
+
+A burst of 429s that answers requests sent *before* the latest decrease says nothing new
+about the current limit, so it only extends the hold: one decrease per round of requests,
+as in TCP's congestion control. Likewise only successes of requests sent since the latest
+decrease raise the limit again. A request's round is its *ticket*: the number of decreases
+applied when it was let go (``acquire()`` returns it), so no clock resolution is involved.
+
+:meth:`PacingGate.report` says what happened for a progress event or a summary, e.g.
+"rate limited 12 times: concurrency lowered to 6 for 40 s".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+
+import attrs
+
+__all__ = ["PacingGate", "PacingPolicy", "PacingReport", "PacingState", "allowed", "is_stale"]
+
+
+@attrs.frozen
+class PacingState:
+    """Where a batch's pacing stands. Times are on the clock the policy was given."""
+
+    #: Transfers allowed in flight, fractional so additive increase can be gradual.
+    limit: float
+    #: No new request may start before this time.
+    hold_until: float
+    #: Rate-limit signals received (429s, and 503s with Retry-After).
+    signals: int = 0
+    #: Decreases applied so far: the current round, the ticket of a request let go now.
+    decreases: int = 0
+    #: The lowest number of transfers allowed in flight so far.
+    lowest: int = 0
+    #: Since when the allowed number has been below the configured concurrency (None: not).
+    below_since: float | None = None
+    #: Seconds spent below the configured concurrency in earlier, closed spells.
+    below_seconds: float = 0.0
+
+
+@attrs.frozen
+class PacingReport:
+    """What the pacing did over a batch, for progress events and the final summary."""
+
+    concurrency: int
+    #: Transfers allowed in flight now.
+    limit: int
+    #: Rate-limit signals received, and how many of them lowered the limit.
+    rate_limited: int
+    decreases: int
+    #: The lowest number of transfers allowed in flight.
+    lowest_limit: int
+    #: Seconds spent below the configured concurrency, the current spell included.
+    seconds_below: float
+
+    @property
+    def limited(self) -> bool:
+        """Whether any rate-limit signal arrived."""
+        return self.rate_limited > 0
+
+    def describe(self) -> str | None:
+        """One line for a summary, or None when nothing was rate limited."""
+        if not self.limited:
+            return None
+        times = "once" if self.rate_limited == 1 else f"{self.rate_limited} times"
+        if self.lowest_limit >= self.concurrency:
+            return f"rate limited {times}: concurrency stayed at {self.concurrency}"
+        return (
+            f"rate limited {times}: concurrency lowered to {self.lowest_limit} "
+            f"for {self.seconds_below:.0f} s"
+        )
+
+
+def allowed(state: PacingState) -> int:
+    """Transfers the state allows in flight: the whole part of the limit, at least one."""
+    return max(1, math.floor(state.limit))
+
+
+def is_stale(state: PacingState, ticket: int | None) -> bool:
+    """Whether a request let go with ``ticket`` was sent before the latest decrease."""
+    return ticket is not None and ticket < state.decreases
+
+
+@attrs.frozen
+class PacingPolicy:
+    """The pure AIMD decisions for one batch of at most ``concurrency`` transfers in flight.
+
+    ``decrease`` multiplies the limit on a rate-limit signal (floor one); ``increase`` is
+    added per limit's worth of successes (each success adds ``increase / limit``);
+    ``default_hold`` is the hold for a 429 without a usable Retry-After; ``max_hold`` caps
+    any hold.
+    """
+
+    concurrency: int
+    decrease: float = 0.5
+    increase: float = 1.0
+    default_hold: float = 1.0
+    max_hold: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if not 0.0 < self.decrease < 1.0:
+            raise ValueError(f"decrease must be between 0 and 1, not {self.decrease}")
+        if self.increase <= 0.0:
+            raise ValueError(f"increase must be positive, not {self.increase}")
+        if self.default_hold < 0.0 or self.max_hold < 0.0:
+            raise ValueError("holds must not be negative")
+
+    def start(self, now: float) -> PacingState:
+        """The state of a fresh batch: the full concurrency, nothing held."""
+        return PacingState(limit=float(self.concurrency), hold_until=now, lowest=self.concurrency)
+
+    def is_rate_limit(self, status: int, retry_after: float | None) -> bool:
+        """Whether a response is a rate-limit signal: 429, or 503 with a Retry-After."""
+        return status == 429 or (status == 503 and retry_after is not None)
+
+    def hold_for(self, retry_after: float | None) -> float:
+        """Seconds to hold new requests after a signal carrying ``retry_after``."""
+        if retry_after is None or not math.isfinite(retry_after):
+            return min(self.default_hold, self.max_hold)
+        return min(max(0.0, retry_after), self.max_hold)
+
+    def rate_limited(
+        self,
+        state: PacingState,
+        now: float,
+        retry_after: float | None = None,
+        ticket: int | None = None,
+    ) -> PacingState:
+        """A rate-limit signal at ``now`` for a request let go with ``ticket`` (None:
+        unknown, counted as current): hold new requests, and lower the limit unless the
+        request predates the latest decrease."""
+        hold_until = max(state.hold_until, now + self.hold_for(retry_after))
+        signals = state.signals + 1
+        if is_stale(state, ticket):
+            return attrs.evolve(state, hold_until=hold_until, signals=signals)
+        limit = max(1.0, math.floor(state.limit * self.decrease))
+        below_since = state.below_since
+        if below_since is None and limit < self.concurrency:
+            below_since = now
+        return attrs.evolve(
+            state,
+            limit=limit,
+            hold_until=hold_until,
+            signals=signals,
+            decreases=state.decreases + 1,
+            lowest=min(state.lowest, int(limit)),
+            below_since=below_since,
+        )
+
+    def succeeded(self, state: PacingState, now: float, ticket: int | None = None) -> PacingState:
+        """A success at ``now`` for a request let go with ``ticket`` (None: counted as
+        current): raise the limit by ``increase / limit`` toward the configured concurrency,
+        unless the request predates the latest decrease."""
+        if is_stale(state, ticket):
+            return state
+        if state.limit >= self.concurrency:
+            return state
+        limit = min(float(self.concurrency), state.limit + self.increase / state.limit)
+        if allowed(attrs.evolve(state, limit=limit)) < self.concurrency:
+            return attrs.evolve(state, limit=limit)
+        below_seconds = state.below_seconds
+        if state.below_since is not None:
+            below_seconds += now - state.below_since
+        return attrs.evolve(state, limit=limit, below_since=None, below_seconds=below_seconds)
+
+    def wait(self, state: PacingState, now: float) -> float:
+        """Seconds a new request must still wait for the hold to pass (0 when it may go)."""
+        return max(0.0, state.hold_until - now)
+
+    def may_start(self, state: PacingState, now: float, in_flight: int) -> bool:
+        """Whether one more request may start now with ``in_flight`` already running."""
+        return now >= state.hold_until and in_flight < allowed(state)
+
+    def report(self, state: PacingState, now: float) -> PacingReport:
+        """What happened so far, counting the current spell below the concurrency to now."""
+        below = state.below_seconds
+        if state.below_since is not None:
+            below += max(0.0, now - state.below_since)
+        return PacingReport(
+            concurrency=self.concurrency,
+            limit=allowed(state),
+            rate_limited=state.signals,
+            decreases=state.decreases,
+            lowest_limit=state.lowest,
+            seconds_below=below,
+        )
+
+
+class PacingGate:
+    """The asyncio side of :class:`PacingPolicy` for one batch; every request passes it.
+
+    ::
+
+        ticket = await gate.acquire()
+        try:
+            response = await send()
+            if gate.policy.is_rate_limit(response.status, retry_after):
+                gate.on_rate_limited(retry_after, ticket)
+            else:
+                gate.on_success(ticket)
+        finally:
+            gate.release()
+
+    Waiters are served first come, first served; a slot is handed to the next waiter by
+    ``release()`` (or when a hold passes, or the limit rises), so no newcomer overtakes them.
+    """
+
+    def __init__(self, concurrency: int, *, policy: PacingPolicy | None = None) -> None:
+        self.policy = policy if policy is not None else PacingPolicy(concurrency)
+        if self.policy.concurrency != concurrency:
+            raise ValueError("policy.concurrency differs from concurrency")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state: PacingState | None = None
+        self._in_flight = 0
+        self._waiters: deque[asyncio.Future[int]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests between acquire() and release()."""
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting in acquire()."""
+        return sum(1 for fut in self._waiters if not fut.done())
+
+    @property
+    def state(self) -> PacingState:
+        """The current pure state (a fresh one before the first call)."""
+        return self._current()
+
+    @property
+    def allowed(self) -> int:
+        """Transfers allowed in flight now."""
+        return allowed(self._current())
+
+    def report(self) -> PacingReport:
+        """What the pacing did so far."""
+        return self.policy.report(self._current(), self._now())
+
+    async def acquire(self) -> int:
+        """Wait for a slot and for any hold to pass; return the request's ticket (pass it
+        back to ``on_rate_limited`` / ``on_success``)."""
+        state = self._current()
+        if not self._waiters and self.policy.may_start(state, self._now(), self._in_flight):
+            self._in_flight += 1
+            return state.decreases
+        fut: asyncio.Future[int] = self._get_loop().create_future()
+        self._waiters.append(fut)
+        self._dispatch()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._in_flight -= 1  # handed a slot as we were cancelled: give it back
+            else:
+                self._forget(fut)
+            self._dispatch()
+            raise
+
+    def release(self) -> None:
+        """The request is over (whatever its outcome): free its slot."""
+        if self._in_flight <= 0:
+            raise RuntimeError("release() without a matching acquire()")
+        self._in_flight -= 1
+        self._dispatch()
+
+    def on_rate_limited(self, retry_after: float | None = None, ticket: int | None = None) -> None:
+        """A 429 (or 503 with Retry-After) answered the request let go with ``ticket``."""
+        self._state = self.policy.rate_limited(self._current(), self._now(), retry_after, ticket)
+        self._dispatch()
+
+    def on_success(self, ticket: int | None = None) -> None:
+        """The request let go with ``ticket`` succeeded."""
+        self._state = self.policy.succeeded(self._current(), self._now(), ticket)
+        self._dispatch()
+
+    # ----------------------------------------------------------------- internals
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _now(self) -> float:
+        return self._get_loop().time()
+
+    def _current(self) -> PacingState:
+        if self._state is None:
+            self._state = self.policy.start(self._now())
+        return self._state
+
+    def _forget(self, fut: asyncio.Future[int]) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(fut)
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters in order; arm a timer for the end of a hold."""
+        state = self._current()
+        now = self._now()
+        while self._waiters and self.policy.may_start(state, now, self._in_flight):
+            fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            self._in_flight += 1
+            fut.set_result(state.decreases)
+        wait = self.policy.wait(state, now)
+        if self._waiters and wait > 0 and self._timer is None:
+            self._timer = self._get_loop().call_at(state.hold_until, self._hold_over)
+
+    def _hold_over(self) -> None:
+        self._timer = None
+        self._dispatch()
