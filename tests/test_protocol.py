@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from vobiz_async import (
     AuthenticationError,
     BadRequestError,
     ConflictError,
+    IntegrityError,
     InvalidRecordingIdError,
     NotFoundError,
     PaymentRequiredError,
@@ -27,6 +29,7 @@ from vobiz_async import (
 )
 from vobiz_async.protocol import (
     MAX_RETRY_AFTER,
+    MediaAnswer,
     address_problem,
     archive_key,
     backoff_delay,
@@ -35,6 +38,7 @@ from vobiz_async.protocol import (
     format_timestamp,
     is_retryable_status,
     make_status_error,
+    media_answer,
     media_type,
     next_page_params,
     parse_retry_after,
@@ -582,3 +586,128 @@ def test_media_type_comes_from_the_container(container: str | None, expected: st
 def test_address_problem(address: str, allow_loopback: bool, problem: str | None) -> None:
     """Media is fetched only from globally routable unicast addresses (loopback on request)."""
     assert address_problem(address, allow_loopback=allow_loopback) == problem
+
+
+def _answer(status: int, headers: dict[str, str], **held: Any) -> MediaAnswer:
+    state = {"offset": 0, "asked_from": 0, "etag": None, "total": None, **held}
+    return media_answer(status, headers, **state)
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "held", "expected"),
+    [
+        # a whole body: its length, its strong ETag; a weak one proves nothing
+        (200, {"Content-Length": "10", "ETag": '"a"'}, {}, ("body", 10, 10, '"a"')),
+        (200, {"Content-Length": "10", "ETag": 'W/"a"'}, {}, ("body", 10, 10, None)),
+        # a range asked, a whole body answered: start over with it
+        (200, {"Content-Length": "10"}, {"offset": 4, "asked_from": 4}, ("body", 10, 10, None)),
+        # encoded anyway: its length is the encoded one, the total unknown until decoded
+        (200, {"Content-Length": "7", "Content-Encoding": "gzip"}, {}, ("body", 7, None, None)),
+        # the range asked, from the version held
+        (
+            206,
+            {"Content-Range": "bytes 4-9/10", "ETag": '"a"'},
+            {"offset": 4, "asked_from": 4, "etag": '"a"', "total": 10},
+            ("resume", 6, 10, '"a"'),
+        ),
+        # asked a little early to prove the overlap
+        (
+            206,
+            {"Content-Range": "bytes 2-9/10"},
+            {"offset": 4, "asked_from": 2},
+            ("resume", 8, 10, None),
+        ),
+        # the partial already is the whole file
+        (
+            416,
+            {"Content-Range": "bytes */10"},
+            {"offset": 10, "asked_from": 10, "etag": '"a"'},
+            ("complete", None, 10, '"a"'),
+        ),
+    ],
+)
+def test_media_answer_transfers(
+    status: int, headers: dict[str, str], held: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+    """Responses that carry bytes (or prove them held): what to expect and to keep."""
+    answer = _answer(status, headers, **held)
+
+    assert (answer.action, answer.expected, answer.total, answer.etag) == expected
+    assert answer.error is None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "held", "action", "error", "message"),
+    [
+        (200, {"Content-Encoding": "br"}, {}, "fail", IntegrityError, "unsupported"),
+        (
+            206,
+            {"Content-Range": "bytes 0-9/10"},
+            {"offset": 4, "asked_from": 4},
+            "restart",
+            IntegrityError,
+            "unexpected Content-Range",
+        ),
+        (
+            206,
+            {"Content-Range": "bytes 4-9/10", "ETag": '"b"'},
+            {"offset": 4, "asked_from": 4, "etag": '"a"'},
+            "restart",
+            IntegrityError,
+            "changed",
+        ),
+        (
+            206,
+            {"Content-Range": "bytes 4-11/12"},
+            {"offset": 4, "asked_from": 4, "total": 10},
+            "restart",
+            IntegrityError,
+            "changed",
+        ),
+        (
+            206,
+            {"Content-Range": "bytes 4-9/10", "Content-Encoding": "gzip"},
+            {"offset": 4, "asked_from": 4},
+            "restart",
+            IntegrityError,
+            "encoded",
+        ),
+        # 416 without a proven version, or for another size: start over
+        (
+            416,
+            {"Content-Range": "bytes */10"},
+            {"offset": 10, "asked_from": 10},
+            "restart",
+            IntegrityError,
+            "416",
+        ),
+        (
+            416,
+            {"Content-Range": "bytes */12"},
+            {"offset": 10, "asked_from": 10, "etag": '"a"'},
+            "restart",
+            IntegrityError,
+            "416",
+        ),
+        (403, {}, {}, "refresh", PermissionDeniedError, "403"),
+        (404, {}, {}, "refresh", NotFoundError, "404"),
+        (429, {"Retry-After": "3"}, {}, "retry", RateLimitError, "429"),
+        (503, {}, {}, "retry", ServerError, "503"),
+        (400, {}, {}, "fail", BadRequestError, "400"),
+    ],
+)
+def test_media_answer_refusals(
+    status: int,
+    headers: dict[str, str],
+    held: dict[str, Any],
+    action: str,
+    error: type[Exception],
+    message: str,
+) -> None:
+    """Responses that carry no usable bytes: restart, refresh the URL, retry, or fail."""
+    answer = _answer(status, headers, **held)
+
+    assert answer.action == action
+    assert isinstance(answer.error, error)
+    assert message in str(answer.error)
+    assert answer.retry_after == (3.0 if status == 429 else None)

@@ -55,11 +55,7 @@ from .protocol import (
     backoff_delay,
     content_decoder,
     format_timestamp,
-    is_retryable_status,
-    make_status_error,
-    parse_content_range,
-    parse_retry_after,
-    parse_unsatisfied_range,
+    media_answer,
     safe_file_stem,
     sniff_container,
 )
@@ -95,8 +91,6 @@ CHUNK_SIZE = 256 * 1024
 READ_BUDGET = 4 * 1024 * 1024
 #: The smallest read size, however many transfers run: below it syscalls dominate.
 MIN_CHUNK = 16 * 1024
-#: Media answers that may mean the signed URL went stale: worth one fresh `get()`.
-_STALE_STATUSES = frozenset({401, 403, 404, 410})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Without a strong validator, a resume asks for this many bytes before the end of the
 #: partial again and compares them with its tail: two versions are never spliced.
@@ -880,56 +874,39 @@ class Downloader:
             raise _Retryable(IntegrityError(f"have {state.offset} of {state.total} bytes"))
 
     def _check_status(self, resp: aiohttp.ClientResponse, state: _Transfer) -> int | None:
-        """The number of body bytes to expect, or raise what the status means.
-
-        Also keeps the transfer's ETag and total size: a resumed range must come from the
-        same version of the file, or the transfer starts over.
-        """
-        etag = resp.headers.get("ETag")
-        etag = etag if etag and not etag.startswith("W/") else None
-        if resp.status == 200:
-            state.restart()  # a full body, whether or not we asked for a range
-            state.etag = etag
-            try:
-                state.decoder = content_decoder(resp.headers.get("Content-Encoding"))
-            except ValueError as err:
-                raise IntegrityError(str(err)) from None
-            if state.decoder is None:
-                state.total = resp.content_length
-            return resp.content_length  # of the encoded body, when it is encoded
-        if resp.status == 206 and _encoding_of(resp) != "identity":
-            state.restart()  # only identity bodies are resumed: start over
-            raise _Retryable(IntegrityError("a resumed range arrived content-encoded"))
-        if resp.status == 206:
-            content_range = parse_content_range(resp.headers.get("Content-Range"))
-            if content_range is None or content_range[0] != state.offset - len(state.tail):
-                state.restart()
-                got = resp.headers.get("Content-Range")
-                raise _Retryable(IntegrityError(f"unexpected Content-Range {got!r}"))
-            start, end, total = content_range
-            changed = (state.etag is not None and etag is not None and etag != state.etag) or (
-                state.total is not None and total is not None and total != state.total
-            )
-            if changed:
-                state.restart()
-                raise _Retryable(IntegrityError("the recording changed during resume"))
-            state.etag = etag or state.etag
-            state.total = total if total is not None else state.total
-            return end - start + 1
-        if resp.status == 416:
-            size = parse_unsatisfied_range(resp.headers.get("Content-Range"))
-            same = state.etag is not None and etag in (None, state.etag)
-            if size == state.offset and same:
-                state.total = size  # the partial is the whole file: verify and finish
+        """Apply what the response means (`protocol.media_answer`) to the transfer: the
+        number of body bytes to expect, or raise what the answer says."""
+        answer = media_answer(
+            resp.status,
+            resp.headers,
+            offset=state.offset,
+            asked_from=state.offset - len(state.tail),
+            etag=state.etag,
+            total=state.total,
+            reason=resp.reason,
+        )
+        match answer.action:
+            case "body":
+                state.restart()  # a full body, whether or not we asked for a range
+                state.etag, state.total = answer.etag, answer.total
+                state.decoder = content_decoder(answer.encoding)
+                return answer.expected
+            case "resume":
+                state.etag, state.total = answer.etag, answer.total
+                return answer.expected
+            case "complete":
+                state.total = answer.total
                 raise _Whole
+        assert answer.error is not None
+        if answer.action == "restart":
             state.restart()
-            raise _Retryable(IntegrityError("the server refused the resume range (416)"))
-        error = make_status_error(resp.status, resp.headers, None, reason=resp.reason)
-        if resp.status in _STALE_STATUSES:
-            raise _Stale(error)
-        if is_retryable_status(resp.status):
-            raise _Retryable(error, parse_retry_after(resp.headers.get("Retry-After")))
-        raise error
+            raise _Retryable(answer.error)
+        if answer.action == "refresh":
+            assert isinstance(answer.error, APIStatusError)
+            raise _Stale(answer.error)
+        if answer.action == "retry":
+            raise _Retryable(answer.error, answer.retry_after)
+        raise answer.error
 
     async def _stream(
         self, resp: aiohttp.ClientResponse, state: _Transfer, expected: int | None
@@ -1027,8 +1004,3 @@ def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[byte
         state.restart()
         raise _Retryable(IntegrityError("the recording changed since its partial was written"))
     return chunk[size:], overlap[size:]
-
-
-def _encoding_of(resp: aiohttp.ClientResponse) -> str:
-    """The response's Content-Encoding, lower-cased; `identity` when absent."""
-    return (resp.headers.get("Content-Encoding") or "identity").strip().lower()

@@ -15,9 +15,10 @@ import zlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import attrs
 from yarl import URL
 
 from .errors import (
@@ -25,6 +26,7 @@ from .errors import (
     AuthenticationError,
     BadRequestError,
     ConflictError,
+    IntegrityError,
     InvalidRecordingIdError,
     NotFoundError,
     PaymentRequiredError,
@@ -34,6 +36,7 @@ from .errors import (
     ServerError,
     UnprocessableEntityError,
     UnsafeURLError,
+    VobizError,
 )
 
 __all__ = [
@@ -41,6 +44,8 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "REDIRECT_STATUSES",
     "RETRYABLE_STATUSES",
+    "STALE_STATUSES",
+    "MediaAnswer",
     "address_problem",
     "archive_key",
     "backoff_delay",
@@ -51,6 +56,7 @@ __all__ = [
     "format_timestamp",
     "is_retryable_status",
     "make_status_error",
+    "media_answer",
     "media_type",
     "next_page_params",
     "parse_body",
@@ -449,3 +455,98 @@ def redirect_target(url: URL, status: int, location: str | None) -> URL | None:
     if url.scheme == "https" and target.scheme == "http":
         raise UnsafeURLError(f"refusing a redirect from https to http ({target.host})")
     return target
+
+
+#: Media answers that may mean a signed URL went stale: worth one fresh `get()`.
+STALE_STATUSES = frozenset({401, 403, 404, 410})
+
+
+@attrs.frozen
+class MediaAnswer:
+    """What a media response means for a transfer (`media_answer`).
+
+    `action` is one of: `body` (a whole body follows: start over with it), `resume` (the
+    asked range follows), `complete` (the bytes held are already the whole file), `restart`
+    (drop what is held and try again), `refresh` (the URL may be stale: fetch the recording
+    again), `retry` (try again later), `fail` (give up with `error`).
+    """
+
+    action: Literal["body", "resume", "complete", "restart", "refresh", "retry", "fail"]
+    #: Body bytes to expect (`body`, `resume`); None when the server did not say.
+    expected: int | None = None
+    #: The full size of the file, when known.
+    total: int | None = None
+    #: The strong ETag to keep for later resumes.
+    etag: str | None = None
+    #: The body's Content-Encoding (`body`): the caller decodes it and checks it is whole.
+    encoding: str = "identity"
+    error: VobizError | None = None
+    retry_after: float | None = None
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("Content-Length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def media_answer(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    offset: int,
+    asked_from: int,
+    etag: str | None,
+    total: int | None,
+    reason: str | None = None,
+) -> MediaAnswer:
+    """What a media response means, for a transfer holding `offset` bytes of a version
+    `etag` (None: unproven) of a file of `total` bytes (None: unknown), that asked for the
+    range from `asked_from` (its offset, or a little before it to prove the overlap).
+
+    A 200 is a whole body whether or not a range was asked; a 206 must start where it was
+    asked and come from the same version (ETag, total size), or the transfer starts over;
+    only identity bodies are resumed. A 416 whose `bytes */SIZE` equals the bytes held, of a
+    proven version, means they are already the whole file.
+    """
+    sent = headers.get("ETag")
+    strong = sent if sent and not sent.startswith("W/") else None
+    encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+    if status == 200:
+        if encoding != "identity" and encoding not in _DECODER_BITS:
+            unsupported = f"unsupported Content-Encoding {headers['Content-Encoding']!r}"
+            return MediaAnswer("fail", error=IntegrityError(unsupported))
+        length = _content_length(headers)
+        whole = length if encoding == "identity" else None
+        return MediaAnswer("body", length, whole, strong, encoding)
+    if status == 206:
+        if encoding != "identity":
+            return MediaAnswer("restart", error=IntegrityError("a resumed range arrived encoded"))
+        content_range = parse_content_range(headers.get("Content-Range"))
+        if content_range is None or content_range[0] != asked_from:
+            got = headers.get("Content-Range")
+            return MediaAnswer("restart", error=IntegrityError(f"unexpected Content-Range {got!r}"))
+        start, end, size = content_range
+        changed = (etag is not None and strong is not None and strong != etag) or (
+            total is not None and size is not None and size != total
+        )
+        if changed:
+            return MediaAnswer(
+                "restart", error=IntegrityError("the recording changed during resume")
+            )
+        return MediaAnswer(
+            "resume", end - start + 1, size if size is not None else total, strong or etag
+        )
+    if status == 416:
+        size = parse_unsatisfied_range(headers.get("Content-Range"))
+        if size == offset and etag is not None and strong in (None, etag):
+            return MediaAnswer("complete", total=size, etag=etag)
+        refused = IntegrityError("the server refused the resume range (416)")
+        return MediaAnswer("restart", error=refused)
+    error = make_status_error(status, headers, None, reason=reason)
+    if status in STALE_STATUSES:
+        return MediaAnswer("refresh", error=error)
+    if is_retryable_status(status):
+        return MediaAnswer(
+            "retry", error=error, retry_after=parse_retry_after(headers.get("Retry-After"))
+        )
+    return MediaAnswer("fail", error=error)
