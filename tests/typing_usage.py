@@ -35,6 +35,7 @@ from vobiz_async import (
     ServerError,
     VobizError,
 )
+from vobiz_async.download import BatchOptions
 from vobiz_async.manifest import Manifest, ManifestEntry, VerifyProblem, verify_manifest
 from vobiz_async.scaleout import RayEngine, ShardFailure, WorkerShare, plan_shards
 
@@ -220,15 +221,7 @@ async def scale_out(session: AsyncSession) -> tuple[int, list[str]]:
         session,
         session.recordings.list(limit=100),
         "archive/",
-        concurrency=16,
-        on_progress=None,
-        manifest="archive/vobiz-manifest.jsonl",
-        overwrite=False,
-        max_attempts=5,
-        fsync=False,
-        layout="flat",
-        trusted_hosts=None,
-        max_paced_wait=600.0,
+        BatchOptions(concurrency=16, manifest="archive/vobiz-manifest.jsonl"),
     )
     shares: list[WorkerShare] = report.workers
     failures: list[ShardFailure] = report.failed_shards

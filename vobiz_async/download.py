@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RESULTS_KEPT",
+    "BatchOptions",
     "DownloadReport",
     "DownloadResult",
     "DownloadStatus",
@@ -262,6 +263,21 @@ Source = Iterable[Item] | AsyncIterable[Item]
 Layout = Literal["flat", "date"]
 #: Where a batch archives: a folder's path, an `s3://bucket/prefix/` URL, or a `Sink`.
 Destination = str | os.PathLike[str] | Sink
+
+
+@attrs.frozen
+class BatchOptions:
+    """A batch's options, as `download_many` takes them; an engine receives them whole."""
+
+    concurrency: int = 16
+    on_progress: ProgressCallback | None = None
+    manifest: str | os.PathLike[str] | Manifest | None = None
+    overwrite: bool = False
+    max_attempts: int = 5
+    fsync: bool = False
+    layout: Layout = "flat"
+    trusted_hosts: Iterable[str] | None = None
+    max_paced_wait: float = MAX_PACED_WAIT
 
 
 class _Retryable(Exception):

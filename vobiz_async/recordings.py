@@ -7,9 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from .converter import structure
 from .download import (
     MAX_PACED_WAIT,
+    BatchOptions,
     Destination,
     Downloader,
     DownloadReport,
@@ -220,24 +223,7 @@ class Recordings:
         `engine` (such as `vobiz_async.scaleout.RayEngine`) runs the job elsewhere, in
         shards; `concurrency` then stays the total in flight across the job.
         """
-        if engine is not None:
-            return await engine.run(
-                self._session,
-                source,
-                dest,
-                concurrency=concurrency,
-                on_progress=on_progress,
-                manifest=manifest,
-                overwrite=overwrite,
-                max_attempts=max_attempts,
-                fsync=fsync,
-                layout=layout,
-                trusted_hosts=trusted_hosts,
-                max_paced_wait=max_paced_wait,
-            )
-        downloader = Downloader(
-            self._session,
-            dest,
+        options = BatchOptions(
             concurrency=concurrency,
             on_progress=on_progress,
             manifest=manifest,
@@ -248,4 +234,7 @@ class Recordings:
             trusted_hosts=trusted_hosts,
             max_paced_wait=max_paced_wait,
         )
+        if engine is not None:
+            return await engine.run(self._session, source, dest, options)
+        downloader = Downloader(self._session, dest, **attrs.asdict(options, recurse=False))
         return await downloader.run(source)

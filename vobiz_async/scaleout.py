@@ -39,7 +39,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +48,7 @@ import attrs
 
 from .download import (
     RESULTS_KEPT,
+    BatchOptions,
     Destination,
     DownloadReport,
     DownloadResult,
@@ -106,16 +107,7 @@ class Engine(Protocol):
         session: AsyncSession,
         source: Source,
         dest: Destination,
-        *,
-        concurrency: int,
-        on_progress: ProgressCallback | None,
-        manifest: str | os.PathLike[str] | Manifest | None,
-        overwrite: bool,
-        max_attempts: int,
-        fsync: bool,
-        layout: Layout,
-        trusted_hosts: Iterable[str] | None,
-        max_paced_wait: float,
+        options: BatchOptions,
     ) -> DownloadReport:
         """Run the whole job and return its report, results in listing order."""
         ...
@@ -483,18 +475,15 @@ class RayEngine:
         session: AsyncSession,
         source: Source,
         dest: Destination,
-        *,
-        concurrency: int,
-        on_progress: ProgressCallback | None,
-        manifest: str | os.PathLike[str] | Manifest | None,
-        overwrite: bool,
-        max_attempts: int,
-        fsync: bool,
-        layout: Layout,
-        trusted_hosts: Iterable[str] | None,
-        max_paced_wait: float,
+        options: BatchOptions,
     ) -> ScaleOutReport:
         """List once, cut shards, run them on Ray, record results; see the module doc."""
+        concurrency, on_progress, manifest = (
+            options.concurrency,
+            options.on_progress,
+            options.manifest,
+        )
+        overwrite, layout, trusted_hosts = options.overwrite, options.layout, options.trusted_hosts
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         s3 = _s3_target(dest)
@@ -525,11 +514,11 @@ class RayEngine:
             dest=base,
             s3=s3,
             overwrite=overwrite,
-            max_attempts=max_attempts,
-            fsync=fsync,
+            max_attempts=options.max_attempts,
+            fsync=options.fsync,
             layout=layout,
             trusted_hosts=None if trusted_hosts is None else frozenset(trusted_hosts),
-            max_paced_wait=max_paced_wait,
+            max_paced_wait=options.max_paced_wait,
         )
         try:
             run = _Run(self, ray, session, index, journal, job_args, on_progress)
