@@ -1,6 +1,8 @@
 """Benchmark vobiz_async's bulk downloader against curl, aria2c, wget, httpx, naive aiohttp
-and vobiz-python on 127.0.0.1. Normally started by `benchmarks/run`, which installs nginx,
-curl, aria2, wget and the bench venv first. See benchmarks/README.md.
+and vobiz-python on 127.0.0.1. Normally started by `benchmarks/run`, which installs nginx
+(and its echo module), curl, aria2, wget, jq and the bench venv first. `--profile wan` runs
+the long-path and rate-limit profile instead of the loopback workloads. See
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from harness.measure import UNAVAILABLE
 from harness.peers import CLI, LIBRARY, Peer, download_peers, listing_peers
 from harness.report import add_run_ratios, chart, summarize, update_results_md, write_results
 from harness.services import media_server, nginx_binary, nginx_version, prepare_work_dirs
+from harness.wan import WanSettings, library_verdict, medians, render, run_wan, wan_missing
 
 SWEEP = [1, 4, 16, 32, 64]
 SMOKE_LATENCY_MS = 5.0
@@ -33,6 +36,13 @@ PYTHON_PACKAGES = ("vobiz-async", "aiohttp", "httpx", "requests", "vobiz-python"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="seconds-long check, for CI")
+    parser.add_argument(
+        "--profile",
+        choices=["loopback", "wan"],
+        default="loopback",
+        help="loopback: the workloads below (default); wan: 60 ms to first media byte, "
+        "pages at 200 and 50 ms, 64 and 256 in flight, and the 429 host",
+    )
     parser.add_argument("--reps", type=int, default=3, help="repetitions per peer (default 3)")
     parser.add_argument("--concurrency", type=int, default=16, help="transfers in flight")
     parser.add_argument("--sweep", action="store_true", help=f"concurrency {SWEEP}")
@@ -163,11 +173,43 @@ def library_worked(runs: list[dict[str, Any]]) -> bool:
     return bool(ours) and all(run["status"] == "ok" for run in ours)
 
 
+def wan_profile(args: argparse.Namespace, results_dir: Path, stamp: str) -> bool:
+    """Sections 1 and 3 of issue 17; returns the smoke verdict (the library's runs)."""
+    reps = 1 if args.smoke else args.reps
+    settings = WanSettings(
+        reps=reps, seed=args.seed, timeout=120 if args.smoke else args.timeout, smoke=args.smoke
+    )
+    runs, workloads = run_wan(settings)
+    payload = {
+        "profile": "wan",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "argv": sys.argv[1:],
+        "reps": reps,
+        "workloads": workloads,
+        "machine": machine_info("nginx + echo module (wan profile)"),
+        "medians": medians(runs),
+        "runs": runs,
+    }
+    write_results(results_dir / f"{stamp}-wan.json", payload)
+    report = results_dir / f"{stamp}-wan.md"
+    report.write_text(render(payload))
+    print(report.read_text())
+    print(f"[bench] wan profile: {results_dir / f'{stamp}-wan.json'}; tables in {report}")
+    return library_verdict(runs)
+
+
 def main() -> int:
     args = parse_args()
     prepare_work_dirs()
     results_dir = Path(tempfile.mkdtemp(prefix="vobiz-bench-smoke-")) if args.smoke else RESULTS_DIR
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    if args.profile == "wan":
+        missing = wan_missing()
+        if missing:
+            print(f"[bench] wan profile cannot run: {missing}", file=sys.stderr)
+            return 1
+        worked = wan_profile(args, results_dir, stamp)
+        return 0 if worked or not args.smoke else 1
     all_runs: list[dict[str, Any]] = []
     with media_server(args.server) as (media_base, server):
         machine = machine_info(server)
@@ -190,6 +232,13 @@ def main() -> int:
     print(f"[bench] smoke: unavailable peers: {', '.join(unavailable) or 'none'}")
     worked = library_worked(all_runs)
     print(f"[bench] smoke: library path {'works' if worked else 'FAILED or unavailable'}")
+    missing = wan_missing()
+    if missing:
+        print(f"[bench] smoke: wan profile skipped: {missing}")
+    else:
+        wan_worked = wan_profile(args, results_dir, stamp)
+        print(f"[bench] smoke: wan profile {'works' if wan_worked else 'FAILED'}")
+        worked = worked and wan_worked
     return 0 if worked else 1
 
 

@@ -176,10 +176,13 @@ def outcome(
     """Status and evidence: exit code, then every output file's sha256 (or the item count)."""
     if stats.timed_out:
         return {"status": "timeout", "note": f"killed after the time limit; {tail(stderr)}"}
+    evidence: dict[str, Any] = {}
     if peer.downloads:
         check = verify(job.dataset, job.out_dir, peer.allowed_extra)
         correct = check.ok
         detail = f"missing {check.missing}, wrong {check.mismatched}, extra {check.extra[:5]}"
+        # Files that landed whole and right, even when the run as a whole failed.
+        evidence["archived"] = len(job.dataset.recordings) - check.missing - check.mismatched
     else:
         correct = figures.get("items") == len(job.dataset.recordings)
         detail = f"listed {figures.get('items')} of {len(job.dataset.recordings)}"
@@ -188,7 +191,8 @@ def outcome(
             "status": "failed",
             "correct": correct,
             "note": f"exit {stats.exit_code}; {tail(stderr)}",
+            **evidence,
         }
     if not correct:
-        return {"status": "wrong output", "correct": False, "note": detail}
-    return {"status": "ok", "correct": True, "note": ""}
+        return {"status": "wrong output", "correct": False, "note": detail, **evidence}
+    return {"status": "ok", "correct": True, "note": "", **evidence}

@@ -110,6 +110,8 @@ def latest_groups(results_dir: Path) -> dict[Group, dict[str, Any]]:
         {**json.loads(path.read_text()), "file": path.name}
         for path in sorted(results_dir.glob("*.json"))
     ]
+    # The wan profile's files have tables of their own (harness/wan.py).
+    payloads = [payload for payload in payloads if "profile" not in payload]
     latest: dict[Group, dict[str, Any]] = {}
     for payload in sorted(payloads, key=lambda p: (not p.get("peer_filter"), p["file"])):
         for group in {group_key(row) for row in payload["medians"]}:
