@@ -155,6 +155,13 @@ def measure(peer: Peer, job: Job, timeout: float) -> dict[str, Any]:
     else:
         record.update(outcome(peer, job, stats, figures, stderr))
         record.update(throughput(peer, job, stats.wall_s))
+    if record["status"] not in ("ok", UNAVAILABLE):
+        # Keep the evidence of a bad run: the next run of this peer overwrites its logs.
+        keep = job.scratch / f"{record['status'].replace(' ', '-')}-{time.strftime('%H%M%S')}"
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(stdout, keep / stdout.name)
+        shutil.copy(stderr, keep / stderr.name)
+        record["logs"] = str(keep)
     shutil.rmtree(job.out_dir, ignore_errors=True)
     return record
 
@@ -187,10 +194,12 @@ def outcome(
         correct = figures.get("items") == len(job.dataset.recordings)
         detail = f"listed {figures.get('items')} of {len(job.dataset.recordings)}"
     if stats.exit_code != 0:
+        # A Python peer reports its own failures (ids and errors) on its last stdout line.
+        reported = f"; reported failures: {figures['failed']}" if figures.get("failed") else ""
         return {
             "status": "failed",
             "correct": correct,
-            "note": f"exit {stats.exit_code}; {tail(stderr)}",
+            "note": f"exit {stats.exit_code}; {tail(stderr)}{reported}"[:2000],
             **evidence,
         }
     if not correct:
