@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 
+import aiohttp
 import attrs
 import pytest
 
 from vobiz_async.pacing import PacingGate, PacingPolicy, PacingReport, PacingState, allowed
+from vobiz_async.testing import FakeVobiz
 
 POLICY = PacingPolicy(64)
 
@@ -373,3 +375,58 @@ def test_policy_must_match_the_concurrency() -> None:
     """A gate refuses a policy built for another concurrency."""
     with pytest.raises(ValueError, match="differs"):
         PacingGate(4, policy=PacingPolicy(8))
+
+
+# --------------------------------------------------------------------------- against the fake
+
+RECORDINGS = 100
+IN_FLIGHT = 32
+
+
+async def paced_batch(fake: FakeVobiz, ids: list[str], gate: PacingGate) -> dict[str, int]:
+    """Fetch every recording through the gate, retrying each 429 through it; bytes per id."""
+    received: dict[str, int] = {}
+    headers = {"X-Auth-ID": fake.auth_id, "X-Auth-Token": fake.auth_token}
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def fetch(rid: str) -> None:
+            while True:
+                ticket = await gate.acquire()
+                try:
+                    async with http.get(fake.recording_url(rid)) as resp:
+                        if resp.status == 429:
+                            gate.on_rate_limited(float(resp.headers["Retry-After"]), ticket)
+                            continue
+                        assert resp.status == 200
+                        size = 0
+                        async for chunk in resp.content.iter_chunked(65536):
+                            size += len(chunk)
+                        received[rid] = size
+                        gate.on_success(ticket)
+                        return
+                finally:
+                    gate.release()
+
+        await asyncio.gather(*(fetch(rid) for rid in ids))
+    return received
+
+
+async def test_gate_completes_a_batch_against_a_rate_limited_host() -> None:
+    """Through the gate, a batch over the fake's 150/s media limit completes whole, with
+    fewer 429s than half its recordings (a modelled run gets about 27; unpaced, 138)."""
+    async with FakeVobiz(
+        0,
+        media_rate_limit=150,
+        rate_limit_burst=20,
+        media_latency=0.02,
+        record_requests=False,
+    ) as fake:
+        ids = [fake.add_recording(size=10_000).recording_id for _ in range(RECORDINGS)]
+        gate = PacingGate(IN_FLIGHT)
+        received = await paced_batch(fake, ids, gate)
+        assert received == {rid: fake.size(rid) for rid in ids}
+        assert 0 < fake.stats.rate_limited < RECORDINGS // 2
+        report = gate.report()
+        assert report.rate_limited == fake.stats.rate_limited
+        assert report.lowest_limit < IN_FLIGHT
+        assert (gate.in_flight, gate.waiting) == (0, 0)
