@@ -10,9 +10,7 @@ followed here, not by aiohttp, so credentials never leave Vobiz's hosts.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import enum
 import errno
 import functools
 import hashlib
@@ -26,13 +24,10 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Callable,
     Iterable,
-    Mapping,
 )
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import aiohttp
 import attrs
@@ -58,6 +53,18 @@ from .protocol import (
     media_answer,
     safe_file_stem,
     sniff_container,
+)
+from .results import (
+    DownloadReport,
+    DownloadResult,
+    DownloadStatus,
+    Item,
+    Layout,
+    ProgressCallback,
+    ProgressEvent,
+    ProgressKind,
+    Source,
+    result_event,
 )
 from .sinks import DirectorySink, Sink, Stored, Writer, sink_for
 from .sinks.directory import disk_error
@@ -137,130 +144,6 @@ def _raise_mmap_threshold() -> None:
     bytes(_MMAP_THRESHOLD_HINT)
 
 
-class DownloadStatus(enum.StrEnum):
-    """What happened to one recording."""
-
-    DOWNLOADED = "downloaded"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-def _optional_str(path: str | os.PathLike[str] | None) -> str | None:
-    return None if path is None else os.fspath(path)
-
-
-@attrs.frozen
-class DownloadResult:
-    """The outcome for one input item."""
-
-    recording_id: str
-    status: DownloadStatus
-    # Kept as a string: a batch of 100,000 results holds 100,000 of these, and a Path costs
-    # several times the memory of its string. `path` gives the Path.
-    _path: str | None = attrs.field(default=None, converter=_optional_str)
-    #: Where the recording is, downloaded or skipped: the file's path for a folder,
-    #: `s3://bucket/key` for object storage; None when it failed.
-    location: str | None = None
-    size: int = 0
-    sha256: str | None = None
-    container: str | None = None
-    attempts: int = 0
-    error: VobizError | None = None
-
-    @property
-    def path(self) -> Path | None:
-        """Where the recording is on disk (downloaded or skipped into a folder), else None
-        (also for object storage: see `location`)."""
-        return None if self._path is None else Path(self._path)
-
-    @property
-    def ok(self) -> bool:
-        """Downloaded or skipped."""
-        return self.status is not DownloadStatus.FAILED
-
-
-@attrs.frozen
-class DownloadReport:
-    """The batch's results in input order, with totals.
-
-    `results` holds every item's result for batches of up to `RESULTS_KEPT` items; above
-    that it holds the first `RESULTS_KEPT` (`truncated` is True), while `failed` still lists
-    every failure and `counts` and `total_bytes` count every item. Every item's result is
-    also delivered as it happens, through `on_progress` (`event.result`).
-    """
-
-    results: list[DownloadResult]
-    elapsed: float
-    #: More items than `RESULTS_KEPT`: `results` holds only the first ones.
-    truncated: bool = False
-    _later_failures: list[DownloadResult] = attrs.field(factory=list, alias="later_failures")
-    _tally: Mapping[DownloadStatus, int] | None = attrs.field(default=None, alias="tally")
-    _bytes: int | None = attrs.field(default=None, alias="bytes_downloaded")
-
-    def _with(self, status: DownloadStatus) -> list[DownloadResult]:
-        return [r for r in self.results if r.status is status]
-
-    @property
-    def counts(self) -> Mapping[DownloadStatus, int]:
-        """How many items ended in each status, truncated or not."""
-        if self._tally is not None:
-            return self._tally
-        counted = collections.Counter(r.status for r in self.results)
-        return {status: counted[status] for status in DownloadStatus}
-
-    @property
-    def downloaded(self) -> list[DownloadResult]:
-        """Results that were fetched and verified in this run."""
-        return self._with(DownloadStatus.DOWNLOADED)
-
-    @property
-    def skipped(self) -> list[DownloadResult]:
-        """Results that were already on disk."""
-        return self._with(DownloadStatus.SKIPPED)
-
-    @property
-    def failed(self) -> list[DownloadResult]:
-        """Every result that could not be saved, truncated or not; each carries its error."""
-        return self._with(DownloadStatus.FAILED) + self._later_failures
-
-    @property
-    def total_bytes(self) -> int:
-        """Bytes of the recordings this run downloaded (of every one, truncated or not)."""
-        if self._bytes is not None:
-            return self._bytes
-        return sum(r.size for r in self.downloaded)
-
-    @property
-    def ok(self) -> bool:
-        """Nothing failed."""
-        return not self.failed
-
-
-class ProgressKind(enum.StrEnum):
-    """The kinds of progress event."""
-
-    STARTED = "started"
-    BYTES = "bytes"
-    FINISHED = "finished"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-@attrs.frozen
-class ProgressEvent:
-    """A cheap progress notification; `bytes` is the increment for BYTES events."""
-
-    kind: ProgressKind
-    recording_id: str
-    bytes: int = 0
-    total: int | None = None
-    result: DownloadResult | None = None
-
-
-ProgressCallback = Callable[[ProgressEvent], object]
-Item = Recording | str
-Source = Iterable[Item] | AsyncIterable[Item]
-Layout = Literal["flat", "date"]
 #: Where a batch archives: a folder's path, an `s3://bucket/prefix/` URL, or a `Sink`.
 Destination = str | os.PathLike[str] | Sink
 
@@ -311,19 +194,6 @@ class _Stale(Exception):
 
 def _item_id(item: Item) -> str:
     return item if isinstance(item, str) else item.recording_id
-
-
-_RESULT_KINDS = {
-    DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
-    DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
-    DownloadStatus.FAILED: ProgressKind.FAILED,
-}
-
-
-def _result_event(result: DownloadResult) -> ProgressEvent:
-    """The progress event that reports an item's final result."""
-    kind = _RESULT_KINDS[result.status]
-    return ProgressEvent(kind, result.recording_id, total=result.size, result=result)
 
 
 def _is_disk_full(error: VobizError | None) -> bool:
@@ -614,7 +484,7 @@ class Downloader:
         assert item.recording_id is not None
         error = ResponseValidationError(f"the listing's object is unusable: {item.problem}")
         result = DownloadResult(item.recording_id, DownloadStatus.FAILED, error=error)
-        self._emit(_result_event(result))
+        self._emit(result_event(result))
         return result
 
     async def _prepare(self) -> None:
@@ -676,7 +546,7 @@ class Downloader:
             logger.info("recording %s failed: %s", recording_id, result.error)
             if _is_disk_full(result.error) and self._stopped_by is None:
                 self._stopped_by = result.error
-        self._emit(_result_event(result))
+        self._emit(result_event(result))
         return result
 
     async def _one(self, item: Item, recording_id: str) -> DownloadResult:

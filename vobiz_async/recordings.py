@@ -15,17 +15,13 @@ from .download import (
     BatchOptions,
     Destination,
     Downloader,
-    DownloadReport,
-    DownloadResult,
-    Layout,
-    ProgressCallback,
-    Source,
 )
 from .errors import ResponseValidationError
 from .manifest import Manifest
 from .models import ExportResult, Page, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
+from .results import DownloadReport, DownloadResult, Layout, ProgressCallback, Source
 
 if TYPE_CHECKING:
     from .scaleout import Engine

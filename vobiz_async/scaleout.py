@@ -50,6 +50,13 @@ from .download import (
     RESULTS_KEPT,
     BatchOptions,
     Destination,
+)
+from .errors import ConfigurationError, DownloadError, ManifestError, ResponseValidationError
+from .manifest import Manifest, ManifestEntry
+from .models import InvalidRecording, Recording
+from .pager import AsyncPager
+from .protocol import format_timestamp, sniff_container
+from .results import (
     DownloadReport,
     DownloadResult,
     DownloadStatus,
@@ -59,11 +66,6 @@ from .download import (
     ProgressKind,
     Source,
 )
-from .errors import ConfigurationError, DownloadError, ManifestError, ResponseValidationError
-from .manifest import Manifest, ManifestEntry
-from .models import InvalidRecording, Recording
-from .pager import AsyncPager
-from .protocol import format_timestamp, sniff_container
 from .sinks import S3Sink
 from .sinks.s3 import ChecksumPolicy
 

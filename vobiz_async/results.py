@@ -1,0 +1,168 @@
+"""What a download batch reports: each recording's result, the batch's report, and the
+progress events a caller can follow it by."""
+
+from __future__ import annotations
+
+import collections
+import enum
+import os
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import attrs
+
+from .errors import VobizError
+from .models import Recording
+
+__all__ = [
+    "DownloadReport",
+    "DownloadResult",
+    "DownloadStatus",
+    "Item",
+    "Layout",
+    "ProgressCallback",
+    "ProgressEvent",
+    "ProgressKind",
+    "Source",
+    "result_event",
+]
+
+
+class DownloadStatus(enum.StrEnum):
+    """What happened to one recording."""
+
+    DOWNLOADED = "downloaded"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+def _optional_str(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+@attrs.frozen
+class DownloadResult:
+    """The outcome for one input item."""
+
+    recording_id: str
+    status: DownloadStatus
+    # Kept as a string: a batch of 100,000 results holds 100,000 of these, and a Path costs
+    # several times the memory of its string. `path` gives the Path.
+    _path: str | None = attrs.field(default=None, converter=_optional_str)
+    #: Where the recording is, downloaded or skipped: the file's path for a folder,
+    #: `s3://bucket/key` for object storage; None when it failed.
+    location: str | None = None
+    size: int = 0
+    sha256: str | None = None
+    container: str | None = None
+    attempts: int = 0
+    error: VobizError | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """Where the recording is on disk (downloaded or skipped into a folder), else None
+        (also for object storage: see `location`)."""
+        return None if self._path is None else Path(self._path)
+
+    @property
+    def ok(self) -> bool:
+        """Downloaded or skipped."""
+        return self.status is not DownloadStatus.FAILED
+
+
+@attrs.frozen
+class DownloadReport:
+    """The batch's results in input order, with totals.
+
+    `results` holds every item's result for batches of up to `RESULTS_KEPT` items; above
+    that it holds the first `RESULTS_KEPT` (`truncated` is True), while `failed` still lists
+    every failure and `counts` and `total_bytes` count every item. Every item's result is
+    also delivered as it happens, through `on_progress` (`event.result`).
+    """
+
+    results: list[DownloadResult]
+    elapsed: float
+    #: More items than `RESULTS_KEPT`: `results` holds only the first ones.
+    truncated: bool = False
+    _later_failures: list[DownloadResult] = attrs.field(factory=list, alias="later_failures")
+    _tally: Mapping[DownloadStatus, int] | None = attrs.field(default=None, alias="tally")
+    _bytes: int | None = attrs.field(default=None, alias="bytes_downloaded")
+
+    def _with(self, status: DownloadStatus) -> list[DownloadResult]:
+        return [r for r in self.results if r.status is status]
+
+    @property
+    def counts(self) -> Mapping[DownloadStatus, int]:
+        """How many items ended in each status, truncated or not."""
+        if self._tally is not None:
+            return self._tally
+        counted = collections.Counter(r.status for r in self.results)
+        return {status: counted[status] for status in DownloadStatus}
+
+    @property
+    def downloaded(self) -> list[DownloadResult]:
+        """Results that were fetched and verified in this run."""
+        return self._with(DownloadStatus.DOWNLOADED)
+
+    @property
+    def skipped(self) -> list[DownloadResult]:
+        """Results that were already on disk."""
+        return self._with(DownloadStatus.SKIPPED)
+
+    @property
+    def failed(self) -> list[DownloadResult]:
+        """Every result that could not be saved, truncated or not; each carries its error."""
+        return self._with(DownloadStatus.FAILED) + self._later_failures
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the recordings this run downloaded (of every one, truncated or not)."""
+        if self._bytes is not None:
+            return self._bytes
+        return sum(r.size for r in self.downloaded)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed."""
+        return not self.failed
+
+
+class ProgressKind(enum.StrEnum):
+    """The kinds of progress event."""
+
+    STARTED = "started"
+    BYTES = "bytes"
+    FINISHED = "finished"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class ProgressEvent:
+    """A cheap progress notification; `bytes` is the increment for BYTES events."""
+
+    kind: ProgressKind
+    recording_id: str
+    bytes: int = 0
+    total: int | None = None
+    result: DownloadResult | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], object]
+Item = Recording | str
+Source = Iterable[Item] | AsyncIterable[Item]
+Layout = Literal["flat", "date"]
+
+
+_RESULT_KINDS = {
+    DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
+    DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
+    DownloadStatus.FAILED: ProgressKind.FAILED,
+}
+
+
+def result_event(result: DownloadResult) -> ProgressEvent:
+    """The progress event that reports an item's final result."""
+    kind = _RESULT_KINDS[result.status]
+    return ProgressEvent(kind, result.recording_id, total=result.size, result=result)
