@@ -7,24 +7,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from _statuses import ANSWERS, TRANSIENT
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from vobiz_async import (
     APIStatusError,
-    AuthenticationError,
     BadRequestError,
-    ConflictError,
     IntegrityError,
     InvalidRecordingIdError,
     NotFoundError,
-    PaymentRequiredError,
     PermissionDeniedError,
     RateLimitError,
     ResponseValidationError,
     ServerError,
-    UnprocessableEntityError,
     VobizError,
 )
 from vobiz_async.protocol import (
@@ -89,24 +86,7 @@ class TestErrorDetails:
 
 
 class TestMakeStatusError:
-    @pytest.mark.parametrize(
-        ("status", "cls"),
-        [
-            (400, BadRequestError),
-            (401, AuthenticationError),
-            (402, PaymentRequiredError),
-            (403, PermissionDeniedError),
-            (404, NotFoundError),
-            (409, ConflictError),
-            (422, UnprocessableEntityError),
-            (429, RateLimitError),
-            (500, ServerError),
-            (502, ServerError),
-            (503, ServerError),
-            (504, ServerError),
-            (599, ServerError),
-        ],
-    )
+    @pytest.mark.parametrize(("status", "cls"), ANSWERS + TRANSIENT)
     def test_status_maps_to_class(self, status: int, cls: type[APIStatusError]) -> None:
         """Each status callers act on has its own class."""
         err = make_status_error(status, {}, RECORDING_ERROR)

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _statuses import ANSWERS
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
@@ -21,18 +22,14 @@ from vobiz_async import (
     APITimeoutError,
     AsyncSession,
     AuthenticationError,
-    BadRequestError,
     ConfigurationError,
-    ConflictError,
     InvalidRecordingIdError,
     NotFoundError,
-    PaymentRequiredError,
     PermissionDeniedError,
     RateLimitError,
     Recording,
     ResponseValidationError,
     ServerError,
-    UnprocessableEntityError,
 )
 from vobiz_async.testing import FakeVobiz
 
@@ -173,18 +170,7 @@ async def test_not_found(session: AsyncSession) -> None:
     assert exc_info.value.api_id
 
 
-@pytest.mark.parametrize(
-    ("status", "cls"),
-    [
-        (400, BadRequestError),
-        (401, AuthenticationError),
-        (402, PaymentRequiredError),
-        (403, PermissionDeniedError),
-        (404, NotFoundError),
-        (409, ConflictError),
-        (422, UnprocessableEntityError),
-    ],
-)
+@pytest.mark.parametrize(("status", "cls"), ANSWERS)
 async def test_answers_not_retried(
     fake: FakeVobiz, session: AsyncSession, status: int, cls: type[APIStatusError]
 ) -> None:
