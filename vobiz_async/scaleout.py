@@ -219,13 +219,9 @@ class _ShardJob:
     items: tuple[Item, ...]
     #: A folder every node mounts at this path, or `s3://bucket/prefix/` with `s3` set.
     dest: str
-    concurrency: int
-    overwrite: bool
-    max_attempts: int
-    fsync: bool
-    layout: Layout
-    trusted_hosts: frozenset[str] | None
-    max_paced_wait: float
+    #: The batch's options for this shard: its share of the concurrency, no callback and
+    #: no index (the driver's alone).
+    options: BatchOptions
     #: Index entries of this shard's recordings, so the worker skips them by a stat.
     known: tuple[ManifestEntry, ...]
     s3: _S3Target | None = None
@@ -353,18 +349,11 @@ async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadRe
                 manifest.add(entry)
         try:
             async with session:
+                options = attrs.evolve(job.options, on_progress=collect, manifest=manifest)
                 await session.recordings.download_many(
                     job.items,
-                    job.dest if job.s3 is None else job.s3.sink(job.layout),
-                    concurrency=job.concurrency,
-                    on_progress=collect,
-                    manifest=manifest,
-                    overwrite=job.overwrite,
-                    max_attempts=job.max_attempts,
-                    fsync=job.fsync,
-                    layout=job.layout,
-                    trusted_hosts=job.trusted_hosts,
-                    max_paced_wait=job.max_paced_wait,
+                    job.dest if job.s3 is None else job.s3.sink(options.layout),
+                    **attrs.asdict(options, recurse=False),
                 )
         finally:
             if manifest is not None:
@@ -485,7 +474,7 @@ class RayEngine:
             options.on_progress,
             options.manifest,
         )
-        overwrite, layout, trusted_hosts = options.overwrite, options.layout, options.trusted_hosts
+        overwrite, trusted_hosts = options.overwrite, options.trusted_hosts
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         s3 = _s3_target(dest)
@@ -512,16 +501,11 @@ class RayEngine:
             base = str(Path.cwd() / dest)  # workers do not share the driver's working directory
         else:
             base = f"s3://{s3.bucket}/{s3.prefix}"
-        job_args = _JobArgs(
-            dest=base,
-            s3=s3,
-            overwrite=overwrite,
-            max_attempts=options.max_attempts,
-            fsync=options.fsync,
-            layout=layout,
-            trusted_hosts=None if trusted_hosts is None else frozenset(trusted_hosts),
-            max_paced_wait=options.max_paced_wait,
-        )
+        hosts = None if trusted_hosts is None else frozenset(trusted_hosts)
+        shard_options = attrs.evolve(
+            options, on_progress=None, manifest=None, trusted_hosts=hosts
+        )  # what travels to the workers: nothing they cannot pickle, nothing of the driver's
+        job_args = _JobArgs(dest=base, s3=s3, options=shard_options)
         try:
             run = _Run(self, ray, session, index, journal, job_args, on_progress)
             finished = set() if journal is None or overwrite else journal.finished()
@@ -571,12 +555,7 @@ def _repeats(items: Sequence[Item]) -> list[DownloadResult]:
 class _JobArgs:
     dest: str
     s3: _S3Target | None
-    overwrite: bool
-    max_attempts: int
-    fsync: bool
-    layout: Layout
-    trusted_hosts: frozenset[str] | None
-    max_paced_wait: float
+    options: BatchOptions
 
 
 class _Run:
@@ -683,7 +662,7 @@ class _Run:
 
     def _job(self, shard: _Shard, concurrency: int) -> _ShardJob:
         known: list[ManifestEntry] = []
-        if self.index is not None and not self.args.overwrite:
+        if self.index is not None and not self.args.options.overwrite:
             for item in shard.items:
                 entry = self.index.get(_item_id(item))
                 if entry is not None:
@@ -691,13 +670,7 @@ class _Run:
         return _ShardJob(
             items=shard.items,
             dest=self.args.dest,
-            concurrency=concurrency,
-            overwrite=self.args.overwrite,
-            max_attempts=self.args.max_attempts,
-            fsync=self.args.fsync,
-            layout=self.args.layout,
-            trusted_hosts=self.args.trusted_hosts,
-            max_paced_wait=self.args.max_paced_wait,
+            options=attrs.evolve(self.args.options, concurrency=concurrency),
             known=tuple(known),
             s3=self.args.s3,
         )
