@@ -45,16 +45,22 @@ class Result:
 
 
 async def start_cli(
-    *args: str, env: Mapping[str, str], stdin: int = asyncio.subprocess.DEVNULL
+    *args: str,
+    env: Mapping[str, str],
+    stdin: int = asyncio.subprocess.DEVNULL,
+    stdout: int = asyncio.subprocess.PIPE,
+    python_flags: tuple[str, ...] = (),
 ) -> asyncio.subprocess.Process:
+    """Start `python [FLAGS] -m vobiz_async ARGS...` with SIGINT at its default."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
+        *python_flags,
         "-m",
         "vobiz_async",
         *args,
         env=dict(env),
         stdin=stdin,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=stdout,
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=default_sigint,
     )

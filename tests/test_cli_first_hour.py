@@ -13,60 +13,12 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
-import attrs
 import pytest
 from _procs import default_sigint
+from test_cli import TIMEOUT, Result, finish, start_cli
 
 from vobiz_async import AsyncSession
 from vobiz_async.testing import FakeVobiz
-
-TIMEOUT = 40.0
-
-
-@attrs.frozen
-class Result:
-    """What one run of the command line left behind."""
-
-    code: int
-    out: str
-    err: str
-
-    @property
-    def output(self) -> str:
-        return self.out + self.err
-
-
-async def start(
-    *args: str,
-    env: Mapping[str, str],
-    python_flags: tuple[str, ...] = (),
-    stdout: int = asyncio.subprocess.PIPE,
-) -> asyncio.subprocess.Process:
-    """Start `python -m vobiz_async ARGS...` with SIGINT at its default."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        *python_flags,
-        "-m",
-        "vobiz_async",
-        *args,
-        env=dict(env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=default_sigint,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process) -> Result:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.communicate()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, (out or b"").decode(), (err or b"").decode())
-
 
 Cli = Callable[..., Awaitable[Result]]
 
@@ -98,7 +50,7 @@ def _cli(env: dict[str, str]) -> Cli:
     """Run the command line configured for the fake, in Python's development mode."""
 
     async def cli(*args: str, env_extra: Mapping[str, str] | None = None) -> Result:
-        proc = await start(*args, env={**env, **(env_extra or {})}, python_flags=("-X", "dev"))
+        proc = await start_cli(*args, env={**env, **(env_extra or {})}, python_flags=("-X", "dev"))
         return await finish(proc)
 
     return cli
@@ -125,7 +77,7 @@ async def run_into_closed_pipe(*args: str, env: Mapping[str, str]) -> Result:
     reader, writer = os.pipe()
     os.close(reader)
     try:
-        proc = await start(*args, env=env, stdout=writer)
+        proc = await start_cli(*args, env=env, stdout=writer)
     finally:
         os.close(writer)
     return await finish(proc)
@@ -300,7 +252,7 @@ async def test_bad_argument_is_one_clear_line(
     base_env: dict[str, str], argv: list[str], expected: str
 ) -> None:
     """A bad argument exits 2 with a usage line and one error naming what is expected."""
-    result = await finish(await start(*argv, env=base_env))
+    result = await finish(await start_cli(*argv, env=base_env))
 
     assert result.code == 2, result.output
     assert "Traceback" not in result.output
@@ -326,14 +278,14 @@ async def read_settings(proc: asyncio.subprocess.Process) -> tuple[dict[str, str
 async def test_fake_server_uses_the_given_token(base_env: dict[str, str]) -> None:
     """`fake-server --auth-id/--auth-token` serves those credentials and never prints the token."""
     token = "my-own-token-7hQ2"
-    proc = await start(
+    proc = await start_cli(
         "fake-server", "--count", "3", "--auth-id", "MA_MINE", "--auth-token", token, env=base_env
     )
     try:
         settings, printed = await read_settings(proc)
         env = {**base_env, **settings, "VOBIZ_AUTH_TOKEN": token}
-        good = await finish(await start("list", "--json", env=env))
-        wrong = await finish(await start("list", env={**env, "VOBIZ_AUTH_TOKEN": "other"}))
+        good = await finish(await start_cli("list", "--json", env=env))
+        wrong = await finish(await start_cli("list", env={**env, "VOBIZ_AUTH_TOKEN": "other"}))
     finally:
         proc.send_signal(signal.SIGINT)
         stopped = await finish(proc)
@@ -365,7 +317,7 @@ async def test_configuration_errors_name_flags_and_variables(
     """A configuration error names the CLI's flags and variables, never `auth_id`."""
     env = {k: v for k, v in env.items() if k not in drop}
 
-    result = await finish(await start("list", *argv, env=env))
+    result = await finish(await start_cli("list", *argv, env=env))
 
     assert result.code == 3, result.output
     assert result.err.startswith("error: ConfigurationError: ")
@@ -387,7 +339,7 @@ async def test_base_url_without_api_v1_says_so(
     """A base URL missing `/api/v1/` is named in the error, not only "authentication"."""
     root = fake.base_url.split("/api/v1/")[0]
 
-    result = await finish(await start("list", "--base-url", root + path, env=env))
+    result = await finish(await start_cli("list", "--base-url", root + path, env=env))
 
     assert result.code == 3, result.output
     assert len(result.err.splitlines()) == 1
@@ -397,7 +349,7 @@ async def test_base_url_without_api_v1_says_so(
 
 async def test_wrong_token_under_the_right_root_has_no_path_hint(env: dict[str, str]) -> None:
     """Under the real API root a 401 is only about the credentials."""
-    result = await finish(await start("list", "--auth-token", "wrong", env=env))
+    result = await finish(await start_cli("list", "--auth-token", "wrong", env=env))
 
     assert result.code == 3, result.output
     assert "AuthenticationError" in result.err
@@ -416,7 +368,7 @@ async def test_foreign_api_host_is_warned_about(base_env: dict[str, str], tmp_pa
     env = {**base_env, "VOBIZ_AUTH_ID": "MA_X", "VOBIZ_AUTH_TOKEN": "not-sent"}
 
     result = await finish(
-        await start("download", "--out", str(blocker), "--base-url", FOREIGN, env=env)
+        await start_cli("download", "--out", str(blocker), "--base-url", FOREIGN, env=env)
     )
 
     assert result.code == 1, result.output
@@ -459,8 +411,8 @@ async def test_demo_rerun_claims_only_what_it_verified(
 ) -> None:
     """A second demo into the same folder downloads 0 and says 0 were verified this run."""
     out = tmp_path / "demo"
-    first = await finish(await start("demo", "--count", "20", "--out", str(out), env=base_env))
-    second = await finish(await start("demo", "--count", "20", "--out", str(out), env=base_env))
+    first = await finish(await start_cli("demo", "--count", "20", "--out", str(out), env=base_env))
+    second = await finish(await start_cli("demo", "--count", "20", "--out", str(out), env=base_env))
 
     assert first.code == 0, first.output
     assert "verified this run: 20 of the 20 files downloaded match the served bytes" in first.out
@@ -479,7 +431,7 @@ async def test_demo_without_out_removes_its_folder_and_says_so(
     scratch.mkdir()
 
     result = await finish(
-        await start("demo", "--count", "5", env={**base_env, "TMPDIR": str(scratch)})
+        await start_cli("demo", "--count", "5", env={**base_env, "TMPDIR": str(scratch)})
     )
 
     assert result.code == 0, result.output
@@ -534,14 +486,14 @@ async def test_resumed_run_counts_only_the_bytes_it_transferred(
             "VOBIZ_AUTH_TOKEN": fake.auth_token,
             "VOBIZ_BASE_URL": fake.base_url,
         }
-        proc = await start("download", "--out", str(out), env=env)
+        proc = await start_cli("download", "--out", str(out), env=env)
         await wait_for_bytes(out / f"{big}.part", proc, at_least=120_000)
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)
         kept = (out / f"{big}.part").stat().st_size
 
         sent_before = fake.stats.media_bytes_sent
-        rerun = await finish(await start("download", "--out", str(out), env=env))
+        rerun = await finish(await start_cli("download", "--out", str(out), env=env))
         sent = fake.stats.media_bytes_sent - sent_before
 
     assert interrupted.code == 130, interrupted.output
@@ -682,7 +634,7 @@ async def test_download_reports_an_unusable_listed_object(
             "VOBIZ_AUTH_TOKEN": fake.auth_token,
             "VOBIZ_BASE_URL": fake.base_url,
         }
-        result = await finish(await start("download", "--out", str(tmp_path / "a"), env=env))
+        result = await finish(await start_cli("download", "--out", str(tmp_path / "a"), env=env))
 
     assert result.code == 1, result.output
     assert "downloaded 3, skipped 0, failed 1; " in result.out
@@ -702,7 +654,7 @@ async def test_interrupted_demo_removes_its_folder_and_says_so(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**base_env, "TMPDIR": str(scratch)}
-    proc = await start("demo", "--count", "300", "--concurrency", "1", env=env)
+    proc = await start_cli("demo", "--count", "300", "--concurrency", "1", env=env)
     for _ in range(600):
         if await asyncio.to_thread(has_a_file_below, scratch):
             break
