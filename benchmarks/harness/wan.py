@@ -39,9 +39,9 @@ from harness.services import (
     AUTH_ID,
     AUTH_TOKEN,
     SCRIPTS,
+    fake_api,
     free_port,
     nginx_binary,
-    start_printing_port,
     stop,
     wait_for_port,
 )
@@ -193,24 +193,6 @@ def wan_nginx() -> Iterator[WanServer]:
         stop(proc)
 
 
-@contextmanager
-def fake_vobiz(dataset: Dataset, media_base: str, latency_s: float) -> Iterator[str]:
-    """`FakeVobiz` in its own process listing `dataset` with URLs under `media_base`."""
-    cmd = [
-        sys.executable,
-        str(SCRIPTS / "fake_vobiz.py"),
-        *("--index", str(dataset.directory / "index.json")),
-        *("--media-url", media_base + dataset.url_path),
-        *("--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN),
-        *("--latency", str(latency_s)),
-    ]
-    proc, port = start_printing_port(cmd, WORK_DIR / "fake_vobiz.log")
-    try:
-        yield f"http://127.0.0.1:{port}/api/v1/"
-    finally:
-        stop(proc)
-
-
 # --- peers --------------------------------------------------------------------------------
 
 
@@ -353,7 +335,8 @@ def run_section(
     dataset = ensure_dataset(workload, "tmpfs")
     media_base = server.base + path
     for latency_ms in latencies_ms:
-        with fake_vobiz(dataset, media_base, latency_ms / 1000) as api_base:
+        fake = fake_api(dataset, media_base, latency_ms / 1000, script="fake_vobiz.py")
+        with fake as api_base:
             if not settings.smoke:
                 warm = next((p for p in peers if p.name == EXPERT_SCRIPT), None) or peers[0]
                 if warm.name not in missing:
