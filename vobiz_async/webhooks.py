@@ -529,66 +529,85 @@ def create_app(
     cache = nonces if nonces is not None else NonceCache()
     for nonce, seen_at in sink.recent_nonces():
         cache.add(nonce, seen_at)
-    path = URL(verifier.public_url).path or "/"
-    counters = sink.counters
-    in_flight: set[str] = set()  # nonces of requests being handled right now
+    endpoint = _Endpoint(verifier, sink, cache, max_body)
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post(URL(verifier.public_url).path or "/", endpoint.callback)
+    app.router.add_get("/healthz", endpoint.healthz)
+    return app
 
-    def refuse(status: int, text: str) -> web.Response:
-        counters.rejected += 1
-        return web.Response(status=status, text=text + "\n")
 
-    async def callback(request: web.Request) -> web.Response:
-        check = verifier.check(request.headers)
+def _reply(text: str, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    from aiohttp import web
+
+    return web.Response(status=status, text=text + "\n", headers=headers)
+
+
+class _Endpoint:
+    """The receiver's handlers and what they share: the cache, the counters, the in-flight."""
+
+    def __init__(
+        self, verifier: WebhookVerifier, sink: EventSink, cache: NonceCache, max_body: int
+    ) -> None:
+        self.verifier = verifier
+        self.sink = sink
+        self.cache = cache
+        self.max_body = max_body
+        self.counters = sink.counters
+        self.in_flight: set[str] = set()  # nonces of requests being handled right now
+
+    def _refuse(self, status: int, text: str) -> web.Response:
+        self.counters.rejected += 1
+        return _reply(text, status)
+
+    async def callback(self, request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        check = self.verifier.check(request.headers)
         if not check.valid:
             logger.warning("refused a callback from %s: bad or missing signature", request.remote)
-            return refuse(403, "forbidden")
-        if request.content_length is not None and request.content_length > max_body:
-            return refuse(413, "request body too large")
+            return self._refuse(403, "forbidden")
+        if request.content_length is not None and request.content_length > self.max_body:
+            return self._refuse(413, "request body too large")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return refuse(413, "request body too large")
+            return self._refuse(413, "request body too large")
         if check.version in (SignatureVersion.V2, SignatureVersion.MA_V2):
             logger.warning("callback accepted on a %s signature only (no V3)", check.version)
         nonces = request_nonces(request.headers, check)
-        if any(n in in_flight or cache.seen(n) for n in nonces):
-            counters.duplicate += 1
+        if any(n in self.in_flight or self.cache.seen(n) for n in nonces):
+            self.counters.duplicate += 1
             logger.info("replayed callback nonce; nothing done")
-            return web.Response(text="ok\n")
-        in_flight.update(nonces)
+            return _reply("ok")
+        self.in_flight.update(nonces)
         try:
-            return await handle(body, request.content_type, nonces)
+            return await self._handle(body, request.content_type, nonces)
         finally:
-            in_flight.difference_update(nonces)
+            self.in_flight.difference_update(nonces)
 
-    def remember(nonces: Sequence[str]) -> None:
+    def _remember(self, nonces: Sequence[str]) -> None:
         for nonce in nonces:
-            cache.add(nonce)
+            self.cache.add(nonce)
 
-    async def handle(body: bytes, content_type: str, nonces: Sequence[str]) -> web.Response:
+    async def _handle(self, body: bytes, content_type: str, nonces: Sequence[str]) -> web.Response:
         try:
             event = parse_callback(parse_body(content_type, body))
         except WebhookPayloadError as err:
             logger.warning("refused a callback: %s", err)
-            return refuse(400, str(err))
+            return self._refuse(400, str(err))
         if event is None:
-            counters.ignored += 1
-            remember(nonces)
-            return web.Response(text="ignored\n")
-        outcome = await sink.submit(event, nonces)
+            self.counters.ignored += 1
+            self._remember(nonces)
+            return _reply("ignored")
+        outcome = await self.sink.submit(event, nonces)
         if outcome is SubmitOutcome.BUSY:
             # The nonces are not remembered: Vobiz's retry may reuse them and must get in.
-            counters.rejected += 1
-            return web.Response(
-                status=503, text="queue full\n", headers={"Retry-After": str(RETRY_AFTER)}
-            )
-        remember(nonces)
-        return web.Response(text=f"{outcome}\n")
+            self.counters.rejected += 1
+            return _reply("queue full", 503, {"Retry-After": str(RETRY_AFTER)})
+        self._remember(nonces)
+        return _reply(f"{outcome}")
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(healthz_body(counters, sink.pending()))
+    async def healthz(self, request: web.Request) -> web.Response:
+        from aiohttp import web
 
-    app = web.Application(client_max_size=max_body)
-    app.router.add_post(path, callback)
-    app.router.add_get("/healthz", healthz)
-    return app
+        return web.json_response(healthz_body(self.counters, self.sink.pending()))
