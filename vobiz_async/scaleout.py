@@ -469,74 +469,90 @@ class RayEngine:
         options: BatchOptions,
     ) -> ScaleOutReport:
         """List once, cut shards, run them on Ray, record results; see the module doc."""
-        concurrency, on_progress, manifest = (
-            options.concurrency,
-            options.on_progress,
-            options.manifest,
-        )
-        overwrite, trusted_hosts = options.overwrite, options.trusted_hosts
-        if concurrency < 1:
+        if options.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         s3 = _s3_target(dest)
         ray = _ray()
         started = time.monotonic()
         items, invalid = await _listing(source)
-        order: dict[str, int] = {}
-        unique: list[Item] = []
-        for item in items:
-            if _item_id(item) not in order:
-                order[_item_id(item)] = len(order)
-                unique.append(item)
+        order, unique = _first_of_each(items)
         shards = [
             _Shard(index, key, tuple(chunk))
             for index, (key, chunk) in enumerate(plan_shards(unique, self.shard_size))
         ]
-        if isinstance(manifest, Manifest) or manifest is None:
-            index = manifest
-        else:
-            index = Manifest(manifest)
+        index = _open_index(options.manifest)
         journal = None if index is None else _Journal(Path(str(index.path) + SHARDS_SUFFIX))
-        if s3 is None:
-            assert isinstance(dest, str | os.PathLike)
-            base = str(Path.cwd() / dest)  # workers do not share the driver's working directory
-        else:
-            base = f"s3://{s3.bucket}/{s3.prefix}"
-        hosts = None if trusted_hosts is None else frozenset(trusted_hosts)
-        shard_options = attrs.evolve(
-            options, on_progress=None, manifest=None, trusted_hosts=hosts
-        )  # what travels to the workers: nothing they cannot pickle, nothing of the driver's
-        job_args = _JobArgs(dest=base, s3=s3, options=shard_options)
+        job_args = _job_args(dest, s3, options)
         try:
-            run = _Run(self, ray, session, index, journal, job_args, on_progress)
-            finished = set() if journal is None or overwrite else journal.finished()
+            run = _Run(self, ray, session, index, journal, job_args, options.on_progress)
+            finished = set() if journal is None or options.overwrite else journal.finished()
             pending = [s for s in shards if s.key not in finished]
             results = [run.finished_result(i) for s in shards if s.key in finished for i in s.items]
             if pending:
-                results += await run.execute(pending, concurrency)
+                results += await run.execute(pending, options.concurrency)
         finally:
             if journal is not None:
                 journal.close()
-            if index is not None and index is not manifest:
+            if index is not None and index is not options.manifest:
                 index.close()
         results.sort(key=lambda r: order[r.recording_id])
         results += [*_repeats(items), *invalid]
-        tally = dict.fromkeys(DownloadStatus, 0)
-        for result in results:
-            tally[result.status] += 1
-        return ScaleOutReport(
-            # As the local engine does: the first RESULTS_KEPT results, every failure.
-            results=results[:RESULTS_KEPT],
-            elapsed=time.monotonic() - started,
-            truncated=len(results) > RESULTS_KEPT,
-            later_failures=[r for r in results[RESULTS_KEPT:] if not r.ok],
-            tally=tally,
-            bytes_downloaded=sum(r.size for r in results if r.status is DownloadStatus.DOWNLOADED),
-            workers=run.worker_shares(),
-            failed_shards=run.failures,
-            shards=len(shards),
-            shards_skipped=len(shards) - len(pending),
-            shard_seconds=run.shard_seconds,
+        return _report(
+            results, time.monotonic() - started, run, len(shards), len(shards) - len(pending)
         )
+
+
+def _first_of_each(items: Sequence[Item]) -> tuple[dict[str, int], list[Item]]:
+    """Each id's place in the listing, and the items without repeats (first one kept)."""
+    order: dict[str, int] = {}
+    unique: list[Item] = []
+    for item in items:
+        if _item_id(item) not in order:
+            order[_item_id(item)] = len(order)
+            unique.append(item)
+    return order, unique
+
+
+def _open_index(manifest: Manifest | str | os.PathLike[str] | None) -> Manifest | None:
+    """The job's index: the caller's open `Manifest`, one opened from a path, or none."""
+    if isinstance(manifest, Manifest) or manifest is None:
+        return manifest
+    return Manifest(manifest)
+
+
+def _job_args(dest: Destination, s3: _S3Target | None, options: BatchOptions) -> _JobArgs:
+    """What travels to the workers: nothing they cannot pickle, nothing of the driver's."""
+    if s3 is None:
+        assert isinstance(dest, str | os.PathLike)
+        base = str(Path.cwd() / dest)  # workers do not share the driver's working directory
+    else:
+        base = f"s3://{s3.bucket}/{s3.prefix}"
+    hosts = None if options.trusted_hosts is None else frozenset(options.trusted_hosts)
+    shard_options = attrs.evolve(options, on_progress=None, manifest=None, trusted_hosts=hosts)
+    return _JobArgs(dest=base, s3=s3, options=shard_options)
+
+
+def _report(
+    results: list[DownloadResult], elapsed: float, run: _Run, shards: int, skipped: int
+) -> ScaleOutReport:
+    """The job's report from every result in order, as the local engine reports."""
+    tally = dict.fromkeys(DownloadStatus, 0)
+    for result in results:
+        tally[result.status] += 1
+    return ScaleOutReport(
+        # As the local engine does: the first RESULTS_KEPT results, every failure.
+        results=results[:RESULTS_KEPT],
+        elapsed=elapsed,
+        truncated=len(results) > RESULTS_KEPT,
+        later_failures=[r for r in results[RESULTS_KEPT:] if not r.ok],
+        tally=tally,
+        bytes_downloaded=sum(r.size for r in results if r.status is DownloadStatus.DOWNLOADED),
+        workers=run.worker_shares(),
+        failed_shards=run.failures,
+        shards=shards,
+        shards_skipped=skipped,
+        shard_seconds=run.shard_seconds,
+    )
 
 
 def _repeats(items: Sequence[Item]) -> list[DownloadResult]:
