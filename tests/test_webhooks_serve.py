@@ -49,8 +49,9 @@ class Receiver:
         self.path = path
 
 
-async def start_serve(env: Mapping[str, str], *args: str) -> Receiver:
-    proc = await asyncio.create_subprocess_exec(
+async def spawn_serve(env: Mapping[str, str], *args: str) -> asyncio.subprocess.Process:
+    """`vobiz_async serve` on 127.0.0.1 (any port) for PUBLIC_URL, SIGINT at its default."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "vobiz_async",
@@ -67,6 +68,11 @@ async def start_serve(env: Mapping[str, str], *args: str) -> Receiver:
         preexec_fn=default_sigint,
         start_new_session=True,
     )
+
+
+async def start_serve(env: Mapping[str, str], *args: str) -> Receiver:
+    """`spawn_serve`, once it says where it listens."""
+    proc = await spawn_serve(env, *args)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)
@@ -117,6 +123,16 @@ async def health(client: aiohttp.ClientSession, receiver: Receiver) -> dict[str,
         return data
 
 
+async def settled(client: aiohttp.ClientSession, receiver: Receiver) -> dict[str, int]:
+    """The receiver's counters once something is archived or failed (or after ~25 s)."""
+    for _ in range(500):
+        counters = await health(client, receiver)
+        if counters["archived"] + counters["failed"]:
+            break
+        await asyncio.sleep(0.05)
+    return counters
+
+
 async def test_kill_9_after_the_200_loses_nothing(
     fake: FakeVobiz, env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -146,11 +162,7 @@ async def test_kill_9_after_the_200_loses_nothing(
         fake.media_latency = 0.0
         second = await start_serve(env, *args)
         try:
-            for _ in range(500):
-                counters = await health(client, second)
-                if counters["archived"] + counters["failed"]:
-                    break
-                await asyncio.sleep(0.05)
+            counters = await settled(client, second)
             second.proc.send_signal(signal.SIGTERM)
             code, err = await finish(second.proc)
         finally:
@@ -210,11 +222,7 @@ async def test_sigterm_drains_for_a_bounded_time_and_keeps_the_rest(
         fake.media_latency = 0.0
         second = await start_serve(env, *args)
         try:
-            for _ in range(500):
-                counters = await health(client, second)
-                if counters["archived"] + counters["failed"]:
-                    break
-                await asyncio.sleep(0.05)
+            counters = await settled(client, second)
         finally:
             await stop(second.proc)
 
@@ -228,24 +236,7 @@ async def test_wrong_token_fails_at_start_with_exit_3(
 ) -> None:
     """A token Vobiz refuses stops `serve` before it listens: exit 3, token not printed."""
     wrong = "wrong-token-Pq3zV9"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vobiz_async",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--public-url",
-        PUBLIC_URL,
-        "--out",
-        str(tmp_path / "archive"),
-        env={**env, "VOBIZ_AUTH_TOKEN": wrong},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        preexec_fn=default_sigint,
-        start_new_session=True,
-    )
+    proc = await spawn_serve({**env, "VOBIZ_AUTH_TOKEN": wrong}, "--out", str(tmp_path / "archive"))
     try:
         out, err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     finally:
@@ -267,11 +258,7 @@ async def test_sync_every_archives_a_recording_no_callback_announced(
     async with aiohttp.ClientSession() as client:
         receiver = await start_serve(env, "--out", str(out), "--sync-every", "1h")
         try:
-            for _ in range(500):
-                counters = await health(client, receiver)
-                if counters["archived"] + counters["failed"]:
-                    break
-                await asyncio.sleep(0.05)
+            counters = await settled(client, receiver)
         finally:
             await stop(receiver.proc)
 
