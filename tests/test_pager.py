@@ -409,29 +409,20 @@ async def test_walk_twice(fake: FakeVobiz, session: AsyncSession) -> None:
 # --- offsets shifting during a listing ----------------------------------------------------
 
 
-async def test_new_recordings_during_listing(fake: FakeVobiz, session: AsyncSession) -> None:
-    """Recordings added mid-listing shift offsets; every original one is yielded exactly once."""
+@pytest.mark.parametrize(
+    "added", [3, 10], ids=["new-recordings-during-listing", "growth-beyond-the-plan"]
+)
+async def test_recordings_added_during_a_listing(
+    fake: FakeVobiz, session: AsyncSession, added: int
+) -> None:
+    """Recordings added mid-listing shift offsets; every original one is yielded exactly once,
+    and when the account grows past the planned pages the pager follows meta.next to the end."""
     original = fake.recording_ids
     ids: list[str] = []
 
     async for rec in session.recordings.list(limit=20):
         if not ids:
-            for _ in range(3):
-                fake.add_recording()
-        ids.append(rec.recording_id)
-
-    assert len(ids) == len(set(ids))
-    assert set(original) <= set(ids)
-
-
-async def test_growth_beyond_the_plan(fake: FakeVobiz, session: AsyncSession) -> None:
-    """When the account grows past the planned pages the pager follows meta.next to the end."""
-    original = fake.recording_ids
-    ids: list[str] = []
-
-    async for rec in session.recordings.list(limit=20):
-        if not ids:
-            for _ in range(10):
+            for _ in range(added):
                 fake.add_recording()
         ids.append(rec.recording_id)
 

@@ -284,26 +284,26 @@ async def test_max_retries_zero(fake: FakeVobiz, sleeps: list[float]) -> None:
     assert sleeps == []
 
 
-async def test_retry_after_honoured(
-    fake: FakeVobiz, session: AsyncSession, sleeps: list[float]
+@pytest.mark.parametrize(
+    ("status", "retry_after", "waited"),
+    [(429, 7, 7.0), (503, 3600, 60.0), (503, "Thu, 01 Jan 1970 00:00:00 GMT", 0.0)],
+    ids=["honoured", "capped-at-60s", "http-date-in-the-past"],
+)
+async def test_retry_after_sets_the_wait(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    sleeps: list[float],
+    status: int,
+    retry_after: int | str,
+    waited: float,
 ) -> None:
-    """The wait before a retry is the server's Retry-After."""
-    fake.api_fault("get", 429, retry_after=7)
+    """The wait before a retry is the server's Retry-After; an absurd one is capped at 60 s,
+    and an HTTP date in the past means retry at once."""
+    fake.api_fault("get", status, retry_after=retry_after)
 
     await session.recordings.get(fake.recording_ids[0])
 
-    assert sleeps == [7.0]
-
-
-async def test_retry_after_capped(
-    fake: FakeVobiz, session: AsyncSession, sleeps: list[float]
-) -> None:
-    """An absurd Retry-After is capped at 60 s."""
-    fake.api_fault("get", 503, retry_after=3600)
-
-    await session.recordings.get(fake.recording_ids[0])
-
-    assert sleeps == [60.0]
+    assert sleeps == [waited]
 
 
 async def test_backoff_without_retry_after(
@@ -317,17 +317,6 @@ async def test_backoff_without_retry_after(
     assert len(sleeps) == 2
     assert 0.375 <= sleeps[0] <= 0.5
     assert 0.75 <= sleeps[1] <= 1.0
-
-
-async def test_retry_after_http_date(
-    fake: FakeVobiz, session: AsyncSession, sleeps: list[float]
-) -> None:
-    """A Retry-After HTTP date in the past means retry at once."""
-    fake.api_fault("get", 503, retry_after="Thu, 01 Jan 1970 00:00:00 GMT")
-
-    await session.recordings.get(fake.recording_ids[0])
-
-    assert sleeps == [0.0]
 
 
 async def test_retry_after_zero_really_retries(fake: FakeVobiz, session: AsyncSession) -> None:
