@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -26,3 +27,16 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 async def _session(fake: FakeVobiz) -> AsyncIterator[AsyncSession]:
     async with AsyncSession(**fake.session_kwargs()) as session:
         yield session
+
+
+@pytest.fixture(name="moto_url", scope="module")
+def _moto_url() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for one module (moto is imported only when asked for)."""
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    assert host == "127.0.0.1"
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -463,18 +463,6 @@ async def test_cli_without_ray_installed_says_how_to_install_it(
 # -- into object storage ------------------------------------------------------------------
 
 
-@pytest.fixture(name="moto_url", scope="module")
-def _moto_url() -> Iterator[str]:
-    from moto import server as moto_server
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    assert host == "127.0.0.1"
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 async def test_shards_archive_into_s3_from_both_nodes(
     node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path, moto_url: str
 ) -> None:
