@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
@@ -168,6 +168,19 @@ async def test_clamped_page_size_is_replanned_concurrently() -> None:
         assert await hold_follow_ups(fake, session.recordings.list(limit=100), 2)
 
 
+@contextlib.asynccontextmanager
+async def scripted_listing(
+    listing: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[AsyncSession]:
+    """A session whose listing endpoint is `listing`, served on 127.0.0.1."""
+    app = web.Application()
+    app.router.add_get("/api/v1/Account/MA_X/Recording/", listing)
+    async with TestServer(app, host="127.0.0.1") as server:
+        base_url = str(server.make_url("/api/v1/"))
+        async with AsyncSession("MA_X", "token", base_url=base_url) as session:
+            yield session
+
+
 async def test_filters_kept_when_next_omits_them() -> None:
     """Later pages keep the caller's filters even if meta.next's query leaves them out."""
     queries: list[dict[str, str]] = []
@@ -180,13 +193,9 @@ async def test_filters_kept_when_next_omits_them() -> None:
         meta = {"limit": 1, "offset": offset, "total_count": 2, "next": next_ref}
         return web.json_response({"api_id": "a", "meta": meta, "objects": [wire]})
 
-    app = web.Application()
-    app.router.add_get("/api/v1/Account/MA_X/Recording/", listing)
-    async with TestServer(app, host="127.0.0.1") as server:
-        base_url = str(server.make_url("/api/v1/"))
-        async with AsyncSession("MA_X", "token", base_url=base_url) as session:
-            pager = session.recordings.list(limit=1, recording_type="call")
-            ids = [rec.recording_id async for rec in pager]
+    async with scripted_listing(listing) as session:
+        pager = session.recordings.list(limit=1, recording_type="call")
+        ids = [rec.recording_id async for rec in pager]
 
     assert ids == ["r0", "r1"]
     assert [q.get("recording_type") for q in queries] == ["call", "call"]
@@ -271,13 +280,9 @@ async def test_malformed_next_offset_is_a_validation_error() -> None:
         meta = {"limit": 1, "offset": 0, "total_count": 2, "next": next_ref}
         return web.json_response({"api_id": "a", "meta": meta, "objects": [WIRE]})
 
-    app = web.Application()
-    app.router.add_get("/api/v1/Account/MA_X/Recording/", listing)
-    async with TestServer(app, host="127.0.0.1") as server:
-        base_url = str(server.make_url("/api/v1/"))
-        async with AsyncSession("MA_X", "token", base_url=base_url) as session:
-            with pytest.raises(ResponseValidationError, match=r"meta\.next"):
-                [rec async for rec in session.recordings.list(limit=1)]
+    async with scripted_listing(listing) as session:
+        with pytest.raises(ResponseValidationError, match=r"meta\.next"):
+            [rec async for rec in session.recordings.list(limit=1)]
 
 
 # --- empty accounts and failures ----------------------------------------------------------
