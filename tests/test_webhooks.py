@@ -485,9 +485,16 @@ class Hook:
             await resp.read()
             return resp.status, dict(resp.headers), time.monotonic() - started
 
-    async def archive(self, body: Mapping[str, str], *, count: int = 1) -> int:
-        """POST a signed callback and wait until `count` recordings settled; the status."""
-        status, _, _ = await self.post(body)
+    async def archive(
+        self,
+        body: Mapping[str, Any],
+        *,
+        as_json: bool = False,
+        headers: Mapping[str, str] | None = None,
+        count: int = 1,
+    ) -> int:
+        """POST a callback and wait until `count` recordings settled; the status."""
+        status, _, _ = await self.post(body, as_json=as_json, headers=headers)
         await self.settled(count)
         return status
 
@@ -608,8 +615,7 @@ async def test_signed_callback_is_archived(
     hook = await make_hook()
     rid = fake.recording_ids[index]
 
-    status, _, _ = await hook.post(body_of(rid), as_json=as_json)
-    await hook.settled(1)
+    status = await hook.archive(body_of(rid), as_json=as_json)
 
     assert status == 200
     assert_verified(hook, rid)
@@ -738,8 +744,7 @@ async def test_ma_v3_callback_is_archived_with_the_parent_token(
     rid = fake.recording_ids[0]
     headers = parent_signed(fresh_nonce())
 
-    status, _, _ = await hook.post(record_stop(rid), headers=headers)
-    await hook.settled(1)
+    status = await hook.archive(record_stop(rid), headers=headers)
 
     assert status == 200
     assert_verified(hook, rid)
