@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from _statuses import ANSWERS
+from _waiting import eventually
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
@@ -365,7 +366,8 @@ async def test_cancellation_not_wrapped(fake: FakeVobiz, session: AsyncSession) 
     """Cancelling a call raises CancelledError, never a VobizError."""
     fake.latency = 0.3
     task = asyncio.ensure_future(session.recordings.list())
-    await asyncio.sleep(0.05)
+    # Cancelled while its request is at the server, however long this machine took to send it.
+    assert await eventually(lambda: fake.stats.api_in_flight == 1)
 
     task.cancel()
 
