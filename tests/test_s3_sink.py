@@ -483,6 +483,10 @@ async def test_unreachable_endpoint_is_destination_wide(bucket: str) -> None:
     with pytest.raises(ObjectStoreError) as caught:
         await sink.prepare()
     assert caught.value.destination_wide
+    # Not a bucket or permission answer (whose class is destination-wide by itself): nobody
+    # answered, so prepare() has to say so on a plain ObjectStoreError with no store code.
+    assert type(caught.value) is ObjectStoreError
+    assert caught.value.code is None
 
 
 @pytest.mark.parametrize("hostile", ["../escape", "/etc/passwd", "a/b", "x\n", ".hidden", ""])
