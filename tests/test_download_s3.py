@@ -13,12 +13,11 @@ from typing import Any
 
 import pytest
 from test_cli import run_cli, summary
-from test_s3_sink import (  # the module's moto server, fake AWS environment and helpers
+from test_s3_sink import (  # the fake AWS environment and helpers (moto_url: conftest)
     SECRET,
     _admin,
     _aws_env,
     _bucket,
-    _moto_url,
     incomplete_uploads,
     keys,
 )
@@ -27,7 +26,7 @@ from vobiz_async import AsyncSession, BucketNotFoundError, DownloadStatus, Recor
 from vobiz_async.sinks import S3Sink
 from vobiz_async.testing import FakeVobiz
 
-__all__ = ["_admin", "_aws_env", "_bucket", "_moto_url"]  # fixtures, imported for use here
+__all__ = ["_admin", "_aws_env", "_bucket"]  # fixtures, imported for use here
 
 MiB = 1024 * 1024
 
