@@ -13,7 +13,8 @@ from pathlib import Path
 
 from harness.data import BENCH_DIR, OUTPUT_ROOTS, STORAGE_ROOTS, WORK_DIR, Dataset
 
-SCRIPTS = BENCH_DIR / "scripts"
+PEERS = BENCH_DIR / "peers"  # the measured clients
+SERVERS = BENCH_DIR / "servers"  # what they talk to: the fake API, the fallback media server
 AUTH_ID = "MA_BENCH0000000000000"
 AUTH_TOKEN = "bench-token-not-a-secret"
 NGINX_CONF = """\
@@ -131,7 +132,7 @@ def nginx_server(binary: str) -> Iterator[str]:
 @contextmanager
 def static_fallback_server() -> Iterator[str]:
     roots = [f"{storage}={root}" for storage, root in STORAGE_ROOTS.items()]
-    cmd = [sys.executable, str(SCRIPTS / "static_server.py"), *roots]
+    cmd = [sys.executable, str(SERVERS / "static_server.py"), *roots]
     proc, port = start_printing_port(cmd, WORK_DIR / "static_server.log")
     try:
         yield f"http://127.0.0.1:{port}"
@@ -147,7 +148,7 @@ def fake_api(
     the embedded `FakeVobiz`); yield its base URL (`.../api/v1/`)."""
     cmd = [
         sys.executable,
-        str(SCRIPTS / script),
+        str(SERVERS / script),
         *("--index", str(dataset.directory / "index.json")),
         *("--media-url", media_base + dataset.url_path),
         *("--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN),

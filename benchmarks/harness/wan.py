@@ -38,7 +38,7 @@ from harness.peers import CLI_MANIFEST, HEADERS, LIBRARY, MANIFEST, Job, Peer, p
 from harness.services import (
     AUTH_ID,
     AUTH_TOKEN,
-    SCRIPTS,
+    PEERS,
     fake_api,
     free_port,
     nginx_binary,
@@ -200,7 +200,7 @@ def scripted(mode: str) -> Callable[[Job], list[str]]:
     def command(job: Job) -> list[str]:
         return [
             "bash",
-            str(SCRIPTS / "wan_scripts.sh"),
+            str(PEERS / "wan_scripts.sh"),
             *(mode, job.api_base, AUTH_ID, AUTH_TOKEN, str(job.out_dir)),
             *(str(job.concurrency), str(job.scratch / "work")),
         ]

@@ -4,7 +4,7 @@ The pipelined listing benchmark hides the listing's latency but not its CPU, whi
 out of the same event loop as the downloads. This times the pieces on one 100-recording
 page in the benchmark fake API's wire shape:
 
-    benchmarks/work/venv/bin/python benchmarks/structure_cost.py
+    benchmarks/work/venv/bin/python benchmarks/experiments/structure_cost.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "servers"))
 
 from fake_api import page_link, recording_object
 
