@@ -335,7 +335,7 @@ def run_section(
     dataset = ensure_dataset(workload, "tmpfs")
     media_base = server.base + path
     for latency_ms in latencies_ms:
-        fake = fake_api(dataset, media_base, latency_ms / 1000, script="fake_vobiz.py")
+        fake = fake_api(dataset, media_base, latency_ms / 1000)
         with fake as api_base:
             if not settings.smoke:
                 warm = next((p for p in peers if p.name == EXPERT_SCRIPT), None) or peers[0]
