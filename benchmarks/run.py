@@ -23,7 +23,14 @@ from harness.bench import Settings, run_workload
 from harness.data import BENCH_DIR, SMOKE_WORKLOADS, WORK_DIR, WORKLOADS, Workload
 from harness.measure import UNAVAILABLE
 from harness.peers import CLI, LIBRARY, RAY, Peer, download_peers, listing_peers
-from harness.report import add_run_ratios, chart, summarize, update_results_md, write_results
+from harness.report import (
+    GENERATED_NAME,
+    add_run_ratios,
+    chart,
+    summarize,
+    write_generated,
+    write_results,
+)
 from harness.services import media_server, nginx_binary, nginx_version, prepare_work_dirs
 from harness.wan import WanSettings, library_verdict, medians, render, run_wan, wan_missing
 
@@ -36,6 +43,11 @@ PYTHON_PACKAGES = ("vobiz-async", "aiohttp", "httpx", "requests", "vobiz-python"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="seconds-long check, for CI")
+    parser.add_argument(
+        "--regenerate",
+        action="store_true",
+        help=f"only rewrite {GENERATED_NAME} from results/*.json; run nothing",
+    )
     parser.add_argument(
         "--profile",
         choices=["loopback", "wan"],
@@ -205,8 +217,19 @@ def wan_profile(args: argparse.Namespace, results_dir: Path, stamp: str) -> bool
     return library_verdict(runs)
 
 
+def regenerate(results_dir: Path, smoke: bool) -> Path:
+    """Rewrite the generated tables from every results file (a smoke run: its own, apart)."""
+    generated = results_dir / GENERATED_NAME if smoke else BENCH_DIR / GENERATED_NAME
+    write_generated(generated, results_dir)
+    print(f"[bench] tables regenerated in {generated}")
+    return generated
+
+
 def main() -> int:
     args = parse_args()
+    if args.regenerate:
+        regenerate(RESULTS_DIR, smoke=False)
+        return 0
     prepare_work_dirs()
     results_dir = Path(tempfile.mkdtemp(prefix="vobiz-bench-smoke-")) if args.smoke else RESULTS_DIR
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -216,6 +239,7 @@ def main() -> int:
             print(f"[bench] wan profile cannot run: {missing}", file=sys.stderr)
             return 1
         worked = wan_profile(args, results_dir, stamp)
+        regenerate(results_dir, args.smoke)
         return 0 if worked or not args.smoke else 1
     all_runs: list[dict[str, Any]] = []
     with media_server(args.server) as (media_base, server):
@@ -227,13 +251,10 @@ def main() -> int:
             payload = payload_for(workload, peers, settings, runs, machine, args.peer)
             write_results(results_dir / f"{stamp}-{workload.name}.json", payload)
             all_runs += runs
-    results_md = results_dir / "RESULTS.md" if args.smoke else BENCH_DIR / "RESULTS.md"
-    update_results_md(results_md, results_dir)
     drew = chart(results_dir, results_dir / "throughput.png")
-    print(
-        f"[bench] results in {results_dir}; {results_md}; chart {'written' if drew else 'skipped'}"
-    )
+    print(f"[bench] results in {results_dir}; chart {'written' if drew else 'skipped'}")
     if not args.smoke:
+        regenerate(results_dir, smoke=False)
         return 0
     unavailable = sorted({run["peer"] for run in all_runs if run["status"] == UNAVAILABLE})
     print(f"[bench] smoke: unavailable peers: {', '.join(unavailable) or 'none'}")
@@ -246,6 +267,7 @@ def main() -> int:
         wan_worked = wan_profile(args, results_dir, stamp)
         print(f"[bench] smoke: wan profile {'works' if wan_worked else 'FAILED'}")
         worked = worked and wan_worked
+    regenerate(results_dir, smoke=True)
     return 0 if worked else 1
 
 

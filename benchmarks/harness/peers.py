@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data import Dataset
-from harness.services import AUTH_ID, AUTH_TOKEN, SCRIPTS
+from harness.services import AUTH_ID, AUTH_TOKEN, PEERS
 
 HEADERS = (f"X-Auth-ID: {AUTH_ID}", f"X-Auth-Token: {AUTH_TOKEN}")
 LIBRARY = "vobiz_async"
@@ -67,7 +67,7 @@ def python_peer(script: str, job: Job, *extra: str) -> list[str]:
     jobs_file.write_text(json.dumps([{"url": u, "name": n} for u, n in job.urls()]))
     return [
         sys.executable,
-        str(SCRIPTS / script),
+        str(PEERS / script),
         *("--jobs", str(jobs_file), "--api", job.api_base, "--out", str(job.out_dir)),
         *("--concurrency", str(job.concurrency), "--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN),
         *extra,

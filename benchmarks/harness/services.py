@@ -13,7 +13,8 @@ from pathlib import Path
 
 from harness.data import BENCH_DIR, OUTPUT_ROOTS, STORAGE_ROOTS, WORK_DIR, Dataset
 
-SCRIPTS = BENCH_DIR / "scripts"
+PEERS = BENCH_DIR / "peers"  # the measured clients
+SERVERS = BENCH_DIR / "servers"  # what they talk to: the fake API, the fallback media server
 AUTH_ID = "MA_BENCH0000000000000"
 AUTH_TOKEN = "bench-token-not-a-secret"
 NGINX_CONF = """\
@@ -131,7 +132,7 @@ def nginx_server(binary: str) -> Iterator[str]:
 @contextmanager
 def static_fallback_server() -> Iterator[str]:
     roots = [f"{storage}={root}" for storage, root in STORAGE_ROOTS.items()]
-    cmd = [sys.executable, str(SCRIPTS / "static_server.py"), *roots]
+    cmd = [sys.executable, str(SERVERS / "static_server.py"), *roots]
     proc, port = start_printing_port(cmd, WORK_DIR / "static_server.log")
     try:
         yield f"http://127.0.0.1:{port}"
@@ -140,20 +141,19 @@ def static_fallback_server() -> Iterator[str]:
 
 
 @contextmanager
-def fake_api(
-    dataset: Dataset, media_base: str, latency: float, script: str = "fake_api.py"
-) -> Iterator[str]:
-    """Run a fake Vobiz API for `dataset` (`script`: the light one, or `fake_vobiz.py`,
-    the embedded `FakeVobiz`); yield its base URL (`.../api/v1/`)."""
+def fake_api(dataset: Dataset, media_base: str, latency: float) -> Iterator[str]:
+    """Run the library's own fake, `FakeVobiz` (servers/fake_vobiz.py, a process of its own),
+    listing `dataset` with every `recording_url` on `media_base`; yield its base URL
+    (`.../api/v1/`). One fake for the tests and the benchmarks, so one to keep faithful."""
     cmd = [
         sys.executable,
-        str(SCRIPTS / script),
+        str(SERVERS / "fake_vobiz.py"),
         *("--index", str(dataset.directory / "index.json")),
         *("--media-url", media_base + dataset.url_path),
         *("--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN),
         *("--latency", str(latency)),
     ]
-    proc, port = start_printing_port(cmd, WORK_DIR / script.replace(".py", ".log"))
+    proc, port = start_printing_port(cmd, WORK_DIR / "fake_vobiz.log")
     try:
         yield f"http://127.0.0.1:{port}/api/v1/"
     finally:

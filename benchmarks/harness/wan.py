@@ -38,7 +38,7 @@ from harness.peers import CLI_MANIFEST, HEADERS, LIBRARY, MANIFEST, Job, Peer, p
 from harness.services import (
     AUTH_ID,
     AUTH_TOKEN,
-    SCRIPTS,
+    PEERS,
     fake_api,
     free_port,
     nginx_binary,
@@ -200,7 +200,7 @@ def scripted(mode: str) -> Callable[[Job], list[str]]:
     def command(job: Job) -> list[str]:
         return [
             "bash",
-            str(SCRIPTS / "wan_scripts.sh"),
+            str(PEERS / "wan_scripts.sh"),
             *(mode, job.api_base, AUTH_ID, AUTH_TOKEN, str(job.out_dir)),
             *(str(job.concurrency), str(job.scratch / "work")),
         ]
@@ -335,7 +335,7 @@ def run_section(
     dataset = ensure_dataset(workload, "tmpfs")
     media_base = server.base + path
     for latency_ms in latencies_ms:
-        fake = fake_api(dataset, media_base, latency_ms / 1000, script="fake_vobiz.py")
+        fake = fake_api(dataset, media_base, latency_ms / 1000)
         with fake as api_base:
             if not settings.smoke:
                 warm = next((p for p in peers if p.name == EXPERT_SCRIPT), None) or peers[0]

@@ -4,7 +4,7 @@ Runs the same job as one process and as N independent processes that each list e
 and download the recordings whose crc32(id) % N is theirs, interleaved, and prints the wall
 time of each run (interpreter start-up included) and the medians:
 
-    benchmarks/work/venv/bin/python benchmarks/shard_experiment.py small --reps 5
+    benchmarks/work/venv/bin/python benchmarks/experiments/shard_experiment.py small --reps 5
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the harness
 
 from harness import data, services
 from harness.peers import AUTH_ID, AUTH_TOKEN

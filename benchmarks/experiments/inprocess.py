@@ -4,10 +4,11 @@ The tuning loop: no interpreter start-up in the figure, the same data and server
 `benchmarks/run`, and cProfile on demand. Run with the bench venv after `benchmarks/run` has
 installed nginx and generated the data:
 
-    benchmarks/work/venv/bin/python benchmarks/inprocess.py small --reps 3
-    benchmarks/work/venv/bin/python benchmarks/inprocess.py large --chunk 1048576
-    benchmarks/work/venv/bin/python benchmarks/inprocess.py small --profile
-    benchmarks/work/venv/bin/python benchmarks/inprocess.py listing --latency 50 --reps 4 --ab
+    benchmarks/work/venv/bin/python benchmarks/experiments/inprocess.py small --reps 3
+    benchmarks/work/venv/bin/python benchmarks/experiments/inprocess.py large --chunk 1048576
+    benchmarks/work/venv/bin/python benchmarks/experiments/inprocess.py small --profile
+    benchmarks/work/venv/bin/python benchmarks/experiments/inprocess.py listing \
+        --latency 50 --reps 4 --ab
 
 `--list-first` lists everything before the clock starts (downloading alone); `--ab` runs
 each repetition both ways, interleaved, and prints the ratio of their medians: how much a
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the harness
 
 from harness import data, services
 from harness.peers import AUTH_ID, AUTH_TOKEN

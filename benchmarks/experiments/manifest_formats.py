@@ -8,7 +8,8 @@ returns), the index (`Manifest`: SQLite in WAL mode, one transaction per entry) 
 loses up to 100). Prints the median microseconds per entry over `--reps` runs of
 `--entries` entries, interleaved.
 
-    python benchmarks/manifest_formats.py [--entries 20000] [--reps 5] [--dir /dev/shm] [--full]
+    python benchmarks/experiments/manifest_formats.py [--entries 20000] [--reps 5] \
+        [--dir /dev/shm] [--full]
 """
 
 from __future__ import annotations

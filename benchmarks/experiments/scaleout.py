@@ -9,7 +9,7 @@ Media come from nginx and the listing from the harness's fake API, as in `benchm
 medians, the ratio to the best peer, the per-shard throughput Ray measured, and the peak
 memory of the whole process tree (PSS summed, Ray's own processes included):
 
-    .venv/bin/python benchmarks/scaleout.py small large mix --reps 3
+    .venv/bin/python benchmarks/experiments/scaleout.py small large mix --reps 3
 
 Every Ray process is kept on 127.0.0.1 (see RAY_LOOPBACK_ONLY).
 """
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the harness
 
 from harness import data, services
 from harness.peers import AUTH_ID, AUTH_TOKEN

@@ -2,46 +2,41 @@
 
 The pipelined listing benchmark hides the listing's latency but not its CPU, which comes
 out of the same event loop as the downloads. This times the pieces on one 100-recording
-page in the benchmark fake API's wire shape:
+page in the wire shape of the benchmarks' fake API (`FakeVobiz`, no server needed):
 
-    benchmarks/work/venv/bin/python benchmarks/structure_cost.py
+    benchmarks/work/venv/bin/python benchmarks/experiments/structure_cost.py
+
+Until the benchmarks' own light fake went (2026-12-01) the page came from that one, which
+sent none of the extra fields (`recording_region`, sometimes `recording_channels`).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import timeit
 from collections.abc import Callable
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
-
-from fake_api import page_link, recording_object
 
 from vobiz_async.converter import structure
 from vobiz_async.models import Page
 from vobiz_async.protocol import parse_timestamp
+from vobiz_async.testing import FakeVobiz
 
 PAGE = 100
 AUTH_ID = "MA_BENCH0000000000000"
 
 
 def page_body() -> str:
-    objects = [
-        recording_object(
-            index,
-            {"recording_id": f"rec-{index:05d}", "container": "mp3", "name": f"{index}.mp3"},
-            AUTH_ID,
-            "http://127.0.0.1:8080/media",
+    fake = FakeVobiz(0, auth_id=AUTH_ID)
+    for index in reversed(range(PAGE)):  # each added recording goes first
+        fake.add_recording(
+            f"rec-{index:05d}", recording_url=f"http://127.0.0.1:8080/media/{index}.mp3"
         )
-        for index in range(PAGE)
-    ]
+    objects = [rec.wire() for rec in fake.recordings.values()]
     meta = {
         "limit": PAGE,
         "offset": 0,
         "total_count": 20_000,
-        "next": page_link(AUTH_ID, PAGE, PAGE),
+        "next": f"/v1/Account/{AUTH_ID}/Recording/?limit={PAGE}&offset={PAGE}",
         "previous": None,
     }
     return json.dumps({"api_id": "bench", "meta": meta, "objects": objects})

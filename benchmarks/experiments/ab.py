@@ -8,8 +8,10 @@ first on PYTHONPATH, e.g. a `git worktree` of the commit before a change) or `LA
 tree the bench venv has installed), optionally followed by `:NAME=VALUE,...` environment:
 
     git worktree add /tmp/before HEAD~1
-    benchmarks/work/venv/bin/python benchmarks/ab.py small --reps 5 before=/tmp/before after=
-    benchmarks/work/venv/bin/python benchmarks/ab.py small plain= tuned=:MALLOC_TOP_PAD_=67108864
+    benchmarks/work/venv/bin/python benchmarks/experiments/ab.py small --reps 5 \
+        before=/tmp/before after=
+    benchmarks/work/venv/bin/python benchmarks/experiments/ab.py small \
+        plain= tuned=:MALLOC_TOP_PAD_=67108864
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: the harness
 
 from harness import data, peers, services
 from harness.measure import RSS_SAMPLE_S, outcome, peer_figures, run_child

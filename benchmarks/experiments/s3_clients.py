@@ -1,6 +1,6 @@
 """Which S3 client for S3Sink: obstore or aiobotocore, streamed uploads into moto on 127.0.0.1.
 
-    .venv/bin/python benchmarks/s3_clients.py --sizes 20 200 --reps 3
+    .venv/bin/python benchmarks/experiments/s3_clients.py --sizes 20 200 --reps 3
 
 The parent starts moto (`ThreadedMotoServer`, 127.0.0.1 only) and runs every upload in a
 fresh child process, so each figure is the client's own peak RSS (VmHWM of the child:

@@ -12,7 +12,7 @@ processes (each line is one process; peak RSS is its `VmHWM` from /proc/self/sta
 - `legacy`: the old JSON Lines load (read whole, one `ManifestEntry` per line), unless
   `--no-legacy`.
 
-    python benchmarks/index_scale.py [--entries 1000000] [--new 1000] [--existing 1000]
+    python benchmarks/experiments/index_scale.py [--entries 1000000] [--new 1000] [--existing 1000]
         [--dir DIR] [--no-legacy] [--keep]
 """
 
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 SHA = "5f" * 32
 
 

@@ -10,7 +10,7 @@ exact for a given model: `N` recordings, each request takes `latency` seconds, t
 - `PacingPolicy(...)`: every request passes the pure AIMD policy (what `PacingGate` does),
   a 429 is retried, never counted as a failed attempt.
 
-    .venv/bin/python benchmarks/pacing_sim.py [--recordings 600] [--concurrency 64]
+    .venv/bin/python benchmarks/experiments/pacing_sim.py [--recordings 600] [--concurrency 64]
 
 It prints, per latency and client: wall time, recordings archived, 429s received and the
 pacing report. Use it to tune the policy before measuring the real thing with

@@ -1,9 +1,10 @@
 """The embedded fake, `vobiz_async.testing.FakeVobiz`, listing a generated dataset.
 
-Run by the wan profile in a process of its own (its CPU is not the client's). Each recording
-of the dataset's `index.json` is added with its size, container and a `recording_url` on the
-media server; `--latency` is added to every API response (a page of 100 across an ocean).
-Prints the API port on its first stdout line, then serves until SIGTERM.
+The benchmarks' only fake API: the harness runs it for every profile, in a process of its
+own (its CPU is not the client's). Each recording of the dataset's `index.json` is added with
+its size, container and a `recording_url` on the media server (nginx), in the index's order;
+`--latency` is added to every API response (a page of 100 across an ocean). Prints the API
+port on its first stdout line, then serves until SIGTERM.
 """
 
 from __future__ import annotations
