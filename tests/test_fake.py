@@ -221,7 +221,8 @@ async def test_lazy_construction_of_100k_is_cheap(http: aiohttp.ClientSession) -
     async with FakeVobiz(recordings=100_000) as fake:
         _, first = await get_json(http, api(fake, "Recording/?limit=100"), creds(fake))
         _, deep = await get_json(http, api(fake, "Recording/?offset=99990"), creds(fake))
-        generated = fake._generate.cache_info().misses  # work done, not seconds on this machine
+        # work done, not seconds on this machine
+        generated = fake._catalogue.generate.cache_info().misses
         rid = deep["objects"][-1]["recording_id"]
         status, _ = await get_json(http, one(fake, rid), creds(fake))
 
@@ -618,13 +619,13 @@ async def test_huge_recording_ranges_cost_nothing(
     second = {**creds(fake), "Range": f"bytes={far + 100}-{far + 299}"}
 
     made: list[int] = []  # the blocks of the body the fake generated: work, not seconds
-    make_block = fake._block
+    make_block = fake._catalogue.block
 
     def counted(rec: Any, block: int) -> bytes:
         made.append(block)
         return make_block(rec, block)
 
-    monkeypatch.setattr(fake, "_block", counted)
+    monkeypatch.setattr(fake._catalogue, "block", counted)
 
     _, got, a = await fetch(http, rec.recording_url, first)
     _, _, b = await fetch(http, rec.recording_url, second)
