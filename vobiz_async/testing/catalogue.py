@@ -29,7 +29,7 @@ _MUL: Final = 0x2545F4914F6CDD1D & _M62  # odd, so invertible modulo 2**62
 _MUL_INV: Final = pow(_MUL, -1, 1 << 62)
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-IST_MINUTES: Final = 330
+_IST_MINUTES: Final = 330
 # The newest generated recording: 2026-05-07 09:45:35.79276+05:30.
 _ANCHOR_US: Final = 1_778_127_335_792_760
 _NOW_US: Final = _ANCHOR_US + 6 * 3600 * 1_000_000
@@ -95,7 +95,7 @@ def format_add_time(instant_us: int, offset_minutes: int) -> str:
 
 def _instant_of(moment: dt.datetime) -> int:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone(dt.timedelta(minutes=IST_MINUTES)))
+        moment = moment.replace(tzinfo=dt.timezone(dt.timedelta(minutes=_IST_MINUTES)))
     return (moment - _EPOCH) // dt.timedelta(microseconds=1)
 
 
@@ -660,16 +660,16 @@ class Catalogue:
         """
         if add_time is None:
             self._newest_us += rng.randint(1_000_000, 59_000_000)
-            return self._newest_us, format_add_time(self._newest_us, IST_MINUTES)
+            return self._newest_us, format_add_time(self._newest_us, _IST_MINUTES)
         if isinstance(add_time, dt.datetime):
             delta = add_time.utcoffset()
-            offset = IST_MINUTES if delta is None else int(delta.total_seconds()) // 60
+            offset = _IST_MINUTES if delta is None else int(delta.total_seconds()) // 60
             instant = _instant_of(add_time)
             return instant, format_add_time(instant, offset)
         try:
             return parse_instant(add_time), add_time
         except ValueError:
-            return self._newest_us, add_time or format_add_time(self._newest_us, IST_MINUTES)
+            return self._newest_us, add_time or format_add_time(self._newest_us, _IST_MINUTES)
 
     def remove(self, rid: str) -> None:
         """Delete ``rid``; raise KeyError if it is not there."""
