@@ -26,7 +26,7 @@ from ..results import DownloadReport
 from ..scaleout import RayEngine  # Ray itself: only when a job runs
 from ..session import AsyncSession
 from ..sinks import S3Sink
-from .commands import s3_sink, session_for
+from .commands import check_archive, s3_sink, session_for
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
 from .results import DestinationError, Interruption, Outcome, UsageError
@@ -115,9 +115,7 @@ async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.is_file():
         raise UsageError(f"--repair needs the manifest of an earlier download: no {manifest_path}")
-    with Manifest(manifest_path) as manifest:
-        problems = await asyncio.to_thread(verify_manifest, out, manifest)
-        count = len(manifest)
+    problems, count = await check_archive(out, manifest_path)
     for problem in problems:
         sys.stdout.write(f"repairing {problem.recording_id}: {problem.path} {problem.problem}\n")
     if not problems:

@@ -17,7 +17,7 @@ from pathlib import Path
 import attrs
 
 from ..errors import AuthenticationError, ConfigurationError, InvalidRecordingIdError, VobizError
-from ..manifest import MANIFEST_NAME, Manifest, verify_manifest
+from ..manifest import MANIFEST_NAME, Manifest, VerifyProblem, verify_manifest
 from ..models import Recording
 from ..pager import AsyncPager
 from ..protocol import quote_path_segment
@@ -74,6 +74,13 @@ def s3_sink(
     return S3Sink.from_url(
         url, endpoint_url=endpoint_url, region=region, layout=layout, index=index
     )
+
+
+async def check_archive(root: Path, manifest_path: Path) -> tuple[list[VerifyProblem], int]:
+    """Re-hash the files under `root` against the manifest: the problems, and its entry count."""
+    with Manifest(manifest_path) as manifest:
+        problems = await asyncio.to_thread(verify_manifest, root, manifest)
+        return problems, len(manifest)
 
 
 async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
@@ -168,9 +175,7 @@ async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Ou
     manifest_path = Path(args.manifest) if args.manifest else root / MANIFEST_NAME
     if not manifest_path.is_file():
         raise UsageError(f"no manifest at {manifest_path}")
-    with Manifest(manifest_path) as manifest:
-        problems = await asyncio.to_thread(verify_manifest, root, manifest)
-        count = len(manifest)
+    problems, count = await check_archive(root, manifest_path)
     for problem in problems:
         print(f"{problem.problem}: {problem.path} ({problem.recording_id})")
     print(f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)")
