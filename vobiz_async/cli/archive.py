@@ -1,0 +1,337 @@
+"""The archive job behind `download` and `demo`: a `DownloadJob` of explicit parameters,
+run into a folder or a bucket, its summary printed once by `print_summary`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ..errors import StorageError
+from ..manifest import MANIFEST_NAME, Manifest, verify_manifest
+from ..models import InvalidRecording, Recording
+from ..pager import AsyncPager
+from ..recordings import MAX_PAGE_SIZE
+from ..results import DownloadReport
+from ..scaleout import RayEngine  # Ray itself: only when a job runs
+from ..session import AsyncSession
+from ..sinks import S3Sink
+from .commands import check_archive, s3_sink, session_for
+from .output import print_summary, stdout_may_close, summary_json
+from .progress import Progress
+from .results import DestinationError, Interruption, Outcome, UsageError
+
+
+@attrs.frozen(kw_only=True)
+class DownloadJob:
+    """Everything one archive run needs: `download` reads it off its options, `demo` builds
+    it around its fake."""
+
+    out: str
+    auth_id: str | None = None
+    auth_token: str | None = None  # the one given on the command line, not the environment's
+    base_url: str | None = None
+    concurrency: int = 16
+    overwrite: bool = False
+    no_manifest: bool = False
+    recording_type: str | None = None
+    call_uuid: str | None = None
+    ids: list[str] | None = None
+    ids_file: str | None = None
+    repair: bool = False
+    index: str | None = None
+    layout: str = "flat"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    engine: str = "local"
+    ray_address: str | None = None
+    shard_size: int = 2000
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DownloadJob:
+        """The job `download`'s parsed options describe."""
+        return cls(**{field.name: getattr(args, field.name) for field in attrs.fields(cls)})
+
+    def session(self) -> AsyncSession:
+        return session_for(self.auth_id, self.auth_token, self.base_url)
+
+
+def check_destination(out: Path) -> None:
+    """Create `out` if needed and prove it writable with a probe file, removed at once."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".vobiz-write-check-")
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except FileExistsError:
+        raise DestinationError(f"cannot write to {out}: not a folder") from None
+    except OSError as err:
+        raise DestinationError(f"cannot write to {out}: {err.strerror or err}") from None
+
+
+def _read_ids(job: DownloadJob) -> list[str] | None:
+    ids = list(job.ids or [])
+    if job.ids_file:
+        try:
+            text = sys.stdin.read() if job.ids_file == "-" else Path(job.ids_file).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read ids file {job.ids_file}: {err}") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    return ids if (job.ids or job.ids_file) else None
+
+
+async def _listing(
+    pager: AsyncPager, progress: Progress
+) -> AsyncIterator[Recording | InvalidRecording]:
+    """Every entry of the pager (the unusable objects too, so the report fails them by id),
+    telling the progress display the total once known."""
+    async with contextlib.aclosing(pager.entries()) as entries:
+        async for entry in entries:
+            if progress.total is None and pager.total_count is not None:
+                progress.set_total(pager.total_count)
+            yield entry
+
+
+async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
+    """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
+    if job.ids or job.ids_file or job.overwrite or job.no_manifest:
+        raise UsageError(
+            "--repair re-fetches what the manifest check finds; it takes no --ids, "
+            "--ids-file, --overwrite or --no-manifest"
+        )
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise UsageError(f"--repair needs the manifest of an earlier download: no {manifest_path}")
+    problems, count = await check_archive(out, manifest_path)
+    for problem in problems:
+        sys.stdout.write(f"repairing {problem.recording_id}: {problem.path} {problem.problem}\n")
+    if not problems:
+        sys.stdout.write(
+            f"repair: all {count} files in {MANIFEST_NAME} verified; nothing to fetch\n"
+        )
+    return [problem.recording_id for problem in problems]
+
+
+def _engine(job: DownloadJob) -> Any:
+    """`--engine ray`'s engine, or None for the local one."""
+    if job.engine != "ray":
+        return None
+    if job.auth_token is not None:
+        # Ray keeps the driver's command line in its job table, for anyone on the cluster.
+        raise UsageError(
+            "with --engine ray, pass the auth token in VOBIZ_AUTH_TOKEN, not --auth-token: "
+            "Ray stores the command line"
+        )
+    return RayEngine(address=job.ray_address, shard_size=job.shard_size)
+
+
+async def _check_bucket(sink: S3Sink) -> None:
+    """Prove the bucket is there and takes our credentials, once, before any listing."""
+    try:
+        await sink.prepare()
+    except StorageError as err:
+        raise DestinationError(str(err)) from None
+    finally:
+        await sink.close()
+
+
+async def _source(
+    session: AsyncSession, job: DownloadJob, progress: Progress, ids: list[str] | None
+) -> Any:
+    """The recordings to archive: the ids given, or the whole (filtered) listing."""
+    if ids is not None:
+        # Each id's lookup failing would be an item failure (exit 1); a bad token is exit 3.
+        await session.check_credentials()
+        progress.set_total(len(ids))
+        return ids
+    pager = session.recordings.list(
+        limit=MAX_PAGE_SIZE, recording_type=job.recording_type, call_uuid=job.call_uuid
+    )
+    return _listing(pager, progress)
+
+
+async def _run_s3_download(
+    session: AsyncSession, job: DownloadJob, progress: Progress
+) -> DownloadReport:
+    """`download --out s3://...`: the object metadata is the record; `--index` adds a local
+    index that speeds up re-runs."""
+    if job.repair:
+        raise UsageError("--repair works on folders; for s3:// run `verify` and re-download")
+    with contextlib.ExitStack() as stack:
+        index = stack.enter_context(Manifest(job.index)) if job.index else None
+        sink = s3_sink(
+            job.out,
+            endpoint_url=job.s3_endpoint_url,
+            region=job.s3_region,
+            layout=job.layout,
+            index=index,
+        )
+        await _check_bucket(sink)
+        ids = _read_ids(job)
+        source = await _source(session, job, progress, ids)
+        return await session.recordings.download_many(
+            source,
+            sink,
+            concurrency=job.concurrency,
+            on_progress=progress,
+            manifest=index,
+            overwrite=job.overwrite,
+            engine=_engine(job),
+        )
+
+
+async def run_download(
+    session: AsyncSession, job: DownloadJob, progress: Progress
+) -> DownloadReport | None:
+    """The archive job shared by `download` and `demo`: its report, or None when `--repair`
+    found nothing to fetch."""
+    engine = _engine(job)
+    if job.out.startswith("s3://"):
+        return await _run_s3_download(session, job, progress)
+    ids = _read_ids(job)
+    out = Path(job.out)
+    await asyncio.to_thread(check_destination, out)
+    overwrite = job.overwrite
+    if job.repair:
+        ids = await _ids_to_repair(job, out)
+        if not ids:
+            return None
+        overwrite = True  # only these ids: each is missing or its bytes changed
+    source = await _source(session, job, progress, ids)
+    options: dict[str, Any] = {
+        "concurrency": job.concurrency,
+        "on_progress": progress,
+        "manifest": None if job.no_manifest else (job.index or out / MANIFEST_NAME),
+        "overwrite": overwrite,
+    }
+    if job.layout != "flat":
+        options["layout"] = job.layout
+    return await session.recordings.download_many(source, out, engine=engine, **options)
+
+
+async def _download(
+    job: DownloadJob, interruption: Interruption | None = None
+) -> tuple[DownloadReport | None, Progress]:
+    """Run `job` behind a progress display; on Ctrl-C, leave the progress line for main."""
+    with Progress(sys.stderr) as progress:
+        try:
+            async with job.session() as session:
+                report = await run_download(session, job, progress)
+        except asyncio.CancelledError:
+            if interruption is not None:
+                interruption.progress = progress.line()  # main() prints it on its one line
+            raise
+    return report, progress
+
+
+async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> Outcome:
+    report, progress = await _download(DownloadJob.from_args(args), interruption)
+    if report is None:  # --repair found nothing to fetch
+        return Outcome()
+    with stdout_may_close():
+        if args.json:
+            print(json.dumps(summary_json(report), separators=(",", ":")))
+        else:
+            print_summary(report, sys.stdout, transferred=progress.bytes)
+    return Outcome(failed=not report.ok)
+
+
+async def cmd_demo(args: argparse.Namespace, interruption: Interruption) -> Outcome:
+    temporary = not args.out
+    interruption.keeps_partials = not temporary  # the folder and its .part files go
+    out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
+    try:
+        return await _demo(args, out)
+    finally:
+        if temporary:
+            await asyncio.to_thread(shutil.rmtree, out, ignore_errors=True)
+            with stdout_may_close():
+                print(f"removed the temporary folder {out} (pass --out DIR to keep the files)")
+        else:
+            with stdout_may_close():
+                print(f"the files are kept in {out}")
+
+
+async def _demo(args: argparse.Namespace, out: Path) -> Outcome:
+    from ..testing import FakeVobiz
+
+    print(f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}")
+    fake = FakeVobiz(
+        recordings=args.count,
+        seed=args.seed,
+        fault_rate=0.1,
+        wav_as_mp3_rate=0.1,
+        foreign_redirect_rate=0.1,
+    )
+    async with fake:
+        job = DownloadJob(
+            out=str(out),
+            auth_id=fake.auth_id,
+            auth_token=fake.auth_token,
+            base_url=fake.base_url,
+            concurrency=args.concurrency,
+            overwrite=args.overwrite,
+            no_manifest=args.no_manifest,
+        )
+        report, progress = await _download(job)
+        assert report is not None  # only --repair finds nothing, and a demo never repairs
+        print_summary(report, sys.stdout, transferred=progress.bytes)
+        wrong, leaked = _report_demo_transfers(fake, report)
+        served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
+    problems = 0
+    if not args.no_manifest:
+        problems, stale = await _verify_demo_archive(out, served)
+        wrong += stale
+    return Outcome(failed=bool(wrong or problems or leaked) or not report.ok)
+
+
+def _report_demo_transfers(fake: Any, report: DownloadReport) -> tuple[list[str], int]:
+    """Print what the downloader survived and whether this run's files match what the fake
+    served; return the ids that do not, and the credentials the foreign host saw."""
+    downloaded = report.downloaded
+    wrong = [r.recording_id for r in downloaded if r.sha256 != fake.sha256(r.recording_id)]
+    leaked: int = fake.stats.foreign_credentials_seen
+    retried = sum(1 for r in report.results if r.attempts > 1)
+    relabelled = sum(
+        1
+        for r in downloaded
+        if r.container and r.container != fake.recordings[r.recording_id].recording_format
+    )
+    redirected = sum(1 for r in downloaded if fake.recordings[r.recording_id].redirect_foreign)
+    print(
+        f"survived: {retried} transfers retried or resumed after injected faults, "
+        f"{relabelled} WAV files served as .mp3 saved as .wav, "
+        f"{redirected} redirects to a foreign storage host"
+    )
+    print(
+        f"verified this run: {len(downloaded) - len(wrong)} of the {len(downloaded)} files "
+        f"downloaded match the served bytes; credentials sent to the foreign host: {leaked}"
+    )
+    return wrong, leaked
+
+
+async def _verify_demo_archive(out: Path, served: dict[str, str]) -> tuple[int, list[str]]:
+    """Re-hash the demo's archive against its manifest; the problem count and the entries
+    whose bytes are not what the fake served."""
+    with Manifest(out / MANIFEST_NAME) as manifest:
+        problems = await asyncio.to_thread(verify_manifest, out, manifest)
+        stale = [e.recording_id for e in manifest if served.get(e.recording_id) != e.sha256]
+        count = len(manifest)
+    print(
+        f"verified the archive: {count} files re-hashed against {MANIFEST_NAME}, "
+        f"{len(problems)} problem(s); {count - len(stale)} of them match the served bytes"
+    )
+    return len(problems), stale
