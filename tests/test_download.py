@@ -1042,7 +1042,7 @@ async def test_cancel_waits_for_the_helper_thread_writing(
         return files[-1]
 
     wrap_part_files(monkeypatch, gated)
-    downloader = Downloader(session, dest, offload=HELPERS)
+    downloader = Downloader(session, dest, lookup=session.recordings.get, offload=HELPERS)
     task = asyncio.create_task(downloader.run([recording(fake, rid)]))
     assert await eventually(entered.is_set)
     task.cancel()
@@ -1086,7 +1086,9 @@ async def test_only_concurrent_transfers_hand_chunks_to_helpers(
     wrap_part_files(monkeypatch, Watched)
     rids = add(fake, 4, size=1_000_000)
 
-    downloader = Downloader(session, dest, concurrency=concurrency, offload=HELPERS)
+    downloader = Downloader(
+        session, dest, lookup=session.recordings.get, concurrency=concurrency, offload=HELPERS
+    )
     report = await downloader.run([recording(fake, rid) for rid in rids])
 
     assert report.ok
@@ -1110,7 +1112,9 @@ async def test_multi_chunk_files_land_whole_however_chunks_are_written(
     rids = add(fake, 12, size=1_500_000)
     policy = OffloadPolicy(threads=threads, jobs=jobs, min_chunk=smallest)
 
-    downloader = Downloader(session, dest, concurrency=6, offload=policy)
+    downloader = Downloader(
+        session, dest, lookup=session.recordings.get, concurrency=6, offload=policy
+    )
     report = await downloader.run([recording(fake, rid) for rid in rids])
 
     assert report.ok

@@ -22,6 +22,8 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
+    Callable,
     Iterable,
 )
 from concurrent.futures import Future
@@ -106,6 +108,9 @@ _HEAD = 16
 
 
 DISK_FULL_NOT_STARTED = "not started: the destination disk is full"
+#: Fetches one recording by id (`session.recordings.get`, which `Recordings` passes in).
+Lookup = Callable[[str], Awaitable[Recording]]
+
 #: Where a batch archives: a folder's path, an `s3://bucket/prefix/` URL, or a `Sink`.
 Destination = str | os.PathLike[str] | Sink
 
@@ -295,6 +300,7 @@ class Downloader:
         session: AsyncSession,
         dest: Destination,
         *,
+        lookup: Lookup,
         concurrency: int = 16,
         overwrite: bool = False,
         max_attempts: int = 5,
@@ -314,6 +320,8 @@ class Downloader:
         if layout not in ("flat", "date"):
             raise ValueError(f"layout must be 'flat' or 'date', got {layout!r}")
         self._session = session
+        #: Fetches a recording by id: an id input, and a stale URL's one fresh `get()`.
+        self._lookup = lookup
         self.sink = sink_for(dest, layout=layout, fsync=fsync)
         self.concurrency = concurrency
         self.overwrite = overwrite
@@ -476,7 +484,7 @@ class Downloader:
             if (done := await self._stored(recording_id, recording)) is not None:
                 return done
             if recording is None:
-                recording = await self._session.recordings.get(recording_id)
+                recording = await self._lookup(recording_id)
                 if (done := await self._stored(recording_id, recording)) is not None:
                     return done
             return await self._transfer(recording)
@@ -554,7 +562,7 @@ class Downloader:
                     return self._failed(recording, attempts, stale.error)
                 state.refreshed = True
                 try:
-                    fresh = await self._session.recordings.get(recording.recording_id)
+                    fresh = await self._lookup(recording.recording_id)
                 except VobizError as err:
                     return self._failed(recording, attempts, err)
                 state.url = fresh.recording_url
