@@ -51,8 +51,10 @@ from vobiz_async import (
     UnsafeURLError,
 )
 from vobiz_async import download as download_module
-from vobiz_async.download import RESUME_OVERLAP
+from vobiz_async import offload as offload_module
+from vobiz_async.download import RESUME_OVERLAP, Downloader
 from vobiz_async.manifest import Manifest
+from vobiz_async.offload import OffloadPolicy
 from vobiz_async.sinks import directory as directory_module
 from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz, RequestRecord
@@ -1019,19 +1021,14 @@ class _GatedFile(_PartFile):
         return super().write(data)
 
 
-@pytest.fixture(name="helpers")
-def _helpers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every chunk goes to the two helper threads, whatever this machine's CPU count."""
-    monkeypatch.setattr(download_module, "_OFFLOAD_THREADS", 2)
-    monkeypatch.setattr(download_module, "_OFFLOAD_JOBS", 8)
-    monkeypatch.setattr(download_module, "_OFFLOAD_MIN", 1)
+#: Every chunk goes to the two helper threads, whatever this machine's CPU count.
+HELPERS = OffloadPolicy(threads=2, jobs=8, min_chunk=1)
 
 
 async def test_cancel_waits_for_the_helper_thread_writing(
     fake: FakeVobiz,
     session: AsyncSession,
     dest: Path,
-    helpers: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Cancelled while a helper writes a chunk: the file stays open until that write ends,
@@ -1045,7 +1042,8 @@ async def test_cancel_waits_for_the_helper_thread_writing(
         return files[-1]
 
     wrap_part_files(monkeypatch, gated)
-    task = asyncio.create_task(session.recordings.download_many([recording(fake, rid)], dest))
+    downloader = Downloader(session, dest, lookup=session.recordings.get, offload=HELPERS)
+    task = asyncio.create_task(downloader.run([recording(fake, rid)]))
     assert await eventually(entered.is_set)
     task.cancel()
     await asyncio.sleep(0.2)
@@ -1072,7 +1070,6 @@ async def test_only_concurrent_transfers_hand_chunks_to_helpers(
     fake: FakeVobiz,
     session: AsyncSession,
     dest: Path,
-    helpers: None,
     monkeypatch: pytest.MonkeyPatch,
     concurrency: int,
     helped: bool,
@@ -1089,9 +1086,10 @@ async def test_only_concurrent_transfers_hand_chunks_to_helpers(
     wrap_part_files(monkeypatch, Watched)
     rids = add(fake, 4, size=1_000_000)
 
-    report = await session.recordings.download_many(
-        [recording(fake, rid) for rid in rids], dest, concurrency=concurrency
+    downloader = Downloader(
+        session, dest, lookup=session.recordings.get, concurrency=concurrency, offload=HELPERS
     )
+    report = await downloader.run([recording(fake, rid) for rid in rids])
 
     assert report.ok
     assert any(name.startswith("vobiz-hash") for name in writers) is helped
@@ -1106,20 +1104,18 @@ async def test_multi_chunk_files_land_whole_however_chunks_are_written(
     fake: FakeVobiz,
     session: AsyncSession,
     dest: Path,
-    monkeypatch: pytest.MonkeyPatch,
     threads: int,
     jobs: int,
     smallest: int,
 ) -> None:
     """Chunks written on the loop, on helper threads, or on both keep each file in order."""
-    monkeypatch.setattr(download_module, "_OFFLOAD_THREADS", threads)
-    monkeypatch.setattr(download_module, "_OFFLOAD_JOBS", jobs)
-    monkeypatch.setattr(download_module, "_OFFLOAD_MIN", smallest)
     rids = add(fake, 12, size=1_500_000)
+    policy = OffloadPolicy(threads=threads, jobs=jobs, min_chunk=smallest)
 
-    report = await session.recordings.download_many(
-        [recording(fake, rid) for rid in rids], dest, concurrency=6
+    downloader = Downloader(
+        session, dest, lookup=session.recordings.get, concurrency=6, offload=policy
     )
+    report = await downloader.run([recording(fake, rid) for rid in rids])
 
     assert report.ok
     assert len(report.downloaded) == 12
@@ -1231,12 +1227,12 @@ async def test_batch_raises_the_mmap_threshold_first(
     fake: FakeVobiz, session: AsyncSession, dest: Path
 ) -> None:
     """A batch frees the block that keeps read buffers on the heap (test_download_memory)."""
-    download_module._raise_mmap_threshold.cache_clear()
+    offload_module.raise_mmap_threshold.cache_clear()
     add(fake)
 
     await session.recordings.download_many(session.recordings.list(), dest)
 
-    assert download_module._raise_mmap_threshold.cache_info().currsize == 1
+    assert offload_module.raise_mmap_threshold.cache_info().currsize == 1
 
 
 # --------------------------------------------------------------------------- manifest

@@ -32,9 +32,9 @@ SERVER = Path(__file__).with_name("_media_server.py")
 #: filled in part, shrunk to what arrived and freed. Prints the page faults it cost.
 READ_BUFFERS = """
 import resource, sys
-import vobiz_async.download
+import vobiz_async.offload
 if sys.argv[1] == "primed":
-    vobiz_async.download._raise_mmap_threshold()
+    vobiz_async.offload.raise_mmap_threshold()
 body = bytes(range(256)) * 400
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(200):

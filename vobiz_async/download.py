@@ -12,21 +12,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import hashlib
 import logging
 import os
 import random
-import threading
 import time
 import zlib
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Awaitable,
+    Callable,
     Iterable,
 )
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -45,6 +45,7 @@ from .errors import (
 )
 from .manifest import Manifest
 from .models import InvalidRecording, Recording
+from .offload import Offload, OffloadPolicy, raise_mmap_threshold, settle
 from .pager import AsyncPager
 from .protocol import (
     backoff_delay,
@@ -106,43 +107,9 @@ RESUME_OVERLAP = 64 * 1024
 _HEAD = 16
 
 
-def _usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-#: Chunks at least this big are written and hashed on a helper thread when one is free;
-#: handing a smaller one over costs the event loop more than it saves (benchmarks/RESULTS.md).
-_OFFLOAD_MIN = 128 * 1024
-#: The event loop keeps one core busy with HTTP; two helpers use a second one. On a single
-#: CPU there is nothing to gain, so nothing is handed over.
-_OFFLOAD_THREADS = 2 if _usable_cpus() > 1 else 0
-#: Chunks handed over at once, across the batch: enough to keep both helpers busy, few
-#: enough that the memory they pin (up to a chunk each) stays small at any concurrency.
-_OFFLOAD_JOBS = 4 * _OFFLOAD_THREADS
 DISK_FULL_NOT_STARTED = "not started: the destination disk is full"
-#: glibc serves an allocation above its mmap threshold (128 KiB at start) with a fresh
-#: mapping, and raises the threshold only when it frees such a block that is still bigger
-#: than the threshold. asyncio reads a socket into a 256 KiB buffer and shrinks it to what
-#: arrived, so a body under 128 KiB never raises it: every read maps, faults in and unmaps
-#: its pages again (benchmarks/RESULTS.md, experiment 22). Freeing one block this big
-#: raises it (and the heap's trim threshold, to twice that) past every read buffer.
-_MMAP_THRESHOLD_HINT = 1 << 20
-
-
-@functools.cache
-def _raise_mmap_threshold() -> None:
-    """Free one big block, once per process: glibc then keeps read buffers on its heap.
-
-    This is glibc's own adaptive rule, which any program that frees such a block triggers;
-    a threshold set by `mallopt` or `MALLOC_MMAP_THRESHOLD_` is left alone, and other
-    allocators just free the block. Nothing is touched, so no page is faulted in.
-    """
-    bytes(_MMAP_THRESHOLD_HINT)
-
+#: Fetches one recording by id (`session.recordings.get`, which `Recordings` passes in).
+Lookup = Callable[[str], Awaitable[Recording]]
 
 #: Where a batch archives: a folder's path, an `s3://bucket/prefix/` URL, or a `Sink`.
 Destination = str | os.PathLike[str] | Sink
@@ -258,76 +225,50 @@ class _Transfer:
         self.absorb(chunk)
         await self.writer.write(chunk)
 
-
-class _Offload:
-    """Writes and hashes big chunks on helper threads while the event loop reads on.
-
-    sha256 and `write` both release the GIL, and together they cost about as much CPU as
-    everything else a large download does; on the loop they cap a batch at one core.
-    A transfer hands over one chunk at a time and waits for it before the next, so its
-    bytes stay in order and its `_Transfer` is touched by one thread at a time. When
-    `jobs` chunks are already out, the loop writes the next one itself instead of waiting.
-    A lone transfer keeps its chunks on the loop: with nothing else to do there, the loop
-    would only wait for each hand-over (experiment 19 in benchmarks/RESULTS.md).
-    """
-
-    def __init__(self, transfers: int) -> None:
-        self._threads = _OFFLOAD_THREADS if transfers > 1 else 0
-        self._jobs = _OFFLOAD_JOBS if self._threads else 0
-        self._out = 0  # chunks handed over and not yet done, across transfers
-        self._lock = threading.Lock()  # helpers count down from their own threads
-        self._executor: ThreadPoolExecutor | None = None
-
-    async def write(self, state: _Transfer, chunk: bytes) -> Future[None] | None:
-        """Write and hash `chunk` now, or start doing it on a helper and return its job
-        (only for a writer with a blocking write: a folder's)."""
-        blocking = hasattr(state.writer, "write_blocking")
-        if not blocking or len(chunk) < _OFFLOAD_MIN or self._out >= self._jobs:
-            if blocking:
-                state.write_blocking(chunk)
-            else:
-                await state.write(chunk)
-            return None
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="vobiz-hash")
-        with self._lock:
-            self._out += 1
-        job = self._executor.submit(state.write_blocking, chunk)
-        job.add_done_callback(self._done)
-        return job
-
-    def _done(self, _: Future[None]) -> None:
-        with self._lock:
-            self._out -= 1
-
-    def close(self) -> None:
-        """Let the helpers exit; every job has been waited for by then."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+    @property
+    def blocking(self) -> bool:
+        """Whether the writer can write on a helper thread (`Offload`)."""
+        return hasattr(self.writer, "write_blocking")
 
 
-async def _settle(job: Future[None] | None, err: BaseException) -> None:
-    """Wait for a helper's job before the file closes or `state` is used again, even
-    through a cancellation. A failed write outranks `err` (unless we are being cancelled):
-    the storage-error handler then restarts the transfer, since the file's tail is unknown."""
-    if job is None:
-        return
-    cancelled: asyncio.CancelledError | None = None
-    while not job.done():
-        try:
-            await asyncio.wait([asyncio.wrap_future(job)])
-        except asyncio.CancelledError as again:
-            cancelled = again
-    if cancelled is not None:
-        raise cancelled
-    failure = None if job.cancelled() else job.exception()
-    if (
-        isinstance(failure, (OSError, StorageError))
-        and failure is not err
-        and not isinstance(err, asyncio.CancelledError)
-    ):
-        raise failure from err
+@attrs.define
+class _Tally:
+    """A batch's results as they arrive: the first RESULTS_KEPT in input order, later
+    failures, counts per status and the bytes downloaded."""
+
+    results: list[DownloadResult | None] = attrs.field(factory=list)
+    later_failures: list[DownloadResult] = attrs.field(factory=list)
+    tally: dict[DownloadStatus, int] = attrs.field(factory=lambda: dict.fromkeys(DownloadStatus, 0))
+    downloaded_bytes: int = 0
+    count: int = 0
+
+    def place(self) -> int:
+        """The index of the next input item, with a place kept for its result."""
+        index, self.count = self.count, self.count + 1
+        if index < RESULTS_KEPT:
+            self.results.append(None)
+        return index
+
+    def keep(self, index: int, result: DownloadResult) -> None:
+        self.tally[result.status] += 1
+        if result.status is DownloadStatus.DOWNLOADED:
+            self.downloaded_bytes += result.size
+        if index < RESULTS_KEPT:
+            self.results[index] = result
+        elif result.status is DownloadStatus.FAILED:
+            self.later_failures.append(result)
+
+    def report(self, elapsed: float) -> DownloadReport:
+        final = [r for r in self.results if r is not None]
+        assert len(final) == len(self.results)
+        return DownloadReport(
+            results=final,
+            elapsed=elapsed,
+            truncated=self.count > RESULTS_KEPT,
+            later_failures=self.later_failures,
+            tally=self.tally,
+            bytes_downloaded=self.downloaded_bytes,
+        )
 
 
 async def _iterate(source: Source) -> AsyncGenerator[Item | InvalidRecording, None]:
@@ -359,6 +300,7 @@ class Downloader:
         session: AsyncSession,
         dest: Destination,
         *,
+        lookup: Lookup,
         concurrency: int = 16,
         overwrite: bool = False,
         max_attempts: int = 5,
@@ -369,6 +311,7 @@ class Downloader:
         chunk_size: int = CHUNK_SIZE,
         trusted_hosts: Iterable[str] | None = None,
         max_paced_wait: float = MAX_PACED_WAIT,
+        offload: OffloadPolicy | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -377,6 +320,8 @@ class Downloader:
         if layout not in ("flat", "date"):
             raise ValueError(f"layout must be 'flat' or 'date', got {layout!r}")
         self._session = session
+        #: Fetches a recording by id: an id input, and a stale URL's one fresh `get()`.
+        self._lookup = lookup
         self.sink = sink_for(dest, layout=layout, fsync=fsync)
         self.concurrency = concurrency
         self.overwrite = overwrite
@@ -401,7 +346,7 @@ class Downloader:
         self._stopped_by: VobizError | None = None
         #: The destination refused the batch before it started: every item fails with it.
         self._refused: StorageError | None = None
-        self._offload = _Offload(concurrency)
+        self._offload = Offload(concurrency, offload)
 
     # -- batch ---------------------------------------------------------------------------
 
@@ -409,30 +354,16 @@ class Downloader:
         """Download every item of `source`, `concurrency` at a time, pipelined."""
         started = time.monotonic()
         await self._prepare()
-        results: list[DownloadResult | None] = []  # the first RESULTS_KEPT, in input order
-        later_failures: list[DownloadResult] = []
-        tally = dict.fromkeys(DownloadStatus, 0)
-        downloaded_bytes = 0
-        count = 0
+        tally = _Tally()
         # One task per item in flight, started as a slot frees: nothing is set up per slot,
         # so an absurd concurrency costs nothing beyond the work.
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task[None]] = set()
         broken: list[BaseException] = []  # a transfer task that raised: a bug, re-raised
 
-        def keep(index: int, result: DownloadResult) -> None:
-            nonlocal downloaded_bytes
-            tally[result.status] += 1
-            if result.status is DownloadStatus.DOWNLOADED:
-                downloaded_bytes += result.size
-            if index < RESULTS_KEPT:
-                results[index] = result
-            elif result.status is DownloadStatus.FAILED:
-                later_failures.append(result)
-
         async def transfer(index: int, item: Item) -> None:
             try:
-                keep(index, await self.one(item))
+                tally.keep(index, await self.one(item))
             finally:
                 slots.release()
 
@@ -446,11 +377,9 @@ class Downloader:
                 async for item in items:  # after a full disk, items fail at once
                     if isinstance(item, InvalidRecording) and item.recording_id is None:
                         continue  # only the pager counts it: there is no id to report
-                    index, count = count, count + 1
-                    if index < RESULTS_KEPT:
-                        results.append(None)
+                    index = tally.place()
                     if isinstance(item, InvalidRecording):
-                        keep(index, self._invalid(item))
+                        tally.keep(index, self._invalid(item))
                         continue
                     await slots.acquire()
                     if broken:
@@ -468,16 +397,7 @@ class Downloader:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             await self._close()
-        final = [r for r in results if r is not None]
-        assert len(final) == len(results)
-        return DownloadReport(
-            results=final,
-            elapsed=time.monotonic() - started,
-            truncated=count > RESULTS_KEPT,
-            later_failures=later_failures,
-            tally=tally,
-            bytes_downloaded=downloaded_bytes,
-        )
+        return tally.report(time.monotonic() - started)
 
     def _invalid(self, item: InvalidRecording) -> DownloadResult:
         """The failed result of a listed object that is not an archivable recording."""
@@ -490,7 +410,7 @@ class Downloader:
     async def _prepare(self) -> None:
         """Check the destination once, open the manifest, size the connection pool to the
         concurrency, and keep read buffers off fresh mappings."""
-        _raise_mmap_threshold()
+        raise_mmap_threshold()
         try:
             await self.sink.prepare()
         except StorageError as err:
@@ -564,7 +484,7 @@ class Downloader:
             if (done := await self._stored(recording_id, recording)) is not None:
                 return done
             if recording is None:
-                recording = await self._session.recordings.get(recording_id)
+                recording = await self._lookup(recording_id)
                 if (done := await self._stored(recording_id, recording)) is not None:
                     return done
             return await self._transfer(recording)
@@ -642,7 +562,7 @@ class Downloader:
                     return self._failed(recording, attempts, stale.error)
                 state.refreshed = True
                 try:
-                    fresh = await self._session.recordings.get(recording.recording_id)
+                    fresh = await self._lookup(recording.recording_id)
                 except VobizError as err:
                     return self._failed(recording, attempts, err)
                 state.url = fresh.recording_url
@@ -797,54 +717,19 @@ class Downloader:
     async def _stream(
         self, resp: aiohttp.ClientResponse, state: _Transfer, expected: int | None
     ) -> None:
-        recording_id = state.recording.recording_id
-        writer = state.writer
-        received = 0
-        progress = self._on_progress is not None
+        """Stream the body into the writer, then check it is whole; a failure says whether
+        the held bytes may be resumed (`_Retryable` keeps them unless `state` restarted)."""
         decoder = state.decoder
         overlap, state.tail = state.tail, b""  # bytes the partial ends with, sent again
-        job: Future[None] | None = None  # the chunk a helper thread is writing, if any
+        received = _Received()
         try:
-            if state.offset == 0 and writer.offset:
-                await writer.restart()  # a full body replaces what the writer held
-            reserve = getattr(writer, "reserve", None)
-            if expected and reserve is not None:
-                try:
-                    await reserve(expected - len(overlap))
-                except DiskError as err:
-                    if getattr(err, "errno", None) in _DISK_FULL:
-                        raise _NoRoom(err) from err
-                    raise
-            if expected is None or expected > self.chunk_size:
-                await writer.remember(state.etag)  # survives even a kill -9 mid-transfer
-            try:
-                async for chunk in resp.content.iter_chunked(self.chunk_size):
-                    if overlap:
-                        received += min(len(chunk), len(overlap))
-                        chunk, overlap = _match_overlap(chunk, overlap, state)
-                        if not chunk:
-                            continue
-                    if job is not None:
-                        await asyncio.wrap_future(job)  # until then `state` is the helper's
-                    data = chunk if decoder is None else decoder.decompress(chunk)
-                    job = await self._offload.write(state, data) if data else None
-                    received += len(chunk)
-                    if progress:
-                        event = ProgressEvent(
-                            ProgressKind.BYTES, recording_id, len(chunk), expected
-                        )
-                        self._emit(event)
-                if job is not None:
-                    await asyncio.wrap_future(job)
-                    job = None
-                if decoder is not None and (tail := decoder.flush()):
-                    await self._offload.write(state, tail)
-            except BaseException as err:
-                await _settle(job, err)
-                raise
+            await self._make_room(state, expected, len(overlap))
+            await self._pump(resp, state, expected, overlap, received)
         except (aiohttp.ClientError, TimeoutError) as err:
             # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
-            message = f"transfer broke off after {received} bytes: {type(err).__name__}: {err}"
+            message = (
+                f"transfer broke off after {received.count} bytes: {type(err).__name__}: {err}"
+            )
             if decoder is not None:
                 state.restart()  # an encoded body is never resumed
             raise _Retryable(APIConnectionError(message)) from err
@@ -857,15 +742,81 @@ class Downloader:
         except OSError as err:
             state.restart()
             raise disk_error(err, self.sink.describe()) from err
-        if expected is not None and received != expected:
-            if decoder is not None:
-                state.restart()
-            raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
-        if decoder is not None and not decoder.eof:
-            # The encoded bytes all arrived, but they are not a whole stream: a truncated
-            # .gz on the server. Never store that.
+        _check_whole(state, expected, received.count)
+
+    async def _make_room(self, state: _Transfer, expected: int | None, overlap: int) -> None:
+        """Empty the writer for a full body, reserve the body's space, remember the ETag."""
+        writer = state.writer
+        if state.offset == 0 and writer.offset:
+            await writer.restart()  # a full body replaces what the writer held
+        reserve = getattr(writer, "reserve", None)
+        if expected and reserve is not None:
+            try:
+                await reserve(expected - overlap)
+            except DiskError as err:
+                if getattr(err, "errno", None) in _DISK_FULL:
+                    raise _NoRoom(err) from err
+                raise
+        if expected is None or expected > self.chunk_size:
+            await writer.remember(state.etag)  # survives even a kill -9 mid-transfer
+
+    async def _pump(
+        self,
+        resp: aiohttp.ClientResponse,
+        state: _Transfer,
+        expected: int | None,
+        overlap: bytes,
+        received: _Received,
+    ) -> None:
+        """Read the body chunk by chunk: compare the overlap, decode, write (perhaps on a
+        helper thread), report progress; `received` counts the body bytes read."""
+        decoder = state.decoder
+        job: Future[None] | None = None  # the chunk a helper thread is writing, if any
+        try:
+            async for chunk in resp.content.iter_chunked(self.chunk_size):
+                if overlap:
+                    received.count += min(len(chunk), len(overlap))
+                    chunk, overlap = _match_overlap(chunk, overlap, state)
+                    if not chunk:
+                        continue
+                if job is not None:
+                    await asyncio.wrap_future(job)  # until then `state` is the helper's
+                data = chunk if decoder is None else decoder.decompress(chunk)
+                job = await self._offload.write(state, data) if data else None
+                received.count += len(chunk)
+                if self._on_progress is not None:
+                    rid = state.recording.recording_id
+                    self._emit(ProgressEvent(ProgressKind.BYTES, rid, len(chunk), expected))
+            if job is not None:
+                await asyncio.wrap_future(job)
+                job = None
+            if decoder is not None and (tail := decoder.flush()):
+                await self._offload.write(state, tail)
+        except BaseException as err:
+            await settle(job, err)
+            raise
+
+
+@attrs.define
+class _Received:
+    """Body bytes read so far by one attempt (for the message when it breaks off)."""
+
+    count: int = 0
+
+
+def _check_whole(state: _Transfer, expected: int | None, received: int) -> None:
+    """Raise `_Retryable` unless the body arrived whole: every byte the response announced
+    and, for an encoded one, the end of its stream."""
+    decoder = state.decoder
+    if expected is not None and received != expected:
+        if decoder is not None:
             state.restart()
-            raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
+        raise _Retryable(IntegrityError(f"short body: {received} of {expected} bytes"))
+    if decoder is not None and not decoder.eof:
+        # The encoded bytes all arrived, but they are not a whole stream: a truncated
+        # .gz on the server. Never store that.
+        state.restart()
+        raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
 
 
 def _limit_reads(resp: aiohttp.ClientResponse, size: int) -> None:

@@ -489,6 +489,69 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+def _strong_etag(headers: Mapping[str, str]) -> str | None:
+    sent = headers.get("ETag")
+    return sent if sent and not sent.startswith("W/") else None
+
+
+def _whole_body(headers: Mapping[str, str], encoding: str) -> MediaAnswer:
+    """A 200: a whole body, whether or not a range was asked; only known encodings."""
+    if encoding != "identity" and encoding not in _DECODER_BITS:
+        unsupported = f"unsupported Content-Encoding {headers['Content-Encoding']!r}"
+        return MediaAnswer("fail", error=IntegrityError(unsupported))
+    length = _content_length(headers)
+    whole = length if encoding == "identity" else None
+    return MediaAnswer("body", length, whole, _strong_etag(headers), encoding)
+
+
+def _version_changed(
+    etag: str | None, strong: str | None, total: int | None, size: int | None
+) -> bool:
+    """Whether a range comes from another version than the bytes held (ETag, size)."""
+    etag_differs = etag is not None and strong is not None and strong != etag
+    size_differs = total is not None and size is not None and size != total
+    return etag_differs or size_differs
+
+
+def _partial_body(
+    headers: Mapping[str, str], encoding: str, asked_from: int, etag: str | None, total: int | None
+) -> MediaAnswer:
+    """A 206: the asked range of the same version, unencoded, or the transfer starts over."""
+    if encoding != "identity":
+        return MediaAnswer("restart", error=IntegrityError("a resumed range arrived encoded"))
+    content_range = parse_content_range(headers.get("Content-Range"))
+    if content_range is None or content_range[0] != asked_from:
+        got = headers.get("Content-Range")
+        return MediaAnswer("restart", error=IntegrityError(f"unexpected Content-Range {got!r}"))
+    start, end, size = content_range
+    strong = _strong_etag(headers)
+    if _version_changed(etag, strong, total, size):
+        return MediaAnswer("restart", error=IntegrityError("the recording changed during resume"))
+    return MediaAnswer(
+        "resume", end - start + 1, size if size is not None else total, strong or etag
+    )
+
+
+def _range_refused(headers: Mapping[str, str], offset: int, etag: str | None) -> MediaAnswer:
+    """A 416: complete when `bytes */SIZE` equals the bytes held of a proven version."""
+    size = parse_unsatisfied_range(headers.get("Content-Range"))
+    if size == offset and etag is not None and _strong_etag(headers) in (None, etag):
+        return MediaAnswer("complete", total=size, etag=etag)
+    return MediaAnswer("restart", error=IntegrityError("the server refused the resume range (416)"))
+
+
+def _error_answer(status: int, headers: Mapping[str, str], reason: str | None) -> MediaAnswer:
+    """Any other status: maybe a stale URL, maybe worth a retry, else a failure."""
+    error = make_status_error(status, headers, None, reason=reason)
+    if status in STALE_STATUSES:
+        return MediaAnswer("refresh", error=error)
+    if is_retryable_status(status):
+        return MediaAnswer(
+            "retry", error=error, retry_after=parse_retry_after(headers.get("Retry-After"))
+        )
+    return MediaAnswer("fail", error=error)
+
+
 def media_answer(
     status: int,
     headers: Mapping[str, str],
@@ -508,45 +571,11 @@ def media_answer(
     only identity bodies are resumed. A 416 whose `bytes */SIZE` equals the bytes held, of a
     proven version, means they are already the whole file.
     """
-    sent = headers.get("ETag")
-    strong = sent if sent and not sent.startswith("W/") else None
     encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
     if status == 200:
-        if encoding != "identity" and encoding not in _DECODER_BITS:
-            unsupported = f"unsupported Content-Encoding {headers['Content-Encoding']!r}"
-            return MediaAnswer("fail", error=IntegrityError(unsupported))
-        length = _content_length(headers)
-        whole = length if encoding == "identity" else None
-        return MediaAnswer("body", length, whole, strong, encoding)
+        return _whole_body(headers, encoding)
     if status == 206:
-        if encoding != "identity":
-            return MediaAnswer("restart", error=IntegrityError("a resumed range arrived encoded"))
-        content_range = parse_content_range(headers.get("Content-Range"))
-        if content_range is None or content_range[0] != asked_from:
-            got = headers.get("Content-Range")
-            return MediaAnswer("restart", error=IntegrityError(f"unexpected Content-Range {got!r}"))
-        start, end, size = content_range
-        changed = (etag is not None and strong is not None and strong != etag) or (
-            total is not None and size is not None and size != total
-        )
-        if changed:
-            return MediaAnswer(
-                "restart", error=IntegrityError("the recording changed during resume")
-            )
-        return MediaAnswer(
-            "resume", end - start + 1, size if size is not None else total, strong or etag
-        )
+        return _partial_body(headers, encoding, asked_from, etag, total)
     if status == 416:
-        size = parse_unsatisfied_range(headers.get("Content-Range"))
-        if size == offset and etag is not None and strong in (None, etag):
-            return MediaAnswer("complete", total=size, etag=etag)
-        refused = IntegrityError("the server refused the resume range (416)")
-        return MediaAnswer("restart", error=refused)
-    error = make_status_error(status, headers, None, reason=reason)
-    if status in STALE_STATUSES:
-        return MediaAnswer("refresh", error=error)
-    if is_retryable_status(status):
-        return MediaAnswer(
-            "retry", error=error, retry_after=parse_retry_after(headers.get("Retry-After"))
-        )
-    return MediaAnswer("fail", error=error)
+        return _range_refused(headers, offset, etag)
+    return _error_answer(status, headers, reason)

@@ -187,7 +187,9 @@ class Recordings:
 
         Options are those of `download_many` except `concurrency`.
         """
-        return await Downloader(self._session, dest, concurrency=1, **options).download(recording)
+        return await Downloader(
+            self._session, dest, concurrency=1, lookup=self.get, **options
+        ).download(recording)
 
     async def download_many(
         self,
@@ -232,5 +234,7 @@ class Recordings:
         )
         if engine is not None:
             return await engine.run(self._session, source, dest, options)
-        downloader = Downloader(self._session, dest, **attrs.asdict(options, recurse=False))
+        downloader = Downloader(
+            self._session, dest, lookup=self.get, **attrs.asdict(options, recurse=False)
+        )
         return await downloader.run(source)

@@ -51,7 +51,12 @@ async def download(
             source = [recording async for recording in source]
         started, cpu = time.perf_counter(), time.process_time()
         downloader = Downloader(
-            session, OUT, concurrency=concurrency, manifest=OUT / "manifest.jsonl", chunk_size=chunk
+            session,
+            OUT,
+            lookup=session.recordings.get,
+            concurrency=concurrency,
+            manifest=OUT / "manifest.jsonl",
+            chunk_size=chunk,
         )
         report = await downloader.run(source)
         return report, time.perf_counter() - started, time.process_time() - cpu
