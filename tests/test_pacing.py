@@ -430,3 +430,86 @@ async def test_gate_completes_a_batch_against_a_rate_limited_host() -> None:
         assert report.rate_limited == fake.stats.rate_limited
         assert report.lowest_limit < IN_FLIGHT
         assert (gate.in_flight, gate.waiting) == (0, 0)
+
+
+# --------------------------------------------------------------------------- the start rate
+
+RATED = PacingPolicy(8, window=1.0, rate_decrease=0.5, slow_gain=1.0, rate_step=10.0)
+
+
+def run_events(events: list[tuple[float, str]]) -> PacingState:
+    """Apply ``(time, event)`` pairs: "start", "ok" (a success of the current round) or
+    "429" (a fresh 429 with Retry-After 1)."""
+    current = RATED.start(0.0)
+    for now, event in events:
+        if event == "start":
+            current = RATED.started(current, now)
+        elif event == "ok":
+            current = RATED.succeeded(current, now, ticket=current.decreases)
+        else:
+            current = RATED.rate_limited(current, now, 1.0, ticket=current.decreases)
+    return current
+
+
+@pytest.mark.parametrize(
+    ("events", "rate", "next_start", "threshold"),
+    [
+        ([], None, 0.0, None),  # unpaced before any signal
+        ([(0.1, "start"), (0.2, "ok")], None, 0.0, None),
+        # 20 successes, then a 429: the first start after the hold paces at half of 20/s
+        ([(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")], 10.0, 1.7, None),
+        # the round's successes arrive after its first 429: still counted, by the sliding
+        # window (at 1.1 s it covers 90 % of the window they fell in: 18/s)
+        ([(0.1, "429")] + [(0.2, "ok")] * 20 + [(1.1, "start")], 9.0, 1.1 + 1 / 9, None),
+        # a 429 with nothing measured: held, but the rate stays unpaced
+        ([(0.1, "429"), (1.1, "start")], None, 1.1, None),
+        # slow start: each success adds slow_gain
+        ([(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")] + [(1.7, "ok")] * 3, 13.0, 1.7, None),
+    ],
+)
+def test_start_rate(
+    events: list[tuple[float, str]],
+    rate: float | None,
+    next_start: float,
+    threshold: float | None,
+) -> None:
+    """The start rate follows the measured successes per second; starts are spaced by it."""
+    current = run_events(events)
+    assert current.rate == pytest.approx(rate)
+    assert current.next_start == pytest.approx(next_start)
+    assert current.threshold == threshold
+
+
+def test_second_signal_ends_slow_start() -> None:
+    """A signal while paced sets the threshold: the rate then grows by rate_step / rate."""
+    events = [(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")]
+    events += [(2.0 + i / 40, "ok") for i in range(30)] + [(2.9, "429"), (3.9, "start")]
+    current = run_events(events)
+    assert current.threshold == current.rate
+    paced = current.rate
+    assert paced is not None
+    after = RATED.succeeded(current, 4.0, ticket=current.decreases)
+    assert after.rate == pytest.approx(paced + 10.0 / paced)
+
+
+@pytest.mark.parametrize(
+    ("rate", "next_start", "now", "may", "wait"),
+    [
+        (None, 0.0, 1.0, True, 0.0),
+        (10.0, 1.1, 1.0, False, 0.1),  # spaced: the next start's turn has not come
+        (10.0, 1.1, 1.1, True, 0.0),
+    ],
+)
+def test_spacing(rate: float | None, next_start: float, now: float, may: bool, wait: float) -> None:
+    """A paced state lets a request start only once its turn in the rate has come."""
+    current = attrs.evolve(RATED.start(0.0), rate=rate, next_start=next_start)
+    assert RATED.may_start(current, now, in_flight=0) is may
+    assert RATED.wait(current, now) == pytest.approx(wait)
+
+
+def test_describe_names_the_rate() -> None:
+    """A paced batch's summary says the lowest start rate too."""
+    report = PacingReport(8, 8, 3, 1, 4, 12.0, rate=40.0, lowest_rate=18.4)
+    assert report.describe() == (
+        "rate limited 3 times: concurrency lowered to 4 for 12 s, requests paced to 18/s"
+    )
