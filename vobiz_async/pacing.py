@@ -29,12 +29,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import attrs
 
-__all__ = ["PacingGate", "PacingPolicy", "PacingReport", "PacingState", "allowed", "is_stale"]
+__all__ = [
+    "PacingGate",
+    "PacingPolicy",
+    "PacingReport",
+    "PacingState",
+    "allowed",
+    "batch_gate",
+    "current_gate",
+    "is_stale",
+    "passage",
+]
+
+#: The gate of the batch this task works for: `AsyncSession.request` passes it too, so the
+#: listing pager a batch iterates (and its page prefetches, tasks that copy the context)
+#: shares the batch's politeness.
+_CURRENT_GATE: contextvars.ContextVar[PacingGate | None] = contextvars.ContextVar(
+    "vobiz_async_pacing_gate", default=None
+)
 
 
 @attrs.frozen
@@ -411,6 +430,17 @@ class PacingGate:
         self._state = self.policy.succeeded(self._current(), self._now(), ticket)
         self._dispatch()
 
+    def answered(self, status: int, retry_after: float | None, ticket: int | None) -> bool:
+        """Report an answer's status (a rate-limit signal, a success below 500, or neither);
+        return whether it lowered the pace (a fresh signal)."""
+        if self.policy.is_rate_limit(status, retry_after):
+            before = self._current().decreases
+            self.on_rate_limited(retry_after, ticket)
+            return self._current().decreases != before
+        if status < 500:
+            self.on_success(ticket)
+        return False
+
     # ----------------------------------------------------------------- internals
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
@@ -448,3 +478,40 @@ class PacingGate:
     def _hold_over(self) -> None:
         self._timer = None
         self._dispatch()
+
+
+def current_gate() -> PacingGate | None:
+    """The gate of the batch the running task works for, if any."""
+    return _CURRENT_GATE.get()
+
+
+@contextlib.contextmanager
+def batch_gate(gate: PacingGate) -> Iterator[None]:
+    """Within the block (and in tasks created in it), requests pass ``gate``."""
+    token = _CURRENT_GATE.set(gate)
+    try:
+        yield
+    finally:
+        _CURRENT_GATE.reset(token)
+
+
+#: Reports an answer's status and Retry-After to the gate a request passed.
+Answered = Callable[[int, float | None], object]
+
+
+def _unpaced(status: int, retry_after: float | None) -> bool:
+    return False
+
+
+@contextlib.asynccontextmanager
+async def passage(gate: PacingGate | None) -> AsyncIterator[Answered]:
+    """One request through ``gate`` (None: no gate, nothing waits): acquire a slot, yield
+    the function that reports the answer, release the slot after the block."""
+    if gate is None:
+        yield _unpaced
+        return
+    ticket = await gate.acquire()
+    try:
+        yield lambda status, retry_after: gate.answered(status, retry_after, ticket)
+    finally:
+        gate.release()
