@@ -518,10 +518,10 @@ def test_spacing(rate: float | None, next_start: float, now: float, may: bool, w
 
 
 def test_describe_names_the_rate() -> None:
-    """A paced batch's summary says the lowest start rate too."""
+    """A paced batch's summary says the start rate it ended at too."""
     report = PacingReport(8, 8, 3, 1, 4, 12.0, rate=40.0, lowest_rate=18.4)
     assert report.describe() == (
-        "rate limited 3 times: concurrency lowered to 4 for 12 s, requests paced to 18/s"
+        "rate limited 3 times: concurrency lowered to 4 for 12 s, requests paced at 40/s"
     )
 
 

@@ -123,7 +123,7 @@ class PacingReport:
         if not self.limited:
             return None
         times = "once" if self.rate_limited == 1 else f"{self.rate_limited} times"
-        paced = "" if self.lowest_rate is None else f", requests paced to {self.lowest_rate:.0f}/s"
+        paced = "" if self.rate is None else f", requests paced at {self.rate:.0f}/s"
         if self.lowest_limit >= self.concurrency:
             return f"rate limited {times}: concurrency stayed at {self.concurrency}{paced}"
         return (
@@ -161,10 +161,12 @@ class PacingPolicy:
     window: float = 1.0
     #: A signal sets the start rate to this share of the successes per second measured.
     rate_decrease: float = 0.9
-    #: Starts per second added per success in slow start (the rate doubles about every
-    #: ``window / slow_gain`` seconds), and per second of successes after it.
-    slow_gain: float = 1.0
-    rate_step: float = 10.0
+    #: Starts per second added per success in slow start (the rate grows e-fold about
+    #: every ``1 / slow_gain`` seconds), and per second of successes after it. Tuned with
+    #: benchmarks/pacing_sim.py: a slow start that takes a second to find the host's rate
+    #: costs a second's worth of recordings, and every overshoot a Retry-After's hold.
+    slow_gain: float = 3.0
+    rate_step: float = 5.0
     #: The start rate never drops below this.
     min_rate: float = 1.0
 
@@ -238,6 +240,10 @@ class PacingPolicy:
         slow start (it only says the host has a limit); a later one says where the limit
         is and ends it. With no success measured the rate stays as it was."""
         measured = max(state.signalled_at_rate, self.measured(state, now))
+        if state.rate is not None and state.threshold is None:
+            # A signal in slow start: the rate had been growing by half in about a window,
+            # so half of it is what last went through (TCP's ssthresh = cwnd / 2).
+            measured = max(measured, state.rate * 0.5)
         if measured <= 0.0:
             return attrs.evolve(state, rate_due=False)
         rate = max(self.min_rate, measured * self.rate_decrease)

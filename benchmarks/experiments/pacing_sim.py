@@ -154,8 +154,8 @@ def main() -> None:
         for label, policy in (
             ("AIMD + start rate (defaults)", PacingPolicy(args.concurrency)),
             ("slow_gain 2", PacingPolicy(args.concurrency, slow_gain=2.0)),
-            ("slow_gain 2, step 5", PacingPolicy(args.concurrency, slow_gain=2.0, rate_step=5.0)),
-            ("slow_gain 3", PacingPolicy(args.concurrency, slow_gain=3.0)),
+            ("rate_step 20", PacingPolicy(args.concurrency, rate_step=20.0)),
+            ("concurrency only", PacingPolicy(args.concurrency, slow_gain=1e-9, min_rate=1e9)),
         ):
             rows.append(
                 (
