@@ -6,6 +6,13 @@ request until the ``Retry-After`` has passed; successes raise the limit back gra
 (additive increase: about one more transfer per limit's worth of successes) toward the
 configured concurrency.
 
+Concurrency alone cannot bound the request *rate* on a fast path (2 ms answers at 64 in flight
+are 30,000 requests/s), so a signal also paces request *starts*: the first start after the
+hold sets a start rate from the successes per second measured over the last ``window``, and
+starts are then spaced by ``1 / rate``. The rate grows by ``slow_gain`` per success until a
+second signal says where the host's limit is (slow start, which then ends at half the rate
+reached), and by ``rate_step`` per second after it (additive increase).
+
 Two layers, as everywhere in this package:
 
 - :class:`PacingPolicy` is the pure decision core. Its methods take a :class:`PacingState`
