@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import re
@@ -21,8 +22,10 @@ import attrs
 import pytest
 from _procs import default_sigint
 
-from vobiz_async import Recording, __version__
+from vobiz_async import DownloadReport, Recording, __version__
+from vobiz_async.cli import print_summary
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
+from vobiz_async.pacing import PacingReport
 from vobiz_async.testing import FakeVobiz
 
 #: A wrong token nobody could mistake for other output.
@@ -996,3 +999,11 @@ async def test_demo_runs_offline(base_env: dict[str, str], out: Path) -> None:
     assert not ANSI.search(result.output)
     check = await run_cli("verify", str(out), env=base_env)
     assert check.code == 0, check.output
+
+
+def test_summary_says_how_the_batch_was_rate_limited() -> None:
+    """The closing summary prints the batch's rate-limit line when a 429 paced it."""
+    limited = PacingReport(16, 16, 12, 2, 6, 40.0)
+    out = io.StringIO()
+    print_summary(DownloadReport(results=[], elapsed=1.0, rate_limit=limited), out)
+    assert "rate limited 12 times: concurrency lowered to 6 for 40 s\n" in out.getvalue()

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 
 import aiohttp
 import attrs
 import pytest
 
-from vobiz_async.pacing import PacingGate, PacingPolicy, PacingReport, PacingState, allowed
+from vobiz_async import AsyncSession, ProgressEvent, ProgressKind
+from vobiz_async.pacing import (
+    PacingGate,
+    PacingPolicy,
+    PacingReport,
+    PacingState,
+    allowed,
+    batch_gate,
+    current_gate,
+)
 from vobiz_async.testing import FakeVobiz
 
 POLICY = PacingPolicy(64)
@@ -430,3 +440,140 @@ async def test_gate_completes_a_batch_against_a_rate_limited_host() -> None:
         assert report.rate_limited == fake.stats.rate_limited
         assert report.lowest_limit < IN_FLIGHT
         assert (gate.in_flight, gate.waiting) == (0, 0)
+
+
+# --------------------------------------------------------------------------- the start rate
+
+RATED = PacingPolicy(8, window=1.0, rate_decrease=0.5, slow_gain=1.0, rate_step=10.0)
+
+
+def run_events(events: list[tuple[float, str]]) -> PacingState:
+    """Apply ``(time, event)`` pairs: "start", "ok" (a success of the current round) or
+    "429" (a fresh 429 with Retry-After 1)."""
+    current = RATED.start(0.0)
+    for now, event in events:
+        if event == "start":
+            current = RATED.started(current, now)
+        elif event == "ok":
+            current = RATED.succeeded(current, now, ticket=current.decreases)
+        else:
+            current = RATED.rate_limited(current, now, 1.0, ticket=current.decreases)
+    return current
+
+
+@pytest.mark.parametrize(
+    ("events", "rate", "next_start", "threshold"),
+    [
+        ([], None, 0.0, None),  # unpaced before any signal
+        ([(0.1, "start"), (0.2, "ok")], None, 0.0, None),
+        # 20 successes, then a 429: the first start after the hold paces at half of 20/s
+        ([(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")], 10.0, 1.7, None),
+        # the round's successes arrive after its first 429: still counted, by the sliding
+        # window (at 1.1 s it covers 90 % of the window they fell in: 18/s)
+        ([(0.1, "429")] + [(0.2, "ok")] * 20 + [(1.1, "start")], 9.0, 1.1 + 1 / 9, None),
+        # a 429 with nothing measured: held, but the rate stays unpaced
+        ([(0.1, "429"), (1.1, "start")], None, 1.1, None),
+        # slow start: each success adds slow_gain
+        ([(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")] + [(1.7, "ok")] * 3, 13.0, 1.7, None),
+    ],
+)
+def test_start_rate(
+    events: list[tuple[float, str]],
+    rate: float | None,
+    next_start: float,
+    threshold: float | None,
+) -> None:
+    """The start rate follows the measured successes per second; starts are spaced by it."""
+    current = run_events(events)
+    assert current.rate == pytest.approx(rate)
+    assert current.next_start == pytest.approx(next_start)
+    assert current.threshold == threshold
+
+
+def test_second_signal_ends_slow_start() -> None:
+    """A signal while paced sets the threshold: the rate then grows by rate_step / rate."""
+    events = [(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")]
+    events += [(2.0 + i / 40, "ok") for i in range(30)] + [(2.9, "429"), (3.9, "start")]
+    current = run_events(events)
+    assert current.threshold == current.rate
+    paced = current.rate
+    assert paced is not None
+    after = RATED.succeeded(current, 4.0, ticket=current.decreases)
+    assert after.rate == pytest.approx(paced + 10.0 / paced)
+
+
+@pytest.mark.parametrize(
+    ("rate", "next_start", "now", "may", "wait"),
+    [
+        (None, 0.0, 1.0, True, 0.0),
+        (10.0, 1.1, 1.0, False, 0.1),  # spaced: the next start's turn has not come
+        (10.0, 1.1, 1.1, True, 0.0),
+    ],
+)
+def test_spacing(rate: float | None, next_start: float, now: float, may: bool, wait: float) -> None:
+    """A paced state lets a request start only once its turn in the rate has come."""
+    current = attrs.evolve(RATED.start(0.0), rate=rate, next_start=next_start)
+    assert RATED.may_start(current, now, in_flight=0) is may
+    assert RATED.wait(current, now) == pytest.approx(wait)
+
+
+def test_describe_names_the_rate() -> None:
+    """A paced batch's summary says the start rate it ended at too."""
+    report = PacingReport(8, 8, 3, 1, 4, 12.0, rate=40.0, lowest_rate=18.4)
+    assert report.describe() == (
+        "rate limited 3 times: concurrency lowered to 4 for 12 s, requests paced at 40/s"
+    )
+
+
+# --------------------------------------------------------------------------- the batch
+
+BATCH = 300
+BATCH_IN_FLIGHT = 24
+
+
+async def test_batch_completes_under_a_rate_limit_with_few_429s(tmp_path: Path) -> None:
+    """download_many over the fake's rate-limited media host archives every recording and
+    provokes fewer 429s than 10 % of the recordings (issue 17's target), the listing's
+    requests passing the same gate."""
+    events: list[ProgressEvent] = []
+    async with FakeVobiz(
+        recordings=0, media_rate_limit=150, rate_limit_burst=20, record_requests=False
+    ) as fake:
+        for _ in range(BATCH):
+            fake.add_recording(size=5_000)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            report = await session.recordings.download_many(
+                session.recordings.list(),
+                tmp_path,
+                concurrency=BATCH_IN_FLIGHT,
+                on_progress=events.append,
+            )
+        assert (len(report.downloaded), report.failed) == (BATCH, [])
+        assert 0 < fake.stats.rate_limited < BATCH // 10
+    assert report.rate_limit is not None
+    assert report.rate_limit.rate_limited == fake.stats.rate_limited
+    summary = report.rate_limit_summary()
+    assert summary is not None
+    assert summary.startswith("rate limited")
+    lowered = [e for e in events if e.kind is ProgressKind.RATE_LIMITED]
+    assert lowered
+    assert all(e.pacing is not None for e in lowered)
+    assert len(lowered) == report.rate_limit.decreases
+
+
+async def test_the_listing_passes_the_batch_gate() -> None:
+    """Within batch_gate, the session's API requests pass the gate: a 429 on a page lowers
+    the batch's pace."""
+    async with FakeVobiz(recordings=3) as fake:
+        fake.api_fault("list", 429, retry_after=0, times=1)
+        gate = PacingGate(4)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            with batch_gate(gate):
+                page = await session.recordings.list()
+        assert len(page.objects) == 3
+        assert (gate.report().rate_limited, gate.in_flight) == (1, 0)
+
+
+async def test_no_gate_outside_a_batch() -> None:
+    """Outside a batch no gate is current: a session's requests are not paced."""
+    assert current_gate() is None

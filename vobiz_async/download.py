@@ -15,7 +15,6 @@ import errno
 import hashlib
 import logging
 import os
-import random
 import time
 import zlib
 from collections.abc import (
@@ -46,12 +45,14 @@ from .errors import (
 from .manifest import Manifest
 from .models import InvalidRecording, Recording
 from .offload import Offload, OffloadPolicy, raise_mmap_threshold, settle
+from .pacing import PacingGate, PacingPolicy, PacingReport, batch_gate
 from .pager import AsyncPager
 from .protocol import (
     backoff_delay,
     content_decoder,
     format_timestamp,
     media_answer,
+    parse_retry_after,
     safe_file_stem,
     sniff_container,
 )
@@ -199,6 +200,8 @@ class _Transfer:
     decoder: zlib._Decompress | None = None
     #: The partial's last bytes, asked for again when no strong ETag proves the version.
     tail: bytes = b""
+    #: The current attempt's ticket from the batch's pacing gate.
+    ticket: int = 0
 
     def restart(self) -> None:
         """Forget every byte; the writer is emptied before the next one is written."""
@@ -258,7 +261,7 @@ class _Tally:
         elif result.status is DownloadStatus.FAILED:
             self.later_failures.append(result)
 
-    def report(self, elapsed: float) -> DownloadReport:
+    def report(self, elapsed: float, *, rate_limit: PacingReport) -> DownloadReport:
         final = [r for r in self.results if r is not None]
         assert len(final) == len(self.results)
         return DownloadReport(
@@ -268,6 +271,7 @@ class _Tally:
             later_failures=self.later_failures,
             tally=self.tally,
             bytes_downloaded=self.downloaded_bytes,
+            rate_limit=rate_limit,
         )
 
 
@@ -347,6 +351,12 @@ class Downloader:
         #: The destination refused the batch before it started: every item fails with it.
         self._refused: StorageError | None = None
         self._offload = Offload(concurrency, offload)
+        #: The batch's one politeness: every media request (and, through `batch_gate`, the
+        #: listing's and the API's) passes it; 429s lower the pace for all (pacing.py).
+        self.gate = PacingGate(
+            concurrency, policy=PacingPolicy(concurrency, max_hold=max(0.0, max_paced_wait))
+        )
+        self._gate_scope: contextlib.AbstractContextManager[None] | None = None
 
     # -- batch ---------------------------------------------------------------------------
 
@@ -397,7 +407,7 @@ class Downloader:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             await self._close()
-        return tally.report(time.monotonic() - started)
+        return tally.report(time.monotonic() - started, rate_limit=self.gate.report())
 
     def _invalid(self, item: InvalidRecording) -> DownloadResult:
         """The failed result of a listed object that is not an archivable recording."""
@@ -429,10 +439,15 @@ class Downloader:
                 limit,
                 self.concurrency,
             )
+        self._gate_scope = batch_gate(self.gate)  # the source's pages pass the gate too
+        self._gate_scope.__enter__()
 
     async def _close(self) -> None:
         """Close what `_prepare` and the transfers opened: the sink, the manifest, the
         helper threads."""
+        if self._gate_scope is not None:
+            scope, self._gate_scope = self._gate_scope, None
+            scope.__exit__(None, None, None)
         try:
             await self.sink.close()
         finally:
@@ -553,7 +568,7 @@ class Downloader:
             attempts += 1
             state.attempts = attempts
             try:
-                await self._attempt(state)
+                await self._paced_attempt(state)
                 return None
             except _NoRoom as no_room:
                 return self._not_started(state, attempts, no_room.error)
@@ -575,10 +590,10 @@ class Downloader:
                         return self._failed(recording, attempts, err.error)
                     # Up to half as long again, at random: transfers told the same moment
                     # would otherwise all come back at once and meet the limit again.
-                    delay = err.retry_after * (1 + 0.5 * random.random())
-                    paced += max(delay, 1.0)
-                    logger.debug("%s paced for %.2fs", recording.recording_id, delay)
-                    await asyncio.sleep(delay)
+                    # The batch's gate holds every new request for the Retry-After and
+                    # then spaces them out, so this one waits there, in turn.
+                    paced += max(err.retry_after, 1.0)
+                    logger.debug("%s paced for %.2fs", recording.recording_id, err.retry_after)
                     continue
                 failures += 1
                 if failures >= self.max_attempts:
@@ -631,6 +646,22 @@ class Downloader:
 
     # -- one attempt ---------------------------------------------------------------------
 
+    async def _paced_attempt(self, state: _Transfer) -> None:
+        """One attempt through the batch's pacing gate: it waits for a slot and the pace."""
+        state.ticket = await self.gate.acquire()
+        try:
+            await self._attempt(state)
+        finally:
+            self.gate.release()
+
+    def _pace(self, resp: aiohttp.ClientResponse, state: _Transfer) -> None:
+        """Tell the gate what the server answered; a lowered pace is a progress event."""
+        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        if self.gate.answered(resp.status, retry_after, state.ticket) and self._on_progress:
+            recording_id = state.recording.recording_id
+            report = self.gate.report()
+            self._emit(ProgressEvent(ProgressKind.RATE_LIMITED, recording_id, pacing=report))
+
     async def _attempt(self, state: _Transfer) -> None:
         """One GET (following redirects) streamed into the sink's writer."""
         writer = state.writer
@@ -682,6 +713,7 @@ class Downloader:
     def _check_status(self, resp: aiohttp.ClientResponse, state: _Transfer) -> int | None:
         """Apply what the response means (`protocol.media_answer`) to the transfer: the
         number of body bytes to expect, or raise what the answer says."""
+        self._pace(resp, state)
         answer = media_answer(
             resp.status,
             resp.headers,

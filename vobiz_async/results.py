@@ -14,6 +14,7 @@ import attrs
 
 from .errors import VobizError
 from .models import Recording
+from .pacing import PacingReport
 
 __all__ = [
     "DownloadReport",
@@ -88,6 +89,13 @@ class DownloadReport:
     _later_failures: list[DownloadResult] = attrs.field(factory=list, alias="later_failures")
     _tally: Mapping[DownloadStatus, int] | None = attrs.field(default=None, alias="tally")
     _bytes: int | None = attrs.field(default=None, alias="bytes_downloaded")
+    #: What the batch's rate-limit pacing did (None: a batch that had no gate).
+    rate_limit: PacingReport | None = None
+
+    def rate_limit_summary(self) -> str | None:
+        """One line such as "rate limited 12 times: concurrency lowered to 6 for 40 s",
+        or None when nothing was rate limited."""
+        return None if self.rate_limit is None else self.rate_limit.describe()
 
     def _with(self, status: DownloadStatus) -> list[DownloadResult]:
         return [r for r in self.results if r.status is status]
@@ -136,17 +144,21 @@ class ProgressKind(enum.StrEnum):
     FINISHED = "finished"
     SKIPPED = "skipped"
     FAILED = "failed"
+    #: A 429 (or 503 with Retry-After) lowered the batch's pace; `pacing` says to what.
+    RATE_LIMITED = "rate_limited"
 
 
 @attrs.frozen
 class ProgressEvent:
-    """A cheap progress notification; `bytes` is the increment for BYTES events."""
+    """A cheap progress notification; `bytes` is the increment for BYTES events, `pacing`
+    the batch's new concurrency and start rate for RATE_LIMITED ones."""
 
     kind: ProgressKind
     recording_id: str
     bytes: int = 0
     total: int | None = None
     result: DownloadResult | None = None
+    pacing: PacingReport | None = None
 
 
 ProgressCallback = Callable[[ProgressEvent], object]

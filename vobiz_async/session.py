@@ -33,6 +33,7 @@ from .errors import (
     SessionClosedError,
     UnsafeURLError,
 )
+from .pacing import current_gate, passage
 from .protocol import (
     address_problem,
     backoff_delay,
@@ -416,12 +417,14 @@ class AsyncSession:
             last = attempt == attempts - 1
             started = time.monotonic()
             try:
-                resp = await self._send(
-                    method, url, params=params, json=json, client_timeout=timeout
-                )
-                async with resp:
-                    with _transport_errors(method, url):
-                        body = await resp.read()
+                async with passage(current_gate()) as answered:  # the batch's politeness
+                    resp = await self._send(
+                        method, url, params=params, json=json, client_timeout=timeout
+                    )
+                    async with resp:
+                        with _transport_errors(method, url):
+                            body = await resp.read()
+                    answered(resp.status, parse_retry_after(resp.headers.get("Retry-After")))
             except APIConnectionError as err:
                 if last:
                     raise

@@ -100,9 +100,10 @@ def paced(
             in_flight += 1
             seq += 1
             heapq.heappush(running, (now + latency, seq, state.decreases, bucket.take(now)))
+            state = policy.started(state, now)
         upcoming = running[0][0] if running else float("inf")
-        if queued and state.hold_until > now:
-            upcoming = min(upcoming, state.hold_until)
+        if queued and (wait := policy.wait(state, now)) > 0:
+            upcoming = min(upcoming, now + wait)
         now = upcoming
         while running and running[0][0] <= now:
             _, _, ticket, ok = heapq.heappop(running)
@@ -151,8 +152,10 @@ def main() -> None:
             )
         ]
         for label, policy in (
-            ("AIMD (halve, +1 per round)", PacingPolicy(args.concurrency)),
-            ("AIMD (halve, +0.5 per round)", PacingPolicy(args.concurrency, increase=0.5)),
+            ("AIMD + start rate (defaults)", PacingPolicy(args.concurrency)),
+            ("slow_gain 2", PacingPolicy(args.concurrency, slow_gain=2.0)),
+            ("rate_step 20", PacingPolicy(args.concurrency, rate_step=20.0)),
+            ("concurrency only", PacingPolicy(args.concurrency, slow_gain=1e-9, min_rate=1e9)),
         ):
             rows.append(
                 (

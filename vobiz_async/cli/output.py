@@ -82,6 +82,8 @@ def print_summary(report: DownloadReport, out: TextIO, transferred: int | None =
         f"failed {counts[DownloadStatus.FAILED]}; {human_bytes(moved)} transferred in "
         f"{report.elapsed:.1f}s ({human_bytes(rate)}/s){saved}\n"
     )
+    if (paced := report.rate_limit_summary()) is not None:
+        out.write(f"{paced}\n")
     # A destination-wide error (a missing bucket, a full disk) is one line for all it hit.
     shared: dict[str, int] = {}
     for result in report.failed:
