@@ -23,7 +23,7 @@ import pytest
 from _procs import default_sigint
 
 from vobiz_async import DownloadReport, Recording, __version__
-from vobiz_async.cli import print_summary
+from vobiz_async.cli.output import print_summary
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.pacing import PacingReport
 from vobiz_async.testing import FakeVobiz
