@@ -588,10 +588,8 @@ class Downloader:
                     # Retry-After of 0 paces nothing: that is an ordinary failed attempt.)
                     if paced + err.retry_after > self.max_paced_wait:  # only ever paced
                         return self._failed(recording, attempts, err.error)
-                    # Up to half as long again, at random: transfers told the same moment
-                    # would otherwise all come back at once and meet the limit again.
-                    # The batch's gate holds every new request for the Retry-After and
-                    # then spaces them out, so this one waits there, in turn.
+                    # No sleep of its own: the batch's gate holds every new request for the
+                    # Retry-After and then spaces them out, so this one waits there, in turn.
                     paced += max(err.retry_after, 1.0)
                     logger.debug("%s paced for %.2fs", recording.recording_id, err.retry_after)
                     continue
