@@ -45,7 +45,7 @@ from .errors import (
 from .manifest import Manifest
 from .models import InvalidRecording, Recording
 from .offload import Offload, OffloadPolicy, raise_mmap_threshold, settle
-from .pacing import PacingGate, PacingPolicy, PacingReport, batch_gate
+from .pacing import Answered, PacingGate, PacingPolicy, PacingReport, batch_gate, passage
 from .pager import AsyncPager
 from .protocol import (
     backoff_delay,
@@ -200,8 +200,8 @@ class _Transfer:
     decoder: zlib._Decompress | None = None
     #: The partial's last bytes, asked for again when no strong ETag proves the version.
     tail: bytes = b""
-    #: The current attempt's ticket from the batch's pacing gate.
-    ticket: int = 0
+    #: Reports the current attempt's answer to the batch's pacing gate (`pacing.passage`).
+    answered: Answered = lambda status, retry_after: False
 
     def restart(self) -> None:
         """Forget every byte; the writer is emptied before the next one is written."""
@@ -646,16 +646,13 @@ class Downloader:
 
     async def _paced_attempt(self, state: _Transfer) -> None:
         """One attempt through the batch's pacing gate: it waits for a slot and the pace."""
-        state.ticket = await self.gate.acquire()
-        try:
+        async with passage(self.gate) as state.answered:
             await self._attempt(state)
-        finally:
-            self.gate.release()
 
     def _pace(self, resp: aiohttp.ClientResponse, state: _Transfer) -> None:
         """Tell the gate what the server answered; a lowered pace is a progress event."""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        if self.gate.answered(resp.status, retry_after, state.ticket) and self._on_progress:
+        if state.answered(resp.status, retry_after) and self._on_progress:
             recording_id = state.recording.recording_id
             report = self.gate.report()
             self._emit(ProgressEvent(ProgressKind.RATE_LIMITED, recording_id, pacing=report))

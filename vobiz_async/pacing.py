@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import attrs
 
 __all__ = [
+    "Answered",
     "PacingGate",
     "PacingPolicy",
     "PacingReport",
@@ -509,7 +510,7 @@ def batch_gate(gate: PacingGate) -> Iterator[None]:
 
 
 #: Reports an answer's status and Retry-After to the gate a request passed.
-Answered = Callable[[int, float | None], object]
+Answered = Callable[[int, float | None], bool]
 
 
 def _unpaced(status: int, retry_after: float | None) -> bool:
