@@ -611,14 +611,25 @@ class _Run:
         self.shard_seconds.append(outcome.seconds)
         share = (outcome.node_id, outcome.pid)
         self._shares[share] = self._shares.get(share, 0) + len(outcome.results)
-        items = {item_id(item): item for item in shard.items}
-        for result in outcome.results:
-            if result.status is DownloadStatus.DOWNLOADED:
-                self.batch.emit(ProgressEvent(ProgressKind.BYTES, result.recording_id, result.size))
-            self.settle(items[result.recording_id], result)
+        self._settle_shard(shard, outcome.results)
         whole = len(outcome.results) == len(shard.items) and all(r.ok for r in outcome.results)
         if self.journal is not None and whole and self.batch.stopped_by is None:
             self.journal.finish(shard.key, shard.items)
+
+    def _settle_shard(self, shard: _Shard, results: list[DownloadResult]) -> None:
+        """Each of the shard's recordings to the batch core, with its worker's result (a
+        recording the worker did not report fails rather than going missing)."""
+        items = {item_id(item): item for item in shard.items}
+        for result in results:
+            item = items.pop(result.recording_id, None)
+            if item is None:
+                continue  # not one of this shard's recordings, or reported twice
+            if result.status is DownloadStatus.DOWNLOADED:
+                self.batch.emit(ProgressEvent(ProgressKind.BYTES, result.recording_id, result.size))
+            self.settle(item, result)
+        for rid, left in items.items():
+            error = DownloadError(f"shard {shard.index} reported no result for {rid}")
+            self.settle(left, DownloadResult(rid, DownloadStatus.FAILED, error=error))
 
 
 def _task_error(err: BaseException) -> str:
