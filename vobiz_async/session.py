@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+import attrs
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
@@ -45,7 +46,7 @@ from .protocol import (
 )
 from .recordings import Recordings
 
-__all__ = ["DEFAULT_BASE_URL", "MAX_REDIRECTS", "AsyncSession"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_REDIRECTS", "AsyncSession", "SessionConfig"]
 
 logger = logging.getLogger("vobiz_async")
 
@@ -90,6 +91,30 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
     """`host` equals a pattern or is a subdomain of one (case-insensitive)."""
     host = host.lower().rstrip(".")
     return any(host == p or host.endswith("." + p) for p in patterns)
+
+
+def _same_secret(a: Secret, b: Secret) -> bool:
+    return a.value == b.value
+
+
+@attrs.frozen
+class SessionConfig:
+    """Every setting an `AsyncSession` was built with, to open another one like it (a Ray
+    worker's, say): `AsyncSession.from_config(session.config)`. The token is a `Secret`,
+    shown in no repr; a borrowed `http_session` is not a setting and is not kept."""
+
+    auth_id: str
+    auth_token: Secret = attrs.field(repr=False, eq=attrs.cmp_using(eq=_same_secret), hash=False)
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = 60.0
+    max_retries: int = 2
+    trusted_hosts: frozenset[str] = frozenset({VOBIZ_DOMAIN})
+    max_connections: int = 100
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    allow_private_media: bool = False
+    #: A caller's DNS resolver object: it cannot travel to another process.
+    resolver: AbstractResolver | None = None
 
 
 @contextlib.contextmanager
@@ -162,11 +187,47 @@ class AsyncSession:
         #: addresses too: for on-premise deployments whose media hosts are internal.
         self.allow_private_media = allow_private_media
         self._resolver = resolver
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._http = http_session
         self._owns_http = http_session is None
         self._closed = False
         self._seen_advisories: set[tuple[str, str]] = set()
         self.recordings = Recordings(self)
+
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> Self:
+        """A new session with `config`'s settings (and a pool of its own)."""
+        return cls(
+            config.auth_id,
+            config.auth_token.value,
+            base_url=config.base_url,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            trusted_hosts=config.trusted_hosts,
+            max_connections=config.max_connections,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            allow_private_media=config.allow_private_media,
+            resolver=config.resolver,
+        )
+
+    @property
+    def config(self) -> SessionConfig:
+        """This session's settings, whole: `AsyncSession.from_config` opens another."""
+        return SessionConfig(
+            auth_id=self.auth_id,
+            auth_token=self._token,
+            base_url=str(self.base_url),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            trusted_hosts=self.trusted_hosts,
+            max_connections=self.max_connections,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            allow_private_media=self.allow_private_media,
+            resolver=self._resolver,
+        )
 
     @staticmethod
     def _check_base_url(raw: str) -> URL:
