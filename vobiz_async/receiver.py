@@ -583,11 +583,13 @@ async def _run(
     """Serve until SIGTERM or cancellation, then stop accepting and drain."""
     from aiohttp import web  # here: the CLI's other commands do not pay for its import
 
+    from .listener import GuardedRunner
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    runner = web.AppRunner(
+    runner = GuardedRunner(  # bounded header time, idle keep-alive and connections
         create_app(verifier, receiver, max_body=config.max_body),
         access_log=None,
         handle_signals=False,
