@@ -24,7 +24,7 @@ from vobiz_async.protocol import (
     quote_path_segment,
     redact_urls,
 )
-from vobiz_async.webhooks import WebhookPayloadError, parse_body
+from vobiz_async.webhooks import WebhookPayloadError, parse_body, parse_callback
 
 SIGNED = "https://media.example.com/r/abc.mp3?X-Amz-Signature=SECRET&X-Amz-Credential=CRED"
 
@@ -211,3 +211,13 @@ def test_embedded_ipv4_is_judged_as_ipv4(
 ) -> None:
     """An IPv6 address is judged as the IPv4 address it carries."""
     assert address_problem(address, allow_loopback=allow_loopback) == problem
+
+
+def test_a_callback_keeps_no_signed_record_url() -> None:
+    """A RecordStop's signed RecordUrl is kept (and spooled) without its query."""
+    event = parse_callback(
+        {"Event": "RecordStop", "RecordingID": "rec-1", "RecordUrl": f"{SIGNED}#frag"}
+    )
+
+    assert event is not None
+    assert event.record_url == "https://media.example.com/r/abc.mp3"

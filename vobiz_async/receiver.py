@@ -32,6 +32,7 @@ from ._files import fsync_path
 from .download import DownloadStatus
 from .errors import ConfigurationError
 from .manifest import MANIFEST_NAME, Manifest
+from .redact import describe
 from .session import AsyncSession
 from .webhooks import (
     MAX_BODY,
@@ -353,7 +354,7 @@ class Receiver:
             error = result.error
         except Exception as err:  # a bug, not a transfer failure: keep serving the rest
             logger.exception("download of %s raised", rid)
-            failed, error = True, f"{type(err).__name__}: {err}"
+            failed, error = True, describe(err)  # no URL query, no raw bytes in the spool
         finally:
             self._slots.release()
         state: State = "failed" if failed else "archived"

@@ -36,7 +36,7 @@ from yarl import URL
 
 from ._files import Secret
 from .errors import ConfigurationError, InvalidRecordingIdError, VobizError
-from .protocol import safe_file_stem
+from .protocol import redact_urls, safe_file_stem
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -413,7 +413,7 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     return RecordingEvent(
         recording_id=_recording_id(fields.get(shape.recording_id)),
         shape=shape.name,
-        record_url=record_url,
+        record_url=redact_urls(record_url),  # it is spooled and logged; downloads go by id
         call_uuid=_optional_str(fields.get(shape.call_uuid)),
         duration_ms=duration_ms,
         start_ms=_optional_int(fields.get(shape.start_ms)),
