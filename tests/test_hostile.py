@@ -297,6 +297,7 @@ async def test_connections_beyond_the_cap_are_refused_and_the_rest_served(
     """With 10 connections open (the cap here), a new one gets a 503 and is closed, while
     an open keep-alive connection is still served."""
     monkeypatch.setattr(listener_module, "MAX_CONNECTIONS", 10)
+    monkeypatch.setattr(listener_module, "HEADER_TIMEOUT", 60.0)  # none closes meanwhile
     async with (
         running_receiver(fake, tmp_path) as origin,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http,
