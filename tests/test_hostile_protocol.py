@@ -17,6 +17,7 @@ from vobiz_async.errors import (
 from vobiz_async.protocol import (
     SpeedFloor,
     address_problem,
+    content_decoder,
     decipher_response,
     excerpt,
     make_status_error,
@@ -118,11 +119,14 @@ def test_a_status_error_quotes_a_page_briefly() -> None:
     [
         (quote_path_segment, "x/" * 100_000),
         (parse_timestamp, "2026-" * 100_000),
+        (content_decoder, "br" * 100_000),
     ],
 )
 def test_a_refused_value_is_quoted_briefly(call: object, arg: str) -> None:
-    """A hostile id or timestamp is named in a short excerpt, not whole."""
-    with pytest.raises(ValueError, match=r"unsafe recording id|not a Vobiz timestamp") as exc_info:
+    """A hostile id, timestamp or encoding is named in a short excerpt, not whole."""
+    with pytest.raises(
+        ValueError, match=r"unsafe recording id|not a Vobiz timestamp|unsupported Content-Encoding"
+    ) as exc_info:
         call(arg)  # type: ignore[operator]
 
     assert len(str(exc_info.value)) < 200

@@ -411,7 +411,7 @@ def content_decoder(encoding: str | None) -> zlib._Decompress | None:
         return None
     bits = _DECODER_BITS.get(name)
     if bits is None:
-        raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+        raise ValueError(f"unsupported Content-Encoding {_quoted(encoding)}")
     return zlib.decompressobj(bits)
 
 
@@ -586,7 +586,7 @@ def _strong_etag(headers: Mapping[str, str]) -> str | None:
 def _whole_body(headers: Mapping[str, str], encoding: str) -> MediaAnswer:
     """A 200: a whole body, whether or not a range was asked; only known encodings."""
     if encoding != "identity" and encoding not in _DECODER_BITS:
-        unsupported = f"unsupported Content-Encoding {headers['Content-Encoding']!r}"
+        unsupported = f"unsupported Content-Encoding {_quoted(headers['Content-Encoding'])}"
         return MediaAnswer("fail", error=IntegrityError(unsupported))
     length = _content_length(headers)
     whole = length if encoding == "identity" else None

@@ -17,7 +17,7 @@ QUOTE_LIMIT = 64
 #: Characters of an error message kept at most; the rest is counted, not kept.
 MAX_MESSAGE = 2000
 #: Characters of another library's error text (aiohttp's) quoted in one of ours.
-_FOREIGN_LIMIT = 120
+_FOREIGN_LIMIT = 200
 
 # An http(s) URL inside free text: it ends at whitespace, a quote, a backslash (an escaped
 # quote in a repr), parentheses, angle or curly brackets. Square brackets stay: an IPv6 host.
