@@ -35,6 +35,7 @@ from .batch import (
 from .errors import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     DiskError,
     IntegrityError,
     StorageError,
@@ -46,6 +47,9 @@ from .models import Recording
 from .offload import Offload, OffloadPolicy, raise_mmap_threshold, settle
 from .pacing import Answered, PacingGate, PacingPolicy, batch_gate, passage
 from .protocol import (
+    MIN_SPEED,
+    MIN_SPEED_WINDOW,
+    SpeedFloor,
     backoff_delay,
     content_decoder,
     media_answer,
@@ -53,6 +57,7 @@ from .protocol import (
     safe_file_stem,
     sniff_container,
 )
+from .redact import describe
 from .results import (
     DownloadReport,
     DownloadResult,
@@ -590,9 +595,7 @@ class Downloader:
             await self._pump(resp, state, expected, overlap, received)
         except (aiohttp.ClientError, TimeoutError) as err:
             # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
-            message = (
-                f"transfer broke off after {received.count} bytes: {type(err).__name__}: {err}"
-            )
+            message = f"transfer broke off after {received.count} bytes: {describe(err)}"
             if decoder is not None:
                 state.restart()  # an encoded body is never resumed
             raise _Retryable(APIConnectionError(message)) from err
@@ -635,8 +638,13 @@ class Downloader:
         helper thread), report progress; `received` counts the body bytes read."""
         decoder = state.decoder
         job: Future[None] | None = None  # the chunk a helper thread is writing, if any
+        floor = SpeedFloor(MIN_SPEED, MIN_SPEED_WINDOW, time.monotonic())  # a trickle ends
         try:
             async for chunk in resp.content.iter_chunked(self.chunk_size):
+                if floor.slow(len(chunk), time.monotonic()):
+                    if decoder is not None:
+                        state.restart()  # an encoded body is never resumed
+                    raise _Retryable(APITimeoutError(floor.message()))
                 if overlap:
                     received.count += min(len(chunk), len(overlap))
                     chunk, overlap = _match_overlap(chunk, overlap, state)

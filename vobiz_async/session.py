@@ -31,6 +31,7 @@ from .errors import (
     APITimeoutError,
     ConfigurationError,
     InvalidRecordingIdError,
+    ResponseValidationError,
     SessionClosedError,
     UnsafeURLError,
 )
@@ -45,12 +46,16 @@ from .protocol import (
     redirect_target,
 )
 from .recordings import Recordings
+from .redact import describe
 
-__all__ = ["DEFAULT_BASE_URL", "MAX_REDIRECTS", "AsyncSession", "SessionConfig"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_API_BODY", "MAX_REDIRECTS", "AsyncSession", "SessionConfig"]
 
 logger = logging.getLogger("vobiz_async")
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai/api/v1/"
+#: The largest API answer (not a recording) read, in bytes: a page of 100 recordings is
+#: about 100 KiB, so a bigger one is a broken or hostile server, not data.
+MAX_API_BODY = 8 * 1024 * 1024
 #: Redirects one streamed GET follows before giving up.
 MAX_REDIRECTS = 10
 #: The path every Vobiz API root ends in.
@@ -117,6 +122,26 @@ class SessionConfig:
     resolver: AbstractResolver | None = None
 
 
+def _size_text(size: int) -> str:
+    return f"{size // 1024**2} MiB" if size % 1024**2 == 0 else f"{size} bytes"
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of an API answer, read as it arrives, or `ResponseValidationError` (and the
+    connection closed) as soon as it is known to exceed `limit` bytes: from its
+    Content-Length when it has one, else (and after decoding) from what has arrived."""
+    if resp.content_length is None or resp.content_length <= limit:
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                break
+        else:
+            return bytes(body)
+    resp.close()
+    raise ResponseValidationError(f"the API's answer is larger than {_size_text(limit)}")
+
+
 @contextlib.contextmanager
 def _transport_errors(method: str, url: URL) -> Iterator[None]:
     """Turn aiohttp's transport failures into the library's connection errors."""
@@ -127,9 +152,8 @@ def _transport_errors(method: str, url: URL) -> Iterator[None]:
     except TimeoutError as err:
         raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
     except aiohttp.ClientError as err:
-        raise APIConnectionError(
-            f"{method} {url.host}{url.path} failed: {type(err).__name__}: {err}"
-        ) from err
+        # aiohttp's text quotes the whole URL and any raw bytes its parser choked on.
+        raise APIConnectionError(f"{method} {url.host}{url.path} failed: {describe(err)}") from err
 
 
 class AsyncSession:
@@ -138,6 +162,9 @@ class AsyncSession:
     Use it as an async context manager. It owns an `aiohttp.ClientSession` unless one is
     passed as `http_session`, which is then borrowed and never closed here.
     """
+
+    #: The largest API answer read, in bytes (`MAX_API_BODY`); a larger one is refused.
+    max_api_body: int = MAX_API_BODY
 
     def __init__(
         self,
@@ -484,7 +511,7 @@ class AsyncSession:
                     )
                     async with resp:
                         with _transport_errors(method, url):
-                            body = await resp.read()
+                            body = await _read_capped(resp, self.max_api_body)
                     answered(resp.status, parse_retry_after(resp.headers.get("Retry-After")))
             except APIConnectionError as err:
                 if last:
