@@ -23,7 +23,6 @@ from ..models import InvalidRecording, Recording
 from ..pager import AsyncPager
 from ..recordings import MAX_PAGE_SIZE
 from ..results import DownloadReport
-from ..scaleout import RayEngine  # Ray itself: only when a job runs
 from ..session import AsyncSession
 from ..sinks import S3Sink
 from .commands import check_archive, s3_sink, session_for
@@ -59,8 +58,10 @@ class DownloadJob:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DownloadJob:
-        """The job `download`'s parsed options describe."""
-        return cls(**{field.name: getattr(args, field.name) for field in attrs.fields(cls)})
+        """The job `download`'s parsed options describe (an option not given keeps the
+        job's default)."""
+        given = {field.name: getattr(args, field.name) for field in attrs.fields(cls)}
+        return cls(**{name: value for name, value in given.items() if value is not None})
 
     def session(self) -> AsyncSession:
         return session_for(self.auth_id, self.auth_token, self.base_url)
@@ -109,12 +110,12 @@ async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
     """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
     if job.ids or job.ids_file or job.overwrite or job.no_manifest:
         raise UsageError(
-            "--repair re-fetches what the manifest check finds; it takes no --ids, "
-            "--ids-file, --overwrite or --no-manifest"
+            "--repair re-fetches what the index check finds; it takes no --ids, "
+            "--ids-file, --overwrite or --no-index"
         )
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise UsageError(f"--repair needs the manifest of an earlier download: no {manifest_path}")
+        raise UsageError(f"--repair needs the index of an earlier download: no {manifest_path}")
     problems, count = await check_archive(out, manifest_path)
     for problem in problems:
         sys.stdout.write(f"repairing {problem.recording_id}: {problem.path} {problem.problem}\n")
@@ -135,6 +136,8 @@ def _engine(job: DownloadJob) -> Any:
             "with --engine ray, pass the auth token in VOBIZ_AUTH_TOKEN, not --auth-token: "
             "Ray stores the command line"
         )
+    from ..scaleout import RayEngine  # Ray itself: only when a job runs
+
     return RayEngine(address=job.ray_address, shard_size=job.shard_size)
 
 

@@ -148,7 +148,7 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
     the index, given `--manifest`), and name each recording the index has but the bucket
     lacks."""
     with contextlib.ExitStack() as stack:
-        index = stack.enter_context(Manifest(args.manifest)) if args.manifest else None
+        index = stack.enter_context(Manifest(args.index)) if args.index else None
         sink = s3_sink(
             args.dir, endpoint_url=args.s3_endpoint_url, region=args.s3_region, index=index
         )
@@ -172,9 +172,12 @@ async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Ou
     if str(args.dir).startswith("s3://"):
         return await _verify_s3(args)
     root = Path(args.dir)
-    manifest_path = Path(args.manifest) if args.manifest else root / MANIFEST_NAME
+    manifest_path = Path(args.index) if args.index else root / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise UsageError(f"no manifest at {manifest_path}")
+        raise UsageError(
+            f"no index at {manifest_path}: `vobiz-recordings download --out "
+            f"{shlex.quote(str(root))}` builds one"
+        )
     problems, count = await check_archive(root, manifest_path)
     for problem in problems:
         print(f"{problem.problem}: {problem.path} ({problem.recording_id})")

@@ -15,7 +15,6 @@ import attrs
 from ..errors import StorageError
 from ..models import Recording
 from ..results import DownloadReport, DownloadStatus
-from ..scaleout import ScaleOutReport  # Ray itself: only when a job runs
 from .progress import human_bytes
 
 
@@ -57,6 +56,8 @@ def summary_json(report: DownloadReport) -> dict[str, Any]:
             {"recording_id": r.recording_id, "error": str(r.error)} for r in report.failed
         ],
     }
+    from ..scaleout import ScaleOutReport  # only a job that ran has a report
+
     if isinstance(report, ScaleOutReport):
         summary["workers"] = [attrs.asdict(share) for share in report.workers]
         summary["failed_shards"] = [attrs.asdict(f) for f in report.failed_shards]
