@@ -77,7 +77,7 @@ def _run(args: argparse.Namespace, interruption: Interruption) -> tuple[int, str
     )
     from .logs import report_failure
     from .output import discard_stdout
-    from .results import DestinationError
+    from .results import DestinationError, Unavailable
 
     debug = bool(args.debug)
     try:
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, interruption: Interruption) -> tuple[int, str
         line = f"interrupted{kept if interruption.keeps_partials else ''}{detail}"
         print(line, file=sys.stderr)
         return EXIT_INTERRUPTED, line
-    except (UsageError, DestinationError) as err:
+    except (UsageError, DestinationError, Unavailable) as err:
         code = EXIT_USAGE if isinstance(err, UsageError) else EXIT_FAILED
         return code, report_failure(err, debug=debug, named=False)
     except (AuthenticationError, ConfigurationError, StoragePermissionError) as err:

@@ -17,15 +17,16 @@ from typing import Any
 
 import attrs
 
-from ..errors import StorageError
+from ..errors import InvalidRecordingIdError
 from ..manifest import MANIFEST_NAME, Manifest, verify_manifest
 from ..models import InvalidRecording, Recording
 from ..pager import AsyncPager
+from ..protocol import quote_path_segment
 from ..recordings import MAX_PAGE_SIZE
 from ..results import DownloadReport
 from ..session import AsyncSession
 from ..sinks import S3Sink
-from .commands import check_archive, s3_sink, session_for
+from .commands import check_archive, check_bucket, s3_sink, session_for
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
 from .results import DestinationError, Interruption, Outcome, UsageError
@@ -83,14 +84,31 @@ def check_destination(out: Path) -> None:
         raise DestinationError(f"cannot write to {out}: {err.strerror or err}") from None
 
 
+def ids_from_text(text: str, source: str) -> list[str]:
+    """The ids of an `--ids-file`: one a line; a UTF-8 BOM, blank lines and `#` comments
+    (whole lines, or after an id) are skipped; a line that is not an id names its number."""
+    ids: list[str] = []
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        value = line.split("#", 1)[0].strip()
+        if not value:
+            continue
+        try:
+            quote_path_segment(value)
+        except InvalidRecordingIdError as err:
+            raise UsageError(f"{source} line {number}: {err}") from None
+        ids.append(value)
+    return ids
+
+
 def _read_ids(job: DownloadJob) -> list[str] | None:
     ids = list(job.ids or [])
     if job.ids_file:
+        source = "stdin" if job.ids_file == "-" else job.ids_file
         try:
             text = sys.stdin.read() if job.ids_file == "-" else Path(job.ids_file).read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise UsageError(f"cannot read ids file {job.ids_file}: {err}") from None
-        ids += [line.strip() for line in text.splitlines() if line.strip()]
+        ids += ids_from_text(text, source)
     return ids if (job.ids or job.ids_file) else None
 
 
@@ -143,12 +161,7 @@ def _engine(job: DownloadJob) -> Any:
 
 async def _check_bucket(sink: S3Sink) -> None:
     """Prove the bucket is there and takes our credentials, once, before any listing."""
-    try:
-        await sink.prepare()
-    except StorageError as err:
-        raise DestinationError(str(err)) from None
-    finally:
-        await sink.close()
+    await check_bucket(sink)
 
 
 async def _source(

@@ -14,6 +14,10 @@ class DestinationError(Exception):
     """The download folder cannot be created or written: said once, before any transfer."""
 
 
+class Unavailable(Exception):
+    """Something the command needs cannot be had (a port in use): one line, exit 1."""
+
+
 class Outcome(NamedTuple):
     """What a command did: `failed` when some of its items failed (exit 1)."""
 
