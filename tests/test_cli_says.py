@@ -5,13 +5,17 @@ subprocess against FakeVobiz on 127.0.0.1, unless a test says otherwise."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from _waiting import eventually
 from test_cli import Result, env_for, run_cli, run_on_tty, saved
 
 from vobiz_async.cli import main
@@ -401,3 +405,28 @@ async def test_get_on_a_terminal_shows_every_field(env: dict[str, str], fake: Fa
     assert result.code == 0, result.err
     shown = {line.split()[0] for line in screen.decode().splitlines()}
     assert {"recording_id", "add_time", "call_uuid", "recording_storage_rate", "api_id"} <= shown
+
+
+# -- the fake server -----------------------------------------------------------------------
+
+
+async def test_fake_logs_a_client_that_goes_away_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that resets its connection mid-body: one warning line, no traceback."""
+    async with FakeVobiz(recordings=0, seed=0) as fake:
+        rid = fake.add_recording(size=64 * 1024 * 1024).recording_id
+        url = urlsplit(fake.recording_url(rid))
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        credentials = f"X-Auth-ID: {fake.auth_id}\r\nX-Auth-Token: {fake.auth_token}\r\n"
+        writer.write(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n{credentials}\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()  # with SO_LINGER 0: a reset, as a killed process leaves
+
+        assert await eventually(lambda: fake.stats.media_in_flight == 0)
+
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    gone = [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+    assert gone == [f"client 127.0.0.1 went away during GET {url.path}"]
