@@ -163,6 +163,7 @@ COMMANDS = [
     ["delete"],
     ["download"],
     ["verify"],
+    ["index"],
     ["index", "export"],
     ["demo"],
     ["serve"],

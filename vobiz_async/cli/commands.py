@@ -197,7 +197,9 @@ def _problem(kind: str, recording_id: str | None, where: str) -> dict[str, Any]:
     return {"kind": kind, "id": recording_id, "path": where}
 
 
-def _report_verify(args: argparse.Namespace, checked: int, problems: list[dict[str, Any]]) -> None:
+def _report_verify(
+    args: argparse.Namespace, checked: int | None, problems: list[dict[str, Any]]
+) -> None:
     if args.json:
         _print_json({"checked": checked, "problems": problems})
         return
@@ -221,7 +223,7 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
         problems = [
             _problem(p.kind, Path(p.key).stem, p.location) for p in await verify_objects(sink)
         ]
-        checked = 0
+        checked: int | None = None  # the objects' count is the sink's to tell; not yet told
         if index is not None:
             checked = len(index)
             await sink.prepare()

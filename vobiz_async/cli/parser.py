@@ -257,8 +257,12 @@ def _export_options(export: argparse.ArgumentParser) -> None:
 
 
 def _add_index(commands: Commands, common: argparse.ArgumentParser) -> None:
+    examples = ("index export /srv/recordings", "index export --index /srv/index.db")
     index: CommandParser = commands.add_parser(
-        "index", help="the archive's index", description="the archive's index"
+        "index",
+        help="the archive's index",
+        description="the archive's index",
+        epilog=_epilog(*examples),
     )
     index_commands: Commands = index.add_subparsers(dest="index_command", required=True)
     export: CommandParser = index_commands.add_parser(
@@ -266,7 +270,7 @@ def _add_index(commands: Commands, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="print the index as JSON Lines, one entry a line",
         description="print the index as JSON Lines, one entry a line",
-        epilog=_epilog("index export /srv/recordings", "index export --index /srv/index.db"),
+        epilog=_epilog(*examples),
     )
     export.pending.append(_export_options)
 
