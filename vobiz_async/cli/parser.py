@@ -428,10 +428,14 @@ def build_parser() -> CommandParser:
     return parser
 
 
+#: Options whose attribute is not named after the flag a user reads.
+_FLAGS = {"no_manifest": "--no-index"}
+
+
 def _given(args: argparse.Namespace, *names: str) -> list[str]:
-    """The options among `names` (attribute names) the command line set."""
+    """The flags, among the attributes `names`, that the command line set."""
     return [
-        "--" + name.replace("_", "-")
+        _FLAGS.get(name, "--" + name.replace("_", "-"))
         for name in names
         if getattr(args, name, None) not in (None, False)
     ]
@@ -449,8 +453,7 @@ def check_conflicts(args: argparse.Namespace) -> None:
                 raise UsageError(f"{ray_only[0]} needs --engine ray")
     for first, second in pairs:
         if first and second:
-            first_name = "--no-index" if first[0] == "--no-manifest" else first[0]
-            raise UsageError(f"{first_name} and {second[0]} cannot be used together")
+            raise UsageError(f"{first[0]} and {second[0]} cannot be used together")
     if args.command in ("download", "verify"):
         destination = args.out if args.command == "download" else args.dir
         s3_only = _given(args, "s3_endpoint_url", "s3_region")
