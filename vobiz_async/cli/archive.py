@@ -26,7 +26,7 @@ from ..results import DownloadReport
 from ..scaleout import RayEngine  # Ray itself: only when a job runs
 from ..session import AsyncSession
 from ..sinks import S3Sink
-from .commands import check_archive, s3_sink, session_for
+from .commands import check_archive, destination, s3_sink, session_for
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
 from .results import DestinationError, Interruption, Outcome, UsageError
@@ -238,7 +238,8 @@ async def _download(
 
 
 async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> Outcome:
-    report, progress = await _download(DownloadJob.from_args(args), interruption)
+    job = attrs.evolve(DownloadJob.from_args(args), out=destination(args.out))
+    report, progress = await _download(job, interruption)
     if report is None:  # --repair found nothing to fetch
         return Outcome()
     with stdout_may_close():
@@ -251,6 +252,8 @@ async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> 
 
 async def cmd_demo(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     temporary = not args.out
+    if not temporary and destination(args.out).startswith("s3://"):
+        raise UsageError("demo archives into a folder; --out s3://... is for download")
     interruption.keeps_partials = not temporary  # the folder and its .part files go
     out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
     try:
