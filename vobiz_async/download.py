@@ -524,8 +524,11 @@ class Downloader:
         stored = await self.sink.lookup(
             recording_id, recording, key=entry.path if entry is not None else None
         )
-        if stored is None or (entry is not None and entry.size != stored.size):
-            return None
+        if stored is None or (
+            entry is not None
+            and (entry.size, entry.sha256) != (stored.size, stored.sha256 or entry.sha256)
+        ):
+            return None  # gone, or not the bytes the index recorded: fetch it again
         return DownloadResult(
             recording_id,
             DownloadStatus.SKIPPED,
