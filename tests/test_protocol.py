@@ -37,6 +37,7 @@ from vobiz_async.protocol import (
     make_status_error,
     media_answer,
     media_type,
+    next_page_offset,
     next_page_params,
     parse_retry_after,
     parse_timestamp,
@@ -691,3 +692,43 @@ def test_media_answer_refusals(
     assert isinstance(answer.error, error)
     assert message in str(answer.error)
     assert answer.retry_after == (3.0 if status == 429 else None)
+
+
+NEXT = "/v1/Account/MA_X/Recording/?limit=10&offset={}"
+
+
+@pytest.mark.parametrize(
+    ("offset", "count", "next_ref", "seen", "expected"),
+    [
+        (0, 10, NEXT.format(10), (), 10),  # the ordinary step
+        (20, 5, None, (), None),  # the last page
+        (20, 0, NEXT.format(30), (), None),  # empty although next promises more: the end
+        (0, 0, NEXT.format(10), (), None),  # an empty first page
+        (0, 10, "/v1/Account/MA_X/Recording/?limit=10", (), 10),  # no offset: after the page
+        (10, 10, NEXT.format(50), (0, 10), 50),  # a jump forward (recordings arrived)
+    ],
+)
+def test_next_page_offset(
+    offset: int, count: int, next_ref: str | None, seen: tuple[int, ...], expected: int | None
+) -> None:
+    """Where a listing goes on after a page, or None where it ends."""
+    assert next_page_offset(offset, count, next_ref, seen) == expected
+
+
+@pytest.mark.parametrize(
+    ("offset", "next_ref", "seen", "message"),
+    [
+        (0, NEXT.format(0), (0,), "repeats offset 0: stopping"),
+        (200, NEXT.format(200), (), "repeats offset 200: stopping"),
+        (30, NEXT.format(10), (0, 10, 20, 30), "repeats offset 10: stopping"),
+        (30, NEXT.format(15), (0, 10, 30), "goes back from offset 30 to 15: stopping"),
+        (0, NEXT.format("x"), (), "malformed meta.next"),
+        (0, NEXT.format(-10), (), "malformed meta.next"),
+    ],
+)
+def test_next_page_offset_refuses_loops(
+    offset: int, next_ref: str, seen: tuple[int, ...], message: str
+) -> None:
+    """A `meta.next` that would never end the listing is a `ResponseValidationError`."""
+    with pytest.raises(ResponseValidationError, match=message):
+        next_page_offset(offset, 10, next_ref, seen)

@@ -208,6 +208,13 @@ class S3Proxy:
                 if k.lower() not in self.HOP and k.lower() != "content-encoding"
             }
             self.forwarded[operation].set()
+            if request.method == "HEAD" and "Content-Length" in upstream.headers:
+                # A HEAD answer's Content-Length is the object's size, not this empty body's.
+                head = web.StreamResponse(status=upstream.status, headers=out)
+                head.content_length = int(upstream.headers["Content-Length"])
+                await head.prepare(request)
+                await head.write_eof()
+                return head
             return web.Response(status=upstream.status, body=data, headers=out)
 
 
@@ -517,10 +524,10 @@ def test_keys_never_leave_the_prefix(recording_id: str) -> None:
         assert segments[-1] == f"{recording_id}.mp3"
 
 
-async def test_lookup_after_commit_uses_one_listing(
-    bucket: str, proxy: S3Proxy, admin: Any
-) -> None:
-    """Re-run: one listing of the prefix answers every lookup, found or not."""
+async def test_lookup_reports_what_the_store_holds(bucket: str, proxy: S3Proxy, admin: Any) -> None:
+    """Re-run without an index: each lookup is one narrowed listing, whatever the prefix
+    holds, reporting the object's size (a listing has no metadata); with the key an index
+    recorded it is one HEAD reporting the object's own sha256 metadata."""
     first = S3Sink(bucket, prefix="vobiz/", part_size=PART)
     await first.prepare()
     small, big = body_of(1000), body_of(PART + 1)
@@ -534,6 +541,7 @@ async def test_lookup_after_commit_uses_one_listing(
     found_a = await rerun.lookup("a", recording("a"))
     found_b = await rerun.lookup("b", None)
     missing = await rerun.lookup("c", recording("c"))
+    keyed = await rerun.lookup("b", None, key="b.mp3")
     await rerun.close()
     assert found_a is not None
     assert (found_a.key, found_a.size, found_a.sha256) == ("a.mp3", 1000, None)
@@ -541,8 +549,61 @@ async def test_lookup_after_commit_uses_one_listing(
     assert found_b is not None
     assert found_b.size == PART + 1
     assert missing is None
-    assert len(proxy.seen) == 1
-    assert proxy.seen[0].query.get("list-type") == "2"
+    assert keyed is not None
+    assert (keyed.size, keyed.sha256) == (PART + 1, sha(big))  # stamped after multipart
+    assert [s.query.get("prefix") for s in proxy.calls("GET", "list-type")] == [
+        "vobiz/a.",
+        "vobiz/b.",
+        "vobiz/c.",
+    ]
+    assert len(proxy.calls("HEAD")) == 1
+    assert len(proxy.seen) == 4  # no body read
+
+
+async def test_lookup_by_key_is_one_head(sink: S3Sink, proxy: S3Proxy) -> None:
+    """With the key an index recorded, a lookup is one HEAD, found or not."""
+    data = body_of(321)
+    await store(sink, recording("k"), data)
+    proxy.seen.clear()
+    found = await sink.lookup("k", None, key="k.mp3")
+    gone = await sink.lookup("k", None, key="k.wav")
+    assert found is not None
+    assert (found.size, found.sha256) == (321, sha(data))
+    assert gone is None
+    assert [s.method for s in proxy.seen] == ["HEAD", "HEAD"]
+
+
+async def test_lookup_of_an_overwritten_object_shows_the_new_bytes(
+    sink: S3Sink, admin: Any, proxy: S3Proxy
+) -> None:
+    """An object overwritten without the sha256 metadata (same key, same size) is re-hashed,
+    so the lookup reports the bytes the store holds, not what was archived."""
+    data = body_of(500)
+    await store(sink, recording("o"), data)
+    other = body_of(500, head=b"ID3\x04\x00tampered")
+    admin.put_object(Bucket=sink.bucket, Key="vobiz/o.mp3", Body=other)
+    found = await sink.lookup("o", None, key="o.mp3")
+    assert found is not None
+    assert (found.size, found.sha256) == (500, sha(other))
+    assert found.sha256 != sha(data)
+
+
+async def test_a_webhook_lookup_never_lists_the_whole_prefix(
+    sink: S3Sink, admin: Any, proxy: S3Proxy
+) -> None:
+    """Single lookups in a prefix of many objects cost one small request each, never a
+    listing of the prefix (the receiver looks one recording up per callback)."""
+    for i in range(30):
+        admin.put_object(Bucket=sink.bucket, Key=f"vobiz/other{i}.mp3", Body=b"x")
+    await store(sink, recording("hook"), body_of(10))
+    proxy.seen.clear()
+    found = await sink.lookup("hook", None)
+    missing = await sink.lookup("nohook", None)
+    assert found is not None
+    assert missing is None
+    lists = proxy.calls("GET", "list-type")
+    assert [s.query.get("prefix") for s in lists] == ["vobiz/hook.", "vobiz/nohook."]
+    assert len(proxy.seen) == 2
 
 
 async def test_lookup_sees_an_object_committed_in_the_batch(sink: S3Sink) -> None:
@@ -557,7 +618,7 @@ async def test_lookup_sees_an_object_committed_in_the_batch(sink: S3Sink) -> Non
 async def test_date_layout_lists_only_touched_folders(
     bucket: str, proxy: S3Proxy, admin: Any
 ) -> None:
-    """layout="date" keys by add_time and lists each touched day folder once."""
+    """layout="date" keys by add_time and looks only in the recording's day folder."""
     sink = S3Sink(bucket, prefix="v", layout="date", part_size=PART)
     await sink.prepare()
     stored = await store(sink, recording("d1", day=3), body_of(50))
@@ -570,13 +631,14 @@ async def test_date_layout_lists_only_touched_folders(
     assert await sink.lookup("d3", recording("d3", day=4)) is None
     assert await sink.lookup("d1", None) is None  # no add_time: no folder to look in
     await sink.close()
-    prefixes = [s.query["prefix"] for s in proxy.seen]
-    assert prefixes == ["v/2026/11/03/", "v/2026/11/04/"]
+    prefixes = [s.query["prefix"] for s in proxy.calls("GET", "list-type")]
+    assert prefixes == ["v/2026/11/03/d1.", "v/2026/11/03/d2.", "v/2026/11/04/d3."]
     assert keys(admin, bucket) == ["v/2026/11/03/d1.mp3"]
 
 
-async def test_index_supplies_sha256_on_lookup(bucket: str, proxy: S3Proxy) -> None:
-    """A local index's sha256 is used when its size matches the listing's."""
+async def test_lookup_reports_the_object_not_the_index(bucket: str, proxy: S3Proxy) -> None:
+    """The sha256 a lookup reports is the object's own metadata, whatever an index says, so
+    a batch sees an object that disagrees with its index."""
 
     @attrs.frozen
     class Entry:
@@ -591,13 +653,13 @@ async def test_index_supplies_sha256_on_lookup(bucket: str, proxy: S3Proxy) -> N
     await store(sink, recording("b"), data)
     await sink.close()
     await sink.prepare()
-    found_a = await sink.lookup("a", None)
-    found_b = await sink.lookup("b", None)
+    found_a = await sink.lookup("a", None, key="a.mp3")
+    found_b = await sink.lookup("b", None, key="b.mp3")
     await sink.close()
     assert found_a is not None
     assert found_a.sha256 == sha(data)
     assert found_b is not None
-    assert found_b.sha256 is None  # the index disagrees with the store: the store wins
+    assert found_b.sha256 == sha(data)  # the index disagrees with the store: the store wins
 
 
 async def test_budget_bounds_concurrent_buffering(bucket: str, proxy: S3Proxy, admin: Any) -> None:
@@ -858,12 +920,18 @@ async def test_verify_compares_with_the_index_too(bucket: str, proxy: S3Proxy) -
     assert [(p.key, p.kind, p.expected) for p in problems] == [("x.mp3", "changed", "a" * 64)]
 
 
-async def test_concurrent_lookups_share_one_listing(sink: S3Sink, proxy: S3Proxy) -> None:
-    """Many lookups at once in a batch still cost one listing of the prefix."""
+async def test_a_big_batch_lists_a_folder_once(sink: S3Sink, proxy: S3Proxy) -> None:
+    """Past `list_after` lookups in one folder, concurrent lookups share one whole listing
+    of it, and a recording not stored then costs no request."""
+    limit = S3Sink.list_after
     proxy.seen.clear()
-    found = await asyncio.gather(*(sink.lookup(f"id{i}", None) for i in range(20)))
-    assert found == [None] * 20
-    assert len(proxy.calls("GET")) == 1
+    found = await asyncio.gather(*(sink.lookup(f"id{i}", None) for i in range(limit + 50)))
+    assert found == [None] * (limit + 50)
+    lists = [s.query.get("prefix") for s in proxy.calls("GET", "list-type")]
+    assert lists.count("vobiz/") == 1
+    assert len(lists) == limit  # the narrowed ones before the whole listing, then none
+    assert await sink.lookup("later", None) is None
+    assert len(proxy.seen) == limit
 
 
 async def test_access_denied_on_upload_is_destination_wide(sink: S3Sink, proxy: S3Proxy) -> None:
@@ -879,7 +947,7 @@ async def test_access_denied_on_upload_is_destination_wide(sink: S3Sink, proxy: 
 
 
 async def test_the_manifest_serves_as_the_index(bucket: str, proxy: S3Proxy, tmp_path: Any) -> None:
-    """The library's own Manifest (the SQLite index) supplies sha256s to lookup."""
+    """The library's own Manifest (the SQLite index) names the key a lookup checks."""
     from vobiz_async.manifest import Manifest
 
     data = body_of(700)
@@ -894,7 +962,7 @@ async def test_the_manifest_serves_as_the_index(bucket: str, proxy: S3Proxy, tmp
         )
         await sink.close()
         await sink.prepare()
-        found = await sink.lookup("m1", None)
+        found = await sink.lookup("m1", None, key=manifest.get("m1").path)
         await sink.close()
     assert found is not None
     assert found.sha256 == sha(data)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 from .errors import ResponseValidationError
 from .models import InvalidRecording, Page, Recording
-from .protocol import next_page_params
+from .protocol import next_page_offset, next_page_params
 
 __all__ = ["AsyncPager"]
+
+logger = logging.getLogger(__name__)
 
 FetchPage = Callable[[Mapping[str, str]], Awaitable[Page]]
 
@@ -82,13 +85,31 @@ class AsyncPager:
         meanwhile) the rest is planned again from that page. The next pages are requested
         before a page is handed out, so a consumer busy with one page never waits a round
         trip for the next.
+
+        The listing always ends (`protocol.next_page_offset`): an empty page ends it (with
+        one warning when its `meta.next` promised more), and a `meta.next` that repeats or
+        goes back raises `ResponseValidationError` instead of asking again for good.
         """
+        offset = _start(self._params)
         page = await self._fetch(self._params)
-        self.total_count = page.meta.total_count
-        query, offsets = self._plan(page)
+        seen: set[int] = set()
+        query: dict[str, str] = {}
+        offsets = range(0)
         pending: deque[tuple[int, asyncio.Task[Page]]] = deque()
         try:
             while True:
+                self.total_count = page.meta.total_count
+                seen.add(offset)
+                after = next_page_offset(offset, len(page.objects), page.meta.next, seen)
+                if after is None:
+                    _warn_if_cut(page, offset)
+                    await _cancel(pending)
+                    offsets = range(0)
+                elif after != _planned(pending, offsets):
+                    # The first page, a plan that no longer fits, or a listing that grew
+                    # past the plan: follow this page's meta.next instead.
+                    await _cancel(pending)
+                    query, offsets = self._plan(page, after)
                 while len(pending) < self._concurrency and offsets:
                     request = {**query, "limit": str(offsets.step), "offset": str(offsets[0])}
                     pending.append((offsets[0], asyncio.ensure_future(self._fetch(request))))
@@ -98,31 +119,45 @@ class AsyncPager:
                     return
                 offset, task = pending.popleft()
                 page = await task
-                self.total_count = page.meta.total_count
-                after = next_page_params(page.meta.next)
-                fits = after is not None and after.get("offset") == str(offset + offsets.step)
-                if not fits or not (pending or offsets):
-                    # The last page, a plan that no longer fits, or a listing that grew past
-                    # the plan: follow this page's meta.next instead.
-                    await _cancel(pending)
-                    query, offsets = self._plan(page)
         finally:
             await _cancel(pending)
 
-    def _plan(self, page: Page) -> tuple[dict[str, str], range]:
-        """The query and the offsets of the pages after `page`, up to its `total_count`
-        (the range's step is the page size); no offsets on the last page."""
-        follow = next_page_params(page.meta.next)
-        if follow is None or not page.objects:
-            return {}, range(0)
-        query = {**self._params, **follow}
+    def _plan(self, page: Page, start: int) -> tuple[dict[str, str], range]:
+        """The query and the offsets of the pages from `start` (where `page`'s `meta.next`
+        points) up to its `total_count`; the range's step is the page size."""
+        query = {**self._params, **(next_page_params(page.meta.next) or {})}
         try:
             size = int(query.get("limit") or page.meta.limit or len(page.objects))
-            start = int(query.get("offset") or page.meta.offset + len(page.objects))
         except ValueError:
             raise ResponseValidationError(f"malformed meta.next: {page.meta.next!r}") from None
         size = size if size > 0 else len(page.objects)
         return query, range(start, max(page.meta.total_count, start + 1), size)
+
+
+def _start(params: Mapping[str, str]) -> int:
+    """The offset the caller's first page is asked at."""
+    try:
+        return max(int(params.get("offset") or 0), 0)
+    except ValueError:
+        return 0
+
+
+def _planned(pending: deque[tuple[int, asyncio.Task[Page]]], offsets: range) -> int | None:
+    """The offset of the next page the plan has requested or will request; None past it."""
+    if pending:
+        return pending[0][0]
+    return offsets[0] if offsets else None
+
+
+def _warn_if_cut(page: Page, offset: int) -> None:
+    """One warning when an empty page ends a listing whose `meta.next` promised more."""
+    if page.meta.next and not page.objects:
+        logger.warning(
+            "the listing's page at offset %d is empty although meta.next points on "
+            "(total_count %d): ending the listing there",
+            offset,
+            page.meta.total_count,
+        )
 
 
 async def _cancel(pending: deque[tuple[int, asyncio.Task[Page]]]) -> None:

@@ -12,7 +12,7 @@ import json
 import random
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -64,6 +64,7 @@ __all__ = [
     "make_status_error",
     "media_answer",
     "media_type",
+    "next_page_offset",
     "next_page_params",
     "parse_body",
     "parse_content_range",
@@ -669,3 +670,34 @@ def media_answer(
     if status == 416:
         return _range_refused(headers, offset, etag)
     return _error_answer(status, headers, reason)
+
+
+def next_page_offset(
+    offset: int, count: int, next_ref: str | None, seen: Collection[int] = ()
+) -> int | None:
+    """Where a listing goes on after the page read at `offset` holding `count` objects: the
+    offset of its `meta.next`, or None when the listing ends there.
+
+    It ends on the last page (no `meta.next`) and on an empty page, even one whose `meta.next`
+    and `total_count` promise more (a server that counts more than it lists would otherwise
+    be asked for empty pages for good). A `meta.next` that does not move past `offset`, or
+    goes back to a page already read (`seen`), would loop for good:
+    `ResponseValidationError`. A `meta.next` without an offset continues after the page.
+    """
+    follow = next_page_params(next_ref)
+    if follow is None or count == 0:
+        return None
+    raw = follow.get("offset")
+    try:
+        after = int(raw) if raw else offset + count
+    except ValueError:
+        after = -1
+    if after < 0:
+        raise ResponseValidationError(f"malformed meta.next: {next_ref!r}")
+    if after in seen or after == offset:
+        raise ResponseValidationError(f"the listing's next page repeats offset {after}: stopping")
+    if after < offset:
+        raise ResponseValidationError(
+            f"the listing's next page goes back from offset {offset} to {after}: stopping"
+        )
+    return after

@@ -25,8 +25,8 @@ from ..protocol import quote_path_segment
 from ..recordings import MAX_PAGE_SIZE
 from ..results import DownloadReport
 from ..session import AsyncSession
-from ..sinks import S3Sink
-from .commands import check_archive, check_bucket, s3_sink, session_for
+from ..sinks import S3Sink, verify_objects
+from .commands import check_archive, check_bucket, destination, s3_sink, session_for
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
 from .results import DestinationError, Interruption, Outcome, UsageError
@@ -124,13 +124,17 @@ async def _listing(
             yield entry
 
 
-async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
-    """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
+def _check_repair_flags(job: DownloadJob) -> None:
     if job.ids or job.ids_file or job.overwrite or job.no_manifest:
         raise UsageError(
             "--repair re-fetches what the index check finds; it takes no --ids, "
             "--ids-file, --overwrite or --no-index"
         )
+
+
+async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
+    """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
+    _check_repair_flags(job)
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.is_file():
         raise UsageError(f"--repair needs the index of an earlier download: no {manifest_path}")
@@ -142,6 +146,37 @@ async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
             f"repair: all {count} files in {MANIFEST_NAME} verified; nothing to fetch\n"
         )
     return [problem.recording_id for problem in problems]
+
+
+async def _s3_ids_to_repair(job: DownloadJob, sink: S3Sink, index: Manifest | None) -> list[str]:
+    """`download --out s3://... --repair`: the recordings whose objects `verify` finds
+    changed (every object re-hashed against its sha256 metadata and the `--index`), and
+    those the index knows but the bucket lacks. Without an index, an object without the
+    metadata is repaired only when it is audio (`.mp3`, `.wav`): other files are not ours."""
+    _check_repair_flags(job)
+    problems: dict[str, str] = {}
+    for found in await verify_objects(sink):
+        stem, _, extension = found.key.rpartition("/")[2].rpartition(".")
+        ours = index.get(stem) is not None if index is not None else extension in ("mp3", "wav")
+        if found.kind == "changed" or ours:
+            problems.setdefault(stem, f"{found.location} {found.kind}")
+    if index is not None:
+        await sink.prepare()
+        try:
+            for entry in index:
+                if entry.recording_id in problems:
+                    continue
+                stored = await sink.lookup(entry.recording_id, None, key=entry.path)
+                if stored is None or stored.size != entry.size:
+                    gone = "missing" if stored is None else "changed"
+                    problems[entry.recording_id] = f"{sink.location(entry.path)} {gone}"
+        finally:
+            await sink.close()
+    for recording_id, problem in problems.items():
+        sys.stdout.write(f"repairing {recording_id}: {problem}\n")
+    if not problems:
+        sys.stdout.write(f"repair: every object in {sink.describe()} verified; nothing to fetch\n")
+    return list(problems)
 
 
 def _engine(job: DownloadJob) -> Any:
@@ -181,11 +216,9 @@ async def _source(
 
 async def _run_s3_download(
     session: AsyncSession, job: DownloadJob, progress: Progress
-) -> DownloadReport:
+) -> DownloadReport | None:
     """`download --out s3://...`: the object metadata is the record; `--index` adds a local
-    index that speeds up re-runs."""
-    if job.repair:
-        raise UsageError("--repair works on folders; for s3:// run `verify` and re-download")
+    index that speeds up re-runs. None when `--repair` found nothing to fetch."""
     with contextlib.ExitStack() as stack:
         index = stack.enter_context(Manifest(job.index)) if job.index else None
         sink = s3_sink(
@@ -197,6 +230,12 @@ async def _run_s3_download(
         )
         await _check_bucket(sink)
         ids = _read_ids(job)
+        overwrite = job.overwrite
+        if job.repair:
+            ids = await _s3_ids_to_repair(job, sink, index)
+            if not ids:
+                return None
+            overwrite = True  # only these ids: each is missing or its bytes changed
         source = await _source(session, job, progress, ids)
         return await session.recordings.download_many(
             source,
@@ -204,7 +243,7 @@ async def _run_s3_download(
             concurrency=job.concurrency,
             on_progress=progress,
             manifest=index,
-            overwrite=job.overwrite,
+            overwrite=overwrite,
             engine=_engine(job),
         )
 
@@ -254,7 +293,8 @@ async def _download(
 
 
 async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> Outcome:
-    report, progress = await _download(DownloadJob.from_args(args), interruption)
+    job = attrs.evolve(DownloadJob.from_args(args), out=destination(args.out))
+    report, progress = await _download(job, interruption)
     if report is None:  # --repair found nothing to fetch
         return Outcome()
     with stdout_may_close():
@@ -267,6 +307,8 @@ async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> 
 
 async def cmd_demo(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     temporary = not args.out
+    if not temporary and destination(args.out).startswith("s3://"):
+        raise UsageError("demo archives into a folder; --out s3://... is for download")
     interruption.keeps_partials = not temporary  # the folder and its .part files go
     out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
     try:

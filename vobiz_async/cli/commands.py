@@ -34,6 +34,7 @@ from ..pager import AsyncPager
 from ..protocol import quote_path_segment
 from ..recordings import MAX_PAGE_SIZE
 from ..session import AsyncSession
+from ..sinks import s3_destination, verify_objects
 from .output import print_json_lines, print_record, print_table, stdout_may_close
 from .results import DestinationError, Interruption, Outcome, Unavailable, UsageError
 
@@ -76,6 +77,16 @@ def session_for(auth_id: str | None, auth_token: str | None, base_url: str | Non
 
 def _session(args: argparse.Namespace) -> AsyncSession:
     return session_for(args.auth_id, args.auth_token, args.base_url)
+
+
+def destination(value: str) -> str:
+    """A destination argument as the library takes it: `s3://` in any case written
+    `s3://...`, a folder as given; any other URL-like value (`gs://`, `https://`,
+    `s3:/bucket`) is a usage error, said before anything is created."""
+    try:
+        return s3_destination(value) or value
+    except ConfigurationError as err:
+        raise UsageError(str(err)) from None
 
 
 def s3_sink(
@@ -212,7 +223,6 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
     """`verify s3://bucket/prefix/`: re-hash every object against its sha256 metadata (and
     the index, given `--index`), and name each recording the index has but the bucket
     lacks."""
-    from ..sinks import verify_objects
 
     with contextlib.ExitStack() as stack:
         index = stack.enter_context(Manifest(args.index)) if args.index else None
@@ -257,7 +267,8 @@ def _unindexed(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
 
 
 async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Outcome:
-    if str(args.dir).startswith("s3://"):
+    args.dir = destination(str(args.dir))
+    if args.dir.startswith("s3://"):
         return await _verify_s3(args)
     root = Path(args.dir)
     manifest_path = Path(args.index) if args.index else root / MANIFEST_NAME
@@ -362,7 +373,7 @@ async def cmd_serve(args: argparse.Namespace, interruption: Interruption) -> Out
     host, port = args.listen
     config = ServeConfig(
         public_url=args.public_url,
-        dest=args.out,
+        dest=destination(args.out),
         auth_id=args.auth_id,
         auth_token=args.auth_token,
         base_url=args.base_url,

@@ -123,10 +123,11 @@ class Sink(Protocol):
     async def lookup(
         self, recording_id: str, recording: Recording | None, *, key: str | None = None
     ) -> Stored | None:
-        """What the sink already holds for a recording, without a request per recording in
-        a batch (one listing of each folder or prefix it touches). `recording` is None when
-        only the id is known; a layout that needs `add_time` then answers None. `key` is
-        where an index says the recording was stored; it is checked instead of the layout."""
+        """What the sink already holds for a recording, as the destination has it now (its
+        real size; its sha256 only from the stored object itself, never from an index).
+        `recording` is None when only the id is known; a layout that needs `add_time` then
+        answers None. `key` is where an index says the recording was stored; it is checked
+        instead of the layout."""
         ...
 
     async def open(self, recording: Recording, *, size_hint: int | None = None) -> Writer:

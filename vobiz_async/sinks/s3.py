@@ -22,9 +22,13 @@ How a recording lands:
   `ByteBudget` per sink, `max_buffer_bytes`, whatever the concurrency: a writer reserves a
   whole part (or the rest of its `size_hint`, if smaller) before filling it and waits when
   the budget is spent.
-- `lookup` lists the prefix (or each date folder the batch touches) once per batch and
-  answers from that listing; a listing gives sizes, not metadata, so `sha256` comes only
-  from an optional local `index`.
+- `lookup` answers with what the store holds now. Given the key an index recorded, it is
+  one `HEAD`: the object's real size and its own `sha256` metadata (a GET re-hash when the
+  metadata is missing), never the index's hash, so an object overwritten after archiving
+  disagrees with the index. Without a key it is one listing narrowed to `<folder><id>.`
+  (a webhook's lookup is one small request whatever the bucket holds), or, once a batch has
+  looked up `list_after` recordings in one folder, one whole listing of that folder kept
+  until the next `prepare()`; a listing gives sizes, not metadata.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -71,6 +75,7 @@ _MAX_PARTS = 10_000  # S3's limit per multipart upload
 _HEAD_BYTES = 64  # enough for sniff_container
 _READ_CHUNK = 1024 * 1024
 _MD5_INLINE = 256 * 1024  # hash smaller bodies on the loop, bigger ones in a thread
+_STEM_KEYS = 10  # keys a narrowed listing returns: `<id>.mp3`, `<id>.wav`, ...
 
 _T = TypeVar("_T")
 ChecksumPolicy = Literal["when_supported", "when_required"]
@@ -304,6 +309,10 @@ class S3Sink:
     `lookup`.
     """
 
+    #: Lookups in one folder after which a batch lists that folder whole, once: from then on
+    #: a recording costs no request (measured on moto: 2,000 lookups 2.8 s against 42 s).
+    list_after: ClassVar[int] = 100
+
     def __init__(
         self,
         bucket: str,
@@ -353,6 +362,7 @@ class S3Sink:
         self._stack: contextlib.AsyncExitStack | None = None
         self._listings: dict[str, dict[str, tuple[str, int]]] = {}  # folder -> stem -> ...
         self._listing_locks: dict[str, asyncio.Lock] = {}
+        self._lookups: dict[str, int] = {}  # folder -> uncached lookups since prepare()
         self._open_writers: set[_S3Writer] = set()
         self._cleanup: set[asyncio.Future[Any]] = set()
 
@@ -388,6 +398,7 @@ class S3Sink:
         the credentials may list it; a new batch also starts a new lookup cache."""
         self._listings.clear()
         self._listing_locks.clear()
+        self._lookups.clear()
         if self.budget.used == 0:
             self.budget = ByteBudget(self.max_buffer_bytes)  # bound to this batch's loop
         if self._client is None:
@@ -513,30 +524,76 @@ class S3Sink:
     async def lookup(
         self, recording_id: str, recording: Recording | None, *, key: str | None = None
     ) -> Stored | None:
-        """The object already stored for the recording, from one cached listing per folder
-        (the folder of `key`, an index's record of where it was stored, when given)."""
+        """The object stored for the recording as the store has it now, or None.
+
+        With `key` (where an index says the recording was stored): one `HEAD`, giving the
+        object's real size and its own `sha256` metadata (re-hashed with a GET when the
+        metadata is missing), never the index's hash, so an object overwritten after
+        archiving disagrees with the index. Without `key` there is nothing to compare a hash
+        with: the object is found by one listing narrowed to `<folder><id>.` (one small
+        request whatever the prefix holds) and reported with its size and no sha256; once a
+        batch has looked up `list_after` recordings in one folder, that folder is listed
+        whole once and answers every later lookup without a request until `prepare()`.
+        """
         try:
             stem = safe_file_stem(recording_id)
         except InvalidRecordingIdError:
             return None
-        folder = key[: key.rfind("/") + 1] if key is not None else self._folder(stem, recording)
+        if key is not None:
+            return await self._inspect(key)
+        folder = self._folder(stem, recording)
         if folder is None:
             return None
-        listing = await self._listing(folder)
-        found = listing.get(stem)
+        found = await self._find(folder, stem)
         if found is None:
             return None
         extension, size = found
         key = f"{folder}{stem}.{extension}"
-        sha256 = None
-        if self.index is not None:
-            entry = self.index.get(recording_id)
-            if entry is not None and getattr(entry, "size", None) == size:
-                sha256 = getattr(entry, "sha256", None)
         return Stored(
             key=key,
             location=self.location(key),
             size=size,
+            container=extension if extension in ("mp3", "wav") else None,
+        )
+
+    async def _find(self, folder: str, stem: str) -> tuple[str, int] | None:
+        """The extension and size of `stem`'s object directly under `folder`."""
+        listing = self._listings.get(folder)
+        if listing is None:
+            self._lookups[folder] = self._lookups.get(folder, 0) + 1
+            if self._lookups[folder] >= self.list_after:
+                listing = await self._listing(folder)
+        if listing is not None:
+            return listing.get(stem)
+        named = f"{self.prefix}{folder}{stem}."
+        try:
+            page = await self._require_client().list_objects_v2(
+                Bucket=self.bucket, Prefix=named, MaxKeys=_STEM_KEYS
+            )
+        except Exception as err:
+            raise self._translate(err, f"listing {named!r}") from None
+        for item in page.get("Contents", ()):
+            extension = item["Key"][len(named) :]
+            if extension and "/" not in extension and "." not in extension:
+                return sys.intern(extension), int(item["Size"])
+        return None
+
+    async def _inspect(self, key: str) -> Stored | None:
+        """The object at `key` (relative to the prefix) by one `HEAD`; None if absent."""
+        full = self.prefix + key
+        try:
+            head = await self._require_client().head_object(Bucket=self.bucket, Key=full)
+        except Exception as err:
+            if _error_code(err)[1] == 404:
+                return None
+            raise self._translate(err, f"checking {full!r}") from None
+        metadata = head.get("Metadata") or {}
+        sha256 = (metadata.get("sha256") or "").lower() or await self._rehash(full)
+        extension = key.rpartition(".")[2]
+        return Stored(
+            key=key,
+            location=self.location(key),
+            size=int(head["ContentLength"]),
             sha256=sha256,
             container=extension if extension in ("mp3", "wav") else None,
         )
@@ -550,20 +607,20 @@ class S3Sink:
             head = await client.head_object(Bucket=self.bucket, Key=full_key)
             sha256 = head.get("Metadata", {}).get("sha256")
             size = int(head["ContentLength"])
-            if not sha256:
-                response = await client.get_object(Bucket=self.bucket, Key=full_key)
-                hasher = hashlib.sha256()
-                async with response["Body"] as body:
-                    while chunk := await body.read(_READ_CHUNK):
-                        hasher.update(chunk)
-                sha256 = hasher.hexdigest()
         except Exception as err:
             raise self._translate(err, f"reading {full_key!r}") from None
+        if not sha256:
+            sha256 = await self._rehash(full_key)
         extension = key.rpartition(".")[2]
         container = head.get("Metadata", {}).get("container") or (
             extension if extension in ("mp3", "wav") else None
         )
         return Stored(key, self.location(key), size, sha256=sha256.lower(), container=container)
+
+    async def _rehash(self, full_key: str) -> str:
+        """The sha256 of the object's bytes, streamed (for an object without the metadata)."""
+        logger.info("s3://%s/%s has no sha256 metadata: re-hashing it", self.bucket, full_key)
+        return (await _hash_object(self, self._require_client(), full_key))[0]
 
     async def _listing(self, folder: str) -> dict[str, tuple[str, int]]:
         if folder in self._listings:
@@ -1075,8 +1132,8 @@ async def verify_objects(sink: S3Sink) -> list[ObjectProblem]:
             await sink.close()
 
 
-async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem | None:
-    key = full_key[len(sink.prefix) :]
+async def _hash_object(sink: S3Sink, client: Any, full_key: str) -> tuple[str, dict[str, str]]:
+    """The sha256 of an object's bytes, streamed, and its user metadata."""
     try:
         response = await client.get_object(Bucket=sink.bucket, Key=full_key)
         hasher = hashlib.sha256()
@@ -1085,8 +1142,12 @@ async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem
                 hasher.update(chunk)
     except Exception as err:
         raise sink._translate(err, f"reading {full_key!r}") from None
-    actual = hasher.hexdigest()
-    metadata = response.get("Metadata", {})
+    return hasher.hexdigest(), response.get("Metadata", {})
+
+
+async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem | None:
+    key = full_key[len(sink.prefix) :]
+    actual, metadata = await _hash_object(sink, client, full_key)
     expected = metadata.get("sha256")
     if not expected:
         return ObjectProblem(key, sink.location(key), "missing-metadata", None, actual)

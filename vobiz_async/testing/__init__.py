@@ -53,7 +53,7 @@ from .app import (
     SessionKwargs,
 )
 from .catalogue import FakeRecording
-from .faults import ApiOperation, ErrorBody, MediaFaultKind
+from .faults import ApiOperation, ErrorBody, ListingFault, MediaFaultKind
 
 __all__ = [
     "DEFAULT_AUTH_ID",
@@ -63,6 +63,7 @@ __all__ = [
     "FakeRecording",
     "FakeStats",
     "FakeVobiz",
+    "ListingFault",
     "MediaFaultKind",
     "RequestRecord",
     "SessionKwargs",

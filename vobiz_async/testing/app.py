@@ -38,12 +38,15 @@ from .faults import (
     ApiOperation,
     ErrorBody,
     Faults,
+    ListingFault,
     MediaFault,
     MediaFaultKind,
     TokenBucket,
+    check_listing_fault,
     check_media_fault,
     error_payload,
     html_page,
+    page_links,
     phrase,
 )
 from .queries import Unsatisfiable, export_problem, parse_page, parse_range
@@ -174,6 +177,11 @@ class FakeVobiz:
     the media hosts behave like a rate-limited CDN: a media request beyond the token bucket
     is answered 429 with ``Retry-After: rate_limit_retry_after`` and counted in
     ``stats.rate_limited``.
+
+    ``listing_fault`` (also settable later) makes list pages lie: ``"self_next"`` points
+    every page's ``meta.next`` back at that page; ``"lying_total"`` claims a million more
+    recordings than it has in ``total_count`` and always gives a ``meta.next``, so the pages
+    past the end come back empty.
     """
 
     def __init__(
@@ -196,7 +204,10 @@ class FakeVobiz:
         media_rate_limit: float | None = None,
         rate_limit_burst: int = 20,
         rate_limit_retry_after: int = 1,
+        listing_fault: ListingFault | None = None,
     ) -> None:
+        check_listing_fault(listing_fault)
+        self._listing_fault: ListingFault | None = listing_fault
         self._bucket = TokenBucket(media_rate_limit, rate_limit_burst)
         rates = {
             "fault_rate": fault_rate,
@@ -226,6 +237,16 @@ class FakeVobiz:
         self._ops: dict[object, str] = {}
         self._api_port: int | None = None
         self._foreign_port: int | None = None
+
+    @property
+    def listing_fault(self) -> ListingFault | None:
+        """How list pages lie (``"self_next"``, ``"lying_total"``), or None for honest pages."""
+        return self._listing_fault
+
+    @listing_fault.setter
+    def listing_fault(self, fault: ListingFault | None) -> None:
+        check_listing_fault(fault)
+        self._listing_fault = fault
 
     @property
     def media_rate_limit(self) -> float | None:
@@ -596,16 +617,17 @@ class FakeVobiz:
             records = [self._catalogue.entry(e) for e in matching[offset : offset + limit]]
         kept = [(k, v) for k, v in query.items() if k not in ("limit", "offset")]
         path = f"/v1/Account/{self.auth_id}/Recording/?"
+        after, claimed = page_links(self.listing_fault, offset, limit, total)
 
         def link(to: int) -> str:
             return path + urlencode([("limit", limit), ("offset", to), *kept])
 
         meta = {
             "limit": limit,
-            "next": link(offset + limit) if offset + limit < total else None,
+            "next": None if after is None else link(after),
             "offset": offset,
             "previous": link(max(0, offset - limit)) if offset > 0 else None,
-            "total_count": total,
+            "total_count": claimed,
         }
         objects = [rec.wire() for rec in records]
         return web.json_response({"api_id": _api_id(), "meta": meta, "objects": objects})

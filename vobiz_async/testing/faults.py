@@ -22,10 +22,17 @@ from .catalogue import FakeRecording
 MediaFaultKind = Literal["drop", "short", "status", "no_range", "etag_change", "expired", "slow"]
 ApiOperation = Literal["list", "get", "delete", "bulk_delete", "export", "auth_me"]
 ErrorBody = Literal["json", "generic", "export", "html"]
+#: How list pages lie: "self_next" points every page's `meta.next` back at the page itself;
+#: "lying_total" claims a `total_count` far above the recordings listed and always gives a
+#: `meta.next`, so pages past the end come back empty.
+ListingFault = Literal["self_next", "lying_total"]
 
 _MEDIA_KINDS: Final = frozenset(get_args(MediaFaultKind))
 _API_OPERATIONS: Final = frozenset(get_args(ApiOperation))
 _ERROR_BODIES: Final = frozenset(get_args(ErrorBody))
+_LISTING_FAULTS: Final = frozenset(get_args(ListingFault))
+#: How many recordings a "lying_total" listing claims beyond those it has.
+LYING_TOTAL_EXTRA: Final = 1_000_000
 # What a generated recording's seeded fault is: (kind, status), by its seeded_fault number.
 _SEEDED: Final = (("drop", 503), ("short", 503), ("status", 503), ("status", 429))
 
@@ -76,6 +83,22 @@ def check_media_fault(kind: str, times: int) -> None:
         raise ValueError(f"unknown media fault kind {kind!r}")
     if times < 1:
         raise ValueError("times must be at least 1")
+
+
+def check_listing_fault(fault: str | None) -> None:
+    """Raise ValueError unless ``fault`` is None or a `ListingFault`."""
+    if fault is not None and fault not in _LISTING_FAULTS:
+        raise ValueError(f"unknown listing fault {fault!r}")
+
+
+def page_links(fault: str | None, offset: int, limit: int, total: int) -> tuple[int | None, int]:
+    """What a list page at ``offset`` of ``total`` recordings reports under ``fault``: the
+    offset its ``meta.next`` points at (None on the last page) and its ``total_count``."""
+    if fault == "self_next":
+        return offset, total
+    if fault == "lying_total":
+        return offset + limit, total + LYING_TOTAL_EXTRA
+    return (offset + limit if offset + limit < total else None), total
 
 
 def _take(queue: deque[Any]) -> Any:
