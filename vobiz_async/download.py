@@ -463,6 +463,17 @@ class Downloader:
         except Exception:
             logger.exception("on_progress callback failed; progress reporting continues")
 
+    async def open(self) -> None:
+        """Start a long-lived batch fed one item at a time with `one` (the webhook
+        receiver): the destination checked once, the index opened, the pacing gate entered
+        for the calling context. `close` ends it, in the same context."""
+        await self._prepare()
+
+    async def close(self) -> None:
+        """End what `open` started: the sink (and its client), the index if this batch
+        opened it, the helper threads."""
+        await self._close()
+
     # -- one item ------------------------------------------------------------------------
 
     async def download(self, item: Item) -> DownloadResult:
