@@ -373,12 +373,13 @@ class Receiver:
         self._stopped = False
         if self._downloads:
             await asyncio.wait(set(self._downloads))
-        old, self.downloader = self.downloader, None
-        if old is not None:
-            await old.close()
         try:
+            if self.downloader is not None:
+                await self.downloader.close()  # cancelled here, `close` closes it again
+                self.downloader = None
             self.downloader = await self._open_downloader()
         except Exception as err:  # the next download tries again; this one fails
+            self.downloader = None
             logger.error("cannot open %s: %s: %s", self.dest, type(err).__name__, err)
 
     async def _dispatch(self) -> None:
