@@ -35,6 +35,7 @@ from ._files import fsync_path
 from .download import Downloader, DownloadStatus
 from .errors import ConfigurationError, StorageError
 from .manifest import MANIFEST_NAME, Manifest
+from .redact import describe
 from .session import AsyncSession
 from .webhooks import (
     MAX_BODY,
@@ -405,7 +406,7 @@ class Receiver:
             result = await downloader.one(rid)
         except Exception as err:  # a bug, not a transfer failure: keep serving the rest
             logger.exception("download of %s raised", rid)
-            return True, f"{type(err).__name__}: {err}"
+            return True, describe(err)  # no URL query, no raw bytes in the spool
         error = result.error
         if isinstance(error, StorageError) and error.destination_wide:
             self._stopped = True  # the downloader starts nothing more: reopen it
@@ -646,11 +647,13 @@ async def _run(
     """Serve until SIGTERM or cancellation, then stop accepting and drain."""
     from aiohttp import web  # here: the CLI's other commands do not pay for its import
 
+    from .listener import GuardedRunner
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    runner = web.AppRunner(
+    runner = GuardedRunner(  # bounded header time, idle keep-alive and connections
         create_app(verifier, receiver, max_body=config.max_body),
         access_log=None,
         handle_signals=False,

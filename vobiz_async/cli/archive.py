@@ -17,16 +17,16 @@ from typing import Any
 
 import attrs
 
-from ..errors import StorageError
+from ..errors import InvalidRecordingIdError
 from ..manifest import MANIFEST_NAME, Manifest, verify_manifest
 from ..models import InvalidRecording, Recording
 from ..pager import AsyncPager
+from ..protocol import quote_path_segment
 from ..recordings import MAX_PAGE_SIZE
 from ..results import DownloadReport
-from ..scaleout import RayEngine  # Ray itself: only when a job runs
 from ..session import AsyncSession
 from ..sinks import S3Sink
-from .commands import check_archive, s3_sink, session_for
+from .commands import check_archive, check_bucket, s3_sink, session_for
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
 from .results import DestinationError, Interruption, Outcome, UsageError
@@ -59,8 +59,10 @@ class DownloadJob:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DownloadJob:
-        """The job `download`'s parsed options describe."""
-        return cls(**{field.name: getattr(args, field.name) for field in attrs.fields(cls)})
+        """The job `download`'s parsed options describe (an option not given keeps the
+        job's default)."""
+        given = {field.name: getattr(args, field.name) for field in attrs.fields(cls)}
+        return cls(**{name: value for name, value in given.items() if value is not None})
 
     def session(self) -> AsyncSession:
         return session_for(self.auth_id, self.auth_token, self.base_url)
@@ -82,14 +84,31 @@ def check_destination(out: Path) -> None:
         raise DestinationError(f"cannot write to {out}: {err.strerror or err}") from None
 
 
+def ids_from_text(text: str, source: str) -> list[str]:
+    """The ids of an `--ids-file`: one a line; a UTF-8 BOM, blank lines and `#` comments
+    (whole lines, or after an id) are skipped; a line that is not an id names its number."""
+    ids: list[str] = []
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        value = line.split("#", 1)[0].strip()
+        if not value:
+            continue
+        try:
+            quote_path_segment(value)
+        except InvalidRecordingIdError as err:
+            raise UsageError(f"{source} line {number}: {err}") from None
+        ids.append(value)
+    return ids
+
+
 def _read_ids(job: DownloadJob) -> list[str] | None:
     ids = list(job.ids or [])
     if job.ids_file:
+        source = "stdin" if job.ids_file == "-" else job.ids_file
         try:
             text = sys.stdin.read() if job.ids_file == "-" else Path(job.ids_file).read_text()
         except (OSError, UnicodeDecodeError) as err:
             raise UsageError(f"cannot read ids file {job.ids_file}: {err}") from None
-        ids += [line.strip() for line in text.splitlines() if line.strip()]
+        ids += ids_from_text(text, source)
     return ids if (job.ids or job.ids_file) else None
 
 
@@ -109,12 +128,12 @@ async def _ids_to_repair(job: DownloadJob, out: Path) -> list[str]:
     """`download --repair`: the recordings `verify` finds missing or changed in `out`."""
     if job.ids or job.ids_file or job.overwrite or job.no_manifest:
         raise UsageError(
-            "--repair re-fetches what the manifest check finds; it takes no --ids, "
-            "--ids-file, --overwrite or --no-manifest"
+            "--repair re-fetches what the index check finds; it takes no --ids, "
+            "--ids-file, --overwrite or --no-index"
         )
     manifest_path = out / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise UsageError(f"--repair needs the manifest of an earlier download: no {manifest_path}")
+        raise UsageError(f"--repair needs the index of an earlier download: no {manifest_path}")
     problems, count = await check_archive(out, manifest_path)
     for problem in problems:
         sys.stdout.write(f"repairing {problem.recording_id}: {problem.path} {problem.problem}\n")
@@ -135,17 +154,14 @@ def _engine(job: DownloadJob) -> Any:
             "with --engine ray, pass the auth token in VOBIZ_AUTH_TOKEN, not --auth-token: "
             "Ray stores the command line"
         )
+    from ..scaleout import RayEngine  # Ray itself: only when a job runs
+
     return RayEngine(address=job.ray_address, shard_size=job.shard_size)
 
 
 async def _check_bucket(sink: S3Sink) -> None:
     """Prove the bucket is there and takes our credentials, once, before any listing."""
-    try:
-        await sink.prepare()
-    except StorageError as err:
-        raise DestinationError(str(err)) from None
-    finally:
-        await sink.close()
+    await check_bucket(sink)
 
 
 async def _source(

@@ -7,25 +7,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import AuthenticationError, ConfigurationError, InvalidRecordingIdError, VobizError
+from ..errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRecordingIdError,
+    NotFoundError,
+    StorageError,
+    StoragePermissionError,
+    VobizError,
+)
 from ..manifest import MANIFEST_NAME, Manifest, VerifyProblem, verify_manifest
 from ..models import Recording
 from ..pager import AsyncPager
 from ..protocol import quote_path_segment
 from ..recordings import MAX_PAGE_SIZE
 from ..session import AsyncSession
-from ..sinks import S3Sink, verify_objects
-from .output import print_json_lines, print_table, stdout_may_close
-from .results import Interruption, Outcome, UsageError
+from .output import print_json_lines, print_record, print_table, stdout_may_close
+from .results import DestinationError, Interruption, Outcome, Unavailable, UsageError
+
+if TYPE_CHECKING:
+    from ..sinks import S3Sink
+
+#: The audio files an archive folder holds (and `verify` looks for beyond the index).
+_AUDIO_SUFFIXES = frozenset({".mp3", ".wav"})
 
 #: Library argument names in a ConfigurationError, and what a CLI user sets instead.
 _CLI_NAMES = {
@@ -71,9 +87,24 @@ def s3_sink(
     index: Manifest | None = None,
 ) -> S3Sink:
     """The object-storage destination an `s3://bucket/prefix/` argument names."""
+    from ..sinks import S3Sink
+
     return S3Sink.from_url(
         url, endpoint_url=endpoint_url, region=region, layout=layout, index=index
     )
+
+
+async def check_bucket(sink: S3Sink) -> None:
+    """Prove the bucket is there and takes our credentials, once, before any listing: the
+    same words for `download` and `verify` (refused credentials stay themselves: exit 3)."""
+    try:
+        await sink.prepare()
+    except StoragePermissionError:
+        raise
+    except StorageError as err:
+        raise DestinationError(str(err)) from None
+    finally:
+        await sink.close()
 
 
 async def check_archive(root: Path, manifest_path: Path) -> tuple[list[VerifyProblem], int]:
@@ -94,11 +125,13 @@ async def _collect(pager: AsyncPager, limit: int | None) -> list[Recording]:
     return recordings
 
 
-def _print_recordings(recordings: list[Recording], as_json: bool) -> None:
-    if as_json or not sys.stdout.isatty():
+def _print_recordings(recordings: list[Recording], args: argparse.Namespace) -> None:
+    if args.json or not sys.stdout.isatty():
         print_json_lines(recordings, sys.stdout)
+    elif args.command == "get":
+        print_record(recordings[0], sys.stdout)
     else:
-        print_table(recordings, sys.stdout)
+        print_table(recordings, sys.stdout, local=args.local)
 
 
 async def cmd_list(args: argparse.Namespace, interruption: Interruption) -> Outcome:
@@ -108,27 +141,35 @@ async def cmd_list(args: argparse.Namespace, interruption: Interruption) -> Outc
             limit=page_size, recording_type=args.recording_type, call_uuid=args.call_uuid
         )
         recordings = await _collect(pager, args.limit)
-    _print_recordings(recordings, args.json)
+    _print_recordings(recordings, args)
     return Outcome()
 
 
 async def cmd_get(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     async with _session(args) as session:
-        recording = await session.recordings.get(args.id)
-    _print_recordings([recording], args.json)
+        try:
+            recording = await session.recordings.get(args.id)
+        except NotFoundError as err:
+            err.add_note(f"no recording {args.id!r}: deleted, expired, or another account's")
+            raise
+    _print_recordings([recording], args)
     return Outcome()
 
 
+async def _confirm_delete(count: int) -> bool:
+    if not sys.stdin.isatty():
+        raise UsageError("refusing to delete without a terminal to confirm; pass --yes")
+    prompt = f"Delete {count} recording(s) for good? [y/N] "
+    answer = await asyncio.to_thread(input, prompt)
+    return answer.strip().lower() in ("y", "yes")
+
+
 async def cmd_delete(args: argparse.Namespace, interruption: Interruption) -> Outcome:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError("refusing to delete without a terminal to confirm; pass --yes")
-        prompt = f"Delete {len(args.ids)} recording(s) for good? [y/N] "
-        answer = await asyncio.to_thread(input, prompt)
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return Outcome()
-    failed = 0
+    if not args.yes and not await _confirm_delete(len(args.ids)):
+        print("nothing deleted")
+        return Outcome()
+    deleted: list[str] = []
+    failed: list[dict[str, str]] = []
     async with _session(args) as session:
         for recording_id in args.ids:
             try:
@@ -136,54 +177,110 @@ async def cmd_delete(args: argparse.Namespace, interruption: Interruption) -> Ou
             except AuthenticationError:
                 raise
             except VobizError as err:
-                failed += 1
+                failed.append({"id": recording_id, "error": str(err)})
                 print(f"failed {recording_id}: {err}", file=sys.stderr)
             else:
-                print(f"deleted {recording_id}")
+                deleted.append(recording_id)
+                if not args.json:
+                    print(f"deleted {recording_id}")
+    if args.json:
+        _print_json({"deleted": deleted, "failed": failed})
     return Outcome(failed=bool(failed))
+
+
+def _print_json(value: dict[str, Any]) -> None:
+    with stdout_may_close():
+        print(json.dumps(value, separators=(",", ":")))
+
+
+def _problem(kind: str, recording_id: str | None, where: str) -> dict[str, Any]:
+    return {"kind": kind, "id": recording_id, "path": where}
+
+
+def _report_verify(
+    args: argparse.Namespace, checked: int | None, problems: list[dict[str, Any]]
+) -> None:
+    if args.json:
+        _print_json({"checked": checked, "problems": problems})
+        return
+    for problem in problems:
+        known = f" ({problem['id']})" if problem["id"] else ""
+        print(f"{problem['kind']}: {problem['path']}{known}")
 
 
 async def _verify_s3(args: argparse.Namespace) -> Outcome:
     """`verify s3://bucket/prefix/`: re-hash every object against its sha256 metadata (and
-    the index, given `--manifest`), and name each recording the index has but the bucket
+    the index, given `--index`), and name each recording the index has but the bucket
     lacks."""
+    from ..sinks import verify_objects
+
     with contextlib.ExitStack() as stack:
-        index = stack.enter_context(Manifest(args.manifest)) if args.manifest else None
+        index = stack.enter_context(Manifest(args.index)) if args.index else None
         sink = s3_sink(
             args.dir, endpoint_url=args.s3_endpoint_url, region=args.s3_region, index=index
         )
-        problems = [f"{p.kind}: {p.location}" for p in await verify_objects(sink)]
+        await check_bucket(sink)
+        problems = [
+            _problem(p.kind, Path(p.key).stem, p.location) for p in await verify_objects(sink)
+        ]
+        checked: int | None = None  # the objects' count is the sink's to tell; not yet told
         if index is not None:
+            checked = len(index)
             await sink.prepare()
             try:
                 for entry in index:
                     found = await sink.lookup(entry.recording_id, None, key=entry.path)
                     if found is None:
-                        problems.append(f"missing: {sink.location(entry.path)}")
+                        problems.append(
+                            _problem("missing", entry.recording_id, sink.location(entry.path))
+                        )
             finally:
                 await sink.close()
-    for problem in problems:
-        print(problem)
-    print(f"verified {sink.describe()}; {len(problems)} problem(s)")
+    _report_verify(args, checked, problems)
+    if not args.json:
+        print(f"verified {sink.describe()}; {len(problems)} problem(s)")
     return Outcome(failed=bool(problems))
+
+
+def _unindexed(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
+    """The audio files under `root` the index does not know (archived by hand, or by a run
+    whose index was lost)."""
+    with Manifest(manifest_path) as manifest:
+        known = {entry.path for entry in manifest}
+    return [
+        _problem("not in index", None, relative)
+        for path in sorted(root.rglob("*"))
+        if path.suffix in _AUDIO_SUFFIXES
+        and (relative := path.relative_to(root).as_posix()) not in known
+        and path.is_file()
+    ]
 
 
 async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     if str(args.dir).startswith("s3://"):
         return await _verify_s3(args)
     root = Path(args.dir)
-    manifest_path = Path(args.manifest) if args.manifest else root / MANIFEST_NAME
+    manifest_path = Path(args.index) if args.index else root / MANIFEST_NAME
     if not manifest_path.is_file():
-        raise UsageError(f"no manifest at {manifest_path}")
-    problems, count = await check_archive(root, manifest_path)
-    for problem in problems:
-        print(f"{problem.problem}: {problem.path} ({problem.recording_id})")
-    print(f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)")
-    if problems:
-        print(
-            f"to re-fetch them: vobiz-recordings download --out {shlex.quote(str(root))} --repair"
+        raise UsageError(
+            f"no index at {manifest_path}: `vobiz-recordings download --out "
+            f"{shlex.quote(str(root))}` builds one"
         )
-    return Outcome(failed=bool(problems))
+    found, count = await check_archive(root, manifest_path)
+    problems = [_problem(p.problem, p.recording_id, p.path) for p in found]
+    unknown = await asyncio.to_thread(_unindexed, root, manifest_path)
+    _report_verify(args, count, problems + unknown)
+    if not args.json:
+        print(
+            f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)"
+            + (f"; {len(unknown)} file(s) the index does not know" if unknown else "")
+        )
+        if problems:
+            print(
+                "to re-fetch them: vobiz-recordings download --out "
+                f"{shlex.quote(str(root))} --repair"
+            )
+    return Outcome(failed=bool(problems or unknown))
 
 
 async def cmd_index_export(args: argparse.Namespace, interruption: Interruption) -> Outcome:
@@ -222,28 +319,46 @@ async def cmd_fake_server(args: argparse.Namespace, interruption: Interruption) 
 
     _check_fake_server_args(args)
     given_token = args.auth_token is not None
-    async with FakeVobiz(
+    fake = FakeVobiz(
         recordings=args.count,
         seed=args.seed,
         port=args.port,
         auth_id=args.auth_id or DEFAULT_AUTH_ID,
         auth_token=args.auth_token or DEFAULT_AUTH_TOKEN,
-    ) as fake:
-        print(f"fake Vobiz on {fake.base_url} with {args.count} recordings (Ctrl-C stops)")
-        print(f"export VOBIZ_BASE_URL={fake.base_url}")
-        print(f"export VOBIZ_AUTH_ID={fake.auth_id}")
-        if given_token:  # never echo a token the user typed
-            print("export VOBIZ_AUTH_TOKEN=...  # the --auth-token you gave")
-        else:
-            print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
-        sys.stdout.flush()
-        await asyncio.Event().wait()
+    )
+    with port_in_use("127.0.0.1", args.port):
+        async with fake:
+            print(f"fake Vobiz on {fake.base_url} with {args.count} recordings (Ctrl-C stops)")
+            print(f"export VOBIZ_BASE_URL={fake.base_url}")
+            print(f"export VOBIZ_AUTH_ID={fake.auth_id}")
+            if given_token:  # never echo a token the user typed
+                print("export VOBIZ_AUTH_TOKEN=...  # the --auth-token you gave")
+            else:
+                print(f"export VOBIZ_AUTH_TOKEN={fake.auth_token}  # the fake's own, not a secret")
+            sys.stdout.flush()
+            await asyncio.Event().wait()
     return Outcome()  # pragma: no cover - only Ctrl-C ends it
+
+
+@contextlib.contextmanager
+def port_in_use(host: str, port: int) -> Iterator[None]:
+    """A listening socket that cannot bind becomes one line naming the port (exit 1)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE:
+            raise
+        raise Unavailable(f"port {port} is in use on {host}; pick another") from None
 
 
 async def cmd_serve(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     from ..receiver import ServeConfig, serve
 
+    if args.public_url.startswith("http://") and not args.allow_http_public_url:
+        raise UsageError(
+            f"--public-url {args.public_url} is http://, but Vobiz calls https:// only; "
+            "pass --allow-http-public-url if a proxy in front ends TLS on this URL"
+        )
     host, port = args.listen
     config = ServeConfig(
         public_url=args.public_url,
@@ -261,5 +376,6 @@ async def cmd_serve(args: argparse.Namespace, interruption: Interruption) -> Out
         drain_seconds=args.drain_seconds,
         sync_every=args.sync_every,
     )
-    code = await serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))
+    with port_in_use(host, port):
+        code = await serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))
     return Outcome(failed=code != 0)

@@ -22,10 +22,13 @@ def configure_logging(debug: bool) -> None:
         logging.getLogger("aiohttp").setLevel(logging.ERROR)
 
 
-def report_failure(err: BaseException, *, debug: bool, named: bool = True) -> None:
-    """The one `error: ...` line on stderr; with --debug, the traceback first."""
+def report_failure(err: BaseException, *, debug: bool, named: bool = True, prefix: str = "") -> str:
+    """The one `error: ...` line on stderr (with --debug, the traceback first); returns the
+    message, for `--json`."""
     if debug:
         logger.exception("command failed")
     kind = f"{type(err).__name__}: " if named else ""
     notes = "".join(f" ({note})" for note in getattr(err, "__notes__", ()))
-    print(f"error: {kind}{err}{notes}".replace("\n", " "), file=sys.stderr)
+    message = f"{prefix}{kind}{err}{notes}".replace("\n", " ")
+    print(f"error: {message}", file=sys.stderr)
+    return message

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import attrs
@@ -15,7 +16,6 @@ import attrs
 from ..errors import StorageError
 from ..models import Recording
 from ..results import DownloadReport, DownloadStatus
-from ..scaleout import ScaleOutReport  # Ray itself: only when a job runs
 from .progress import human_bytes
 
 
@@ -24,12 +24,22 @@ def print_json_lines(recordings: Sequence[Recording], out: TextIO) -> None:
         out.write(json.dumps(recording.to_dict(), separators=(",", ":")) + "\n")
 
 
-def print_table(recordings: Sequence[Recording], out: TextIO) -> None:
-    header = ("RECORDING ID", "ADDED", "TYPE", "SECONDS", "FORMAT", "FROM", "TO")
+def _when(value: datetime | None, local: bool) -> str:
+    """A timestamp in one zone for a whole table: UTC, or this machine's with `local`."""
+    if value is None:
+        return "-"
+    return value.astimezone(None if local else UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def print_table(recordings: Sequence[Recording], out: TextIO, *, local: bool = False) -> None:
+    """One row per recording, `add_time` in one zone (UTC unless `local`), so a
+    newest-first listing reads sorted."""
+    added = "ADDED (local)" if local else "ADDED (UTC)"
+    header = ("RECORDING ID", added, "TYPE", "SECONDS", "FORMAT", "FROM", "TO")
     rows = [
         (
             r.recording_id,
-            r.add_time.strftime("%Y-%m-%d %H:%M:%S%z") if r.add_time else "-",
+            _when(r.add_time, local),
             r.recording_type or "-",
             "-" if r.recording_duration_ms is None else f"{r.recording_duration_ms / 1000:.1f}",
             r.recording_format or "-",
@@ -42,6 +52,26 @@ def print_table(recordings: Sequence[Recording], out: TextIO) -> None:
     for row in [header, *rows]:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
         out.write("\n")
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def print_record(recording: Recording, out: TextIO) -> None:
+    """Every field of one recording, one `name  value` line each (`get` on a terminal); a
+    media URL's query (a signature, perhaps) is left out, as in every other line we print."""
+    fields = [(field.name, getattr(recording, field.name)) for field in attrs.fields(Recording)]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        shown = _shown(value)
+        if name == "recording_url" and "?" in shown:
+            shown = shown.split("?", 1)[0] + "?..."
+        out.write(f"{name.ljust(width)}  {shown}\n")
 
 
 def summary_json(report: DownloadReport) -> dict[str, Any]:
@@ -57,6 +87,8 @@ def summary_json(report: DownloadReport) -> dict[str, Any]:
             {"recording_id": r.recording_id, "error": str(r.error)} for r in report.failed
         ],
     }
+    from ..scaleout import ScaleOutReport  # only a job that ran has a report
+
     if isinstance(report, ScaleOutReport):
         summary["workers"] = [attrs.asdict(share) for share in report.workers]
         summary["failed_shards"] = [attrs.asdict(f) for f in report.failed_shards]

@@ -1,31 +1,96 @@
 """The command line's grammar: one argparse sub-parser per command, each naming the command
-function it runs."""
+function it runs.
+
+A command's options are added the first time its parser is used (parsed, or asked for
+`--help`), and its function is imported only when it runs: `vobiz-recordings --help`, and
+every command, import only what they use (no aiohttp server, S3, webhooks, Ray or rich).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Coroutine
-from typing import Any
+import importlib
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
 
 from .._version import __version__
-from ..manifest import MANIFEST_NAME
-from .archive import cmd_demo, cmd_download
-from .commands import (
-    cmd_delete,
-    cmd_fake_server,
-    cmd_get,
-    cmd_index_export,
-    cmd_list,
-    cmd_serve,
-    cmd_verify,
-)
-from .results import Interruption, Outcome
+from .results import Interruption, Outcome, UsageError
 
 #: The first line of the package's docstring: `--help`'s description.
 DESCRIPTION = "`vobiz-recordings`: list, fetch, delete, archive and verify recordings from a shell."
 
+#: What the index file in an archive folder is called (`manifest.MANIFEST_NAME`, which a
+#: test keeps equal: importing the manifest here would cost every `--help` its imports).
+INDEX_NAME = "vobiz-manifest.jsonl"
+
+#: The recording types Vobiz documents; another value is passed on with a warning.
+RECORDING_TYPES = ("call", "conference", "trunk")
+
 Command = Callable[[argparse.Namespace, Interruption], Coroutine[Any, Any, Outcome]]
 Commands = Any  # argparse's _SubParsersAction, private in typeshed
+Options = Callable[[argparse.ArgumentParser], None]
+
+#: The exit codes every command's `--help` ends with (the README's table).
+EXIT_CODES = """exit codes:
+  0    done
+  1    some items failed, or the destination or a connection failed (one line says which)
+  2    usage error
+  3    credentials refused (by Vobiz or S3) or missing
+  130  interrupted (Ctrl-C)"""
+
+
+class ArgumentsError(Exception):
+    """argparse refused the command line: `main` prints it (or a JSON object) and exits 2."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A parser whose options are added on first use, and whose errors `main` reports."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.pending: list[Options] = []
+
+    def ready(self) -> None:
+        """Add the options still pending."""
+        while self.pending:
+            self.pending.pop(0)(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        self.ready()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.ready()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self.ready()
+        return super().format_usage()
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentsError(message, self.format_usage())
+
+
+def command(module: str, name: str) -> tuple[str, str]:
+    """Where a command's function lives (`vobiz_async.cli.<module>.<name>`): `set_defaults`
+    records this, and `load_command` imports it only for the command that runs."""
+    return module, name
+
+
+def load_command(args: argparse.Namespace) -> Command:
+    """The function of the command parsed into `args`, imported now (before the event loop
+    starts, so the import does not stall it)."""
+    module, name = args.func
+    loaded: Command = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+    return loaded
 
 
 def _whole_number(text: str, minimum: int, maximum: int | None = None) -> int:
@@ -56,6 +121,17 @@ def _port(text: str) -> int:
     return _whole_number(text, 0, 65535)
 
 
+def _recording_type(text: str) -> str:
+    """A `--recording-type`: a value Vobiz does not document is passed on, with one warning."""
+    if text not in RECORDING_TYPES:
+        print(
+            f"warning: --recording-type {text!r} is none of {', '.join(RECORDING_TYPES)}; "
+            "Vobiz may return nothing",
+            file=sys.stderr,
+        )
+    return text
+
+
 def _shared_options(defaults: bool) -> argparse.ArgumentParser:
     # Accepted before or after the command. Only the top level sets defaults: with
     # defaults on both, a command's would silently replace what came before it.
@@ -69,50 +145,58 @@ def _shared_options(defaults: bool) -> argparse.ArgumentParser:
     return options
 
 
-def _add(
-    commands: Commands, common: argparse.ArgumentParser, name: str, func: Command, text: str
-) -> argparse.ArgumentParser:
-    sub: argparse.ArgumentParser = commands.add_parser(
-        name, parents=[common], help=text, description=text
-    )
-    sub.set_defaults(func=func)
-    return sub
+def _epilog(*examples: str) -> str:
+    lines = [EXIT_CODES, "", "examples:", *(f"  vobiz-recordings {e}" for e in examples)]
+    return "\n".join(lines)
 
 
-def _add_list(commands: Commands, common: argparse.ArgumentParser) -> None:
-    text = "list recordings (a table on a terminal, else JSON Lines)"
-    listing = _add(commands, common, "list", cmd_list, text)
-    listing.add_argument("--json", action="store_true", help="JSON Lines in the wire form")
-    listing.add_argument("--recording-type")
+def _json_option(sub: argparse.ArgumentParser, text: str) -> None:
+    sub.add_argument("--json", action="store_true", help=text)
+
+
+def _list_options(listing: argparse.ArgumentParser) -> None:
+    listing.set_defaults(func=command("commands", "cmd_list"))
+    _json_option(listing, "JSON Lines in the wire form (and failures as a JSON object)")
+    listing.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
     listing.add_argument("--call-uuid")
     listing.add_argument("--limit", type=_positive, help="stop after N recordings")
+    listing.add_argument(
+        "--local", action="store_true", help="the table's times in this machine's zone, not UTC"
+    )
 
 
-def _add_get_and_delete(commands: Commands, common: argparse.ArgumentParser) -> None:
-    get = _add(commands, common, "get", cmd_get, "show one recording")
+def _get_options(get: argparse.ArgumentParser) -> None:
+    get.set_defaults(func=command("commands", "cmd_get"))
     get.add_argument("id")
-    get.add_argument("--json", action="store_true")
+    _json_option(get, "the recording in the wire form (and a failure as a JSON object)")
 
-    text = "delete recordings (asks first unless --yes)"
-    delete = _add(commands, common, "delete", cmd_delete, text)
+
+def _delete_options(delete: argparse.ArgumentParser) -> None:
+    delete.set_defaults(func=command("commands", "cmd_delete"))
     delete.add_argument("ids", nargs="+", metavar="ID")
     delete.add_argument("--yes", action="store_true", help="do not ask")
+    _json_option(delete, "the summary as one JSON object")
 
 
 def _download_options(sub: argparse.ArgumentParser) -> None:
     """The options `download` and `demo` share."""
     sub.add_argument("--concurrency", type=_positive, default=16)
     sub.add_argument("--overwrite", action="store_true", help="fetch files already saved")
-    sub.add_argument("--no-manifest", action="store_true", help=f"skip {MANIFEST_NAME}")
+    sub.add_argument(
+        "--no-index", dest="no_manifest", action="store_true", help=f"keep no index ({INDEX_NAME})"
+    )
+    sub.add_argument(  # the old name, kept working
+        "--no-manifest", dest="no_manifest", action="store_true", help=argparse.SUPPRESS
+    )
 
 
 def _s3_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--s3-endpoint-url", help="default: $AWS_ENDPOINT_URL_S3, AWS")
-    sub.add_argument("--s3-region", help="default: $AWS_REGION / the AWS profile")
+    sub.add_argument("--s3-endpoint-url", help="s3:// only; default: $AWS_ENDPOINT_URL_S3, AWS")
+    sub.add_argument("--s3-region", help="s3:// only; default: $AWS_REGION / the AWS profile")
 
 
-def _add_download(commands: Commands, common: argparse.ArgumentParser) -> None:
-    download = _add(commands, common, "download", cmd_download, "archive recordings into a folder")
+def _archive_options(download: argparse.ArgumentParser) -> None:
+    download.set_defaults(func=command("archive", "cmd_download"))
     download.add_argument(
         "--out", required=True, help="destination: a folder, or s3://bucket/prefix/"
     )
@@ -124,19 +208,24 @@ def _add_download(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     _s3_options(download)
     download.add_argument(
-        "--index", help=f"the index file (default: OUT/{MANIFEST_NAME}; none for s3://)"
+        "--index", help=f"the index file (default: OUT/{INDEX_NAME}; none for s3://)"
     )
-    download.add_argument("--recording-type")
+    download.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
     download.add_argument("--call-uuid")
     download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
-    download.add_argument("--ids-file", help="a file of ids, one a line ('-' for stdin)")
+    download.add_argument(
+        "--ids-file", help="a file of ids, one a line, # comments ('-' for stdin)"
+    )
     download.add_argument(
         "--repair",
         action="store_true",
         help="re-fetch exactly the files `verify` finds missing or changed",
     )
     _download_options(download)
-    download.add_argument("--json", action="store_true", help="the summary as one JSON object")
+    _json_option(download, "the summary as one JSON object (also when the command fails)")
+
+
+def _engine_options(download: argparse.ArgumentParser) -> None:
     download.add_argument(
         "--engine",
         choices=("local", "ray"),
@@ -144,52 +233,67 @@ def _add_download(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="where transfers run: this process, or Ray tasks (pip install 'vobiz-async[ray]')",
     )
     download.add_argument(
-        "--ray-address", help="a running Ray cluster (auto, HOST:PORT); default: a local Ray"
+        "--ray-address",
+        help="with --engine ray: a running Ray cluster (auto, HOST:PORT); default: a local Ray",
     )
     download.add_argument(
-        "--shard-size", type=_positive, default=2000, help="recordings per Ray task"
+        "--shard-size", type=_positive, help="with --engine ray: recordings per Ray task (2000)"
     )
 
 
-def _add_verify_and_index(commands: Commands, common: argparse.ArgumentParser) -> None:
-    verify = _add(commands, common, "verify", cmd_verify, "re-hash an archive against its manifest")
+def _verify_options(verify: argparse.ArgumentParser) -> None:
+    verify.set_defaults(func=command("commands", "cmd_verify"))
     verify.add_argument("dir", help="a folder, or s3://bucket/prefix/")
     _s3_options(verify)
-    verify.add_argument("--manifest", help=f"default: DIR/{MANIFEST_NAME}")
+    verify.add_argument("--index", help=f"the index file (default: DIR/{INDEX_NAME})")
+    verify.add_argument("--manifest", dest="index", help=argparse.SUPPRESS)  # the old name
+    _json_option(verify, "one JSON object: checked, problems (kind, id), error on failure")
 
-    index = commands.add_parser("index", help="the archive's index (manifest)")
-    index_commands = index.add_subparsers(dest="index_command", required=True)
-    export = index_commands.add_parser(
-        "export", parents=[common], help="print the index as JSON Lines, one entry a line"
-    )
-    export.set_defaults(func=cmd_index_export)
-    export.add_argument("dir", nargs="?", help=f"an archive folder: DIR/{MANIFEST_NAME}")
+
+def _export_options(export: argparse.ArgumentParser) -> None:
+    export.set_defaults(func=command("commands", "cmd_index_export"))
+    export.add_argument("dir", nargs="?", help=f"an archive folder: DIR/{INDEX_NAME}")
     export.add_argument("--index", help="the index file itself")
 
 
-def _add_demo(commands: Commands, common: argparse.ArgumentParser) -> None:
-    text = "archive from an in-process fake Vobiz: offline, no account"
-    demo = _add(commands, common, "demo", cmd_demo, text)
+def _add_index(commands: Commands, common: argparse.ArgumentParser) -> None:
+    examples = ("index export /srv/recordings", "index export --index /srv/index.db")
+    index: CommandParser = commands.add_parser(
+        "index",
+        help="the archive's index",
+        description="the archive's index",
+        epilog=_epilog(*examples),
+    )
+    index_commands: Commands = index.add_subparsers(dest="index_command", required=True)
+    export: CommandParser = index_commands.add_parser(
+        "export",
+        parents=[common],
+        help="print the index as JSON Lines, one entry a line",
+        description="print the index as JSON Lines, one entry a line",
+        epilog=_epilog(*examples),
+    )
+    export.pending.append(_export_options)
+
+
+def _demo_options(demo: argparse.ArgumentParser) -> None:
+    demo.set_defaults(func=command("archive", "cmd_demo"))
     demo.add_argument("--count", type=_positive, default=300)
     demo.add_argument("--out", help="destination folder (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0)
     _download_options(demo)
 
 
-def _add_fake_server(commands: Commands, common: argparse.ArgumentParser) -> None:
-    fake = _add(
-        commands, common, "fake-server", cmd_fake_server, "serve the fake Vobiz on 127.0.0.1"
-    )
+def _fake_server_options(fake: argparse.ArgumentParser) -> None:
+    fake.set_defaults(func=command("commands", "cmd_fake_server"))
     fake.add_argument("--port", type=_port, default=0, help="default: a free port")
     fake.add_argument("--count", type=_count, default=100)
     fake.add_argument("--seed", type=int, default=0)
 
 
-def _add_serve(commands: Commands, common: argparse.ArgumentParser) -> None:
+def _serve_options(serve: argparse.ArgumentParser) -> None:
     from .. import receiver  # serve's value parsers live with the receiver they configure
 
-    text = "receive RecordStop callbacks and archive each recording"
-    serve = _add(commands, common, "serve", cmd_serve, text)
+    serve.set_defaults(func=command("commands", "cmd_serve"))
     serve.add_argument(
         "--listen",
         type=receiver.parse_listen,
@@ -199,6 +303,11 @@ def _add_serve(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--public-url", type=receiver.public_url, required=True, help="the URL Vobiz calls"
+    )
+    serve.add_argument(
+        "--allow-http-public-url",
+        action="store_true",
+        help="accept an http:// --public-url (Vobiz calls https only)",
     )
     serve.add_argument("--out", required=True, help="destination folder")
     serve.add_argument(
@@ -239,19 +348,116 @@ def _add_serve(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole grammar, commands in the order `--help` lists them."""
-    common = _shared_options(defaults=False)
-    parser = argparse.ArgumentParser(
-        prog="vobiz-recordings", description=DESCRIPTION, parents=[_shared_options(defaults=True)]
+#: Every command but `index` (a group), in the order `--help` lists them: its name, what it
+#: does, the options it adds on first use, and the two examples its `--help` ends with.
+_COMMANDS: tuple[tuple[str, str, tuple[Options, ...], tuple[str, str]], ...] = (
+    (
+        "list",
+        "list recordings (a table on a terminal, else JSON Lines)",
+        (_list_options,),
+        ("list --limit 20", "list --recording-type call --json > recordings.jsonl"),
+    ),
+    ("get", "show one recording", (_get_options,), ("get REC_ID", "get REC_ID --json")),
+    (
+        "delete",
+        "delete recordings (asks first unless --yes)",
+        (_delete_options,),
+        ("delete REC_ID", "delete --yes REC_ID_1 REC_ID_2 --json"),
+    ),
+    (
+        "download",
+        "archive recordings into a folder or a bucket",
+        (_archive_options, _engine_options),
+        (
+            "download --out /srv/recordings",
+            "download --out s3://bucket/calls/ --ids-file ids.txt --json",
+        ),
+    ),
+    (
+        "verify",
+        "re-hash an archive against its index",
+        (_verify_options,),
+        ("verify /srv/recordings", "verify s3://bucket/calls/ --json"),
+    ),
+    (
+        "demo",
+        "archive from an in-process fake Vobiz: offline, no account",
+        (_demo_options,),
+        ("demo", "demo --count 50 --out /tmp/demo"),
+    ),
+    (
+        "serve",
+        "receive RecordStop callbacks and archive each recording",
+        (_serve_options,),
+        (
+            "serve --public-url https://hooks.example.com/vobiz --out /srv/recordings",
+            "serve --listen 0.0.0.0:8080 --public-url https://hooks.example.com/v "
+            "--out /srv/r --sync-every 1h",
+        ),
+    ),
+    (
+        "fake-server",
+        "serve the fake Vobiz on 127.0.0.1",
+        (_fake_server_options,),
+        ("fake-server", "fake-server --port 8080 --count 1000"),
+    ),
+)
+
+
+def _add_commands(commands: Commands, common: argparse.ArgumentParser) -> None:
+    for name, text, options, examples in _COMMANDS:
+        sub: CommandParser = commands.add_parser(
+            name, parents=[common], help=text, description=text, epilog=_epilog(*examples)
+        )
+        sub.pending.extend(options)
+        if name == "verify":
+            _add_index(commands, common)  # `--help` lists it after verify
+
+
+def build_parser() -> CommandParser:
+    """The whole grammar; each command's options are added when that command is used."""
+    parser = CommandParser(
+        prog="vobiz-recordings",
+        description=DESCRIPTION,
+        parents=[_shared_options(defaults=True)],
+        epilog=_epilog("download --out /srv/recordings", "verify /srv/recordings"),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_list(commands, common)
-    _add_get_and_delete(commands, common)
-    _add_download(commands, common)
-    _add_verify_and_index(commands, common)
-    _add_demo(commands, common)
-    _add_serve(commands, common)
-    _add_fake_server(commands, common)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    _add_commands(commands, _shared_options(defaults=False))
     return parser
+
+
+#: Options whose attribute is not named after the flag a user reads.
+_FLAGS = {"no_manifest": "--no-index"}
+
+
+def _given(args: argparse.Namespace, *names: str) -> list[str]:
+    """The flags, among the attributes `names`, that the command line set."""
+    return [
+        _FLAGS.get(name, "--" + name.replace("_", "-"))
+        for name in names
+        if getattr(args, name, None) not in (None, False)
+    ]
+
+
+def check_conflicts(args: argparse.Namespace) -> None:
+    """Refuse, in one line, options that contradict each other (a UsageError: exit 2)."""
+    pairs: list[tuple[list[str], list[str]]] = []
+    if args.command == "download":
+        pairs.append((_given(args, "ids", "ids_file"), _given(args, "recording_type", "call_uuid")))
+        pairs.append((_given(args, "no_manifest"), _given(args, "index")))
+        if args.engine != "ray":
+            ray_only = _given(args, "ray_address", "shard_size")
+            if ray_only:
+                raise UsageError(f"{ray_only[0]} needs --engine ray")
+    for first, second in pairs:
+        if first and second:
+            raise UsageError(f"{first[0]} and {second[0]} cannot be used together")
+    if args.command in ("download", "verify"):
+        destination = args.out if args.command == "download" else args.dir
+        s3_only = _given(args, "s3_endpoint_url", "s3_region")
+        if s3_only and not str(destination).startswith("s3://"):
+            raise UsageError(
+                f"{s3_only[0]} applies to s3:// destinations, not the folder {destination}"
+            )

@@ -1,9 +1,9 @@
 """What a command hands back to `main`, and the errors that end one: main turns both into
-the exit code."""
+the exit code. Plain classes: `--help` imports this module, and attrs would double its cost."""
 
 from __future__ import annotations
 
-import attrs
+from typing import NamedTuple
 
 
 class UsageError(Exception):
@@ -14,16 +14,19 @@ class DestinationError(Exception):
     """The download folder cannot be created or written: said once, before any transfer."""
 
 
-@attrs.frozen
-class Outcome:
+class Unavailable(Exception):
+    """Something the command needs cannot be had (a port in use): one line, exit 1."""
+
+
+class Outcome(NamedTuple):
     """What a command did: `failed` when some of its items failed (exit 1)."""
 
     failed: bool = False
 
 
-@attrs.define
 class Interruption:
     """What `main` says if Ctrl-C stops the command: filled in by the command as it runs."""
 
-    keeps_partials: bool = False  # a download into a folder that stays: .part files remain
-    progress: str | None = None  # the progress line at the moment of the interrupt
+    def __init__(self, keeps_partials: bool = False, progress: str | None = None) -> None:
+        self.keeps_partials = keeps_partials  # a download into a folder that stays: .part files
+        self.progress = progress  # the progress line at the moment of the interrupt

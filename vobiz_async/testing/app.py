@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -46,6 +47,8 @@ from .faults import (
     phrase,
 )
 from .queries import Unsatisfiable, export_problem, parse_page, parse_range
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_AUTH_ID: Final = "MA_FAKE00000000000000"
 DEFAULT_AUTH_TOKEN: Final = "fake-token-not-a-secret-0123456789"  # noqa: S105 - a public fixture
@@ -544,6 +547,13 @@ class FakeVobiz:
                 answer = response if response is not None else await handler(request)
                 status = answer.status
                 return answer
+            except ConnectionError:  # reset, or aiohttp's "Connection lost" while draining
+                # The client went away (a download stopped, a process killed): one line, and
+                # a response aiohttp drops quietly, instead of its "Error handling request".
+                logger.warning(
+                    "client %s went away during %s %s", request.remote, request.method, request.path
+                )
+                return web.Response(status=status)
             except web.HTTPException as exc:
                 status = exc.status
                 raise
@@ -754,10 +764,8 @@ class FakeVobiz:
         await response.prepare(request)
         if request.method == hdrs.METH_HEAD:
             return response
-        try:
-            await self._stream(response, rec, start, stop, slow=kind == "slow")
-        except ConnectionResetError:
-            return response  # the client went away
+        # A client that goes away meanwhile: the middleware says so in one line.
+        await self._stream(response, rec, start, stop, slow=kind == "slow")
         if kind == "drop":
             transport = request.transport
             if transport is not None:
