@@ -147,7 +147,9 @@ def _add_download(commands: Commands, common: argparse.ArgumentParser) -> None:
         "--ray-address", help="a running Ray cluster (auto, HOST:PORT); default: a local Ray"
     )
     download.add_argument(
-        "--shard-size", type=_positive, default=2000, help="recordings per Ray task"
+        "--shard-size",
+        type=_positive,
+        help="recordings per Ray task (default: from the job and the CPUs)",
     )
 
 
