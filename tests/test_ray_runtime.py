@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _procs import default_sigint
@@ -118,9 +122,9 @@ async def _fake() -> AsyncIterator[FakeVobiz]:
         yield fake
 
 
-async def run_cli(*args: str, fake: FakeVobiz, env: dict[str, str]) -> tuple[int, str, str]:
-    """`vobiz-recordings ARGS` in a child process; killed if it outlives `BOUND`."""
-    proc = await asyncio.create_subprocess_exec(
+async def start_cli(*args: str, fake: FakeVobiz, env: dict[str, str]) -> Any:
+    """`vobiz-recordings ARGS` started in a child process, credentials in its environment."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "vobiz_async",
@@ -136,6 +140,11 @@ async def run_cli(*args: str, fake: FakeVobiz, env: dict[str, str]) -> tuple[int
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=default_sigint,
     )
+
+
+async def run_cli(*args: str, fake: FakeVobiz, env: dict[str, str]) -> tuple[int, str, str]:
+    """`vobiz-recordings ARGS` in a child process; killed if it outlives `BOUND`."""
+    proc = await start_cli(*args, fake=fake, env=env)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), BOUND)
     except TimeoutError:
@@ -179,6 +188,47 @@ async def test_ray_address_auto_without_a_cluster_says_so_in_our_words(
     assert "--ray-address auto" in err
     assert "`--address` flag" not in err
     assert "Traceback" not in err
+
+
+def raylet_logs(ray_tmp: Path) -> list[Path]:
+    """The raylet logs of every Ray session started with `ray_tmp` as Ray's folder."""
+    sessions = list(ray_tmp.glob("ray/session_2*/logs"))
+    assert sessions  # a Ray did start there
+    return [logs / "raylet.out" for logs in sessions if (logs / "raylet.out").exists()]
+
+
+async def test_ctrl_c_while_a_local_ray_starts_interrupts_the_start(
+    fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """SIGINT as soon as Ray's GCS runs: exit 130 without waiting for Ray to finish
+    starting (its raylet never starts), and no Ray process is left behind."""
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    ray_tmp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))  # Ray's socket paths are short
+    try:
+        proc = await start_cli(
+            "download", "--out", str(tmp_path / "archive"), "--engine", "ray",
+            fake=fake, env=child_env(ray_tmp),
+        )  # fmt: skip
+        driver = psutil.Process(proc.pid)
+
+        async def gcs_started() -> list[Any]:
+            while True:
+                children = driver.children(recursive=True)
+                if any(child.name() == "gcs_server" for child in children):
+                    return list(children)
+                await asyncio.sleep(0.02)
+
+        started = await asyncio.wait_for(gcs_started(), BOUND)
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), BOUND)
+        assert proc.returncode == 130, err
+        assert b"interrupted" in err
+        assert await asyncio.to_thread(raylet_logs, ray_tmp) == []
+        _, alive = await asyncio.to_thread(psutil.wait_procs, started, BOUND)
+        assert alive == []
+    finally:
+        await asyncio.to_thread(shutil.rmtree, ray_tmp, True)
 
 
 # -- a local Ray ----------------------------------------------------------------------------
