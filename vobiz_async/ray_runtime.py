@@ -60,6 +60,8 @@ RAY_CLIENT_PORT = 10001
 
 #: What every Ray process this library starts finds in its environment.
 _LOCAL_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+#: Ray's switch between a cluster node's address and loopback for this machine's address.
+_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: The logger of Ray's "Token authentication is enabled ..." notice.
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -191,7 +193,11 @@ def _start_local(ray: Any) -> None:
     constants = ray._private.ray_constants
     cluster_mode = constants.ENABLE_RAY_CLUSTER
     os.environ.update(_LOCAL_ENV)
+    # Off here (read at import, so set on the module) and in the processes Ray starts now,
+    # which then take 127.0.0.1 for this machine's address too.
     constants.ENABLE_RAY_CLUSTER = False
+    cluster_env = os.environ.get(_CLUSTER_ENV)
+    os.environ[_CLUSTER_ENV] = "0"
     # Ray turns token authentication on for a new local Ray (unless RAY_AUTH_MODE says
     # otherwise) and says so on stderr, telling how to turn it off: it stays on, unsaid.
     auth_notice = logging.getLogger(_AUTH_LOGGER)
@@ -211,6 +217,10 @@ def _start_local(ray: Any) -> None:
         )
     finally:
         constants.ENABLE_RAY_CLUSTER = cluster_mode
+        if cluster_env is None:
+            os.environ.pop(_CLUSTER_ENV, None)
+        else:
+            os.environ[_CLUSTER_ENV] = cluster_env
         auth_notice.setLevel(auth_level)
 
 
