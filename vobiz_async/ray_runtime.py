@@ -10,8 +10,9 @@ Either failure is one `ConfigurationError` line naming `--ray-address` (exit 3 i
 Without an address a Ray of our own starts on 127.0.0.1 only. Ray 2.60 replaces a loopback
 `_node_ip_address` by the machine's own address unless `ENABLE_RAY_CLUSTER` is off (a
 setting read once, when Ray is imported: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), so it is
-turned off for the start alone; the GCS, the raylet, the workers and both agents then bind
-127.0.0.1 (their gRPC servers listen on loopback only when their node address is loopback).
+turned off for the start, in this process and for the processes Ray starts then; the GCS,
+the raylet, the workers and both agents then bind 127.0.0.1 (their gRPC servers listen on
+loopback only when their node address is loopback). A Ctrl-C while Ray starts stops it.
 The dashboard is off, usage stats are off, and token authentication stays on (Ray's default
 for a new local Ray) without Ray's notice about it on the user's terminal.
 
@@ -41,12 +42,13 @@ from .errors import ConfigurationError
 __all__ = [
     "ADDRESS_FLAG",
     "SHARD_SIZES",
+    "check_reachable",
     "connect",
     "planning_cpus",
+    "resolve_auto",
     "shard_size_for",
+    "split_address",
 ]
-
-logger = logging.getLogger("vobiz_async")
 
 #: How the address is named in every error: the CLI's flag.
 ADDRESS_FLAG = "--ray-address"
