@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -294,3 +295,43 @@ def test_a_local_ray_listens_on_loopback_only() -> None:
     finally:
         _, err = proc.communicate(input="", timeout=BOUND)
     assert "Token authentication" not in err, err
+
+
+#: Tries `connect` on the address in argv[1] and prints its error.
+CONNECT = textwrap.dedent(
+    """
+    import sys
+    import ray
+    from vobiz_async import ConfigurationError, ray_runtime
+    if ray_runtime.dialled_address(ray, sys.argv[1]).startswith("127."):
+        print("SKIP Ray dials loopback on this machine")
+        sys.exit()
+    try:
+        ray_runtime.connect(ray, sys.argv[1], timeout=10)
+    except ConfigurationError as err:
+        print(err)
+    """
+)
+
+
+def test_a_cluster_ray_would_not_dial_is_refused_as_unreachable() -> None:
+    """Something on 127.0.0.1 only: Ray dials this machine's own address instead (and would
+    retry that for good), so the check dials that address too and names both."""
+    pytest.importorskip("ray")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        done = subprocess.run(  # noqa: S603 - our interpreter
+            [sys.executable, "-c", CONNECT, address],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+            check=False,
+            preexec_fn=default_sigint,
+        )
+    if done.stdout.startswith("SKIP"):
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stderr
+    assert f"cannot reach a Ray cluster at {address} (--ray-address; Ray dials" in done.stdout

@@ -44,6 +44,7 @@ __all__ = [
     "SHARD_SIZES",
     "check_reachable",
     "connect",
+    "dialled_address",
     "planning_cpus",
     "resolve_auto",
     "shard_size_for",
@@ -139,15 +140,32 @@ def _reason(err: OSError) -> str:
 # -- the checks -------------------------------------------------------------------------------
 
 
-def check_reachable(host: str, port: int, timeout: float) -> None:
-    """A TCP connect to the cluster's GCS (or Ray Client) port, within `timeout` seconds."""
+def check_reachable(address: str, timeout: float, *, dialled: str | None = None) -> None:
+    """A TCP connect to the cluster's GCS (or Ray Client) port, within `timeout` seconds.
+
+    `dialled` is the address Ray will really connect to, when it differs from the one given
+    (Ray replaces a loopback host by this machine's address)."""
+    host, port = split_address(dialled or address)
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as err:
+        given = _display(*split_address(address))
+        via = "" if dialled in (None, address) else f"; Ray dials {_display(host, port)}"
         raise ConfigurationError(
-            f"cannot reach a Ray cluster at {_display(host, port)} ({ADDRESS_FLAG}): {_reason(err)}"
+            f"cannot reach a Ray cluster at {given} ({ADDRESS_FLAG}{via}): {_reason(err)}"
         ) from None
+
+
+def dialled_address(ray: Any, address: str) -> str:
+    """The `HOST:PORT` `ray.init` connects to for `address` (a Ray Client `ray://` address
+    as given): Ray replaces 127.0.0.1 and localhost by this machine's address."""
+    if address.startswith("ray://"):
+        return address
+    try:
+        return str(ray._private.services.canonicalize_bootstrap_address(address))
+    except Exception:  # Ray's own parsing failed; split_address named the flag
+        return address
 
 
 def resolve_auto(ray: Any) -> str:
@@ -183,8 +201,8 @@ def connect(ray: Any, address: str | None, *, timeout: float = 15.0) -> bool:
             _start_local(ray)
         return True
     target = resolve_auto(ray) if address.strip() == "auto" else address.strip()
-    host, port = split_address(target)
-    check_reachable(host, port, timeout)
+    split_address(target)
+    check_reachable(target, timeout, dialled=dialled_address(ray, target))
     with _interruptible(ray):
         ray.init(address=target, log_to_driver=False, configure_logging=False)
     return True
