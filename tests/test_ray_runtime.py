@@ -303,7 +303,7 @@ CONNECT = textwrap.dedent(
     import sys
     import ray
     from vobiz_async import ConfigurationError, ray_runtime
-    if ray_runtime.dialled_address(ray, sys.argv[1]).startswith("127."):
+    if ray_runtime.dialled_address(sys.argv[1]).startswith("127."):
         print("SKIP Ray dials loopback on this machine")
         sys.exit()
     try:

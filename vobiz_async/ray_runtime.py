@@ -157,24 +157,28 @@ def check_reachable(address: str, timeout: float, *, dialled: str | None = None)
         ) from None
 
 
-def dialled_address(ray: Any, address: str) -> str:
+def dialled_address(address: str) -> str:
     """The `HOST:PORT` `ray.init` connects to for `address` (a Ray Client `ray://` address
     as given): Ray replaces 127.0.0.1 and localhost by this machine's address."""
     if address.startswith("ray://"):
         return address
+    import ray._private.services as ray_services  # Ray's own reading of an address
+
     try:
-        return str(ray._private.services.canonicalize_bootstrap_address(address))
+        return str(ray_services.canonicalize_bootstrap_address(address))
     except Exception:  # Ray's own parsing failed; split_address named the flag
         return address
 
 
-def resolve_auto(ray: Any) -> str:
+def resolve_auto() -> str:
     """The address `auto` means: `RAY_ADDRESS`, else the cluster `ray start` last started on
     this machine, as Ray records it (`ray_current_cluster` in Ray's temporary folder)."""
     from_env = os.environ.get("RAY_ADDRESS", "").strip()
     if from_env and from_env != "auto":
         return from_env
-    recorded = ray._private.utils.read_ray_address(None)
+    import ray._private.utils as ray_utils  # Ray's reading of the record `ray start` left
+
+    recorded = ray_utils.read_ray_address(None)
     if not recorded:
         raise ConfigurationError(
             f"no running Ray cluster found for {ADDRESS_FLAG} auto: none was started on this "
@@ -200,9 +204,9 @@ def connect(ray: Any, address: str | None, *, timeout: float = 15.0) -> bool:
         with _interruptible(ray):
             _start_local(ray)
         return True
-    target = resolve_auto(ray) if address.strip() == "auto" else address.strip()
+    target = resolve_auto() if address.strip() == "auto" else address.strip()
     split_address(target)
-    check_reachable(target, timeout, dialled=dialled_address(ray, target))
+    check_reachable(target, timeout, dialled=dialled_address(target))
     with _interruptible(ray):
         ray.init(address=target, log_to_driver=False, configure_logging=False)
     return True
@@ -210,7 +214,8 @@ def connect(ray: Any, address: str | None, *, timeout: float = 15.0) -> bool:
 
 def _start_local(ray: Any) -> None:
     """`ray.init` for a Ray of our own, bound to 127.0.0.1 (see the module doc)."""
-    constants = ray._private.ray_constants
+    import ray._private.ray_constants as constants  # ENABLE_RAY_CLUSTER: no public setting
+
     cluster_mode = constants.ENABLE_RAY_CLUSTER
     os.environ.update(_LOCAL_ENV)
     # Off here (read at import, so set on the module) and in the processes Ray starts now,

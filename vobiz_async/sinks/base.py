@@ -12,13 +12,17 @@ that a partial never wears a final name.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
 from ..models import Recording
 
-__all__ = ["Sink", "Stored", "Writer"]
+__all__ = ["AlreadyStored", "Layout", "Sink", "Stored", "Writer"]
+
+#: How a sink names recordings: `<id>.<ext>` ("flat") or `YYYY/MM/DD/<id>.<ext>` ("date").
+#: Defined here, the lowest layer that needs it; `vobiz_async.types` re-exports it.
+Layout = Literal["flat", "date"]
 
 
 @attrs.frozen
@@ -33,6 +37,16 @@ class Stored:
     #: Hex sha256 of the stored bytes when the sink knows it (metadata, index), else None.
     sha256: str | None = None
     container: str | None = None
+
+
+class AlreadyStored(Exception):
+    """Raised by `Sink.open` when, after claiming the recording's partial, its final file
+    or object turned out to exist (another process finished it meanwhile): the batch
+    reports it skipped, and indexes `stored`, instead of fetching it again."""
+
+    def __init__(self, stored: Stored) -> None:
+        super().__init__(f"already stored: {stored.location}")
+        self.stored = stored
 
 
 class Writer(Protocol):
