@@ -43,13 +43,14 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from . import ray_runtime
 from .batch import Batch, BatchOptions, Engine, item_id
 from .download import Downloader
 from .errors import ConfigurationError, DownloadError, ManifestError
@@ -338,7 +339,8 @@ class RayEngine:
     `address=None` starts a local Ray on this machine's cores for the job (and stops it
     after); `"auto"` or `"HOST:PORT"` joins a running cluster. When this process is already
     connected to Ray (`ray.init` was called), that connection is used and left open.
-    `shard_size` recordings make a shard, one task each; `concurrency_per_shard` caps the
+    `shard_size` recordings make a shard, one task each (default: sized from the job and the
+    cluster's CPUs, `ray_runtime.shard_size_for`); `concurrency_per_shard` caps the
     transfers in one shard, and the job's `concurrency` caps them across the job. A task
     whose worker or node dies is retried up to `max_retries` times (never forever).
     """
@@ -347,11 +349,11 @@ class RayEngine:
         self,
         address: str | None = None,
         *,
-        shard_size: int = 2000,
+        shard_size: int | None = None,
         concurrency_per_shard: int = 16,
         max_retries: int = 3,
     ) -> None:
-        if shard_size < 1:
+        if shard_size is not None and shard_size < 1:
             raise ValueError("shard_size must be >= 1")
         if concurrency_per_shard < 1:
             raise ValueError("concurrency_per_shard must be >= 1")
@@ -393,19 +395,23 @@ class RayEngine:
         journal = None
         try:
             places = await _admit(batch, source)
-            shards = [
-                _Shard(number, key, tuple(chunk))
-                for number, (key, chunk) in enumerate(
-                    plan_shards([item for item, _ in places], self.shard_size)
+            with self._joined_to_size(ray, len(places)):
+                size = ray_runtime.shard_size_for(
+                    len(places), ray_runtime.planning_cpus(ray), self.shard_size
                 )
-            ]
-            journal = None if index is None else _Journal(Path(str(index.path) + SHARDS_SUFFIX))
-            run = _Run(self, ray, config, batch, places, journal, job_args)
-            finished = set() if journal is None or options.overwrite else journal.finished()
-            pending = [s for s in shards if s.key not in finished]
-            run.skip([s for s in shards if s.key in finished])
-            if pending:
-                await run.execute(pending, options.concurrency)
+                shards = [
+                    _Shard(number, key, tuple(chunk))
+                    for number, (key, chunk) in enumerate(
+                        plan_shards([item for item, _ in places], size)
+                    )
+                ]
+                journal = None if index is None else _Journal(Path(str(index.path) + SHARDS_SUFFIX))
+                run = _Run(self, ray, config, batch, places, journal, job_args)
+                finished = set() if journal is None or options.overwrite else journal.finished()
+                pending = [s for s in shards if s.key not in finished]
+                run.skip([s for s in shards if s.key in finished])
+                if pending:
+                    await run.execute(pending, options.concurrency)
         finally:
             if journal is not None:
                 journal.close()
@@ -420,6 +426,20 @@ class RayEngine:
             shards_skipped=len(shards) - len(pending),
             shard_seconds=run.shard_seconds,
         )
+
+    @contextlib.contextmanager
+    def _joined_to_size(self, ray: Any, total: int) -> Iterator[None]:
+        """A cluster's CPUs size the shards: join it before cutting them, and leave it after
+        the job (a local Ray's CPUs are this machine's, known without starting it)."""
+        if self.shard_size is not None or self.address is None or total == 0:
+            yield
+            return
+        owned = ray_runtime.connect(ray, self.address)
+        try:
+            yield
+        finally:
+            if owned:
+                ray.shutdown()
 
 
 def _travelling_config(session: ApiClient) -> SessionConfig:
@@ -520,21 +540,7 @@ class _Run:
 
     def _connect(self) -> bool:
         """Connect to Ray unless this process already is; whether we must disconnect."""
-        ray = self.ray
-        if ray.is_initialized():
-            return False
-        address = self.engine.address
-        ray.init(
-            # "local" starts a Ray of our own even where another one runs on this machine
-            # (None would join the latest one started there).
-            address="local" if address is None else address,
-            include_dashboard=False if address is None else None,
-            # Worker output stays in the session's logs/ folder: the driver's stdout is the
-            # CLI's, and its last line may be a JSON summary.
-            log_to_driver=False,
-            configure_logging=False,
-        )
-        return True
+        return ray_runtime.connect(self.ray, self.engine.address)
 
     async def execute(self, shards: list[_Shard], concurrency: int) -> None:
         """Run `shards` on Ray, a bounded number at once, each result to the batch core;

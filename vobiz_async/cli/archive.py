@@ -55,7 +55,7 @@ class DownloadJob:
     s3_region: str | None = None
     engine: str = "local"
     ray_address: str | None = None
-    shard_size: int = 2000
+    shard_size: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DownloadJob:

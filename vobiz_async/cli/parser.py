@@ -237,7 +237,9 @@ def _engine_options(download: argparse.ArgumentParser) -> None:
         help="with --engine ray: a running Ray cluster (auto, HOST:PORT); default: a local Ray",
     )
     download.add_argument(
-        "--shard-size", type=_positive, help="with --engine ray: recordings per Ray task (2000)"
+        "--shard-size",
+        type=_positive,
+        help="with --engine ray: recordings per Ray task (default: from the job and the CPUs)",
     )
 
 
