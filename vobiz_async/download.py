@@ -68,7 +68,7 @@ from .results import (
     Source,
     result_event,
 )
-from .sinks import DirectorySink, Sink, Stored, Writer, sink_for
+from .sinks import AlreadyStored, DirectorySink, Sink, Stored, Writer, sink_for
 from .sinks.directory import disk_error
 
 if TYPE_CHECKING:
@@ -541,7 +541,19 @@ class Downloader:
         return stored.location if isinstance(self.sink, DirectorySink) else None
 
     async def _transfer(self, recording: Recording) -> DownloadResult:
-        writer = await self.sink.open(recording)
+        try:
+            writer = await self.sink.open(recording)
+        except AlreadyStored as done:  # another run stored it while this one waited
+            stored = done.stored
+            return DownloadResult(
+                recording.recording_id,
+                DownloadStatus.SKIPPED,
+                path=self._path(stored),
+                location=stored.location,
+                size=stored.size,
+                sha256=stored.sha256,
+                container=stored.container,
+            )
         state = _Transfer(recording, writer, recording.recording_url)
         try:
             if writer.offset:

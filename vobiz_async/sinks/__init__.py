@@ -6,11 +6,12 @@ import os
 from typing import Any
 
 from ..errors import ObjectStoreError
-from .base import Sink, Stored, Writer
+from .base import AlreadyStored, Sink, Stored, Writer
 from .directory import DirectorySink
 from .s3 import ByteBudget, ObjectProblem, S3Sink, verify_objects
 
 __all__ = [
+    "AlreadyStored",
     "ByteBudget",
     "DirectorySink",
     "ObjectProblem",

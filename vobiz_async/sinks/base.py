@@ -18,7 +18,7 @@ import attrs
 
 from ..models import Recording
 
-__all__ = ["Sink", "Stored", "Writer"]
+__all__ = ["AlreadyStored", "Sink", "Stored", "Writer"]
 
 
 @attrs.frozen
@@ -33,6 +33,15 @@ class Stored:
     #: Hex sha256 of the stored bytes when the sink knows it (metadata, index), else None.
     sha256: str | None = None
     container: str | None = None
+
+
+class AlreadyStored(Exception):
+    """Raised by `Sink.open` when, once the recording was claimed, its final form turned out
+    to be there already: another run (or receiver) stored it meanwhile. `stored` is it."""
+
+    def __init__(self, stored: Stored) -> None:
+        super().__init__(stored.location)
+        self.stored = stored
 
 
 class Writer(Protocol):
