@@ -167,11 +167,19 @@ class DirectorySink:
         """The final file of `stem` in `folder`, under any extension a recording may have:
         a stat per candidate name, whatever the folder's size."""
         fmt = recording.recording_format if recording else None
+        under = "" if folder == str(self.root) else self._relative(folder) + "/"
         for ext in dict.fromkeys(("mp3", "wav", file_extension(None, fmt))):
-            stored = self._stat(folder, f"{stem}.{ext}")
-            if stored is not None:
-                return stored
+            name = f"{stem}.{ext}"
+            path = os.path.join(folder, name)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            return Stored(under + name, path, size)
         return None
+
+    def _relative(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
 
     def _stat(self, folder: str, name: str) -> Stored | None:
         """The final file `folder/name` as a `Stored`, if it is still there."""
@@ -180,8 +188,7 @@ class DirectorySink:
             size = os.stat(path).st_size
         except OSError:
             return None
-        relative = os.path.relpath(path, self.root).replace(os.sep, "/")
-        return Stored(relative, path, size)
+        return Stored(self._relative(path), path, size)
 
     async def open(self, recording: Recording, *, size_hint: int | None = None) -> DirectoryWriter:
         """A writer for the recording's partial, holding what an earlier run left.
