@@ -57,6 +57,7 @@ DESTINATION_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FALLOC_FL_KEEP_SIZE = 1
 _READ_BACK = 1 << 20
+_UNSEEN_MAX = 1 << 16
 
 logger = logging.getLogger("vobiz_async")
 
@@ -158,6 +159,8 @@ class DirectorySink:
         stored = self._final(folder, stem, recording)
         part = os.path.join(folder, stem + PARTIAL_SUFFIX)
         if stored is None:
+            if len(self._unseen) >= _UNSEEN_MAX:  # lookups never followed by an open
+                self._unseen.clear()  # costs at most a second fetch of a raced recording
             self._unseen.add(part)
         else:
             _drop_stale_partial(part)  # left by an aborted overwrite, if there is one
