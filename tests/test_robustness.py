@@ -34,7 +34,7 @@ from vobiz_async import (
     ResponseValidationError,
     UnsafeURLError,
 )
-from vobiz_async import download as download_module
+from vobiz_async import batch as batch_module
 from vobiz_async.download import RESUME_OVERLAP
 from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
@@ -502,7 +502,7 @@ async def test_a_large_batch_keeps_failures_and_counts_not_every_result(
 ) -> None:
     """Past RESULTS_KEPT items the report keeps the first results, every failure and the
     counts; every item's result still reaches on_progress."""
-    monkeypatch.setattr(download_module, "RESULTS_KEPT", 5)
+    monkeypatch.setattr(batch_module, "RESULTS_KEPT", 5)
     rids = [fake.add_recording(size=2_000 + i).recording_id for i in range(8)]
     fake.media_fault(rids[7], "status", status=404, times=5)  # gone for good, past the bound
     events: list[ProgressEvent] = []

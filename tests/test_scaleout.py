@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import attrs
 import pytest
 from _procs import default_sigint
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -32,11 +35,13 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from vobiz_async import (  # noqa: E402
+    APITimeoutError,
     AsyncSession,
     ConfigurationError,
     DownloadStatus,
     Recording,
-    scaleout,
+    UnsafeURLError,
+    batch,
 )
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest  # noqa: E402
 from vobiz_async.scaleout import (  # noqa: E402
@@ -283,7 +288,7 @@ async def test_a_job_above_the_kept_results_counts_every_recording_and_indexes_t
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Like the local engine, the report keeps the first results only, counts them all."""
-    monkeypatch.setattr(scaleout, "RESULTS_KEPT", 5)
+    monkeypatch.setattr(batch, "RESULTS_KEPT", 5)  # the batch core keeps the results
     engine = RayEngine(shard_size=8, concurrency_per_shard=4)
     report = await archive(session, tmp_path, engine, concurrency=8)
     assert report.truncated
@@ -376,6 +381,80 @@ async def test_the_token_leaves_no_trace_in_ray(
         for key in internal_kv._internal_kv_list(b"", namespace=namespace):
             value = internal_kv._internal_kv_get(key, namespace=namespace) or b""
             assert secret not in key + value, (namespace, key)
+
+
+def unspecified_host(fake: FakeVobiz, rids: list[str]) -> list[Recording]:
+    """The recordings with their media URL on 0.0.0.0, the unspecified address: Linux
+    connects it to this machine's loopback (the fake), but the private-address check
+    refuses it unless the session has `allow_private_media`."""
+    listed = [Recording.from_dict(fake.recordings[rid].wire()) for rid in rids]
+    return [
+        attrs.evolve(r, recording_url=r.recording_url.replace("//127.0.0.1:", "//0.0.0.0:"))
+        for r in listed
+    ]
+
+
+async def test_the_sessions_settings_arrive_at_the_workers(
+    node: Any, fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """`allow_private_media=True` reaches the workers (media on 0.0.0.0 is fetched, where a
+    session without it is refused), and so does a read timeout shorter than the fake's
+    media latency (every transfer then times out, none is refused as unsafe)."""
+    rids = fake.recording_ids[:8]
+    refused = await session.recordings.download_many(unspecified_host(fake, rids[:1]), tmp_path)
+    assert isinstance(refused.results[0].error, UnsafeURLError)  # locally, without the flag
+
+    engine = RayEngine(shard_size=4, concurrency_per_shard=2)
+    allowed = AsyncSession(**fake.session_kwargs(), allow_private_media=True)
+    async with allowed:
+        job = allowed.recordings.download_many(
+            unspecified_host(fake, rids), tmp_path / "ok", engine=engine, concurrency=4
+        )
+        report = await asyncio.wait_for(job, JOB_TIMEOUT)
+    assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
+    assert len({w.node_id for w in report.workers}) == 2  # type: ignore[attr-defined]
+    assert report.counts[DownloadStatus.DOWNLOADED] == 8
+
+    impatient = AsyncSession(
+        **fake.session_kwargs(), allow_private_media=True, read_timeout=0.01, connect_timeout=2
+    )
+    async with impatient:
+        job = impatient.recordings.download_many(
+            unspecified_host(fake, rids),
+            tmp_path / "slow",
+            engine=engine,
+            concurrency=4,
+            max_attempts=1,
+        )
+        slow = await asyncio.wait_for(job, JOB_TIMEOUT)
+    assert slow.counts[DownloadStatus.FAILED] == 8
+    assert all(isinstance(r.error, APITimeoutError) for r in slow.failed), [
+        str(r.error) for r in slow.failed
+    ]
+
+
+class _Resolver(AbstractResolver):
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        raise OSError("not used")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_custom_resolver_is_refused_on_ray_before_anything_starts(
+    cluster: Cluster, fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """A resolver object cannot travel to the workers: one line, no request, no task."""
+    async with AsyncSession(**fake.session_kwargs(), resolver=_Resolver()) as session:
+        job = session.recordings.download_many(
+            session.recordings.list(), tmp_path, engine=RayEngine()
+        )
+        with pytest.raises(ConfigurationError, match="resolver") as caught:
+            await job
+    assert "\n" not in str(caught.value)
+    assert fake.stats.api_requests == 0
 
 
 # -- the command line -------------------------------------------------------------------

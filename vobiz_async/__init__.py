@@ -1,13 +1,6 @@
 """asyncio client for the Vobiz Recording API, with a verified bulk downloader."""
 
 from ._version import __version__
-from .download import (
-    DownloadReport,
-    DownloadResult,
-    DownloadStatus,
-    ProgressEvent,
-    ProgressKind,
-)
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -41,7 +34,14 @@ from .manifest import Manifest, ManifestEntry
 from .models import ExportResult, Page, PageMeta, Recording
 from .pager import AsyncPager
 from .recordings import Recordings
-from .session import AsyncSession
+from .results import (
+    DownloadReport,
+    DownloadResult,
+    DownloadStatus,
+    ProgressEvent,
+    ProgressKind,
+)
+from .session import AsyncSession, SessionConfig
 from .webhooks import (
     RecordingEvent,
     SignatureCheck,
@@ -90,6 +90,7 @@ __all__ = [
     "ResponseValidationError",
     "ServerError",
     "SessionClosedError",
+    "SessionConfig",
     "SignatureCheck",
     "SignatureVersion",
     "StorageCredentialsError",

@@ -29,7 +29,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from .errors import ResponseValidationError
 from .models import ExportResult, InvalidRecording, Page, PageMeta, Recording
-from .protocol import format_timestamp, parse_timestamp
+from .protocol import excerpt, format_timestamp, parse_timestamp
 
 __all__ = ["ESSENTIAL_FIELDS", "make_converter", "structure", "unstructure"]
 
@@ -48,6 +48,14 @@ _MISSING = object()
 _warned: set[str] = set()
 
 
+def _shown(value: Any) -> str:
+    """A wire value an error names: a short escaped excerpt of a scalar, else its type (a
+    nested container's repr could be megabytes, or recurse past the limit)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return excerpt(repr(value))
+    return type(value).__name__
+
+
 def _structure_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {type(value).__name__}")
@@ -63,7 +71,7 @@ def _structure_int(value: Any, _: type) -> int:
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
-    raise TypeError(f"expected an integer, got {value!r}")
+    raise TypeError(f"expected an integer, got {_shown(value)}")
 
 
 def _structure_decimal(value: Any, _: object) -> Decimal:
@@ -74,9 +82,9 @@ def _structure_decimal(value: Any, _: object) -> Decimal:
         # repr() keeps a float's shortest round-tripping digits: 0.004 -> Decimal("0.004").
         result = Decimal(repr(value) if isinstance(value, float) else value)
     except InvalidOperation:
-        raise ValueError(f"not a decimal: {value!r}") from None
+        raise ValueError(f"not a decimal: {_shown(value)}") from None
     if not result.is_finite():
-        raise ValueError(f"not a finite decimal: {value!r}")
+        raise ValueError(f"not a finite decimal: {_shown(value)}")
     return result
 
 
@@ -288,6 +296,11 @@ def structure(data: Any, cls: type[T], *, converter: cattrs.Converter | None = N
     """Structure wire data into `cls`, raising `ResponseValidationError` with every problem."""
     try:
         return (converter or _converter).structure(data, cls)
+    except RecursionError:
+        # Nesting deeper than Python's stack: whatever touched it (cattrs, a repr) gave up.
+        raise ResponseValidationError(
+            f"unexpected {cls.__name__} shape from Vobiz: nested too deeply", body=None
+        ) from None
     except (cattrs.BaseValidationError, TypeError, ValueError) as err:
         if isinstance(err, cattrs.BaseValidationError):
             problems = "; ".join(cattrs.transform_error(err))

@@ -17,66 +17,64 @@ import logging
 import os
 import time
 import zlib
-from collections.abc import (
-    AsyncGenerator,
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-)
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
 
 import aiohttp
 import attrs
 from yarl import URL
 
+from .batch import (
+    DISK_FULL_NOT_STARTED,
+    MAX_PACED_WAIT,
+    RESULTS_KEPT,
+    Batch,
+    BatchOptions,
+    item_id,
+)
 from .errors import (
     APIConnectionError,
     APIStatusError,
+    APITimeoutError,
     DiskError,
     IntegrityError,
-    ResponseValidationError,
     StorageError,
     UnsafeURLError,
     VobizError,
 )
-from .manifest import Manifest
-from .models import InvalidRecording, Recording
+from .manifest import Manifest, ManifestEntry
+from .models import Recording
 from .offload import Offload, OffloadPolicy, raise_mmap_threshold, settle
-from .pacing import Answered, PacingGate, PacingPolicy, PacingReport, batch_gate, passage
-from .pager import AsyncPager
+from .pacing import Answered, PacingGate, PacingPolicy, batch_gate, passage
 from .protocol import (
+    MIN_SPEED,
+    MIN_SPEED_WINDOW,
+    SpeedFloor,
     backoff_delay,
     content_decoder,
-    format_timestamp,
     media_answer,
     parse_retry_after,
     safe_file_stem,
     sniff_container,
 )
+from .redact import describe
 from .results import (
     DownloadReport,
     DownloadResult,
     DownloadStatus,
-    Item,
-    Layout,
     ProgressCallback,
     ProgressEvent,
     ProgressKind,
-    Source,
-    result_event,
 )
-from .sinks import AlreadyStored, DirectorySink, Sink, Stored, Writer, sink_for
+from .sinks import AlreadyStored, DirectorySink, Stored, Writer, sink_for
 from .sinks.directory import disk_error
-
-if TYPE_CHECKING:
-    from .session import AsyncSession
+from .types import Destination, Item, Layout, Lookup, MediaClient, Source
 
 __all__ = [
+    "MAX_PACED_WAIT",
     "RESULTS_KEPT",
     "BatchOptions",
+    "Destination",
     "DownloadReport",
     "DownloadResult",
     "DownloadStatus",
@@ -87,12 +85,6 @@ __all__ = [
 
 logger = logging.getLogger("vobiz_async")
 
-#: The longest one recording waits in all on a server's Retry-After (429, 503) before it is
-#: failed; such waits do not use up `max_attempts`.
-MAX_PACED_WAIT = 600.0
-#: A batch report keeps every result up to this many items; above it, failures and counts
-#: (each result still reaches `on_progress`), so a batch of millions stays small.
-RESULTS_KEPT = 10_000
 #: Read size for media bodies; large reads keep per-chunk overhead low.
 CHUNK_SIZE = 256 * 1024
 #: Read buffers across a batch: each connection holds up to about three reads (aiohttp's
@@ -106,29 +98,6 @@ _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: partial again and compares them with its tail: two versions are never spliced.
 RESUME_OVERLAP = 64 * 1024
 _HEAD = 16
-
-
-DISK_FULL_NOT_STARTED = "not started: the destination disk is full"
-#: Fetches one recording by id (`session.recordings.get`, which `Recordings` passes in).
-Lookup = Callable[[str], Awaitable[Recording]]
-
-#: Where a batch archives: a folder's path, an `s3://bucket/prefix/` URL, or a `Sink`.
-Destination = str | os.PathLike[str] | Sink
-
-
-@attrs.frozen
-class BatchOptions:
-    """A batch's options, as `download_many` takes them; an engine receives them whole."""
-
-    concurrency: int = 16
-    on_progress: ProgressCallback | None = None
-    manifest: str | os.PathLike[str] | Manifest | None = None
-    overwrite: bool = False
-    max_attempts: int = 5
-    fsync: bool = False
-    layout: Layout = "flat"
-    trusted_hosts: Iterable[str] | None = None
-    max_paced_wait: float = MAX_PACED_WAIT
 
 
 class _Retryable(Exception):
@@ -158,26 +127,6 @@ class _Stale(Exception):
     def __init__(self, error: APIStatusError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _item_id(item: Item) -> str:
-    return item if isinstance(item, str) else item.recording_id
-
-
-def _is_disk_full(error: VobizError | None) -> bool:
-    """Whether `error` means no further recording can be stored at the destination (a full
-    or read-only disk, a missing bucket): the batch then starts no more transfers."""
-    return isinstance(error, StorageError) and error.destination_wide
-
-
-def _not_started_error(cause: VobizError) -> StorageError:
-    """The error of a recording a batch did not start after `cause` stopped it."""
-    if getattr(cause, "errno", None) in _DISK_FULL:
-        return DiskError(DISK_FULL_NOT_STARTED)
-    reason = str(cause).removeprefix(DISK_FULL_NOT_STARTED).strip(" ()")
-    if isinstance(cause, DiskError):
-        return DiskError(f"not started: the destination is not writable ({reason})")
-    return StorageError(f"not started: {reason}")
 
 
 @attrs.define
@@ -234,74 +183,12 @@ class _Transfer:
         return hasattr(self.writer, "write_blocking")
 
 
-@attrs.define
-class _Tally:
-    """A batch's results as they arrive: the first RESULTS_KEPT in input order, later
-    failures, counts per status and the bytes downloaded."""
-
-    results: list[DownloadResult | None] = attrs.field(factory=list)
-    later_failures: list[DownloadResult] = attrs.field(factory=list)
-    tally: dict[DownloadStatus, int] = attrs.field(factory=lambda: dict.fromkeys(DownloadStatus, 0))
-    downloaded_bytes: int = 0
-    count: int = 0
-
-    def place(self) -> int:
-        """The index of the next input item, with a place kept for its result."""
-        index, self.count = self.count, self.count + 1
-        if index < RESULTS_KEPT:
-            self.results.append(None)
-        return index
-
-    def keep(self, index: int, result: DownloadResult) -> None:
-        self.tally[result.status] += 1
-        if result.status is DownloadStatus.DOWNLOADED:
-            self.downloaded_bytes += result.size
-        if index < RESULTS_KEPT:
-            self.results[index] = result
-        elif result.status is DownloadStatus.FAILED:
-            self.later_failures.append(result)
-
-    def report(self, elapsed: float, *, rate_limit: PacingReport) -> DownloadReport:
-        final = [r for r in self.results if r is not None]
-        assert len(final) == len(self.results)
-        return DownloadReport(
-            results=final,
-            elapsed=elapsed,
-            truncated=self.count > RESULTS_KEPT,
-            later_failures=self.later_failures,
-            tally=self.tally,
-            bytes_downloaded=self.downloaded_bytes,
-            rate_limit=rate_limit,
-        )
-
-
-async def _iterate(source: Source) -> AsyncGenerator[Item | InvalidRecording, None]:
-    """Items of a sync or async iterable; an async one is closed when we stop early.
-
-    A pager also yields the listed objects it could not structure, so that the report
-    shows each one that has an id as failed instead of losing it silently.
-    """
-    if not isinstance(source, AsyncIterable):
-        for item in source:
-            yield item
-        return
-    iterator: AsyncIterator[Item | InvalidRecording]
-    iterator = source.entries() if isinstance(source, AsyncPager) else aiter(source)
-    try:
-        async for entry in iterator:
-            yield entry
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
 class Downloader:
     """Downloads recordings into a sink for one session; see `Recordings.download_many`."""
 
     def __init__(
         self,
-        session: AsyncSession,
+        session: MediaClient,
         dest: Destination,
         *,
         lookup: Lookup,
@@ -316,6 +203,8 @@ class Downloader:
         trusted_hosts: Iterable[str] | None = None,
         max_paced_wait: float = MAX_PACED_WAIT,
         offload: OffloadPolicy | None = None,
+        known: Mapping[str, ManifestEntry] | None = None,
+        prove_stored: bool | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -328,7 +217,6 @@ class Downloader:
         self._lookup = lookup
         self.sink = sink_for(dest, layout=layout, fsync=fsync)
         self.concurrency = concurrency
-        self.overwrite = overwrite
         self.max_attempts = max_attempts
         self.max_paced_wait = max_paced_wait
         #: Bytes one transfer reads (and buffers) at a time: the whole `chunk_size` while
@@ -336,20 +224,20 @@ class Downloader:
         #: READ_BUDGET (benchmarks/RESULTS.md, experiment 28).
         self.chunk_size = max(MIN_CHUNK, min(chunk_size, READ_BUDGET // concurrency))
         #: Domains whose https hosts receive credentials; None means the session's.
-        self.trusted_hosts = (
-            None
-            if trusted_hosts is None
-            else frozenset(h.lower().strip(".") for h in trusted_hosts)  # as the session's
-        )
+        self.trusted_hosts = _hosts(trusted_hosts)
         self._on_progress = on_progress
         self._manifest_arg = manifest
-        self._manifest: Manifest | None = None
         self._owns_manifest = False
-        self._claimed: set[str] = set()
-        #: The destination-wide error that stopped the batch, if one did.
-        self._stopped_by: VobizError | None = None
-        #: The destination refused the batch before it started: every item fails with it.
-        self._refused: StorageError | None = None
+        #: What the batch records (the index, skips, tallies, progress): `batch.Batch`.
+        #: `known` and `prove_stored` are for a Ray worker (`scaleout`): index entries to
+        #: skip by, and whether to hash a stored file no index knows.
+        self.batch = Batch(
+            self.sink,
+            known=known,
+            on_progress=on_progress,
+            overwrite=overwrite,
+            prove=prove_stored,
+        )
         self._offload = Offload(concurrency, offload)
         #: The batch's one politeness: every media request (and, through `batch_gate`, the
         #: listing's and the API's) passes it; 429s lower the pace for all (pacing.py).
@@ -358,22 +246,28 @@ class Downloader:
         )
         self._gate_scope: contextlib.AbstractContextManager[None] | None = None
 
+    @property
+    def overwrite(self) -> bool:
+        return self.batch.overwrite
+
     # -- batch ---------------------------------------------------------------------------
 
     async def run(self, source: Source) -> DownloadReport:
-        """Download every item of `source`, `concurrency` at a time, pipelined."""
+        """Download every item of `source`, `concurrency` at a time, pipelined: the local
+        engine under the batch core (`batch.Batch`), which records every result."""
         started = time.monotonic()
-        await self._prepare()
-        tally = _Tally()
+        await self.open()
+        batch = self.batch
         # One task per item in flight, started as a slot frees: nothing is set up per slot,
         # so an absurd concurrency costs nothing beyond the work.
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task[None]] = set()
         broken: list[BaseException] = []  # a transfer task that raised: a bug, re-raised
 
-        async def transfer(index: int, item: Item) -> None:
+        async def transfer(place: int, item: Item) -> None:
             try:
-                tally.keep(index, await self.one(item))
+                result, recording = await self._outcome(item)
+                batch.settle(place, result, recording)
             finally:
                 slots.release()
 
@@ -383,19 +277,13 @@ class Downloader:
                 broken.append(error)
 
         try:
-            async with contextlib.aclosing(_iterate(source)) as items:
-                async for item in items:  # after a full disk, items fail at once
-                    if isinstance(item, InvalidRecording) and item.recording_id is None:
-                        continue  # only the pager counts it: there is no id to report
-                    index = tally.place()
-                    if isinstance(item, InvalidRecording):
-                        tally.keep(index, self._invalid(item))
-                        continue
+            async with contextlib.aclosing(batch.admitted(source)) as items:
+                async for place, item in items:  # after a full disk, items fail at once
                     await slots.acquire()
                     if broken:
                         slots.release()
                         raise broken[0]
-                    task = asyncio.create_task(transfer(index, item))
+                    task = asyncio.create_task(transfer(place, item))
                     running.add(task)
                     task.add_done_callback(finished)
             while running:
@@ -406,31 +294,26 @@ class Downloader:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-            await self._close()
-        return tally.report(time.monotonic() - started, rate_limit=self.gate.report())
+            await self.close()
+        return batch.report(time.monotonic() - started, rate_limit=self.gate.report())
 
-    def _invalid(self, item: InvalidRecording) -> DownloadResult:
-        """The failed result of a listed object that is not an archivable recording."""
-        assert item.recording_id is not None
-        error = ResponseValidationError(f"the listing's object is unusable: {item.problem}")
-        result = DownloadResult(item.recording_id, DownloadStatus.FAILED, error=error)
-        self._emit(result_event(result))
-        return result
-
-    async def _prepare(self) -> None:
-        """Check the destination once, open the manifest, size the connection pool to the
-        concurrency, and keep read buffers off fresh mappings."""
+    async def open(self) -> None:
+        """Start a batch: check the destination once, open the index, size the connection
+        pool to the concurrency, and keep read buffers off fresh mappings. A long-lived
+        downloader (the webhook receiver's) calls it once, then `one()` per recording, then
+        `close()`."""
         raise_mmap_threshold()
+        self.batch.start()
         try:
             await self.sink.prepare()
         except StorageError as err:
             logger.error("%s", err)
-            self._refused = err
+            self.batch.refused = err
             return
         if isinstance(self._manifest_arg, Manifest):
-            self._manifest = self._manifest_arg
+            self.batch.index = self._manifest_arg
         elif self._manifest_arg is not None:
-            self._manifest = Manifest(self._manifest_arg)
+            self.batch.index = Manifest(self._manifest_arg)
             self._owns_manifest = True
         limit = self._session.reserve_connections(self.concurrency)
         if 0 < limit < self.concurrency:
@@ -442,99 +325,64 @@ class Downloader:
         self._gate_scope = batch_gate(self.gate)  # the source's pages pass the gate too
         self._gate_scope.__enter__()
 
-    async def _close(self) -> None:
-        """Close what `_prepare` and the transfers opened: the sink, the manifest, the
-        helper threads."""
+    async def close(self) -> None:
+        """End what `open` and the transfers opened: the sink, the index, the helper
+        threads."""
         if self._gate_scope is not None:
             scope, self._gate_scope = self._gate_scope, None
             scope.__exit__(None, None, None)
         try:
             await self.sink.close()
         finally:
-            if self._owns_manifest and self._manifest is not None:
-                self._manifest.close()
+            index = self.batch.index
+            if self._owns_manifest and index is not None:
+                index.close()
+                self.batch.index = None
+                self._owns_manifest = False
             self._offload.close()
 
     def _emit(self, event: ProgressEvent) -> None:
-        if self._on_progress is None:
-            return
-        try:
-            self._on_progress(event)
-        except Exception:
-            logger.exception("on_progress callback failed; progress reporting continues")
+        self.batch.emit(event)
 
     # -- one item ------------------------------------------------------------------------
 
     async def download(self, item: Item) -> DownloadResult:
-        """Download a single recording or id, with the manifest opened and closed around it."""
-        await self._prepare()
+        """Download a single recording or id, with the batch opened and closed around it."""
+        await self.open()
         try:
             return await self.one(item)
         finally:
-            await self._close()
+            await self.close()
 
     async def one(self, item: Item) -> DownloadResult:
-        """Download one recording or id; failures become a failed result, never a raise."""
-        recording_id = _item_id(item)
-        result = await self._one(item, recording_id)
-        if result.status is DownloadStatus.FAILED:
-            logger.info("recording %s failed: %s", recording_id, result.error)
-            if _is_disk_full(result.error) and self._stopped_by is None:
-                self._stopped_by = result.error
-        self._emit(result_event(result))
-        return result
+        """Download one recording or id, between `open()` and `close()`; failures become a
+        failed result, never a raise. The batch core records it (index, progress)."""
+        recording_id = item_id(item)
+        if not self.batch.claim(recording_id):  # the same id is in flight already
+            return self.batch.record(DownloadResult(recording_id, DownloadStatus.SKIPPED))
+        result, recording = await self._outcome(item)
+        return self.batch.settle(None, result, recording)
 
-    async def _one(self, item: Item, recording_id: str) -> DownloadResult:
+    async def _outcome(self, item: Item) -> tuple[DownloadResult, Recording | None]:
+        """One claimed item's result, and the recording when it was known or fetched."""
+        recording_id = item_id(item)
         failed = DownloadResult(recording_id, DownloadStatus.FAILED)
-        if self._refused is not None:
-            return attrs.evolve(failed, error=self._refused)
-        if self._stopped_by is not None:
-            return attrs.evolve(failed, error=_not_started_error(self._stopped_by))
-        if recording_id in self._claimed:
-            return DownloadResult(recording_id, DownloadStatus.SKIPPED)  # a duplicate input
-        self._claimed.add(recording_id)
+        recording = item if isinstance(item, Recording) else None
+        if (error := self.batch.not_started()) is not None:
+            return attrs.evolve(failed, error=error), recording
         try:
             safe_file_stem(recording_id)  # a hostile id fails before any request
-            recording = item if isinstance(item, Recording) else None
-            if (done := await self._stored(recording_id, recording)) is not None:
-                return done
+            if (done := await self.batch.stored(recording_id, recording)) is not None:
+                return done, recording
             if recording is None:
                 recording = await self._lookup(recording_id)
-                if (done := await self._stored(recording_id, recording)) is not None:
-                    return done
-            return await self._transfer(recording)
+                if (done := await self.batch.stored(recording_id, recording)) is not None:
+                    return done, recording
+            return await self._transfer(recording), recording
         except VobizError as err:
-            return attrs.evolve(failed, error=err)
+            return attrs.evolve(failed, error=err), recording
         except OSError as err:
-            return attrs.evolve(failed, error=disk_error(err, self.sink.describe()))
-        finally:
-            self._claimed.discard(recording_id)
-
-    async def _stored(
-        self, recording_id: str, recording: Recording | None
-    ) -> DownloadResult | None:
-        """A skipped result when the sink already holds the recording, without any request.
-
-        The sink is the truth and the manifest a cache: an entry whose recording is gone
-        or has another size is fetched again.
-        """
-        if self.overwrite:
-            return None
-        entry = self._manifest.get(recording_id) if self._manifest is not None else None
-        stored = await self.sink.lookup(
-            recording_id, recording, key=entry.path if entry is not None else None
-        )
-        if stored is None or (entry is not None and entry.size != stored.size):
-            return None
-        return DownloadResult(
-            recording_id,
-            DownloadStatus.SKIPPED,
-            path=self._path(stored),
-            location=stored.location,
-            size=stored.size,
-            sha256=stored.sha256 or (entry.sha256 if entry is not None else None),
-            container=stored.container or (entry.container if entry is not None else None),
-        )
+            return attrs.evolve(failed, error=disk_error(err, self.sink.describe())), recording
 
     def _path(self, stored: Stored) -> str | None:
         """A folder's file path for a result; None for object storage."""
@@ -543,17 +391,8 @@ class Downloader:
     async def _transfer(self, recording: Recording) -> DownloadResult:
         try:
             writer = await self.sink.open(recording)
-        except AlreadyStored as done:  # another run stored it while this one waited
-            stored = done.stored
-            return DownloadResult(
-                recording.recording_id,
-                DownloadStatus.SKIPPED,
-                path=self._path(stored),
-                location=stored.location,
-                size=stored.size,
-                sha256=stored.sha256,
-                container=stored.container,
-            )
+        except AlreadyStored as done:  # another process finished it meanwhile
+            return await self.batch.skipped(recording.recording_id, done.stored)
         state = _Transfer(recording, writer, recording.recording_url)
         try:
             if writer.offset:
@@ -628,21 +467,11 @@ class Downloader:
         )
 
     async def _finish(self, state: _Transfer) -> DownloadResult:
-        """Store the verified bytes under their final name, then index them."""
+        """Store the verified bytes under their final name (the batch core indexes them)."""
         recording = state.recording
         container = sniff_container(state.head)
         digest = state.hasher.hexdigest()
         stored = await state.writer.commit(container=container, size=state.offset, sha256=digest)
-        if self._manifest is not None:
-            add_time = recording.add_time
-            self._manifest.record(
-                recording.recording_id,
-                stored.key,
-                size=stored.size,
-                sha256=digest,
-                container=container,
-                add_time=None if add_time is None else format_timestamp(add_time),
-            )
         return DownloadResult(
             recording.recording_id,
             DownloadStatus.DOWNLOADED,
@@ -766,9 +595,7 @@ class Downloader:
             await self._pump(resp, state, expected, overlap, received)
         except (aiohttp.ClientError, TimeoutError) as err:
             # First: aiohttp's ClientOSError and TimeoutError are OSErrors too, but network ones.
-            message = (
-                f"transfer broke off after {received.count} bytes: {type(err).__name__}: {err}"
-            )
+            message = f"transfer broke off after {received.count} bytes: {describe(err)}"
             if decoder is not None:
                 state.restart()  # an encoded body is never resumed
             raise _Retryable(APIConnectionError(message)) from err
@@ -811,8 +638,13 @@ class Downloader:
         helper thread), report progress; `received` counts the body bytes read."""
         decoder = state.decoder
         job: Future[None] | None = None  # the chunk a helper thread is writing, if any
+        floor = SpeedFloor(MIN_SPEED, MIN_SPEED_WINDOW, time.monotonic())  # a trickle ends
         try:
             async for chunk in resp.content.iter_chunked(self.chunk_size):
+                if floor.slow(len(chunk), time.monotonic()):
+                    if decoder is not None:
+                        state.restart()  # an encoded body is never resumed
+                    raise _Retryable(APITimeoutError(floor.message()))
                 if overlap:
                     received.count += min(len(chunk), len(overlap))
                     chunk, overlap = _match_overlap(chunk, overlap, state)
@@ -834,6 +666,13 @@ class Downloader:
         except BaseException as err:
             await settle(job, err)
             raise
+
+
+def _hosts(trusted_hosts: Iterable[str] | None) -> frozenset[str] | None:
+    """Trusted domains normalised as the session's are; None stays None (the session's)."""
+    if trusted_hosts is None:
+        return None
+    return frozenset(h.lower().strip(".") for h in trusted_hosts)
 
 
 @attrs.define

@@ -13,6 +13,8 @@ from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .redact import bounded_message
+
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
@@ -45,7 +47,15 @@ __all__ = [
 
 
 class VobizError(Exception):
-    """Root of every error raised by vobiz_async."""
+    """Root of every error raised by vobiz_async.
+
+    Its message never carries a URL's query, fragment or userinfo (a signed media URL's
+    signature) and is at most `redact.MAX_MESSAGE` characters: both are enforced here, once,
+    for every error, whatever text it was built from.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(bounded_message(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(VobizError):
@@ -73,7 +83,7 @@ class APIStatusError(VobizError):
         api_id: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
+        self.message: str = self.args[0]
         self.status_code = status_code
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(headers or {}))
         self.body = body

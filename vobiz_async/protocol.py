@@ -38,20 +38,26 @@ from .errors import (
     UnsafeURLError,
     VobizError,
 )
+from .redact import excerpt, redact_urls
 
 __all__ = [
     "CONTENT_TYPES",
     "MAX_RETRY_AFTER",
+    "MIN_SPEED",
+    "MIN_SPEED_WINDOW",
     "REDIRECT_STATUSES",
     "RETRYABLE_STATUSES",
     "STALE_STATUSES",
     "MediaAnswer",
+    "SpeedFloor",
     "address_problem",
     "archive_key",
     "backoff_delay",
     "content_decoder",
     "decipher_response",
+    "embedded_ipv4",
     "error_details",
+    "excerpt",
     "file_extension",
     "format_timestamp",
     "is_retryable_status",
@@ -65,6 +71,7 @@ __all__ = [
     "parse_timestamp",
     "parse_unsatisfied_range",
     "quote_path_segment",
+    "redact_urls",
     "redirect_target",
     "safe_file_stem",
     "sniff_container",
@@ -93,7 +100,11 @@ def is_retryable_status(status: int) -> bool:
 
 
 def parse_body(body: bytes) -> Any:
-    """JSON when the bytes are JSON, else the decoded text (HTML error pages), else None."""
+    """JSON when the bytes are JSON, else the decoded text (HTML error pages), else None.
+
+    JSON nested deeper than Python's recursion allows is `ResponseValidationError`, not the
+    `RecursionError` the parser raises.
+    """
     if not body:
         return None
     text = body.decode("utf-8", errors="replace")
@@ -101,6 +112,8 @@ def parse_body(body: bytes) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise ResponseValidationError("the API's answer is JSON nested too deeply") from None
 
 
 def error_details(body: Any) -> tuple[str | None, str | None]:
@@ -129,7 +142,7 @@ def _text_snippet(body: Any) -> str | None:
         title = re.search(r"<title>(.*?)</title>|<h1>(.*?)</h1>", body, re.I | re.S)
         text = next((g for g in title.groups() if g), None) if title else body
         snippet = " ".join((text or "").split())
-        return snippet[:200] or None
+        return excerpt(snippet) or None
     return None
 
 
@@ -251,7 +264,7 @@ def parse_timestamp(value: str) -> datetime:
     except ValueError:
         # One message whichever check refused it (a month of 13, an offset of +24:00 on the
         # fast path): Python's own ("month must be in 1..12") does not say which value.
-        raise ValueError(f"not a Vobiz timestamp: {value!r}") from None
+        raise ValueError(f"not a Vobiz timestamp: {_quoted(value)}") from None
     tz_text = match["tz"]
     tz: timezone = UTC
     if tz_text and tz_text not in ("Z", "z"):
@@ -259,7 +272,7 @@ def parse_timestamp(value: str) -> datetime:
         digits, _, micro = tz_text[1:].replace(":", "").partition(".")
         hours, minutes, seconds = int(digits[:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
         if hours > 23 or minutes > 59 or seconds > 59:
-            raise ValueError(f"not a Vobiz timestamp: {value!r}")
+            raise ValueError(f"not a Vobiz timestamp: {_quoted(value)}")
         offset = timedelta(
             hours=hours, minutes=minutes, seconds=seconds, microseconds=int(micro.ljust(6, "0"))
         )
@@ -274,6 +287,11 @@ def format_timestamp(value: datetime) -> str:
     return value.isoformat(sep=" ")
 
 
+def _quoted(value: object) -> str:
+    """A value an error names, quoted and escaped, at most `redact.QUOTE_LIMIT` long."""
+    return excerpt(repr(value))
+
+
 _SAFE_ID = re.compile(r"[A-Za-z0-9._~:@+=-]{1,200}")
 
 
@@ -285,7 +303,7 @@ def quote_path_segment(value: str, *, what: str = "recording id") -> str:
     resource, so it is refused rather than sent.
     """
     if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or set(value) <= {"."}:
-        raise InvalidRecordingIdError(f"unsafe {what}: {value!r}")
+        raise InvalidRecordingIdError(f"unsafe {what}: {_quoted(value)}")
     return quote(value, safe="")
 
 
@@ -316,7 +334,9 @@ def safe_file_stem(recording_id: str) -> str:
     the file system.
     """
     if not isinstance(recording_id, str) or not _SAFE_NAME.fullmatch(recording_id):
-        raise InvalidRecordingIdError(f"recording id is not a safe file name: {recording_id!r}")
+        raise InvalidRecordingIdError(
+            f"recording id is not a safe file name: {_quoted(recording_id)}"
+        )
     return recording_id
 
 
@@ -391,7 +411,7 @@ def content_decoder(encoding: str | None) -> zlib._Decompress | None:
         return None
     bits = _DECODER_BITS.get(name)
     if bits is None:
-        raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+        raise ValueError(f"unsupported Content-Encoding {_quoted(encoding)}")
     return zlib.decompressobj(bits)
 
 
@@ -404,6 +424,34 @@ def parse_unsatisfied_range(value: str | None) -> int | None:
     return int(match[1]) if match else None
 
 
+#: NAT64's well-known prefix (RFC 6052) and its local-use one (RFC 8215): the IPv4 address
+#: is the last 32 bits (of a /96; the local-use prefix's other layouts are refused below).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+#: `::ffff:0:a.b.c.d`, the IPv4-translated form (RFC 2765); `::a.b.c.d`, the deprecated
+#: IPv4-compatible one (RFC 4291), whose `::` and `::1` stay IPv6.
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries, when it is one of the forms that reach it:
+    IPv4-mapped, IPv4-translated, IPv4-compatible, NAT64, 6to4 (`2002::/16`) or Teredo
+    (the client's address); None for any other IPv6 address."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    last32 = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip in _NAT64 or ip in _NAT64_LOCAL or ip in _TRANSLATED:
+        return last32
+    if ip in _COMPATIBLE and int(ip) > 1:
+        return last32
+    return None
+
+
 def address_problem(address: str, *, allow_loopback: bool) -> str | None:
     """Why a media URL must not be fetched from `address` (an IP), or None when it may.
 
@@ -411,14 +459,17 @@ def address_problem(address: str, *, allow_loopback: bool) -> str | None:
     the archiver at cloud metadata (169.254.169.254), a private network or the machine
     itself, and have the answer saved as a recording. Only globally routable unicast
     addresses are fetched; loopback only when `allow_loopback` (the API itself is local,
-    as the embedded fake is). IPv4-mapped IPv6 addresses are judged as the IPv4 they carry.
+    as the embedded fake is). An IPv6 address that carries an IPv4 one (`embedded_ipv4`:
+    mapped, translated, compatible, NAT64, 6to4, Teredo) is judged as the IPv4 it carries;
+    NAT64's local-use prefix, a site's own, is private whatever it carries.
     """
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return f"not an IP address: {address!r}"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return f"not an IP address: {excerpt(repr(address))}"
+    local_nat64 = isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64_LOCAL
+    if isinstance(ip, ipaddress.IPv6Address) and (carried := embedded_ipv4(ip)) is not None:
+        ip = carried
     if ip.is_loopback:
         return None if allow_loopback else "a loopback address"
     if ip.is_unspecified:
@@ -427,9 +478,47 @@ def address_problem(address: str, *, allow_loopback: bool) -> str | None:
         return "a multicast address"
     if ip.is_link_local:
         return "a link-local address"
-    if not ip.is_global:
+    if not ip.is_global or local_nat64:
         return "a private address"
     return None
+
+
+#: A media body slower than this many bytes a second ...
+MIN_SPEED = 1024.0
+#: ... averaged over this many seconds is given up (and resumed by another attempt).
+MIN_SPEED_WINDOW = 60.0
+
+
+@attrs.define
+class SpeedFloor:
+    """A transfer's minimum rate, as curl's `--speed-limit`/`--speed-time`: `slow` says
+    when fewer than `min_speed` bytes a second arrived over a whole `window` of seconds.
+
+    A read timeout alone resets on every byte, so a body trickled at 10 B/s would hold its
+    slot for hours. The clock is the caller's (`now`), so the decision is tested without one.
+    """
+
+    min_speed: float
+    window: float
+    #: When the current window started, and the bytes received since.
+    started: float
+    received: int = 0
+
+    def slow(self, size: int, now: float) -> bool:
+        """Count `size` more bytes arrived at `now`; True when the window that just ended
+        averaged below the floor. A window that met it starts the next one."""
+        self.received += size
+        elapsed = now - self.started
+        if elapsed < self.window:
+            return False
+        if self.received < self.min_speed * elapsed:
+            return True
+        self.started, self.received = now, 0
+        return False
+
+    def message(self) -> str:
+        """What the failed attempt says: `transfer slower than 1024 B/s for 60 s`."""
+        return f"transfer slower than {self.min_speed:g} B/s for {self.window:g} s"
 
 
 #: Statuses whose `Location` a download follows (itself: credentials must be re-decided).
@@ -497,7 +586,7 @@ def _strong_etag(headers: Mapping[str, str]) -> str | None:
 def _whole_body(headers: Mapping[str, str], encoding: str) -> MediaAnswer:
     """A 200: a whole body, whether or not a range was asked; only known encodings."""
     if encoding != "identity" and encoding not in _DECODER_BITS:
-        unsupported = f"unsupported Content-Encoding {headers['Content-Encoding']!r}"
+        unsupported = f"unsupported Content-Encoding {_quoted(headers['Content-Encoding'])}"
         return MediaAnswer("fail", error=IntegrityError(unsupported))
     length = _content_length(headers)
     whole = length if encoding == "identity" else None
@@ -522,7 +611,8 @@ def _partial_body(
     content_range = parse_content_range(headers.get("Content-Range"))
     if content_range is None or content_range[0] != asked_from:
         got = headers.get("Content-Range")
-        return MediaAnswer("restart", error=IntegrityError(f"unexpected Content-Range {got!r}"))
+        unexpected = f"unexpected Content-Range {_quoted(got)}"
+        return MediaAnswer("restart", error=IntegrityError(unexpected))
     start, end, size = content_range
     strong = _strong_etag(headers)
     if _version_changed(etag, strong, total, size):

@@ -32,6 +32,7 @@ from ._files import fsync_path
 from .download import DownloadStatus
 from .errors import ConfigurationError
 from .manifest import MANIFEST_NAME, Manifest
+from .redact import describe
 from .session import AsyncSession
 from .webhooks import (
     MAX_BODY,
@@ -353,7 +354,7 @@ class Receiver:
             error = result.error
         except Exception as err:  # a bug, not a transfer failure: keep serving the rest
             logger.exception("download of %s raised", rid)
-            failed, error = True, f"{type(err).__name__}: {err}"
+            failed, error = True, describe(err)  # no URL query, no raw bytes in the spool
         finally:
             self._slots.release()
         state: State = "failed" if failed else "archived"
@@ -583,11 +584,13 @@ async def _run(
     """Serve until SIGTERM or cancellation, then stop accepting and drain."""
     from aiohttp import web  # here: the CLI's other commands do not pay for its import
 
+    from .listener import GuardedRunner
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-    runner = web.AppRunner(
+    runner = GuardedRunner(  # bounded header time, idle keep-alive and connections
         create_app(verifier, receiver, max_body=config.max_body),
         access_log=None,
         handle_signals=False,

@@ -5,27 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
+from .batch import MAX_PACED_WAIT, BatchOptions, Engine
 from .converter import structure
-from .download import (
-    MAX_PACED_WAIT,
-    BatchOptions,
-    Destination,
-    Downloader,
-)
+from .download import Downloader
 from .errors import ResponseValidationError
 from .manifest import Manifest
 from .models import ExportResult, Page, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
-from .results import DownloadReport, DownloadResult, Layout, ProgressCallback, Source
-
-if TYPE_CHECKING:
-    from .scaleout import Engine
-    from .session import AsyncSession
+from .results import DownloadReport, DownloadResult, ProgressCallback
+from .types import ApiClient, Destination, Layout, Source
 
 __all__ = ["MAX_PAGE_SIZE", "Recordings"]
 
@@ -61,7 +54,7 @@ def _query(filters: Mapping[str, object]) -> dict[str, str]:
 class Recordings:
     """List, fetch, delete, export and download recordings."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: ApiClient) -> None:
         self._session = session
 
     async def get(self, recording_id: str) -> Recording:

@@ -6,15 +6,14 @@ from __future__ import annotations
 import collections
 import enum
 import os
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
 
 import attrs
 
 from .errors import VobizError
-from .models import Recording
 from .pacing import PacingReport
+from .types import Item, Layout, Source  # re-exported: they are defined in `types`
 
 __all__ = [
     "DownloadReport",
@@ -162,9 +161,6 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], object]
-Item = Recording | str
-Source = Iterable[Item] | AsyncIterable[Item]
-Layout = Literal["flat", "date"]
 
 
 _RESULT_KINDS = {

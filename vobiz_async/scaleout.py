@@ -1,28 +1,33 @@
 """Scale-out on Ray: one archive job's shards run as Ray tasks, on one machine or a cluster.
 
-`RayEngine` is a thin adapter under the one batch engine (`download_many`), after
-img2dataset's distributor: the driver lists once with the pager, cuts the listing into
-shards, and keeps a bounded number of shard tasks in flight. Each task runs its own event
-loop, `AsyncSession` and `download_many` on a Ray worker, writing into the same destination
-(a folder every node mounts at the same path), and sends its results back as plain data.
+`RayEngine` decides only where a batch's items run, after img2dataset's distributor: the
+driver's batch core (`batch.Batch`) takes the listing once (ids, repeats, unusable
+entries), the engine cuts it into shards and keeps a bounded number of shard tasks in
+flight. Each task runs the local engine (its own event loop, `AsyncSession` opened from the
+session's `SessionConfig`, and `Downloader`, with no index) on a Ray worker, writing into
+the same destination (a folder every node mounts at the same path, or `s3://`), and sends
+its results back as plain data.
 
-The driver is the only writer of the index: it records every recording from the shard
-results, then records the shard itself as finished in the shard journal, a small SQLite
-file beside the index (`<index>.shards`, table `shards`). Completion is recorded last, so a
+The driver's batch core is the only writer of the index: it records every recording from
+the shard results (and emits their progress), then the engine records the shard itself as
+finished in the shard journal, a small SQLite file beside the index (`<index>.shards`,
+table `shards`). Completion is recorded last, so a
 re-run of the same command after the driver died skips every finished shard and redoes the
 rest; a redone shard re-checks the destination and fetches only what is not stored yet.
 
 Exactly once: a shard task retried after its worker or node died finds the files the lost
-worker finished (download_many skips final files that exist) and re-hashes those the index
+worker finished (the batch core skips final files that exist) and hashes those the index
 does not know, so the driver still records them; only the recordings that were in flight
 when the node died are fetched again (resumed from their `.part` where the server allows).
 Task retries are bounded (`max_retries`); a shard that still fails is reported in
 `ScaleOutReport.failed_shards` and its recordings as failed.
 
 Credentials never travel in a task's arguments, its name, a runtime environment or a
-closure: the session's settings are put into Ray's object store once (`ray.put`) and every
-task gets that object by reference. Ray stores a driver's command line in its job table, so
-on Ray the token belongs in `VOBIZ_AUTH_TOKEN`, not on the command line.
+closure: the session's `SessionConfig` is put into Ray's object store once (`ray.put`) and
+every task gets that object by reference. A setting that cannot travel (a custom DNS
+`resolver` object) is refused with a `ConfigurationError` before anything starts. Ray
+stores a driver's command line in its job table, so on Ray the token belongs in
+`VOBIZ_AUTH_TOKEN`, not on the command line.
 
 Ray is imported only when an engine runs: `import vobiz_async` and the CLI do not pay for
 it. Install it with `pip install 'vobiz-async[ray]'`.
@@ -37,43 +42,34 @@ import importlib
 import logging
 import os
 import sqlite3
-import tempfile
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import attrs
 
-from .download import (
-    RESULTS_KEPT,
-    BatchOptions,
-    Destination,
-)
-from .errors import ConfigurationError, DownloadError, ManifestError, ResponseValidationError
+from .batch import Batch, BatchOptions, Engine, item_id
+from .download import Downloader
+from .errors import ConfigurationError, DownloadError, ManifestError
 from .manifest import Manifest, ManifestEntry
-from .models import InvalidRecording, Recording
-from .pager import AsyncPager
-from .protocol import format_timestamp, sniff_container
+from .models import Recording
 from .results import (
     DownloadReport,
     DownloadResult,
     DownloadStatus,
-    Layout,
-    ProgressCallback,
     ProgressEvent,
     ProgressKind,
-    Source,
 )
-from .sinks import S3Sink
+from .session import AsyncSession, SessionConfig
+from .sinks import DirectorySink, S3Sink, Sink
 from .sinks.s3 import ChecksumPolicy
-
-if TYPE_CHECKING:
-    from .session import AsyncSession
+from .types import ApiClient, Destination, Item, Layout, Source
 
 __all__ = [
     "SHARDS_SUFFIX",
+    "BatchOptions",
     "Engine",
     "RayEngine",
     "ScaleOutReport",
@@ -97,22 +93,6 @@ CREATE TABLE IF NOT EXISTS shards (
 )
 """
 _RAY_MISSING = "the Ray engine needs Ray: pip install 'vobiz-async[ray]'"
-
-Item = Recording | str
-
-
-class Engine(Protocol):
-    """Where a batch's shards run; `download_many(..., engine=...)` hands the job over."""
-
-    async def run(
-        self,
-        session: AsyncSession,
-        source: Source,
-        dest: Destination,
-        options: BatchOptions,
-    ) -> DownloadReport:
-        """Run the whole job and return its report, results in listing order."""
-        ...
 
 
 @attrs.frozen
@@ -152,20 +132,6 @@ class _Shard:
     index: int
     key: str
     items: tuple[Item, ...]
-
-
-@attrs.frozen
-class _SessionConfig:
-    """Everything a worker needs to open its own session; travels only by reference."""
-
-    auth_id: str
-    auth_token: str = attrs.field(repr=False)
-    base_url: str
-    trusted_hosts: frozenset[str]
-    timeout: float
-    max_retries: int
-    connect_timeout: float
-    read_timeout: float
 
 
 @attrs.frozen
@@ -225,6 +191,8 @@ class _ShardJob:
     #: Index entries of this shard's recordings, so the worker skips them by a stat.
     known: tuple[ManifestEntry, ...]
     s3: _S3Target | None = None
+    #: The driver keeps an index: a stored file it does not know is hashed, to be indexed.
+    prove: bool = False
 
 
 @attrs.frozen
@@ -236,10 +204,6 @@ class _ShardOutcome:
 
 
 # -- pure parts -----------------------------------------------------------------------------
-
-
-def _item_id(item: Item) -> str:
-    return item if isinstance(item, str) else item.recording_id
 
 
 def plan_shards(items: Sequence[Item], shard_size: int) -> list[tuple[str, list[Item]]]:
@@ -258,7 +222,7 @@ def plan_shards(items: Sequence[Item], shard_size: int) -> list[tuple[str, list[
     shards = []
     for start in range(0, len(ordered), shard_size):
         chunk = ordered[start : start + shard_size]
-        digest = hashlib.sha256("\n".join(_item_id(i) for i in chunk).encode()).hexdigest()
+        digest = hashlib.sha256("\n".join(item_id(i) for i in chunk).encode()).hexdigest()
         shards.append((digest[:32], chunk))
     return shards
 
@@ -295,8 +259,8 @@ class _Journal:
             (
                 key,
                 len(items),
-                _item_id(items[0]),
-                _item_id(items[-1]),
+                item_id(items[0]),
+                item_id(items[-1]),
                 datetime.now(UTC).isoformat(),
             ),
         )
@@ -308,8 +272,8 @@ class _Journal:
 # -- the worker side ------------------------------------------------------------------------
 
 
-def _run_shard(config: _SessionConfig, job: _ShardJob) -> _ShardOutcome:
-    """One shard on a Ray worker: its own event loop, session and `download_many`."""
+def _run_shard(config: SessionConfig, job: _ShardJob) -> _ShardOutcome:
+    """One shard on a Ray worker: its own event loop, session and local engine."""
     import ray  # a Ray worker has Ray
 
     started = time.monotonic()
@@ -319,19 +283,9 @@ def _run_shard(config: _SessionConfig, job: _ShardJob) -> _ShardOutcome:
     return _ShardOutcome(node_id=node_id, pid=os.getpid(), results=results, seconds=seconds)
 
 
-async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadResult]:
-    from .session import AsyncSession
-
-    session = AsyncSession(
-        config.auth_id,
-        config.auth_token,
-        base_url=config.base_url,
-        trusted_hosts=config.trusted_hosts,
-        timeout=config.timeout,
-        max_retries=config.max_retries,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-    )
+async def _shard_main(config: SessionConfig, job: _ShardJob) -> list[DownloadResult]:
+    """The local engine over the shard's items, with no index (the driver's alone): the
+    index's entries for them come along, so a stored file is skipped after a stat."""
     results: list[DownloadResult] = []
 
     def collect(event: ProgressEvent) -> None:
@@ -339,43 +293,18 @@ async def _shard_main(config: _SessionConfig, job: _ShardJob) -> list[DownloadRe
         if event.result is not None:
             results.append(event.result)
 
-    with tempfile.TemporaryDirectory(prefix="vobiz-shard-") as scratch:
-        manifest: Manifest | None = None
-        if job.known:
-            # The index's entries for this shard, so a stored file is skipped with its
-            # sha256 after a stat; the index itself stays the driver's alone.
-            manifest = Manifest(Path(scratch) / "known.sqlite")
-            for entry in job.known:
-                manifest.add(entry)
-        try:
-            async with session:
-                options = attrs.evolve(job.options, on_progress=collect, manifest=manifest)
-                await session.recordings.download_many(
-                    job.items,
-                    job.dest if job.s3 is None else job.s3.sink(options.layout),
-                    **attrs.asdict(options, recurse=False),
-                )
-        finally:
-            if manifest is not None:
-                manifest.close()
-    return [_proven(result) for result in results]
-
-
-def _proven(result: DownloadResult) -> DownloadResult:
-    """A skipped file the index did not know (stored by a worker that died before the driver
-    heard of it) is re-hashed, so that the driver can record it."""
-    if result.status is not DownloadStatus.SKIPPED or result.sha256 or result.path is None:
-        return result
-    try:
-        with result.path.open("rb") as file:
-            head = file.read(16)
-            file.seek(0)
-            digest = hashlib.file_digest(file, "sha256").hexdigest()
-            size = file.tell()
-    except OSError as err:
-        logger.warning("cannot re-hash %s: %s", result.path, err)
-        return result
-    return attrs.evolve(result, size=size, sha256=digest, container=sniff_container(head))
+    async with AsyncSession.from_config(config) as session:
+        options = attrs.evolve(job.options, on_progress=collect, manifest=None)
+        downloader = Downloader(
+            session,
+            job.dest if job.s3 is None else job.s3.sink(options.layout),
+            lookup=session.recordings.get,
+            known={entry.recording_id: entry for entry in job.known},
+            prove_stored=job.prove,
+            **attrs.asdict(options, recurse=False),
+        )
+        await downloader.run(job.items)
+    return results
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -401,28 +330,6 @@ def _ray() -> Any:
         return importlib.import_module("ray")
     except ImportError:
         raise ConfigurationError(_RAY_MISSING) from None
-
-
-async def _listing(source: Source) -> tuple[list[Item], list[DownloadResult]]:
-    """The whole listing, once, and failed results for listed objects that are unusable."""
-    items: list[Item] = []
-    invalid: list[DownloadResult] = []
-    if isinstance(source, AsyncIterable):
-        entries = source.entries() if isinstance(source, AsyncPager) else aiter(source)
-        async for entry in entries:
-            if isinstance(entry, InvalidRecording):
-                if entry.recording_id is not None:
-                    error = ResponseValidationError(
-                        f"the listing's object is unusable: {entry.problem}"
-                    )
-                    invalid.append(
-                        DownloadResult(entry.recording_id, DownloadStatus.FAILED, error=error)
-                    )
-                continue
-            items.append(entry)
-    else:
-        items.extend(source)
-    return items, invalid
 
 
 class RayEngine:
@@ -463,7 +370,7 @@ class RayEngine:
 
     async def run(
         self,
-        session: AsyncSession,
+        session: ApiClient,
         source: Source,
         dest: Destination,
         options: BatchOptions,
@@ -471,46 +378,72 @@ class RayEngine:
         """List once, cut shards, run them on Ray, record results; see the module doc."""
         if options.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        config = _travelling_config(session)
         s3 = _s3_target(dest)
         ray = _ray()
         started = time.monotonic()
-        items, invalid = await _listing(source)
-        order, unique = _first_of_each(items)
-        shards = [
-            _Shard(index, key, tuple(chunk))
-            for index, (key, chunk) in enumerate(plan_shards(unique, self.shard_size))
-        ]
-        index = _open_index(options.manifest)
-        journal = None if index is None else _Journal(Path(str(index.path) + SHARDS_SUFFIX))
         job_args = _job_args(dest, s3, options)
+        index = _open_index(options.manifest)
+        batch = Batch(
+            _driver_sink(job_args, options.layout),
+            index=index,
+            on_progress=options.on_progress,
+            overwrite=options.overwrite,
+        )
+        journal = None
         try:
-            run = _Run(self, ray, session, index, journal, job_args, options.on_progress)
+            places = await _admit(batch, source)
+            shards = [
+                _Shard(number, key, tuple(chunk))
+                for number, (key, chunk) in enumerate(
+                    plan_shards([item for item, _ in places], self.shard_size)
+                )
+            ]
+            journal = None if index is None else _Journal(Path(str(index.path) + SHARDS_SUFFIX))
+            run = _Run(self, ray, config, batch, places, journal, job_args)
             finished = set() if journal is None or options.overwrite else journal.finished()
             pending = [s for s in shards if s.key not in finished]
-            results = [run.finished_result(i) for s in shards if s.key in finished for i in s.items]
+            run.skip([s for s in shards if s.key in finished])
             if pending:
-                results += await run.execute(pending, options.concurrency)
+                await run.execute(pending, options.concurrency)
         finally:
             if journal is not None:
                 journal.close()
             if index is not None and index is not options.manifest:
                 index.close()
-        results.sort(key=lambda r: order[r.recording_id])
-        results += [*_repeats(items), *invalid]
-        return _report(
-            results, time.monotonic() - started, run, len(shards), len(shards) - len(pending)
+        return batch.report(
+            time.monotonic() - started,
+            cls=ScaleOutReport,
+            workers=run.worker_shares(),
+            failed_shards=run.failures,
+            shards=len(shards),
+            shards_skipped=len(shards) - len(pending),
+            shard_seconds=run.shard_seconds,
         )
 
 
-def _first_of_each(items: Sequence[Item]) -> tuple[dict[str, int], list[Item]]:
-    """Each id's place in the listing, and the items without repeats (first one kept)."""
-    order: dict[str, int] = {}
-    unique: list[Item] = []
-    for item in items:
-        if _item_id(item) not in order:
-            order[_item_id(item)] = len(order)
-            unique.append(item)
-    return order, unique
+def _travelling_config(session: ApiClient) -> SessionConfig:
+    """The session's settings, as they travel to the workers; refused, with one line,
+    when a setting cannot travel (before anything is listed or started)."""
+    if not isinstance(session, AsyncSession):
+        raise ConfigurationError("the Ray engine needs an AsyncSession, to open one per worker")
+    config = session.config
+    if config.resolver is not None:
+        raise ConfigurationError(
+            "the session's custom resolver cannot travel to Ray workers; run this job "
+            "without --engine ray (the local engine) or without a resolver"
+        )
+    return config
+
+
+async def _admit(batch: Batch, source: Source) -> list[tuple[Item, int]]:
+    """The listing, once, through the batch core (which fails unusable entries and skips
+    repeated ids): each item to run, with its place in the report, in listing order."""
+    places: list[tuple[Item, int]] = []
+    async with contextlib.aclosing(batch.admitted(source)) as items:
+        async for place, item in items:
+            places.append((item, place))
+    return places
 
 
 def _open_index(manifest: Manifest | str | os.PathLike[str] | None) -> Manifest | None:
@@ -532,39 +465,12 @@ def _job_args(dest: Destination, s3: _S3Target | None, options: BatchOptions) ->
     return _JobArgs(dest=base, s3=s3, options=shard_options)
 
 
-def _report(
-    results: list[DownloadResult], elapsed: float, run: _Run, shards: int, skipped: int
-) -> ScaleOutReport:
-    """The job's report from every result in order, as the local engine reports."""
-    tally = dict.fromkeys(DownloadStatus, 0)
-    for result in results:
-        tally[result.status] += 1
-    return ScaleOutReport(
-        # As the local engine does: the first RESULTS_KEPT results, every failure.
-        results=results[:RESULTS_KEPT],
-        elapsed=elapsed,
-        truncated=len(results) > RESULTS_KEPT,
-        later_failures=[r for r in results[RESULTS_KEPT:] if not r.ok],
-        tally=tally,
-        bytes_downloaded=sum(r.size for r in results if r.status is DownloadStatus.DOWNLOADED),
-        workers=run.worker_shares(),
-        failed_shards=run.failures,
-        shards=shards,
-        shards_skipped=skipped,
-        shard_seconds=run.shard_seconds,
-    )
-
-
-def _repeats(items: Sequence[Item]) -> list[DownloadResult]:
-    """A skipped result per repeated id in the listing, as the local engine gives."""
-    seen: set[str] = set()
-    repeated = []
-    for item in items:
-        rid = _item_id(item)
-        if rid in seen:
-            repeated.append(DownloadResult(rid, DownloadStatus.SKIPPED))
-        seen.add(rid)
-    return repeated
+def _driver_sink(args: _JobArgs, layout: Layout) -> Sink:
+    """The destination as the driver's batch core sees it, to name where results are (it
+    is never prepared: the workers store)."""
+    if args.s3 is None:
+        return DirectorySink(args.dest, layout=layout)
+    return args.s3.sink(layout)
 
 
 @attrs.frozen
@@ -575,25 +481,25 @@ class _JobArgs:
 
 
 class _Run:
-    """One job's driver state: the Ray connection, the index, the journal, the tallies."""
+    """One job's driver state: the Ray connection, the batch core, the journal."""
 
     def __init__(
         self,
         engine: RayEngine,
         ray: Any,
-        session: AsyncSession,
-        index: Manifest | None,
+        config: SessionConfig,
+        batch: Batch,
+        places: Sequence[tuple[Item, int]],
         journal: _Journal | None,
         args: _JobArgs,
-        on_progress: ProgressCallback | None,
     ) -> None:
         self.engine = engine
         self.ray = ray
-        self.session = session
-        self.index = index
+        self.config = config
+        self.batch = batch
+        self.places = {item_id(item): place for item, place in places}
         self.journal = journal
         self.args = args
-        self.on_progress = on_progress
         self.failures: list[ShardFailure] = []
         self.shard_seconds: list[float] = []
         self._shares: dict[tuple[str, int], int] = {}
@@ -601,23 +507,16 @@ class _Run:
     def worker_shares(self) -> list[WorkerShare]:
         return [WorkerShare(node, pid, count) for (node, pid), count in self._shares.items()]
 
-    def finished_result(self, item: Item) -> DownloadResult:
-        """The result of a recording in a shard that an earlier run finished."""
-        rid = _item_id(item)
-        entry = None if self.index is None else self.index.get(rid)
-        if entry is None:
-            return DownloadResult(rid, DownloadStatus.SKIPPED)
-        on_s3 = self.args.s3 is not None
-        where = self.args.dest + entry.path if on_s3 else os.path.join(self.args.dest, entry.path)
-        return DownloadResult(
-            rid,
-            DownloadStatus.SKIPPED,
-            path=None if on_s3 else where,
-            location=where,
-            size=entry.size,
-            sha256=entry.sha256,
-            container=entry.container,
-        )
+    def settle(self, item: Item, result: DownloadResult) -> None:
+        """Hand one result to the batch core at its item's place."""
+        place = self.places[item_id(item)]
+        self.batch.settle(place, result, item if isinstance(item, Recording) else None)
+
+    def skip(self, shards: list[_Shard]) -> None:
+        """Shards an earlier run finished: their recordings as the index records them."""
+        for shard in shards:
+            for item in shard.items:
+                self.settle(item, self.batch.indexed(item_id(item)))
 
     def _connect(self) -> bool:
         """Connect to Ray unless this process already is; whether we must disconnect."""
@@ -637,7 +536,9 @@ class _Run:
         )
         return True
 
-    async def execute(self, shards: list[_Shard], concurrency: int) -> list[DownloadResult]:
+    async def execute(self, shards: list[_Shard], concurrency: int) -> None:
+        """Run `shards` on Ray, a bounded number at once, each result to the batch core;
+        after a destination-wide stop, the shards not started yet fail unstarted."""
         ray = self.ray
         owned = self._connect()
         try:
@@ -646,16 +547,15 @@ class _Run:
                 concurrency, self.engine.concurrency_per_shard, len(shards), cpus
             )
             logger.info("%d shards, %d at once, %d transfers each", len(shards), slots, per_shard)
-            config_ref = ray.put(_session_config(self.session))
+            config_ref = ray.put(self.config)
             task = ray.remote(
                 num_cpus=1, max_retries=self.engine.max_retries, retry_exceptions=False
             )(_run_shard)
-            results: list[DownloadResult] = []
             waiting = list(reversed(shards))
             running: dict[asyncio.Future[Any], tuple[_Shard, Any]] = {}
             try:
-                while waiting or running:
-                    while waiting and len(running) < slots:
+                while running or (waiting and self.batch.stopped_by is None):
+                    while waiting and len(running) < slots and self.batch.stopped_by is None:
                         shard = waiting.pop()
                         job_ref = ray.put(self._job(shard, per_shard))
                         ref = task.options(name=f"vobiz-shard-{shard.index}").remote(
@@ -665,7 +565,7 @@ class _Run:
                     done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                     for future in done:
                         shard, _ = running.pop(future)
-                        results += await self._collect(shard, future)
+                        await self._collect(shard, future)
             finally:
                 for future, (_, ref) in running.items():  # cancelled, or a failure here
                     future.cancel()
@@ -674,13 +574,16 @@ class _Run:
         finally:
             if owned:
                 ray.shutdown()
-        return results
+        for shard in waiting:  # never started: the batch stopped
+            for item in shard.items:
+                error = self.batch.not_started()
+                self.settle(item, DownloadResult(item_id(item), DownloadStatus.FAILED, error=error))
 
     def _job(self, shard: _Shard, concurrency: int) -> _ShardJob:
         known: list[ManifestEntry] = []
-        if self.index is not None and not self.args.options.overwrite:
+        if not self.args.options.overwrite:
             for item in shard.items:
-                entry = self.index.get(_item_id(item))
+                entry = self.batch.entry(item_id(item))
                 if entry is not None:
                     known.append(entry)
         return _ShardJob(
@@ -689,10 +592,12 @@ class _Run:
             options=attrs.evolve(self.args.options, concurrency=concurrency),
             known=tuple(known),
             s3=self.args.s3,
+            prove=self.batch.index is not None,
         )
 
-    async def _collect(self, shard: _Shard, future: asyncio.Future[Any]) -> list[DownloadResult]:
-        """A finished task's results, recorded in the index; or its shard failed."""
+    async def _collect(self, shard: _Shard, future: asyncio.Future[Any]) -> None:
+        """A finished task's results, to the batch core (which indexes them); then the
+        shard, last, to the journal. Or the shard failed: its recordings with it."""
         try:
             outcome: _ShardOutcome = future.result()
         except Exception as err:
@@ -700,90 +605,31 @@ class _Run:
             logger.warning("shard %d failed: %s", shard.index, reason)
             self.failures.append(ShardFailure(shard.index, shard.key, len(shard.items), reason))
             error = DownloadError(f"shard {shard.index} failed: {reason}")
-            results = [
-                DownloadResult(_item_id(i), DownloadStatus.FAILED, error=error) for i in shard.items
-            ]
-            self._emit(results)
-            return results
+            for item in shard.items:
+                self.settle(item, DownloadResult(item_id(item), DownloadStatus.FAILED, error=error))
+            return
         self.shard_seconds.append(outcome.seconds)
         share = (outcome.node_id, outcome.pid)
         self._shares[share] = self._shares.get(share, 0) + len(outcome.results)
-        await asyncio.to_thread(self._record, shard, outcome.results)
-        self._emit(outcome.results)
-        return outcome.results
-
-    def _record(self, shard: _Shard, results: list[DownloadResult]) -> None:
-        """Index every verified recording of a shard, then the shard, last."""
-        if self.index is None or self.journal is None:
-            return
-        add_times = {i.recording_id: i.add_time for i in shard.items if isinstance(i, Recording)}
-        for result in results:
-            path = self._key(result)
-            if result.status is DownloadStatus.FAILED or not result.sha256 or path is None:
-                continue
-            known = self.index.get(result.recording_id)
-            if known is not None and (known.path, known.size, known.sha256) == (
-                path,
-                result.size,
-                result.sha256,
-            ):
-                continue
-            add_time = add_times.get(result.recording_id)
-            self.index.record(
-                result.recording_id,
-                path,
-                size=result.size,
-                sha256=result.sha256,
-                container=result.container,
-                add_time=None if add_time is None else format_timestamp(add_time),
-            )
-        if all(r.ok for r in results) and len(results) == len(shard.items):
+        self._settle_shard(shard, outcome.results)
+        whole = len(outcome.results) == len(shard.items) and all(r.ok for r in outcome.results)
+        if self.journal is not None and whole and self.batch.stopped_by is None:
             self.journal.finish(shard.key, shard.items)
 
-    def _key(self, result: DownloadResult) -> str | None:
-        """Where a result's recording is, relative to the destination: the index's path."""
-        if result.path is not None:
-            return os.path.relpath(result.path, self.args.dest).replace(os.sep, "/")
-        if result.location is not None and result.location.startswith(self.args.dest):
-            return result.location[len(self.args.dest) :]
-        return None
-
-    def _emit(self, results: list[DownloadResult]) -> None:
-        if self.on_progress is None:
-            return
-        kinds = {
-            DownloadStatus.DOWNLOADED: ProgressKind.FINISHED,
-            DownloadStatus.SKIPPED: ProgressKind.SKIPPED,
-            DownloadStatus.FAILED: ProgressKind.FAILED,
-        }
+    def _settle_shard(self, shard: _Shard, results: list[DownloadResult]) -> None:
+        """Each of the shard's recordings to the batch core, with its worker's result (a
+        recording the worker did not report fails rather than going missing)."""
+        items = {item_id(item): item for item in shard.items}
         for result in results:
-            events = []
+            item = items.pop(result.recording_id, None)
+            if item is None:
+                continue  # not one of this shard's recordings, or reported twice
             if result.status is DownloadStatus.DOWNLOADED:
-                events.append(ProgressEvent(ProgressKind.BYTES, result.recording_id, result.size))
-            events.append(
-                ProgressEvent(
-                    kinds[result.status], result.recording_id, total=result.size, result=result
-                )
-            )
-            for event in events:
-                try:
-                    self.on_progress(event)
-                except Exception:
-                    logger.exception("on_progress callback failed; progress reporting continues")
-
-
-def _session_config(session: AsyncSession) -> _SessionConfig:
-    media_timeout = session._media_timeout
-    return _SessionConfig(
-        auth_id=session.auth_id,
-        auth_token=session._token.value,
-        base_url=str(session.base_url),
-        trusted_hosts=session.trusted_hosts,
-        timeout=session.timeout,
-        max_retries=session.max_retries,
-        connect_timeout=media_timeout.sock_connect or 0.0,
-        read_timeout=media_timeout.sock_read or 0.0,
-    )
+                self.batch.emit(ProgressEvent(ProgressKind.BYTES, result.recording_id, result.size))
+            self.settle(item, result)
+        for rid, left in items.items():
+            error = DownloadError(f"shard {shard.index} reported no result for {rid}")
+            self.settle(left, DownloadResult(rid, DownloadStatus.FAILED, error=error))
 
 
 def _task_error(err: BaseException) -> str:

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+import attrs
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
@@ -30,6 +31,7 @@ from .errors import (
     APITimeoutError,
     ConfigurationError,
     InvalidRecordingIdError,
+    ResponseValidationError,
     SessionClosedError,
     UnsafeURLError,
 )
@@ -44,12 +46,16 @@ from .protocol import (
     redirect_target,
 )
 from .recordings import Recordings
+from .redact import describe
 
-__all__ = ["DEFAULT_BASE_URL", "MAX_REDIRECTS", "AsyncSession"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_API_BODY", "MAX_REDIRECTS", "AsyncSession", "SessionConfig"]
 
 logger = logging.getLogger("vobiz_async")
 
 DEFAULT_BASE_URL = "https://api.vobiz.ai/api/v1/"
+#: The largest API answer (not a recording) read, in bytes: a page of 100 recordings is
+#: about 100 KiB, so a bigger one is a broken or hostile server, not data.
+MAX_API_BODY = 8 * 1024 * 1024
 #: Redirects one streamed GET follows before giving up.
 MAX_REDIRECTS = 10
 #: The path every Vobiz API root ends in.
@@ -92,6 +98,50 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
     return any(host == p or host.endswith("." + p) for p in patterns)
 
 
+def _same_secret(a: Secret, b: Secret) -> bool:
+    return a.value == b.value
+
+
+@attrs.frozen
+class SessionConfig:
+    """Every setting an `AsyncSession` was built with, to open another one like it (a Ray
+    worker's, say): `AsyncSession.from_config(session.config)`. The token is a `Secret`,
+    shown in no repr; a borrowed `http_session` is not a setting and is not kept."""
+
+    auth_id: str
+    auth_token: Secret = attrs.field(repr=False, eq=attrs.cmp_using(eq=_same_secret), hash=False)
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = 60.0
+    max_retries: int = 2
+    trusted_hosts: frozenset[str] = frozenset({VOBIZ_DOMAIN})
+    max_connections: int = 100
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    allow_private_media: bool = False
+    #: A caller's DNS resolver object: it cannot travel to another process.
+    resolver: AbstractResolver | None = None
+
+
+def _size_text(size: int) -> str:
+    return f"{size // 1024**2} MiB" if size % 1024**2 == 0 else f"{size} bytes"
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of an API answer, read as it arrives, or `ResponseValidationError` (and the
+    connection closed) as soon as it is known to exceed `limit` bytes: from its
+    Content-Length when it has one, else (and after decoding) from what has arrived."""
+    if resp.content_length is None or resp.content_length <= limit:
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                break
+        else:
+            return bytes(body)
+    resp.close()
+    raise ResponseValidationError(f"the API's answer is larger than {_size_text(limit)}")
+
+
 @contextlib.contextmanager
 def _transport_errors(method: str, url: URL) -> Iterator[None]:
     """Turn aiohttp's transport failures into the library's connection errors."""
@@ -102,9 +152,8 @@ def _transport_errors(method: str, url: URL) -> Iterator[None]:
     except TimeoutError as err:
         raise APITimeoutError(f"{method} {url.host}{url.path} timed out") from err
     except aiohttp.ClientError as err:
-        raise APIConnectionError(
-            f"{method} {url.host}{url.path} failed: {type(err).__name__}: {err}"
-        ) from err
+        # aiohttp's text quotes the whole URL and any raw bytes its parser choked on.
+        raise APIConnectionError(f"{method} {url.host}{url.path} failed: {describe(err)}") from err
 
 
 class AsyncSession:
@@ -113,6 +162,9 @@ class AsyncSession:
     Use it as an async context manager. It owns an `aiohttp.ClientSession` unless one is
     passed as `http_session`, which is then borrowed and never closed here.
     """
+
+    #: The largest API answer read, in bytes (`MAX_API_BODY`); a larger one is refused.
+    max_api_body: int = MAX_API_BODY
 
     def __init__(
         self,
@@ -162,11 +214,47 @@ class AsyncSession:
         #: addresses too: for on-premise deployments whose media hosts are internal.
         self.allow_private_media = allow_private_media
         self._resolver = resolver
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._http = http_session
         self._owns_http = http_session is None
         self._closed = False
         self._seen_advisories: set[tuple[str, str]] = set()
         self.recordings = Recordings(self)
+
+    @classmethod
+    def from_config(cls, config: SessionConfig) -> Self:
+        """A new session with `config`'s settings (and a pool of its own)."""
+        return cls(
+            config.auth_id,
+            config.auth_token.value,
+            base_url=config.base_url,
+            timeout=config.timeout,
+            max_retries=config.max_retries,
+            trusted_hosts=config.trusted_hosts,
+            max_connections=config.max_connections,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            allow_private_media=config.allow_private_media,
+            resolver=config.resolver,
+        )
+
+    @property
+    def config(self) -> SessionConfig:
+        """This session's settings, whole: `AsyncSession.from_config` opens another."""
+        return SessionConfig(
+            auth_id=self.auth_id,
+            auth_token=self._token,
+            base_url=str(self.base_url),
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            trusted_hosts=self.trusted_hosts,
+            max_connections=self.max_connections,
+            connect_timeout=self._connect_timeout,
+            read_timeout=self._read_timeout,
+            allow_private_media=self.allow_private_media,
+            resolver=self._resolver,
+        )
 
     @staticmethod
     def _check_base_url(raw: str) -> URL:
@@ -423,7 +511,7 @@ class AsyncSession:
                     )
                     async with resp:
                         with _transport_errors(method, url):
-                            body = await resp.read()
+                            body = await _read_capped(resp, self.max_api_body)
                     answered(resp.status, parse_retry_after(resp.headers.get("Retry-After")))
             except APIConnectionError as err:
                 if last:

@@ -17,6 +17,7 @@ to an `EventSink` (see `vobiz_async.receiver`), which records it durably before 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import enum
@@ -35,12 +36,13 @@ from yarl import URL
 
 from ._files import Secret
 from .errors import ConfigurationError, InvalidRecordingIdError, VobizError
-from .protocol import safe_file_stem
+from .protocol import redact_urls, safe_file_stem
 
 if TYPE_CHECKING:
     from aiohttp import web
 
 __all__ = [
+    "BODY_TIMEOUT",
     "MAX_BODY",
     "REPLAY_WINDOW",
     "Counters",
@@ -69,6 +71,8 @@ MAX_BODY = 64 * 1024
 REPLAY_WINDOW = 15 * 60.0
 #: Most nonces remembered at once; past it the oldest are forgotten first.
 MAX_NONCES = 200_000
+#: Seconds a signed callback's body may take to arrive whole.
+BODY_TIMEOUT = 10.0
 #: Seconds a caller is asked to wait when the queue is full.
 RETRY_AFTER = 30
 
@@ -409,7 +413,7 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     return RecordingEvent(
         recording_id=_recording_id(fields.get(shape.recording_id)),
         shape=shape.name,
-        record_url=record_url,
+        record_url=redact_urls(record_url),  # it is spooled and logged; downloads go by id
         call_uuid=_optional_str(fields.get(shape.call_uuid)),
         duration_ms=duration_ms,
         start_ms=_optional_int(fields.get(shape.start_ms)),
@@ -419,6 +423,15 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     )
 
 
+def _parse(content_type: str, body: bytes) -> RecordingEvent | None:
+    """`parse_callback(parse_body(...))`; a value nested too deeply to read (`str()` of it
+    recurses past the limit) is a `WebhookPayloadError` too, so a 400, never a 500."""
+    try:
+        return parse_callback(parse_body(content_type, body))
+    except RecursionError:
+        raise WebhookPayloadError("the callback's JSON is nested too deeply") from None
+
+
 def parse_body(content_type: str, body: bytes) -> Mapping[str, Any]:
     """The fields of a callback body: JSON object or url-encoded form."""
     if content_type == "application/json" or content_type.endswith("+json"):
@@ -426,6 +439,8 @@ def parse_body(content_type: str, body: bytes) -> Mapping[str, Any]:
             data = json.loads(body)
         except ValueError:
             raise WebhookPayloadError("the callback body is not valid JSON") from None
+        except RecursionError:
+            raise WebhookPayloadError("the callback's JSON is nested too deeply") from None
         if not isinstance(data, dict):
             raise WebhookPayloadError("the callback's JSON body is not an object")
         return data
@@ -454,7 +469,7 @@ class Counters:
     """What the receiver has done since it started; `/healthz` shows all but `ignored`.
 
     `duplicate` counts callbacks that changed nothing (a recording already queued or
-    archived, or a replayed nonce); `rejected` counts refusals (403, 413, 400, and 503 for a
+    archived, or a replayed nonce); `rejected` counts refusals (403, 413, 408, 400, and 503 for a
     full queue).
     """
 
@@ -569,9 +584,12 @@ class _Endpoint:
         if request.content_length is not None and request.content_length > self.max_body:
             return self._refuse(413, "request body too large")
         try:
-            body = await request.read()
+            async with asyncio.timeout(BODY_TIMEOUT):  # a trickled body holds no slot for long
+                body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(413, "request body too large")
+        except TimeoutError:
+            return self._refuse(408, "request body too slow")
         if check.version in (SignatureVersion.V2, SignatureVersion.MA_V2):
             logger.warning("callback accepted on a %s signature only (no V3)", check.version)
         nonces = request_nonces(request.headers, check)
@@ -591,7 +609,7 @@ class _Endpoint:
 
     async def _handle(self, body: bytes, content_type: str, nonces: Sequence[str]) -> web.Response:
         try:
-            event = parse_callback(parse_body(content_type, body))
+            event = _parse(content_type, body)
         except WebhookPayloadError as err:
             logger.warning("refused a callback: %s", err)
             return self._refuse(400, str(err))

@@ -12,13 +12,17 @@ that a partial never wears a final name.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
 from ..models import Recording
 
-__all__ = ["AlreadyStored", "Sink", "Stored", "Writer"]
+__all__ = ["AlreadyStored", "Layout", "Sink", "Stored", "Writer"]
+
+#: How a sink names recordings: `<id>.<ext>` ("flat") or `YYYY/MM/DD/<id>.<ext>` ("date").
+#: Defined here, the lowest layer that needs it; `vobiz_async.types` re-exports it.
+Layout = Literal["flat", "date"]
 
 
 @attrs.frozen
@@ -36,11 +40,12 @@ class Stored:
 
 
 class AlreadyStored(Exception):
-    """Raised by `Sink.open` when, once the recording was claimed, its final form turned out
-    to be there already: another run (or receiver) stored it meanwhile. `stored` is it."""
+    """Raised by `Sink.open` when, after claiming the recording's partial, its final file
+    or object turned out to exist (another process finished it meanwhile): the batch
+    reports it skipped, and indexes `stored`, instead of fetching it again."""
 
     def __init__(self, stored: Stored) -> None:
-        super().__init__(stored.location)
+        super().__init__(f"already stored: {stored.location}")
         self.stored = stored
 
 

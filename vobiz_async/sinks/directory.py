@@ -27,26 +27,26 @@ import contextlib
 import ctypes
 import errno
 import functools
+import hashlib
 import logging
 import os
 import sys
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from .._files import fsync_path
 from ..errors import DiskError
 from ..models import Recording
-from ..protocol import archive_key, file_extension, safe_file_stem
-from .base import AlreadyStored, Stored
+from ..protocol import archive_key, file_extension, safe_file_stem, sniff_container
+from .base import AlreadyStored, Layout, Stored
 
 if sys.platform != "win32":
     import fcntl
 
 __all__ = ["PARTIAL_SUFFIX", "VALIDATOR_SUFFIX", "DirectorySink", "disk_error"]
 
-Layout = Literal["flat", "date"]
 
 #: A partial's name: `<id>.part`, never a recording's final name.
 PARTIAL_SUFFIX = ".part"
@@ -192,6 +192,20 @@ class DirectorySink:
         except OSError:
             return None
         return Stored(self._relative(path), path, size)
+
+    async def digest(self, key: str) -> Stored:
+        """The stored file under `key` with its sha256 and container, hashed on a thread
+        (for a final file an index does not know yet); `OSError` when it cannot be read."""
+        return await asyncio.to_thread(self._digest, key)
+
+    def _digest(self, key: str) -> Stored:
+        path = os.path.join(self.root, key)
+        with open(path, "rb") as file:
+            head = file.read(64)
+            file.seek(0)
+            sha256 = hashlib.file_digest(file, "sha256").hexdigest()
+            size = file.tell()
+        return Stored(key, path, size, sha256=sha256, container=sniff_container(head))
 
     async def open(self, recording: Recording, *, size_hint: int | None = None) -> DirectoryWriter:
         """A writer for the recording's partial, holding what an earlier run left.

@@ -58,7 +58,7 @@ from ..errors import (
 )
 from ..models import Recording
 from ..protocol import archive_key, file_extension, media_type, safe_file_stem, sniff_container
-from .base import Stored
+from .base import Layout, Stored
 
 __all__ = ["ByteBudget", "ObjectProblem", "S3Sink", "verify_objects"]
 
@@ -74,7 +74,6 @@ _MD5_INLINE = 256 * 1024  # hash smaller bodies on the loop, bigger ones in a th
 
 _T = TypeVar("_T")
 ChecksumPolicy = Literal["when_supported", "when_required"]
-Layout = Literal["flat", "date"]
 
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -541,6 +540,30 @@ class S3Sink:
             sha256=sha256,
             container=extension if extension in ("mp3", "wav") else None,
         )
+
+    async def digest(self, key: str) -> Stored:
+        """The object under `key` with its sha256: its `sha256` metadata, or (when absent)
+        the sha256 of its bytes, read back once (for an object an index does not know)."""
+        client = self._require_client()
+        full_key = self.prefix + key
+        try:
+            head = await client.head_object(Bucket=self.bucket, Key=full_key)
+            sha256 = head.get("Metadata", {}).get("sha256")
+            size = int(head["ContentLength"])
+            if not sha256:
+                response = await client.get_object(Bucket=self.bucket, Key=full_key)
+                hasher = hashlib.sha256()
+                async with response["Body"] as body:
+                    while chunk := await body.read(_READ_CHUNK):
+                        hasher.update(chunk)
+                sha256 = hasher.hexdigest()
+        except Exception as err:
+            raise self._translate(err, f"reading {full_key!r}") from None
+        extension = key.rpartition(".")[2]
+        container = head.get("Metadata", {}).get("container") or (
+            extension if extension in ("mp3", "wav") else None
+        )
+        return Stored(key, self.location(key), size, sha256=sha256.lower(), container=container)
 
     async def _listing(self, folder: str) -> dict[str, tuple[str, int]]:
         if folder in self._listings:
