@@ -17,11 +17,18 @@ of one fsync per entry (benchmarks/RESULTS.md, "The index at scale").
 Several processes may open the same index: readers never wait, and a writer waits up to
 `timeout` seconds for another writer's transaction (a few microseconds each).
 
-A JSON Lines manifest found at the path (a file that does not start with SQLite's header) is
-imported once, on open: the database is built beside it, the old file is kept as
-`<name>.bak`, and the database is renamed into its place; a crash at any point leaves either
-the old file (imported again next time) or the finished database. A torn or unreadable line
-is skipped with a warning, as before; the last line for an id wins.
+A JSON Lines manifest found at the path (a file that does not start with SQLite's header,
+whose first line is an entry) is imported once, on open: the database is built beside it,
+the old file is kept as `<name>.bak`, and the database is renamed into its place; a crash at
+any point leaves either the old file (imported again next time) or the finished database. A
+torn or unreadable line is skipped with a warning, as before; the last line for an id wins.
+A file that is neither (a database whose first bytes were overwritten, a file mostly of
+unreadable lines) is never taken for an empty manifest: `ManifestError` names it, and it is
+left untouched.
+
+Every failure to read or write the index, whatever its cause (a read-only file or folder,
+a full disk, an I/O error, another writer holding it longer than `timeout`, SQLite's busy
+timeout), is a `ManifestError` naming the file, never a bare `sqlite3.Error` or `OSError`.
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ APPLICATION_ID = 0x566F627A
 SCHEMA_VERSION = 1
 #: Rows fetched per query while iterating: memory stays bounded whatever the index's size.
 PAGE_ROWS = 500
+#: The longest first line read to tell a JSON Lines manifest (an entry is ~300 bytes).
+_LINE_MAX = 1 << 16
 
 _SCHEMA = """
 CREATE TABLE entries (
@@ -171,7 +180,10 @@ class Manifest:
             return self._db
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ManifestError(f"cannot create the index {self.path}: {_reason(err)}") from err
         _import_legacy(self.path)
         try:
             db = sqlite3.connect(
@@ -316,26 +328,65 @@ def _check_version(db: sqlite3.Connection, path: Path) -> None:
         raise ManifestError(f"{path} was written by a newer vobiz_async (index v{version})")
 
 
-def _is_legacy(file: IO[bytes]) -> bool:
-    """Whether an open file is a JSON Lines manifest: not empty and not SQLite."""
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
+
+
+def _unrecognised(path: Path) -> ManifestError:
+    return ManifestError(
+        f"{path} is neither an index nor a JSON Lines manifest (damaged?); it was left untouched"
+    )
+
+
+def _is_legacy(file: IO[bytes], path: Path) -> bool:
+    """Whether an open file is a JSON Lines manifest to import; False for a SQLite database
+    (told by its 16-byte header) or an empty file (a new index).
+
+    Anything else, such as a database whose first bytes were overwritten, is not taken for
+    a manifest with no entries: `ManifestError`, unless its first line is an entry.
+    """
     file.seek(0)
     head = file.read(len(SQLITE_HEADER))
     file.seek(0)
-    return bool(head) and head != SQLITE_HEADER
+    if not head or head == SQLITE_HEADER:
+        return False
+    while line := file.readline(_LINE_MAX):
+        if line.strip():
+            if _entry(line) is None:
+                raise _unrecognised(path)
+            break
+    file.seek(0)
+    return True
 
 
-def _legacy_rows(file: IO[bytes], path: Path) -> Iterator[tuple[Any, ...]]:
+def _entry(line: bytes) -> ManifestEntry | None:
+    """The entry one JSON Lines line holds, or None."""
+    try:
+        entry = ManifestEntry(**json.loads(line))
+    except (ValueError, TypeError):
+        return None
+    return entry if _well_typed(entry) else None
+
+
+@attrs.define
+class _Tally:
+    """What an import read: entries and unreadable lines."""
+
+    entries: int = 0
+    unreadable: int = 0
+
+
+def _legacy_rows(file: IO[bytes], path: Path, tally: _Tally) -> Iterator[tuple[Any, ...]]:
     """The entries of a JSON Lines manifest, line by line, skipping unreadable lines."""
     for number, line in enumerate(file, 1):
         if not line.strip():
             continue
-        try:
-            entry = ManifestEntry(**json.loads(line))
-        except (ValueError, TypeError):
-            entry = None
-        if entry is None or not _well_typed(entry):
+        entry = _entry(line)
+        if entry is None:
+            tally.unreadable += 1
             logger.warning("%s: skipping unreadable line %d", path, number)
             continue
+        tally.entries += 1
         yield _row(entry)
 
 
@@ -373,13 +424,17 @@ def _import_legacy(path: Path) -> None:
                 return  # another process replaced it with the database while we waited
         except FileNotFoundError:
             return
-        if not _is_legacy(legacy):
+        if not _is_legacy(legacy, path):
             return
         building = path.with_name(path.name + ".importing")
         backup = _backup_name(path)
+        tally = _Tally()
         try:
             building.unlink(missing_ok=True)  # a crashed import's leftover
-            count = _build(building, _legacy_rows(legacy, path))
+            count = _build(building, _legacy_rows(legacy, path, tally))
+            if tally.unreadable > tally.entries:  # mostly not entries: not a manifest
+                building.unlink()
+                raise _unrecognised(path)
             _keep(path, backup)
             os.replace(building, path)
             fsync_path(path.parent)

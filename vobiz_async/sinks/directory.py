@@ -1,13 +1,23 @@
 """`DirectorySink`: recordings into a folder, each whole under its final name or not at all.
 
-A recording's bytes go to `<key-stem>.part` beside where it will live; the ETag of the
-version they came from goes to `<id>.part.etag` (written atomically: an xattr would be lost
-by `cp`, by `rsync` without `-X` and on file systems without user xattrs), so a later run
-resumes the partial with `If-Range`. Only `commit` renames the partial to its final name,
-with `os.replace`, after the downloader checked every byte. Space is reserved before the
-body is written (`fallocate` with `FALLOC_FL_KEEP_SIZE`, so a partial's size stays the
-count of bytes received), so a nearly full disk fails the transfers it cannot hold before
-they start instead of every one of them halfway.
+A recording's bytes go to `<key-stem>.part` beside where it will live, and only after the
+process has claimed that partial: an exclusive `flock` on the `.part` file itself, held
+from `open` to `commit` or `abort` (and released by the kernel when a process dies, `kill -9`
+included). Runs, receivers and downloads sharing a folder thus never write one file from two
+processes: a second one waits (polling, without blocking a thread), then finds the final
+file and skips it, or resumes the partial the first left. `flock` rather than `lockf`: its
+lock belongs to the open file, so other descriptors of the same file (a read-back, a second
+sink in the same process) neither drop it nor share it. On the partial rather than a
+`.lock` file beside it: nothing more to create or leave behind, and `commit`'s rename keeps
+the locked file, so a waiter sees by its identity that the partial became a final file.
+
+The ETag of the version the bytes came from goes to `<id>.part.etag` (written atomically: an
+xattr would be lost by `cp`, by `rsync` without `-X` and on file systems without user
+xattrs), so a later run resumes the partial with `If-Range`. Only `commit` renames the
+partial to its final name, with `os.replace`, after the downloader checked every byte. Space
+is reserved before the body is written (`fallocate` with `FALLOC_FL_KEEP_SIZE`, so a
+partial's size stays the count of bytes received), so a nearly full disk fails the transfers
+it cannot hold before they start instead of every one of them halfway.
 """
 
 from __future__ import annotations
@@ -18,7 +28,10 @@ import ctypes
 import errno
 import functools
 import hashlib
+import logging
 import os
+import sys
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -27,7 +40,10 @@ from .._files import fsync_path
 from ..errors import DiskError
 from ..models import Recording
 from ..protocol import archive_key, file_extension, safe_file_stem, sniff_container
-from .base import Layout, Stored
+from .base import AlreadyStored, Layout, Stored
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["PARTIAL_SUFFIX", "VALIDATOR_SUFFIX", "DirectorySink", "disk_error"]
 
@@ -41,6 +57,9 @@ DESTINATION_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.E
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FALLOC_FL_KEEP_SIZE = 1
 _READ_BACK = 1 << 20
+_UNSEEN_MAX = 1 << 16
+
+logger = logging.getLogger("vobiz_async")
 
 
 def disk_error(err: OSError, path: str | os.PathLike[str]) -> DiskError:
@@ -83,7 +102,9 @@ class DirectorySink:
     """A folder: `<root>/<id>.<ext>`, or `<root>/YYYY/MM/DD/<id>.<ext>` with `layout="date"`.
 
     `fsync=True` flushes each recording and its folder before it is reported downloaded.
-    A batch lists each folder it touches once (`lookup`) instead of a `stat` per recording.
+    `lookup` stats the few names a recording may have (no listing of the folder, whose cost
+    grows with the archive), and `open` claims the recording's partial first, so runs and
+    receivers sharing a folder never write one file from two processes.
     """
 
     def __init__(
@@ -94,8 +115,10 @@ class DirectorySink:
         self.root = Path(root)
         self.layout: Layout = layout
         self.fsync = fsync
-        self._scans: dict[str, set[str]] = {}
         self._made: set[str] = set()
+        # Partials whose recording `lookup` found no final file for, until `open` claims
+        # them: a final file there after the claim was stored by another process meanwhile.
+        self._unseen: set[str] = set()
 
     def __repr__(self) -> str:
         return f"DirectorySink({str(self.root)!r}, layout={self.layout!r})"
@@ -104,33 +127,22 @@ class DirectorySink:
         return str(self.root)
 
     async def prepare(self) -> None:
-        """Create the folder; a batch starts with a fresh view of what it holds."""
-        self._scans = {}
+        """Create the folder."""
         self._made = set()
+        self._unseen = set()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise disk_error(err, self.root) from err
 
     async def close(self) -> None:
-        self._scans = {}
+        self._unseen = set()
 
     def folder(self, recording: Recording | None) -> str:
         """The folder a recording lives in under this layout (the root without a date)."""
         if self.layout == "date" and recording is not None and recording.add_time is not None:
             return os.path.join(self.root, recording.add_time.strftime("%Y/%m/%d"))
         return str(self.root)
-
-    def _names(self, folder: str) -> set[str]:
-        """The names in `folder`, listed once per batch."""
-        names = self._scans.get(folder)
-        if names is None:
-            try:
-                names = set(os.listdir(folder))
-            except OSError:
-                names = set()
-            self._scans[folder] = names
-        return names
 
     async def lookup(
         self, recording_id: str, recording: Recording | None, *, key: str | None = None
@@ -144,24 +156,33 @@ class DirectorySink:
             return None  # the date folder is unknown without the recording
         stem = safe_file_stem(recording_id)
         folder = self.folder(recording)
-        names = self._names(folder)
+        stored = self._final(folder, stem, recording)
+        part = os.path.join(folder, stem + PARTIAL_SUFFIX)
+        if stored is None:
+            if len(self._unseen) >= _UNSEEN_MAX:  # lookups never followed by an open
+                self._unseen.clear()  # costs at most a second fetch of a raced recording
+            self._unseen.add(part)
+        else:
+            _drop_stale_partial(part)  # left by an aborted overwrite, if there is one
+        return stored
+
+    def _final(self, folder: str, stem: str, recording: Recording | None) -> Stored | None:
+        """The final file of `stem` in `folder`, under any extension a recording may have:
+        a stat per candidate name, whatever the folder's size."""
         fmt = recording.recording_format if recording else None
+        under = "" if folder == str(self.root) else self._relative(folder) + "/"
         for ext in dict.fromkeys(("mp3", "wav", file_extension(None, fmt))):
             name = f"{stem}.{ext}"
-            if name in names:
-                stored = self._stat(folder, name)
-                if stored is not None and stem + PARTIAL_SUFFIX in names:
-                    self._drop_partial(folder, stem)  # left by an aborted overwrite
-                return stored
+            path = os.path.join(folder, name)
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            return Stored(under + name, path, size)
         return None
 
-    def _drop_partial(self, folder: str, stem: str) -> None:
-        """Remove a partial (and its validator) that a final file made stale."""
-        part = os.path.join(folder, stem + PARTIAL_SUFFIX)
-        for path in (part, part + VALIDATOR_SUFFIX):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        self._scans[folder].discard(stem + PARTIAL_SUFFIX)
+    def _relative(self, path: str) -> str:
+        return os.path.relpath(path, self.root).replace(os.sep, "/")
 
     def _stat(self, folder: str, name: str) -> Stored | None:
         """The final file `folder/name` as a `Stored`, if it is still there."""
@@ -170,8 +191,7 @@ class DirectorySink:
             size = os.stat(path).st_size
         except OSError:
             return None
-        relative = os.path.relpath(path, self.root).replace(os.sep, "/")
-        return Stored(relative, path, size)
+        return Stored(self._relative(path), path, size)
 
     async def digest(self, key: str) -> Stored:
         """The stored file under `key` with its sha256 and container, hashed on a thread
@@ -188,7 +208,13 @@ class DirectorySink:
         return Stored(key, path, size, sha256=sha256, container=sniff_container(head))
 
     async def open(self, recording: Recording, *, size_hint: int | None = None) -> DirectoryWriter:
-        """A writer for the recording's partial, holding what an earlier run left."""
+        """A writer for the recording's partial, holding what an earlier run left.
+
+        The partial is claimed first (an advisory lock on it); while another process holds
+        it, this waits. Raises `AlreadyStored` when, once claimed, the final file turns out
+        to have been stored meanwhile by the process that held it (or by any other since
+        `lookup` found none).
+        """
         folder = self.folder(recording)
         if folder not in self._made:
             try:
@@ -198,21 +224,108 @@ class DirectorySink:
             self._made.add(folder)
         stem = safe_file_stem(recording.recording_id)
         part = os.path.join(folder, stem + PARTIAL_SUFFIX)
-        writer = DirectoryWriter(self, recording, part)
-        if stem + PARTIAL_SUFFIX in self._names(folder):  # the batch's one listing
-            writer.adopt()  # a stat and a few bytes: cheaper on the loop than a thread hop
+        unseen = part in self._unseen
+        self._unseen.discard(part)
+        claim, waited = await claim_partial(part)
+        try:
+            if waited or unseen:
+                stored = self._final(folder, stem, recording)
+                if stored is not None:
+                    _remove_partial(part)  # ours now: the empty file the claim made
+                    raise AlreadyStored(stored)
+            writer = DirectoryWriter(self, recording, part, claim)
+        except BaseException:
+            os.close(claim)
+            raise
+        writer.adopt()  # the claimed partial's size and validator: re-read, never a listing
         return writer
 
-    def committed(self, folder: str, name: str) -> None:
-        """Note a new final file, so a repeated id later in the batch is skipped."""
-        if folder in self._scans:
-            self._scans[folder].add(name)
+
+def _remove_partial(part: str) -> None:
+    """Remove a partial and its validator (the caller holds the partial's claim)."""
+    for path in (part, part + VALIDATOR_SUFFIX):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _drop_stale_partial(part: str) -> None:
+    """Remove the partial at `part` that a final file made stale, if there is one and no
+    other process holds it."""
+    claim = try_claim(part, create=False)
+    if isinstance(claim, int):
+        try:
+            _remove_partial(part)
+        finally:
+            os.close(claim)
+
+
+#: `try_claim`'s answers besides a claimed descriptor.
+_BUSY = "busy"  # another process holds the partial
+_MOVED = "moved"  # the file claimed is no longer the partial (renamed or removed): try again
+_WAIT_FIRST = 0.02
+_WAIT_MAX = 0.5
+
+
+def try_claim(part: str, *, create: bool = True) -> int | str:
+    """One attempt to claim the partial at `part`, never blocking.
+
+    The claim is an exclusive `flock` on the partial itself, held through an open
+    descriptor: the answer is that descriptor (the caller closes it to release the claim),
+    `_BUSY` when another process holds it, or `_MOVED` when the file locked stopped being
+    the partial meanwhile (its holder committed or removed it). Without `create`, a
+    missing partial is `_MOVED`.
+    """
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)  # not inherited (PEP 446)
+    try:
+        fd = os.open(part, flags, 0o666)
+    except FileNotFoundError:
+        if create:
+            raise
+        return _MOVED
+    try:
+        if sys.platform != "win32":
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.samestat(os.fstat(fd), os.stat(part)):
+            return fd
+    except (BlockingIOError, FileNotFoundError) as err:
+        os.close(fd)
+        return _BUSY if isinstance(err, BlockingIOError) else _MOVED
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return _MOVED
+
+
+async def claim_partial(part: str) -> tuple[int, bool]:
+    """Claim the partial at `part` (creating it empty if there is none), waiting while
+    another process holds it: its descriptor, and whether it had to wait.
+
+    The wait polls with non-blocking attempts, so no thread is held while another run
+    finishes the recording; one INFO line says that it waits.
+    """
+    waited = False
+    delay = _WAIT_FIRST
+    while True:
+        try:
+            claim = try_claim(part)
+        except OSError as err:
+            raise disk_error(err, part) from err
+        if isinstance(claim, int):
+            return claim, waited
+        if claim == _MOVED:
+            continue  # the holder just committed or removed it: look again at once
+        if not waited:
+            logger.info("another run holds %s; waiting", os.path.basename(part))
+            waited = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _WAIT_MAX)
 
 
 class DirectoryWriter:
     """One recording's partial file in a `DirectorySink`."""
 
-    def __init__(self, sink: DirectorySink, recording: Recording, part: str) -> None:
+    def __init__(self, sink: DirectorySink, recording: Recording, part: str, claim: int) -> None:
         self._sink = sink
         self._recording = recording
         self.part = part
@@ -220,6 +333,10 @@ class DirectoryWriter:
         self._validator: str | None = None
         self._sidecar = False  # whether a validator file may exist
         self._file: BinaryIO | None = None
+        # The claim: a descriptor holding the partial's lock, and the file every write goes
+        # to. Released by `commit` or `abort`, or when the writer is dropped.
+        self._claim = claim
+        self._release = weakref.finalize(self, os.close, claim)
 
     def __repr__(self) -> str:
         return f"DirectoryWriter({self.part!r}, offset={self._offset})"
@@ -233,17 +350,19 @@ class DirectoryWriter:
         return self._validator
 
     def adopt(self) -> None:
-        """Take over a partial an earlier run left, with its validator if that is there."""
+        """Take over what the claimed partial holds (an earlier run's bytes, with their
+        validator if that is there), or nothing."""
         try:
-            self._offset = os.stat(self.part).st_size
-        except FileNotFoundError:
-            return
+            self._offset = os.fstat(self._claim).st_size
         except OSError as err:
+            self._release()
             raise disk_error(err, self.part) from err
+        self._sidecar = True  # a validator file may be there, even beside an empty partial
+        if not self._offset:
+            return
         try:
             with open(self.part + VALIDATOR_SUFFIX, encoding="utf-8") as f:
                 self._validator = f.read().strip() or None
-            self._sidecar = True
         except (OSError, UnicodeDecodeError):
             self._validator = None
 
@@ -281,9 +400,10 @@ class DirectoryWriter:
         size = min(size, self._offset)
         if self._file is not None:
             self._file.flush()  # the bytes written so far, on disk for the read below
-        with open(self.part, "rb") as f:
-            f.seek(self._offset - size)
-            data = f.read(size)
+        try:
+            data = os.pread(self._claim, size, self._offset - size)
+        except OSError as err:
+            raise disk_error(err, self.part) from err
         if len(data) != size:
             raise disk_error(OSError(errno.EIO, "the partial is shorter than its bytes"), self.part)
         return data
@@ -291,9 +411,18 @@ class DirectoryWriter:
     def _opened(self) -> BinaryIO:
         if self._file is None:
             try:
-                self._file = open(self.part, "ab" if self._offset else "wb")  # noqa: SIM115
+                # Appending never changes a file that is not ours: it is checked first.
+                file = open(self.part, "ab")  # noqa: SIM115
             except OSError as err:
                 raise disk_error(err, self.part) from err
+            try:
+                if not os.path.samestat(os.fstat(file.fileno()), os.fstat(self._claim)):
+                    raise OSError(errno.EIO, "the partial was removed")
+                os.ftruncate(file.fileno(), self._offset)  # a fresh file, or the bytes held
+            except OSError as err:
+                file.close()
+                raise disk_error(err, self.part) from err
+            self._file = file
             if not self._offset:
                 self._forget_validator()  # a fresh file: an older validator no longer holds
         return self._file
@@ -323,7 +452,7 @@ class DirectoryWriter:
         with contextlib.suppress(OSError, DiskError):
             self._close()
         try:
-            os.truncate(self.part, self._offset)
+            os.ftruncate(self._claim, self._offset)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(self.part)
@@ -361,17 +490,18 @@ class DirectoryWriter:
         name = f"{safe_file_stem(recording.recording_id)}.{extension}"
         final = os.path.join(folder, name)
         try:
-            self._opened()  # an empty body still makes an (empty) file
             self._close()
             if self._sink.fsync:
-                await asyncio.to_thread(fsync_path, self.part)
+                await asyncio.to_thread(os.fsync, self._claim)
+            if not self._named():
+                raise OSError(errno.EIO, "the partial was removed")  # never rename another's
             os.replace(self.part, final)
             if self._sink.fsync:
                 await asyncio.to_thread(fsync_path, folder)
         except OSError as err:
             raise disk_error(err, final) from err
         self._forget_validator()
-        self._sink.committed(folder, name)
+        self._release()  # a waiting process finds the partial gone and this final file
         key = archive_key(
             recording.recording_id,
             extension=extension,
@@ -385,7 +515,18 @@ class DirectoryWriter:
         empty one is removed."""
         with contextlib.suppress(DiskError):
             self._close()
-        if self._offset == 0:
+        if self._offset == 0 and self._named():
             with contextlib.suppress(OSError):
                 os.unlink(self.part)
             self._forget_validator()
+        self._release()
+
+    def _named(self) -> bool:
+        """Whether the partial's name still is the claimed file (the claim covers that name
+        only while it does; after a commit, another process may own a new partial)."""
+        if not self._release.alive:
+            return False
+        try:
+            return os.path.samestat(os.fstat(self._claim), os.stat(self.part))
+        except OSError:
+            return False
