@@ -305,6 +305,22 @@ def _engine_options(download: argparse.ArgumentParser) -> None:
     )
 
 
+def _status_options(status: argparse.ArgumentParser) -> None:
+    status.set_defaults(func=command("status", "cmd_status"))
+    status.add_argument("--out", required=True, help="the archive folder")
+    status.add_argument("--index", help=f"the index file (default: OUT/{INDEX_NAME})")
+    status.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
+    status.add_argument("--call-uuid")
+    add_selection_flags(status)
+    status.add_argument("--retention-days", type=float, default=30.0)
+    status.add_argument("--warn-hours", type=float, default=72.0)
+    _json_option(
+        status,
+        "exactly: at_vobiz, archived, missing, at_risk, at_risk_ids, "
+        "releasable, releasable_amount, released",
+    )
+
+
 def _verify_options(verify: argparse.ArgumentParser) -> None:
     verify.set_defaults(func=command("commands", "cmd_verify"))
     verify.add_argument("dir", help="a folder, or s3://bucket/prefix/")
@@ -442,6 +458,12 @@ _COMMANDS: tuple[tuple[str, str, tuple[Options, ...], tuple[str, str]], ...] = (
         "re-hash an archive against its index",
         (_verify_options,),
         ("verify /srv/recordings", "verify s3://bucket/calls/ --json"),
+    ),
+    (
+        "status",
+        "what Vobiz holds against the archive; exit 1 when recordings are at risk",
+        (_status_options,),
+        ("status --out /srv/recordings", "status --out /srv/recordings --json"),
     ),
     (
         "demo",
