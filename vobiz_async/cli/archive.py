@@ -303,7 +303,32 @@ async def _download(
     return report, progress
 
 
+async def _dry_run(args: argparse.Namespace) -> Outcome:
+    from ..dryrun import plan
+
+    job = DownloadJob.from_args(args)
+    async with job.session() as session:
+        pager = session.recordings.list(
+            limit=MAX_PAGE_SIZE,
+            recording_type=job.recording_type,
+            call_uuid=job.call_uuid,
+            selection=job.selection,
+            now=job.now,
+        )
+        result = await plan(session, pager, args.out, index=args.index, layout=job.layout)
+    if args.json:
+        print(json.dumps(result.to_json(), separators=(",", ":")))
+    else:
+        print(
+            f"would download {len(result.would_download)}, skip {len(result.would_skip)} "
+            f"(already archived), delete 0; releasable {result.releasable_amount}"
+        )
+    return Outcome()
+
+
 async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> Outcome:
+    if getattr(args, "dry_run", False):
+        return await _dry_run(args)
     job = attrs.evolve(DownloadJob.from_args(args), out=destination(args.out))
     report, progress = await _download(job, interruption)
     if report is None:  # --repair found nothing to fetch

@@ -274,6 +274,9 @@ def _archive_options(download: argparse.ArgumentParser) -> None:
     download.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
     download.add_argument("--call-uuid")
     add_selection_flags(download)
+    download.add_argument(
+        "--dry-run", action="store_true", help="say what would be fetched; change nothing"
+    )
     download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
     download.add_argument(
         "--ids-file", help="a file of ids, one a line, # comments ('-' for stdin)"

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from ..custody import StatusTally
+from ..dryrun import read_index_rows
 from ..recordings import MAX_PAGE_SIZE
 from .commands import session_for
 from .parser import INDEX_NAME, selection_from_args
@@ -21,16 +21,10 @@ from .results import Interruption, Outcome
 
 def _read_only_rows(index: Path) -> list[tuple[str, str, bool]]:
     """`(recording_id, path, released)` of every index row; [] when there is no index."""
-    if not index.is_file():
-        return []
-    db = sqlite3.connect(f"{index.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-        released = "deleted_at IS NOT NULL" if "deleted_at" in columns else "0"
-        sql = f"SELECT recording_id, path, {released} FROM entries"  # noqa: S608 (fixed text)
-        return [(rid, path, bool(flag)) for rid, path, flag in db.execute(sql)]
-    finally:
-        db.close()
+    columns = {row[1] for row in read_index_rows(index, "PRAGMA table_info(entries)")}
+    released = "deleted_at IS NOT NULL" if "deleted_at" in columns else "0"
+    sql = f"SELECT recording_id, path, {released} FROM entries"  # noqa: S608 (fixed text)
+    return [(rid, path, bool(flag)) for rid, path, flag in read_index_rows(index, sql)]
 
 
 def _archived(out: Path, index: Path) -> tuple[set[str], int]:
