@@ -35,6 +35,7 @@ class AsyncPager:
         params: Mapping[str, str],
         *,
         concurrency: int = 8,
+        keep: Callable[[Recording], bool | None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("page concurrency must be >= 1")
@@ -46,6 +47,11 @@ class AsyncPager:
         #: Listed objects skipped while iterating because they cannot be archived (no usable
         #: `recording_id` or `recording_url`); each was logged at WARNING.
         self.invalid: list[InvalidRecording] = []
+        #: `keep(recording)` decides whether a listed recording is yielded: True keeps it,
+        #: False leaves it out, None leaves it out as unreadable (counted below).
+        self._keep = keep
+        #: Recordings left out because a field the selection needs is missing or unreadable.
+        self.unreadable = 0
 
     def __await__(self) -> Generator[Any, None, Page]:
         return self._fetch(self._params).__await__()
@@ -73,7 +79,21 @@ class AsyncPager:
                 for recording in page.objects:
                     if recording.recording_id not in seen:
                         seen.add(recording.recording_id)
-                        yield recording
+                        if self._kept(recording):
+                            yield recording
+        if self.unreadable:
+            logger.warning(
+                "%d listed recording(s) left out: a field the selection needs is unreadable",
+                self.unreadable,
+            )
+
+    def _kept(self, recording: Recording) -> bool:
+        if self._keep is None:
+            return True
+        verdict = self._keep(recording)
+        if verdict is None:
+            self.unreadable += 1
+        return bool(verdict)
 
     async def iter_pages(self) -> AsyncGenerator[Page, None]:
         """Every page in order: the first alone, then the rest `concurrency` at a time.

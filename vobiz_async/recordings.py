@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -18,6 +18,7 @@ from .models import ExportResult, Page, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
 from .results import DownloadReport, DownloadResult, ProgressCallback
+from .selection import Selection, Verdict
 from .types import ApiClient, Destination, Layout, Source
 
 __all__ = ["MAX_PAGE_SIZE", "Recordings"]
@@ -45,6 +46,14 @@ def _query_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def _keeper(selection: Selection, now: datetime) -> Callable[[Recording], bool | None]:
+    def keep(recording: Recording) -> bool | None:
+        verdict = selection.verdict(recording, now)
+        return None if verdict is Verdict.UNREADABLE else verdict is Verdict.KEEP
+
+    return keep
 
 
 def _query(filters: Mapping[str, object]) -> dict[str, str]:
@@ -76,6 +85,8 @@ class Recordings:
         call_uuid: str | None = None,
         recording_type: str | None = None,
         page_concurrency: int = 8,
+        selection: Selection | None = None,
+        now: datetime | None = None,
         **filters: object,
     ) -> AsyncPager:
         """A pager: `await` it for the first `Page`, `async for` it for every `Recording`.
@@ -85,21 +96,29 @@ class Recordings:
         first. Other keyword filters
         (`add_time__gte`, `from_number`, …) are passed through; Vobiz documents only
         `call_uuid` and `recording_type` for listing.
+
+        `selection` passes `selection.server_filters(now)` along and applies
+        `selection.verdict` to every listed recording on the client (`now` defaults to the
+        current time, once per listing); recordings whose needed field is unreadable are
+        left out and counted in the pager's `unreadable`.
         """
         if limit is not None and not 1 <= limit <= MAX_PAGE_SIZE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE_SIZE}, got {limit}")
         if offset is not None and offset < 0:
             raise ValueError(f"offset must be >= 0, got {offset}")
+        at = now if now is not None else datetime.now(UTC)
         params = _query(
             {
                 "limit": limit,
                 "offset": offset,
                 "call_uuid": call_uuid,
                 "recording_type": recording_type,
+                **(selection.server_filters(at) if selection is not None else {}),
                 **filters,
             }
         )
-        return AsyncPager(self._fetch_page, params, concurrency=page_concurrency)
+        keep = None if selection is None else _keeper(selection, at)
+        return AsyncPager(self._fetch_page, params, concurrency=page_concurrency, keep=keep)
 
     async def _fetch_page(self, params: Mapping[str, str]) -> Page:
         body = await self._session.request(

@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from ..pager import AsyncPager
 from ..protocol import quote_path_segment
 from ..recordings import MAX_PAGE_SIZE
 from ..results import DownloadReport
+from ..selection import Selection
 from ..session import AsyncSession
 from ..sinks import S3Sink, verify_objects
 from .commands import check_archive, check_bucket, destination, s3_sink, session_for
 from .output import print_summary, stdout_may_close, summary_json
+from .parser import selection_from_args
 from .progress import Progress
 from .results import DestinationError, Interruption, Outcome, UsageError
 
@@ -46,6 +49,9 @@ class DownloadJob:
     no_manifest: bool = False
     recording_type: str | None = None
     call_uuid: str | None = None
+    #: The run's selection (issue 24 §1) and its one clock reading.
+    selection: Selection | None = None
+    now: datetime = attrs.field(factory=lambda: datetime.now(UTC))
     ids: list[str] | None = None
     ids_file: str | None = None
     repair: bool = False
@@ -61,8 +67,9 @@ class DownloadJob:
     def from_args(cls, args: argparse.Namespace) -> DownloadJob:
         """The job `download`'s parsed options describe (an option not given keeps the
         job's default)."""
-        given = {field.name: getattr(args, field.name) for field in attrs.fields(cls)}
-        return cls(**{name: value for name, value in given.items() if value is not None})
+        given = {field.name: getattr(args, field.name, None) for field in attrs.fields(cls)}
+        job = cls(**{name: value for name, value in given.items() if value is not None})
+        return attrs.evolve(job, selection=selection_from_args(args, job.now))
 
     def session(self) -> AsyncSession:
         return session_for(self.auth_id, self.auth_token, self.base_url)
@@ -209,7 +216,11 @@ async def _source(
         progress.set_total(len(ids))
         return ids
     pager = session.recordings.list(
-        limit=MAX_PAGE_SIZE, recording_type=job.recording_type, call_uuid=job.call_uuid
+        limit=MAX_PAGE_SIZE,
+        recording_type=job.recording_type,
+        call_uuid=job.call_uuid,
+        selection=job.selection,
+        now=job.now,
     )
     return _listing(pager, progress)
 
@@ -292,7 +303,32 @@ async def _download(
     return report, progress
 
 
+async def _dry_run(args: argparse.Namespace) -> Outcome:
+    from ..dryrun import plan
+
+    job = DownloadJob.from_args(args)
+    async with job.session() as session:
+        pager = session.recordings.list(
+            limit=MAX_PAGE_SIZE,
+            recording_type=job.recording_type,
+            call_uuid=job.call_uuid,
+            selection=job.selection,
+            now=job.now,
+        )
+        result = await plan(session, pager, args.out, index=args.index, layout=job.layout)
+    if args.json:
+        print(json.dumps(result.to_json(), separators=(",", ":")))
+    else:
+        print(
+            f"would download {len(result.would_download)}, skip {len(result.would_skip)} "
+            f"(already archived), delete 0; releasable {result.releasable_amount}"
+        )
+    return Outcome()
+
+
 async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> Outcome:
+    if getattr(args, "dry_run", False):
+        return await _dry_run(args)
     job = attrs.evolve(DownloadJob.from_args(args), out=destination(args.out))
     report, progress = await _download(job, interruption)
     if report is None:  # --repair found nothing to fetch

@@ -14,6 +14,7 @@ import re
 import shlex
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ from ..recordings import MAX_PAGE_SIZE
 from ..session import AsyncSession
 from ..sinks import s3_destination, verify_objects
 from .output import print_json_lines, print_record, print_table, stdout_may_close
+from .parser import selection_from_args
 from .results import DestinationError, Interruption, Outcome, Unavailable, UsageError
 
 if TYPE_CHECKING:
@@ -147,9 +149,14 @@ def _print_recordings(recordings: list[Recording], args: argparse.Namespace) -> 
 
 async def cmd_list(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     page_size = min(args.limit, MAX_PAGE_SIZE) if args.limit else MAX_PAGE_SIZE
+    now = datetime.now(UTC)  # one clock reading per run
     async with _session(args) as session:
         pager = session.recordings.list(
-            limit=page_size, recording_type=args.recording_type, call_uuid=args.call_uuid
+            limit=page_size,
+            recording_type=args.recording_type,
+            call_uuid=args.call_uuid,
+            selection=selection_from_args(args, now),
+            now=now,
         )
         recordings = await _collect(pager, args.limit)
     _print_recordings(recordings, args)

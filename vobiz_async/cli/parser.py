@@ -12,10 +12,15 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .._version import __version__
 from .results import Interruption, Outcome, UsageError
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ..selection import Selection
 
 #: The first line of the package's docstring: `--help`'s description.
 DESCRIPTION = "`vobiz-recordings`: list, fetch, delete, archive and verify recordings from a shell."
@@ -154,11 +159,67 @@ def _json_option(sub: argparse.ArgumentParser, text: str) -> None:
     sub.add_argument("--json", action="store_true", help=text)
 
 
+SELECTION_FLAGS = (
+    "after",
+    "before",
+    "min_age",
+    "max_age",
+    "from_number",
+    "to_number",
+    "min_duration",
+)
+
+
+def _when(text: str) -> str:
+    from ..selection import parse_when  # lazy: --help stays light
+
+    try:
+        parse_when(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _age(text: str) -> str:
+    from ..selection import parse_age  # lazy: --help stays light
+
+    try:
+        parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_selection_flags(sub: argparse.ArgumentParser) -> None:
+    """The selection flags `download`, `list`, `status` and `move` share (issue 24 §1)."""
+    sub.add_argument("--after", type=_when, help="added at or after WHEN (ISO; UTC if no zone)")
+    sub.add_argument("--before", type=_when, help="added before WHEN (exclusive)")
+    sub.add_argument("--min-age", type=_age, help="added at least AGE ago (7d, 12h, 1d6h)")
+    sub.add_argument("--max-age", type=_age, help="added at most AGE ago")
+    sub.add_argument("--from-number", help="calls from this number (digits compared)")
+    sub.add_argument("--to-number", help="calls to this number (digits compared)")
+    sub.add_argument("--min-duration", type=_age, help="recordings at least this long (30s)")
+
+
+def selection_from_args(args: argparse.Namespace, now: datetime) -> Selection | None:
+    """The run's `Selection` from its flags (None when none is given); `now` is the run's
+    one clock reading, used by `list(selection=..., now=now)`."""
+    from ..selection import Selection  # lazy: --help stays light
+
+    del now  # ages are kept relative; the listing measures them from its `now`
+    fields = {name: getattr(args, name, None) for name in SELECTION_FLAGS}
+    fields["recording_type"] = getattr(args, "recording_type", None)
+    fields["call_uuid"] = getattr(args, "call_uuid", None)
+    selection = Selection(**fields)
+    return None if selection.is_empty else selection
+
+
 def _list_options(listing: argparse.ArgumentParser) -> None:
     listing.set_defaults(func=command("commands", "cmd_list"))
     _json_option(listing, "JSON Lines in the wire form (and failures as a JSON object)")
     listing.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
     listing.add_argument("--call-uuid")
+    add_selection_flags(listing)
     listing.add_argument("--limit", type=_positive, help="stop after N recordings")
     listing.add_argument(
         "--local", action="store_true", help="the table's times in this machine's zone, not UTC"
@@ -212,6 +273,10 @@ def _archive_options(download: argparse.ArgumentParser) -> None:
     )
     download.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
     download.add_argument("--call-uuid")
+    add_selection_flags(download)
+    download.add_argument(
+        "--dry-run", action="store_true", help="say what would be fetched; change nothing"
+    )
     download.add_argument("--ids", nargs="+", metavar="ID", help="only these recordings")
     download.add_argument(
         "--ids-file", help="a file of ids, one a line, # comments ('-' for stdin)"
@@ -240,6 +305,22 @@ def _engine_options(download: argparse.ArgumentParser) -> None:
         "--shard-size",
         type=_positive,
         help="with --engine ray: recordings per Ray task (default: from the job and the CPUs)",
+    )
+
+
+def _status_options(status: argparse.ArgumentParser) -> None:
+    status.set_defaults(func=command("status", "cmd_status"))
+    status.add_argument("--out", required=True, help="the archive folder")
+    status.add_argument("--index", help=f"the index file (default: OUT/{INDEX_NAME})")
+    status.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
+    status.add_argument("--call-uuid")
+    add_selection_flags(status)
+    status.add_argument("--retention-days", type=float, default=30.0)
+    status.add_argument("--warn-hours", type=float, default=72.0)
+    _json_option(
+        status,
+        "exactly: at_vobiz, archived, missing, at_risk, at_risk_ids, "
+        "releasable, releasable_amount, released",
     )
 
 
@@ -382,6 +463,12 @@ _COMMANDS: tuple[tuple[str, str, tuple[Options, ...], tuple[str, str]], ...] = (
         ("verify /srv/recordings", "verify s3://bucket/calls/ --json"),
     ),
     (
+        "status",
+        "what Vobiz holds against the archive; exit 1 when recordings are at risk",
+        (_status_options,),
+        ("status --out /srv/recordings", "status --out /srv/recordings --json"),
+    ),
+    (
         "demo",
         "archive from an in-process fake Vobiz: offline, no account",
         (_demo_options,),
@@ -447,7 +534,8 @@ def check_conflicts(args: argparse.Namespace) -> None:
     """Refuse, in one line, options that contradict each other (a UsageError: exit 2)."""
     pairs: list[tuple[list[str], list[str]]] = []
     if args.command == "download":
-        pairs.append((_given(args, "ids", "ids_file"), _given(args, "recording_type", "call_uuid")))
+        chosen = _given(args, "recording_type", "call_uuid", *SELECTION_FLAGS)
+        pairs.append((_given(args, "ids", "ids_file"), chosen))
         pairs.append((_given(args, "no_manifest"), _given(args, "index")))
         if args.engine != "ray":
             ray_only = _given(args, "ray_address", "shard_size")

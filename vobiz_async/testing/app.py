@@ -49,7 +49,14 @@ from .faults import (
     page_links,
     phrase,
 )
-from .queries import Unsatisfiable, export_problem, parse_page, parse_range
+from .queries import (
+    PLIVO_FILTERS,
+    Unsatisfiable,
+    export_problem,
+    parse_page,
+    parse_range,
+    plivo_filters_keep,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +212,11 @@ class FakeVobiz:
         rate_limit_burst: int = 20,
         rate_limit_retry_after: int = 1,
         listing_fault: ListingFault | None = None,
+        honour_filters: bool = False,
     ) -> None:
+        #: On: Plivo-style `add_time__gte/__gt/__lte/__lt`, `from_number` and `to_number`
+        #: list filters are applied server-side; off (default): ignored, as Vobiz documents.
+        self.honour_filters = honour_filters
         check_listing_fault(listing_fault)
         self._listing_fault: ListingFault | None = listing_fault
         self._bucket = TokenBucket(media_rate_limit, rate_limit_burst)
@@ -597,6 +608,25 @@ class FakeVobiz:
             }
         )
 
+    def _listed(self, query: Mapping[str, str], offset: int, limit: int) -> tuple[int, list[Any]]:
+        """`(total, one page of records)` for a list request's filters."""
+        call_uuid = query.get("call_uuid") or None
+        recording_type = query.get("recording_type") or None
+        if self.honour_filters and any(k in query for k in PLIVO_FILTERS):
+            matching = self._catalogue.matching(call_uuid, recording_type)
+            entries = [self._catalogue.entry(e) for e in matching]
+            chosen = [rec for rec in entries if plivo_filters_keep(query, rec.wire())]
+            total = len(chosen)
+            records = chosen[offset : offset + limit]
+        elif call_uuid is None and recording_type is None:
+            total = self._catalogue.live_count()
+            records = self._catalogue.page(offset, limit)
+        else:
+            matching = self._catalogue.matching(call_uuid, recording_type)
+            total = len(matching)
+            records = [self._catalogue.entry(e) for e in matching[offset : offset + limit]]
+        return total, records
+
     async def _handle_list(self, request: web.Request) -> web.StreamResponse:
         refused = self._api_guard(request, "list")
         if refused is not None:
@@ -606,15 +636,7 @@ class FakeVobiz:
         if isinstance(page, str):
             return _error(400, page)
         limit, offset = page
-        call_uuid = query.get("call_uuid") or None
-        recording_type = query.get("recording_type") or None
-        if call_uuid is None and recording_type is None:
-            total = self._catalogue.live_count()
-            records = self._catalogue.page(offset, limit)
-        else:
-            matching = self._catalogue.matching(call_uuid, recording_type)
-            total = len(matching)
-            records = [self._catalogue.entry(e) for e in matching[offset : offset + limit]]
+        total, records = self._listed(query, offset, limit)
         kept = [(k, v) for k, v in query.items() if k not in ("limit", "offset")]
         path = f"/v1/Account/{self.auth_id}/Recording/?"
         after, claimed = page_links(self.listing_fault, offset, limit, total)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -118,3 +119,40 @@ def export_problem(body: Any) -> str | None:
     if not isinstance(body, dict):
         return "The request body must be a JSON object."
     return next((p for check in _EXPORT_CHECKS if (p := check(body)) is not None), None)
+
+
+PLIVO_FILTERS = (
+    "add_time__gte",
+    "add_time__gt",
+    "add_time__lte",
+    "add_time__lt",
+    "from_number",
+    "to_number",
+)
+
+
+def plivo_filters_keep(query: Mapping[str, str], wire: Mapping[str, Any]) -> bool:
+    """Whether a recording's wire form passes the Plivo-style list filters in `query`."""
+    from ..converter import structure
+    from ..models import Recording
+    from ..selection import digits, parse_when
+
+    recording = structure(dict(wire), Recording)
+    for key in ("from_number", "to_number"):
+        wanted = query.get(key)
+        have = getattr(recording, key)
+        if wanted is not None and (have is None or digits(have) != digits(wanted)):
+            return False
+    bounds = [(key, parse_when(query[key])) for key in PLIVO_FILTERS[:4] if key in query]
+    if bounds and recording.add_time is None:
+        return False
+    at = recording.add_time
+    return all(at is not None and _COMPARE[key](at, bound) for key, bound in bounds)
+
+
+_COMPARE: Final[dict[str, Callable[[dt.datetime, dt.datetime], bool]]] = {
+    "add_time__gte": operator.ge,
+    "add_time__gt": operator.gt,
+    "add_time__lte": operator.le,
+    "add_time__lt": operator.lt,
+}
