@@ -1,0 +1,63 @@
+"""The index's `deleted_at` column: stamped by `mark_deleted`, counted, and added in place
+to an index written before it existed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from vobiz_async.manifest import Manifest, ManifestError
+
+
+def _record(manifest: Manifest, recording_id: str) -> None:
+    manifest.record(
+        recording_id,
+        f"{recording_id}.mp3",
+        size=3,
+        sha256="a" * 64,
+        container=None,
+        add_time=None,
+    )
+
+
+def test_mark_deleted_stamps_and_counts(tmp_path: Path) -> None:
+    with Manifest(tmp_path / "index.sqlite") as manifest:
+        _record(manifest, "r1")
+        _record(manifest, "r2")
+        assert manifest.released_count() == 0
+        first = manifest.get("r1")
+        assert first is not None
+        assert first.deleted_at is None
+        manifest.mark_deleted("r1", "2026-12-05T20:00:00+00:00")
+        entry = manifest.get("r1")
+        assert entry is not None
+        assert entry.deleted_at == "2026-12-05T20:00:00+00:00"
+        assert manifest.released_count() == 1
+        assert [e.deleted_at for e in manifest] == ["2026-12-05T20:00:00+00:00", None]
+    with Manifest(tmp_path / "index.sqlite") as reopened:
+        assert reopened.released_count() == 1
+
+
+def test_mark_deleted_refuses_unknown_id(tmp_path: Path) -> None:
+    with Manifest(tmp_path / "index.sqlite") as manifest:
+        _record(manifest, "r1")
+        with pytest.raises(ManifestError):
+            manifest.mark_deleted("nope")
+
+
+def test_old_index_gains_the_column_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    with Manifest(path) as manifest:
+        _record(manifest, "r1")
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE entries DROP COLUMN deleted_at")  # as written before it existed
+    db.commit()
+    db.close()
+    with Manifest(path) as manifest:
+        entry = manifest.get("r1")
+        assert entry is not None
+        assert entry.deleted_at is None
+        manifest.mark_deleted("r1")
+        assert manifest.released_count() == 1
