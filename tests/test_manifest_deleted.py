@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vobiz_async.manifest import Manifest, ManifestError
+from vobiz_async.results import DownloadReport, DownloadResult, DownloadStatus
 
 
 def _record(manifest: Manifest, recording_id: str) -> None:
@@ -61,3 +62,11 @@ def test_old_index_gains_the_column_in_place(tmp_path: Path) -> None:
         assert entry.deleted_at is None
         manifest.mark_deleted("r1")
         assert manifest.released_count() == 1
+
+
+def test_report_lists_the_results_deleted_at_vobiz() -> None:
+    kept = DownloadResult("r1", DownloadStatus.DOWNLOADED)
+    released = DownloadResult("r2", DownloadStatus.SKIPPED, deleted=True)
+    report = DownloadReport(results=[kept, released], elapsed=0.0)
+    assert not kept.deleted
+    assert report.deleted == [released]
