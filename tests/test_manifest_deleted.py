@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from vobiz_async import AsyncSession
 from vobiz_async.manifest import Manifest, ManifestError
 from vobiz_async.results import DownloadReport, DownloadResult, DownloadStatus
+from vobiz_async.testing import FakeVobiz
 
 
 def _record(manifest: Manifest, recording_id: str) -> None:
@@ -70,3 +72,15 @@ def test_report_lists_the_results_deleted_at_vobiz() -> None:
     report = DownloadReport(results=[kept, released], elapsed=0.0)
     assert not kept.deleted
     assert report.deleted == [released]
+
+
+async def test_fake_calls_the_delete_hook_before_removing() -> None:
+    """The hook sees the recording still listed: a test can check the archive then."""
+    seen: list[tuple[str, bool]] = []
+    async with FakeVobiz(recordings=3, seed=0) as fake:
+        fake.delete_hook = lambda rid: seen.append((rid, rid in fake.recording_ids))
+        rid = fake.recording_ids[0]
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            await session.recordings.delete(rid)
+        assert rid not in fake.recording_ids
+    assert seen == [(rid, True)]

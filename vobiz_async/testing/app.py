@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, TypedDict
 from urllib.parse import quote, urlencode
@@ -205,8 +205,12 @@ class FakeVobiz:
         rate_limit_burst: int = 20,
         rate_limit_retry_after: int = 1,
         listing_fault: ListingFault | None = None,
+        on_delete: Callable[[str], object] | None = None,
     ) -> None:
         check_listing_fault(listing_fault)
+        #: Called with the id inside a DELETE, before the recording is removed: a test
+        #: checks the archive (and index) at that moment. Settable after construction.
+        self.delete_hook: Callable[[str], object] | None = on_delete
         self._listing_fault: ListingFault | None = listing_fault
         self._bucket = TokenBucket(media_rate_limit, rate_limit_burst)
         rates = {
@@ -650,6 +654,8 @@ class FakeVobiz:
         rid = request.match_info["rid"]
         if self._catalogue.lookup(rid) is None:
             return _error(404, "Recording not found")
+        if self.delete_hook is not None:
+            self.delete_hook(rid)
         self.remove_recording(rid)
         return web.Response(status=204)
 
