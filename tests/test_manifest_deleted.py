@@ -3,13 +3,15 @@ to an index written before it existed."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from vobiz_async import AsyncSession
-from vobiz_async.manifest import Manifest, ManifestError
+from vobiz_async.cli import main
+from vobiz_async.manifest import MANIFEST_NAME, Manifest, ManifestError
 from vobiz_async.results import DownloadReport, DownloadResult, DownloadStatus
 from vobiz_async.testing import FakeVobiz
 
@@ -84,3 +86,13 @@ async def test_fake_calls_the_delete_hook_before_removing() -> None:
             await session.recordings.delete(rid)
         assert rid not in fake.recording_ids
     assert seen == [(rid, True)]
+
+
+def test_index_export_shows_deleted_at(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with Manifest(tmp_path / MANIFEST_NAME) as manifest:
+        _record(manifest, "r1")
+        _record(manifest, "r2")
+        manifest.mark_deleted("r2", "2026-12-05T20:00:00+00:00")
+    assert main(["index", "export", str(tmp_path)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["deleted_at"] for line in lines] == [None, "2026-12-05T20:00:00+00:00"]
