@@ -83,25 +83,29 @@ CREATE TABLE entries (
     sha256 TEXT NOT NULL,
     container TEXT,
     add_time TEXT,
-    downloaded_at TEXT NOT NULL
+    downloaded_at TEXT NOT NULL,
+    deleted_at TEXT
 )
 """
 # An id written again keeps its place (its rowid) and takes the new values: iteration order
 # is first-written order, and the latest entry wins, as in the JSON Lines manifest.
 _UPSERT = """
-INSERT INTO entries (recording_id, path, size, sha256, container, add_time, downloaded_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO entries (
+    recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (recording_id) DO UPDATE SET
     path = excluded.path, size = excluded.size, sha256 = excluded.sha256,
     container = excluded.container, add_time = excluded.add_time,
-    downloaded_at = excluded.downloaded_at
+    downloaded_at = excluded.downloaded_at, deleted_at = excluded.deleted_at
 """
 _GET = """
-SELECT recording_id, path, size, sha256, container, add_time, downloaded_at
+SELECT recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at
 FROM entries WHERE recording_id = ?
 """
 _PAGE = """
-SELECT rowid, recording_id, path, size, sha256, container, add_time, downloaded_at
+SELECT rowid, recording_id, path, size, sha256, container, add_time, downloaded_at,
+    deleted_at
 FROM entries WHERE rowid > ? ORDER BY rowid LIMIT ?
 """
 
@@ -117,6 +121,8 @@ class ManifestEntry:
     container: str | None
     add_time: str | None
     downloaded_at: str
+    #: When the recording was deleted at Vobiz after being archived (ISO 8601 UTC), if it was.
+    deleted_at: str | None = None
 
 
 @attrs.frozen
@@ -196,6 +202,7 @@ class Manifest:
                 db.execute("PRAGMA journal_mode=WAL")  # kept in the file: set once
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             _ensure_schema(db, self.path)
+            _add_deleted_at(db)
         except sqlite3.Error as err:
             db.close()
             raise ManifestError(f"{self.path} is not a usable index: {err}") from err
@@ -272,6 +279,28 @@ class Manifest:
             except sqlite3.Error as err:
                 raise ManifestError(f"cannot write the index {self.path}: {err}") from err
 
+    def mark_deleted(self, recording_id: str, when: str | None = None) -> None:
+        """Stamp `recording_id` as deleted at Vobiz at `when` (ISO 8601 UTC, default now),
+        committed on return; an id the index does not hold is refused."""
+        stamp = when if when is not None else datetime.now(UTC).isoformat()
+        db = self._connection(create=True)
+        assert db is not None
+        with self._lock:
+            try:
+                cursor = db.execute(
+                    "UPDATE entries SET deleted_at = ? WHERE recording_id = ?",
+                    (stamp, recording_id),
+                )
+            except sqlite3.Error as err:
+                raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+        if cursor.rowcount != 1:
+            raise ManifestError(f"the index {self.path} holds no entry for {recording_id}")
+
+    def released_count(self) -> int:
+        """How many archived recordings were deleted at Vobiz."""
+        rows = self._query("SELECT count(*) FROM entries WHERE deleted_at IS NOT NULL")
+        return 0 if rows is None else int(rows[0][0])
+
     def record(
         self,
         recording_id: str,
@@ -320,6 +349,18 @@ def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
         db.execute("ROLLBACK")
         raise
     _check_version(db, path)
+
+
+def _add_deleted_at(db: sqlite3.Connection) -> None:
+    """Add the `deleted_at` column to an index written before it existed (old rows NULL)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    if "deleted_at" in columns:
+        return
+    try:
+        db.execute("ALTER TABLE entries ADD COLUMN deleted_at TEXT")
+    except sqlite3.OperationalError as err:
+        if "duplicate column" not in str(err):  # another process added it meanwhile
+            raise
 
 
 def _check_version(db: sqlite3.Connection, path: Path) -> None:

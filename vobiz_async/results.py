@@ -58,6 +58,8 @@ class DownloadResult:
     container: str | None = None
     attempts: int = 0
     error: VobizError | None = None
+    #: Deleted at Vobiz (by `move`) after its archived copy was proven.
+    deleted: bool = False
 
     @property
     def path(self) -> Path | None:
@@ -121,6 +123,11 @@ class DownloadReport:
     def failed(self) -> list[DownloadResult]:
         """Every result that could not be saved, truncated or not; each carries its error."""
         return self._with(DownloadStatus.FAILED) + self._later_failures
+
+    @property
+    def deleted(self) -> list[DownloadResult]:
+        """Results deleted at Vobiz in this run (by `move`), of those `results` holds."""
+        return [r for r in self.results if r.deleted]
 
     @property
     def total_bytes(self) -> int:

@@ -15,7 +15,7 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Final, TypedDict
 from urllib.parse import quote, urlencode
@@ -213,18 +213,21 @@ class FakeVobiz:
         rate_limit_retry_after: int = 1,
         listing_fault: ListingFault | None = None,
         honour_filters: bool = False,
+        on_delete: Callable[[str], object] | None = None,
     ) -> None:
         #: On: Plivo-style `add_time__gte/__gt/__lte/__lt`, `from_number` and `to_number`
         #: list filters are applied server-side; off (default): ignored, as Vobiz documents.
         self.honour_filters = honour_filters
         check_listing_fault(listing_fault)
+        #: Called with the id inside a DELETE before removal (a test checks the archive then).
+        self.delete_hook: Callable[[str], object] | None = on_delete
         self._listing_fault: ListingFault | None = listing_fault
         self._bucket = TokenBucket(media_rate_limit, rate_limit_burst)
-        rates = {
-            "fault_rate": fault_rate,
-            "wav_as_mp3_rate": wav_as_mp3_rate,
-            "foreign_redirect_rate": foreign_redirect_rate,
-        }
+        rates = dict(
+            fault_rate=fault_rate,
+            wav_as_mp3_rate=wav_as_mp3_rate,
+            foreign_redirect_rate=foreign_redirect_rate,
+        )
         _check_rates(recordings, rates)
         self.seed = seed
         self.auth_id = auth_id
@@ -672,6 +675,8 @@ class FakeVobiz:
         rid = request.match_info["rid"]
         if self._catalogue.lookup(rid) is None:
             return _error(404, "Recording not found")
+        if self.delete_hook is not None:
+            self.delete_hook(rid)
         self.remove_recording(rid)
         return web.Response(status=204)
 
