@@ -205,6 +205,7 @@ class Downloader:
         offload: OffloadPolicy | None = None,
         known: Mapping[str, ManifestEntry] | None = None,
         prove_stored: bool | None = None,
+        gate: PacingGate | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -240,10 +241,10 @@ class Downloader:
         )
         self._offload = Offload(concurrency, offload)
         #: The batch's one politeness: every media request (and, through `batch_gate`, the
-        #: listing's and the API's) passes it; 429s lower the pace for all (pacing.py).
-        self.gate = PacingGate(
-            concurrency, policy=PacingPolicy(concurrency, max_hold=max(0.0, max_paced_wait))
-        )
+        #: listing's and the API's) passes it; 429s lower the pace for all (pacing.py); a
+        #: process engine's worker is given one its job's workers share (`gate`).
+        policy = PacingPolicy(concurrency, max_hold=max(0.0, max_paced_wait))
+        self.gate = gate if gate is not None else PacingGate(concurrency, policy=policy)
         self._gate_scope: contextlib.AbstractContextManager[None] | None = None
 
     @property

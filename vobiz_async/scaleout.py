@@ -41,10 +41,8 @@ import hashlib
 import importlib
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +51,9 @@ import attrs
 from . import ray_runtime
 from .batch import Batch, BatchOptions, Engine, item_id
 from .download import Downloader
-from .errors import ConfigurationError, DownloadError, ManifestError
+from .errors import ConfigurationError, DownloadError
+from .journal import SHARDS_SUFFIX
+from .journal import ShardJournal as _Journal
 from .manifest import Manifest, ManifestEntry
 from .models import Recording
 from .results import (
@@ -82,17 +82,6 @@ __all__ = [
 
 logger = logging.getLogger("vobiz_async")
 
-#: The shard journal lives beside the index, at `<index path><SHARDS_SUFFIX>`.
-SHARDS_SUFFIX = ".shards"
-_JOURNAL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS shards (
-    key TEXT PRIMARY KEY NOT NULL,
-    size INTEGER NOT NULL,
-    first_id TEXT NOT NULL,
-    last_id TEXT NOT NULL,
-    finished_at TEXT NOT NULL
-)
-"""
 _RAY_MISSING = "the Ray engine needs Ray: pip install 'vobiz-async[ray]'"
 
 
@@ -233,41 +222,6 @@ def split_concurrency(total: int, per_shard: int, shards: int, cpus: int) -> tup
     at most `per_shard` in each shard, and no more shards at once than there are CPUs."""
     slots = max(1, min(shards, cpus, total))
     return slots, max(1, min(per_shard, total // slots))
-
-
-# -- the shard journal ----------------------------------------------------------------------
-
-
-class _Journal:
-    """Finished shards, by key, beside the index (written only by the driver)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_JOURNAL_SCHEMA)
-        except (OSError, sqlite3.Error) as err:
-            raise ManifestError(f"cannot open the shard journal {path}: {err}") from err
-
-    def finished(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT key FROM shards")}
-
-    def finish(self, key: str, items: Sequence[Item]) -> None:
-        self._db.execute(
-            "INSERT OR REPLACE INTO shards VALUES (?, ?, ?, ?, ?)",
-            (
-                key,
-                len(items),
-                item_id(items[0]),
-                item_id(items[-1]),
-                datetime.now(UTC).isoformat(),
-            ),
-        )
-
-    def close(self) -> None:
-        self._db.close()
 
 
 # -- the worker side ------------------------------------------------------------------------

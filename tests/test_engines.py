@@ -1,0 +1,188 @@
+"""`ProcessEngine`: shards in spawned worker processes, against FakeVobiz on 127.0.0.1.
+
+The fake serves from this test's event loop while the driver awaits its workers, which are
+real processes of this machine writing into one folder; the driver alone writes the index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from _download_helpers import assert_verified, tree
+from _waiting import eventually
+
+from vobiz_async import AsyncSession, DownloadStatus
+from vobiz_async.engines import ProcessEngine, SharedGate, SharedPace
+from vobiz_async.journal import SHARDS_SUFFIX, ShardJournal
+from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest
+from vobiz_async.pacing import PacingPolicy
+from vobiz_async.scaleout import ScaleOutReport
+from vobiz_async.testing import FakeVobiz
+
+#: The token the fake accepts here: distinctive, so a search cannot miss it.
+TOKEN = "tok-Pq7wR2-never-in-a-worker"
+
+
+def media_gets(fake: FakeVobiz) -> Counter[str]:
+    """Media GETs per recording id, as the fake counted them."""
+    counts: Counter[str] = Counter()
+    for record in fake.stats.requests:
+        if record.operation in ("media", "storage") and record.method == "GET":
+            name = unquote(record.path.split("?", 1)[0].rsplit("/", 1)[1])
+            counts[name.rpartition(".")[0]] += 1
+    return counts
+
+
+@pytest.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=0, seed=3, auth_token=TOKEN) as fake:
+        yield fake
+
+
+async def download(
+    session: AsyncSession, dest: Path, engine: ProcessEngine, **options: object
+) -> ScaleOutReport:
+    report = await session.recordings.download_many(
+        session.recordings.list(), dest, engine=engine, **options
+    )
+    assert isinstance(report, ScaleOutReport)
+    return report
+
+
+async def test_every_recording_archived_once_and_indexed_by_the_driver(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    for _ in range(40):
+        fake.add_recording(size=30_000)
+    listing = [r.recording_id async for r in session.recordings.list()]
+    engine = ProcessEngine(workers=2, shard_size=7)
+    index = dest / MANIFEST_NAME
+    report = await download(session, dest, engine, manifest=index, concurrency=8)
+
+    assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
+    assert [r.recording_id for r in report.results] == listing  # the listing's order
+    for result in report.results:
+        assert_verified(fake, result)
+    assert set(media_gets(fake).values()) == {1}  # each recording fetched once
+    assert report.shards == 6
+    assert report.shards_skipped == 0
+    assert {share.pid for share in report.workers} <= engine.pids
+    assert os.getpid() not in engine.pids  # the work ran in the workers
+    with Manifest(index) as manifest:  # written by the driver, every recording in it
+        assert {rid: manifest.get(rid) is not None for rid in listing} == dict.fromkeys(
+            listing, True
+        )
+        assert verify_manifest(dest, manifest) == []
+    journal = ShardJournal(Path(str(index) + SHARDS_SUFFIX))
+    assert len(journal.finished()) == 6
+    journal.close()
+    assert not [name for name in tree(dest) if name.endswith(".part")]
+
+    again = await download(session, dest, engine, manifest=index, concurrency=8)
+    assert again.shards_skipped == 6
+    assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
+    assert set(media_gets(fake).values()) == {1}
+
+
+async def test_the_token_is_in_no_workers_command_line_name_or_environment(
+    session: AsyncSession, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VOBIZ_AUTH_TOKEN", TOKEN)  # as the CLI's users pass it
+    async with FakeVobiz(recordings=0, seed=4, auth_token=TOKEN, media_latency=0.2) as slow:
+        for _ in range(16):
+            slow.add_recording(size=5_000)
+        engine = ProcessEngine(workers=2, shard_size=4)
+        async with AsyncSession(**slow.session_kwargs()) as fast_session:
+            job = asyncio.create_task(download(fast_session, dest, engine, concurrency=2))
+            assert await eventually(lambda: slow.stats.media_requests > 0)
+            seen = {}
+            for pid in engine.pids:
+                proc = Path(f"/proc/{pid}")
+                seen[pid] = b"".join(
+                    (proc / name).read_bytes() for name in ("cmdline", "environ", "comm")
+                )
+            report = await job
+    assert report.ok
+    assert len(seen) == 2
+    for pid, text in seen.items():
+        assert b"spawn_main" in text, pid  # it is a worker's
+        assert TOKEN.encode() not in text, pid
+    assert os.environ["VOBIZ_AUTH_TOKEN"] == TOKEN  # the driver's environment is as it was
+
+
+async def test_a_killed_worker_fails_only_shards_in_flight_and_a_rerun_completes(
+    dest: Path,
+) -> None:
+    async with FakeVobiz(recordings=0, seed=5, auth_token=TOKEN, media_latency=0.1) as fake:
+        for _ in range(24):
+            fake.add_recording(size=8_000)
+        index = dest / MANIFEST_NAME
+        engine = ProcessEngine(workers=2, shard_size=4, max_retries=0)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            job = asyncio.create_task(download(session, dest, engine, manifest=index))
+            assert await eventually(lambda: fake.stats.media_requests > 0)
+            victim = min(engine.pids)
+            os.kill(victim, signal.SIGKILL)
+            first = await job
+            failed = {r.recording_id for r in first.failed}
+            assert failed, "the pool broke: the shards in flight fail"
+            assert len(failed) <= 2 * 4  # at most the two shards in flight then
+            assert all("worker died" in str(r.error) for r in first.failed)
+            assert len(first.results) == 24
+
+            second = await download(session, dest, ProcessEngine(workers=2), manifest=index)
+    assert second.ok
+    refetched = {r.recording_id for r in second.results if r.status is DownloadStatus.DOWNLOADED}
+    assert refetched <= failed  # only what the dead worker's shards left
+    with Manifest(index) as manifest:
+        assert all(manifest.get(rid) is not None for rid in fake.recording_ids)
+        assert verify_manifest(dest, manifest) == []
+
+
+async def test_a_429_seen_by_one_workers_gate_holds_and_slows_the_others() -> None:
+    """Two workers' gates over one SharedPace (shared memory, as spawned workers get it):
+    a 429 on A's request holds B's next request for its Retry-After and lowers B's limit."""
+    pace = SharedPace(multiprocessing.get_context("spawn"))
+    policy = PacingPolicy(8)
+    a, b = SharedGate(8, pace, policy=policy), SharedGate(8, pace, policy=policy)
+    ticket = await a.acquire()
+    a.on_rate_limited(30.0, ticket)  # A's request was answered 429, Retry-After: 30
+    a.release()
+
+    held = asyncio.create_task(b.acquire())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not held.done()  # B waits out A's Retry-After
+    assert b.state.decreases == 1
+    assert b.allowed == 4
+    again = asyncio.create_task(a.acquire())  # A does not take its own signal as news
+    await asyncio.sleep(0)
+    assert a.state.decreases == 1
+    for task in (held, again):
+        task.cancel()
+    await asyncio.gather(held, again, return_exceptions=True)
+
+
+async def test_a_rate_limited_job_finishes_with_the_workers_pacing_reported(dest: Path) -> None:
+    """The fake's CDN allows 40 media requests a second in bursts of 10."""
+    async with FakeVobiz(
+        recordings=0, seed=6, auth_token=TOKEN, media_rate_limit=40, rate_limit_burst=10
+    ) as fake:
+        for _ in range(120):
+            fake.add_recording(size=2_000)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            report = await download(
+                session, dest, ProcessEngine(workers=2, shard_size=60), concurrency=32
+            )
+    assert report.ok
+    assert fake.stats.rate_limited > 0
+    assert report.rate_limit is not None
+    assert report.rate_limit.limited

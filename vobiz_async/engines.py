@@ -1,0 +1,536 @@
+"""Every core of one machine: `ProcessEngine`, an archive job's shards in worker processes.
+
+The engine decides only where a batch's items run, as `scaleout.RayEngine` does on Ray: the
+driver's batch core (`batch.Batch`) takes the listing once (ids, repeats, unusable entries),
+the engine cuts it into shards (`scaleout.plan_shards`) and runs them on the standard
+library's `ProcessPoolExecutor` (spawn context), one shard per worker at a time. Each worker
+has its own event loop, `AsyncSession` (opened with `AsyncSession.from_config`) and local
+engine (`Downloader`, no index), writing into the same destination, and sends its results
+back as plain data. The driver's batch core is the only writer of the index; a shard is
+recorded as finished in the shard journal (`journal.ShardJournal`, beside the index) after
+its recordings are indexed, so a re-run skips finished shards and redoes the rest (a
+redone shard fetches only what is not stored yet, resuming `.part` files).
+
+Credentials: the session's `SessionConfig` reaches the workers through the pool's
+initializer, pickled over the pipe a spawned worker reads at start: never in a command line
+(`/proc/<pid>/cmdline` is `python -c 'from multiprocessing.spawn import spawn_main; ...'`),
+a process name or a log. A worker inherits its parent's environment, so every environment
+variable holding the token is left out while the workers are spawned (they all are before
+the first shard: `_spawn`).
+
+One politeness: the workers of a job share a `SharedPace` (two numbers in shared memory:
+the rate-limit decreases seen so far and the time new requests are held until). A 429 on
+one worker's request holds every worker's new requests for its Retry-After and lowers each
+worker's limit and start rate once (`SharedGate`).
+
+Stops: the workers ignore SIGINT (the driver decides) and die with the driver
+(`PR_SET_PDEATHSIG`); a cancelled run (Ctrl-C, SIGTERM in the CLI) terminates them, and
+their `.part` files stay for a re-run. A worker that dies (kill -9) breaks the pool: the
+shards in flight then are retried in a fresh pool up to `max_retries` times, after which
+their recordings fail (a re-run resumes them); shards already finished stay recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import SpawnContext
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .batch import Batch, BatchOptions, item_id
+from .download import Downloader
+from .errors import ConfigurationError, DownloadError
+from .journal import SHARDS_SUFFIX, ShardJournal
+from .manifest import Manifest, ManifestEntry
+from .models import Recording
+from .pacing import PacingGate, PacingPolicy, PacingReport
+from .results import DownloadResult, DownloadStatus, ProgressEvent, ProgressKind
+from .scaleout import ScaleOutReport, WorkerShare, plan_shards
+from .session import AsyncSession, SessionConfig
+from .sinks import DirectorySink, sink_for
+from .types import ApiClient, Destination, Item, Source
+
+__all__ = ["MAX_WORKERS", "ProcessEngine", "SharedGate", "SharedPace", "default_workers"]
+
+logger = logging.getLogger("vobiz_async")
+
+#: `ProcessEngine(workers=None)` runs one worker per CPU, at most this many.
+MAX_WORKERS = 8
+_PR_SET_PDEATHSIG = 1
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use, at most MAX_WORKERS."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+# -- one politeness across processes ---------------------------------------------------------
+
+
+class SharedPace:
+    """What the workers of one job share of their pacing, in shared memory: how many fresh
+    rate-limit decreases any worker applied, and until when (`time.monotonic`, the same
+    clock in every process of the machine) new requests are held. It travels to a worker
+    only when the worker is spawned (the pool's initializer)."""
+
+    def __init__(self, context: SpawnContext) -> None:
+        self._cells = context.Array("d", 2)
+
+    def publish(self, fresh: bool, hold_until: float) -> None:
+        """A worker saw a rate-limit signal: count it if it lowered that worker's pace, and
+        hold everyone's new requests until `hold_until` at least."""
+        with self._cells.get_lock():
+            if fresh:
+                self._cells[0] += 1
+            self._cells[1] = max(self._cells[1], hold_until)
+
+    def read(self) -> tuple[int, float]:
+        """`(fresh decreases published by every worker, hold until)`."""
+        with self._cells.get_lock():
+            return int(self._cells[0]), self._cells[1]
+
+
+class SharedGate(PacingGate):
+    """A worker's pacing gate that shares its signals through a `SharedPace`: a signal here
+    is published; before each request, another worker's news is taken in, one decrease per
+    fresh signal published elsewhere, and their hold."""
+
+    def __init__(self, concurrency: int, pace: SharedPace, *, policy: PacingPolicy) -> None:
+        super().__init__(concurrency, policy=policy)
+        self._pace = pace
+        self._own = 0  # fresh decreases this gate published
+        self._taken = 0  # fresh decreases of other workers taken in
+
+    async def acquire(self) -> int:
+        self._take_news()
+        return await super().acquire()
+
+    def on_rate_limited(self, retry_after: float | None = None, ticket: int | None = None) -> None:
+        before = self.state.decreases
+        super().on_rate_limited(retry_after, ticket)
+        fresh = self.state.decreases != before
+        self._own += fresh
+        self._pace.publish(fresh, self._to_shared(self.state.hold_until))
+
+    def _to_shared(self, loop_time: float) -> float:
+        loop = asyncio.get_running_loop()
+        return loop_time - loop.time() + time.monotonic()
+
+    def _take_news(self) -> None:
+        decreases, hold_until = self._pace.read()
+        hold = max(0.0, hold_until - time.monotonic())
+        others = decreases - self._own
+        if others > self._taken:
+            self._taken = others
+            PacingGate.on_rate_limited(self, hold)  # counted as current: one decrease
+        elif hold > 0 and self._to_shared(self.state.hold_until) < hold_until - 0.001:
+            PacingGate.on_rate_limited(self, hold, -1)  # an old round's: the hold only
+
+
+# -- the worker side ------------------------------------------------------------------------
+
+#: A worker process's share of the job, set by the pool's initializer.
+_WORKER: dict[str, Any] = {}
+
+
+@attrs.frozen
+class _ShardJob:
+    """A shard's work as a worker receives it (pickled over the pool's pipe)."""
+
+    items: tuple[Item, ...]
+    #: An absolute folder path, or `s3://bucket/prefix/`.
+    dest: str
+    options: BatchOptions
+    known: tuple[ManifestEntry, ...]
+    prove: bool
+
+
+@attrs.frozen
+class _ShardOutcome:
+    pid: int
+    results: list[DownloadResult]
+    seconds: float
+    rate_limit: PacingReport | None
+
+
+def _worker_start(config: SessionConfig, pace: SharedPace) -> None:
+    """The pool's initializer: keep the job's settings; leave Ctrl-C to the driver; die
+    with the driver."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _WORKER["config"] = config
+    _WORKER["pace"] = pace
+
+
+def _hello() -> int:
+    return os.getpid()
+
+
+def _run_shard(job: _ShardJob) -> _ShardOutcome:
+    """One shard in a worker: a fresh event loop, session and local engine."""
+    started = time.monotonic()
+    results, rate_limit = asyncio.run(_shard_main(_WORKER["config"], _WORKER["pace"], job))
+    return _ShardOutcome(os.getpid(), results, time.monotonic() - started, rate_limit)
+
+
+async def _shard_main(
+    config: SessionConfig, pace: SharedPace, job: _ShardJob
+) -> tuple[list[DownloadResult], PacingReport | None]:
+    results: list[DownloadResult] = []
+
+    def collect(event: ProgressEvent) -> None:
+        if event.result is not None:
+            results.append(event.result)
+
+    options = attrs.evolve(job.options, on_progress=collect, manifest=None)
+    policy = PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
+    async with AsyncSession.from_config(config) as session:
+        downloader = Downloader(
+            session,
+            job.dest,
+            lookup=session.recordings.get,
+            known={entry.recording_id: entry for entry in job.known},
+            prove_stored=job.prove,
+            gate=SharedGate(options.concurrency, pace, policy=policy),
+            **attrs.asdict(options, recurse=False),
+        )
+        report = await downloader.run(job.items)
+    return results, report.rate_limit
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Shard:
+    index: int
+    key: str
+    items: tuple[Item, ...]
+
+
+class ProcessEngine:
+    """Runs a `download_many` job's shards in worker processes of this machine.
+
+    `workers=None` runs one per CPU (at most MAX_WORKERS); the job's `concurrency` is split
+    evenly among them. `shard_size` recordings make a shard; a shard whose worker died is
+    retried in a fresh pool up to `max_retries` times.
+    """
+
+    def __init__(
+        self, workers: int | None = None, *, shard_size: int = 500, max_retries: int = 1
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be >= 1")
+        if shard_size < 1:
+            raise ValueError("shard_size must be >= 1")
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.workers = default_workers() if workers is None else workers
+        self.shard_size = shard_size
+        self.max_retries = max_retries
+        #: The pids of the current run's workers (for a person, or a test, to look at).
+        self.pids: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"ProcessEngine(workers={self.workers}, shard_size={self.shard_size})"
+
+    async def run(
+        self,
+        session: ApiClient,
+        source: Source,
+        dest: Destination,
+        options: BatchOptions,
+    ) -> ScaleOutReport:
+        """List once, cut shards, run them in worker processes, record results."""
+        if options.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        config = _travelling_config(session)
+        target = _target(dest)
+        started = time.monotonic()
+        index = _open_index(options.manifest)
+        batch = Batch(
+            sink_for(target, layout=options.layout),
+            index=index,
+            on_progress=options.on_progress,
+            overwrite=options.overwrite,
+        )
+        journal = None
+        run = _Run(self, config, batch, target, options)
+        try:
+            await run.admit(source)
+            shards = run.shards()
+            journal = None if index is None else ShardJournal(Path(str(index.path) + SHARDS_SUFFIX))
+            run.journal = journal
+            finished = set() if journal is None or options.overwrite else journal.finished()
+            pending = [s for s in shards if s.key not in finished]
+            run.skip([s for s in shards if s.key in finished])
+            if pending:
+                await run.execute(pending)
+        finally:
+            if journal is not None:
+                journal.close()
+            if index is not None and index is not options.manifest:
+                index.close()
+        return batch.report(
+            time.monotonic() - started,
+            cls=ScaleOutReport,
+            rate_limit=run.rate_limit(),
+            workers=run.worker_shares(),
+            failed_shards=[],
+            shards=len(shards),
+            shards_skipped=len(shards) - len(pending),
+            shard_seconds=run.shard_seconds,
+        )
+
+
+def _travelling_config(session: ApiClient) -> SessionConfig:
+    if not isinstance(session, AsyncSession):
+        raise ConfigurationError("the process engine needs an AsyncSession, to open one per worker")
+    config = session.config
+    if config.resolver is not None:
+        raise ConfigurationError(
+            "the session's custom resolver cannot travel to worker processes; run this job "
+            "with the local engine or without a resolver"
+        )
+    return config
+
+
+def _target(dest: Destination) -> str:
+    """The destination as every worker opens it: an absolute folder, or an `s3://` URL."""
+    if isinstance(dest, DirectorySink):
+        return str(Path(dest.root).absolute())
+    if isinstance(dest, str) and dest.startswith("s3://"):
+        return dest
+    if not isinstance(dest, str | os.PathLike):
+        raise ConfigurationError(
+            "the process engine archives into a folder or an s3:// URL; other Sink objects "
+            "are not supported (use the local engine)"
+        )
+    return str(Path(dest).absolute())
+
+
+def _open_index(manifest: Manifest | str | os.PathLike[str] | None) -> Manifest | None:
+    if isinstance(manifest, Manifest) or manifest is None:
+        return manifest
+    return Manifest(manifest)
+
+
+@contextlib.contextmanager
+def _without(secret: str) -> Iterator[None]:
+    """This process's environment without a variable holding `secret`, for the block."""
+    hidden = {k: v for k, v in os.environ.items() if secret and secret in v}
+    for key in hidden:
+        del os.environ[key]
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
+class _Run:
+    """One job's driver state: the batch core, the places, the journal, the pool."""
+
+    def __init__(
+        self,
+        engine: ProcessEngine,
+        config: SessionConfig,
+        batch: Batch,
+        target: str,
+        options: BatchOptions,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.batch = batch
+        self.target = target
+        hosts = None if options.trusted_hosts is None else frozenset(options.trusted_hosts)
+        self.options = attrs.evolve(options, on_progress=None, manifest=None, trusted_hosts=hosts)
+        self.places: dict[str, tuple[Item, int]] = {}
+        self.journal: ShardJournal | None = None
+        self.shard_seconds: list[float] = []
+        self._shares: dict[int, int] = {}
+        self._reports: list[PacingReport] = []
+        self._tries: dict[int, int] = {}
+
+    async def admit(self, source: Source) -> None:
+        """The listing, once, through the batch core, in listing order."""
+        async with contextlib.aclosing(self.batch.admitted(source)) as items:
+            async for place, item in items:
+                self.places[item_id(item)] = (item, place)
+
+    def shards(self) -> list[_Shard]:
+        items = [item for item, _ in self.places.values()]
+        planned = plan_shards(items, self.engine.shard_size)
+        return [_Shard(n, key, tuple(chunk)) for n, (key, chunk) in enumerate(planned)]
+
+    def worker_shares(self) -> list[WorkerShare]:
+        return [WorkerShare("local", pid, count) for pid, count in self._shares.items()]
+
+    def rate_limit(self) -> PacingReport | None:
+        """The workers' pacing, summed: the signals each saw (another worker's news counts
+        in each worker that took it in), the lowest limit and rate of any."""
+        reports = self._reports
+        if not reports:
+            return None
+        rates = [r.lowest_rate for r in reports if r.lowest_rate is not None]
+        concurrency, workers = self.options.concurrency, self.engine.workers
+        return PacingReport(
+            concurrency=concurrency,
+            limit=min(concurrency, min(r.limit for r in reports) * workers),
+            rate_limited=sum(r.rate_limited for r in reports),
+            decreases=sum(r.decreases for r in reports),
+            lowest_limit=min(concurrency, min(r.lowest_limit for r in reports) * workers),
+            seconds_below=max(r.seconds_below for r in reports),
+            lowest_rate=min(rates) if rates else None,
+        )
+
+    def settle(self, rid: str, result: DownloadResult) -> None:
+        item, place = self.places[rid]
+        self.batch.settle(place, result, item if isinstance(item, Recording) else None)
+
+    def skip(self, shards: list[_Shard]) -> None:
+        """Shards an earlier run finished: their recordings as the index records them."""
+        for shard in shards:
+            for item in shard.items:
+                self.settle(item_id(item), self.batch.indexed(item_id(item)))
+
+    def fail(self, shard: _Shard, error: DownloadError) -> None:
+        for item in shard.items:
+            rid = item_id(item)
+            self.settle(rid, DownloadResult(rid, DownloadStatus.FAILED, error=error))
+
+    async def execute(self, shards: list[_Shard]) -> None:
+        """Run `shards` in worker processes, one at a time in each; a broken pool (a worker
+        died) is replaced and the shards it held retried; after a destination-wide stop,
+        the shards not started fail unstarted."""
+        workers = min(self.engine.workers, len(shards))
+        per_shard = max(1, self.options.concurrency // workers)
+        logger.info("%d shards, %d workers, %d transfers each", len(shards), workers, per_shard)
+        waiting = deque(shards)
+        while waiting and self.batch.stopped_by is None:
+            broken = await self._pool_run(waiting, workers, per_shard)
+            for shard in broken:
+                tries = self._tries[shard.index] = self._tries.get(shard.index, 0) + 1
+                if tries > self.engine.max_retries:
+                    logger.warning("shard %d failed: a worker process died", shard.index)
+                    self.fail(shard, DownloadError(f"shard {shard.index}: its worker died"))
+                else:
+                    waiting.appendleft(shard)
+        error = self.batch.not_started()
+        for shard in waiting:  # never started: the batch stopped
+            for item in shard.items:
+                rid = item_id(item)
+                self.settle(rid, DownloadResult(rid, DownloadStatus.FAILED, error=error))
+
+    async def _pool_run(self, waiting: deque[_Shard], workers: int, per_shard: int) -> list[_Shard]:
+        """Run shards from `waiting` in one pool until none is left, the batch stops or the
+        pool breaks; return the shards a broken pool held."""
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_worker_start,
+            initargs=(self.config, SharedPace(context)),
+        )
+        running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
+        broken: list[_Shard] = []
+        try:
+            await self._spawn(pool, workers)
+            while running or (waiting and not broken and self.batch.stopped_by is None):
+                while waiting and len(running) < workers and not broken:
+                    if self.batch.stopped_by is not None:
+                        break
+                    shard = waiting.popleft()
+                    future = pool.submit(_run_shard, self._job(shard, per_shard))
+                    running[asyncio.wrap_future(future)] = shard
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for ended in done:
+                    shard = running.pop(ended)
+                    if isinstance(ended.exception(), BrokenProcessPool):
+                        broken.append(shard)
+                    else:
+                        self._collect(shard, ended.result())
+        except BrokenProcessPool:  # at a submit or the start: no shard ran in it
+            pass
+        finally:
+            self._end(pool, running)
+        return broken
+
+    async def _spawn(self, pool: ProcessPoolExecutor, workers: int) -> None:
+        """Start every worker now, without the token in their environment: a spawn-context
+        pool starts one per submission while none is idle."""
+        before = {p.pid for p in multiprocessing.active_children()}
+        with _without(self.config.auth_token.value):
+            hellos = [asyncio.wrap_future(pool.submit(_hello)) for _ in range(workers)]
+        started = {p.pid for p in multiprocessing.active_children()} - before
+        self.engine.pids = {pid for pid in started if pid is not None}
+        await asyncio.gather(*hellos)
+
+    def _end(
+        self, pool: ProcessPoolExecutor, running: dict[asyncio.Future[_ShardOutcome], _Shard]
+    ) -> None:
+        """Shut the pool; workers still busy (a cancelled run) are terminated, their `.part`
+        files left for a re-run."""
+        if running:
+            for future in running:
+                future.cancel()
+            for pid in self.engine.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _job(self, shard: _Shard, concurrency: int) -> _ShardJob:
+        known: list[ManifestEntry] = []
+        if not self.options.overwrite:
+            for item in shard.items:
+                entry = self.batch.entry(item_id(item))
+                if entry is not None:
+                    known.append(entry)
+        return _ShardJob(
+            items=shard.items,
+            dest=self.target,
+            options=attrs.evolve(self.options, concurrency=concurrency),
+            known=tuple(known),
+            prove=self.batch.index is not None,
+        )
+
+    def _collect(self, shard: _Shard, outcome: _ShardOutcome) -> None:
+        """A finished shard's results, to the batch core (which indexes them); then the
+        shard, last, to the journal."""
+        self.shard_seconds.append(outcome.seconds)
+        self._shares[outcome.pid] = self._shares.get(outcome.pid, 0) + len(outcome.results)
+        if outcome.rate_limit is not None:
+            self._reports.append(outcome.rate_limit)
+        items = {item_id(item) for item in shard.items}
+        for result in outcome.results:
+            rid = result.recording_id
+            if rid not in items:
+                continue  # not one of this shard's recordings, or reported twice
+            items.discard(rid)
+            if result.status is DownloadStatus.DOWNLOADED:
+                self.batch.emit(ProgressEvent(ProgressKind.BYTES, rid, result.size))
+            self.settle(rid, result)
+        for rid in items:
+            error = DownloadError(f"shard {shard.index} reported no result for {rid}")
+            self.settle(rid, DownloadResult(rid, DownloadStatus.FAILED, error=error))
+        whole = not items and all(r.ok for r in outcome.results)
+        if self.journal is not None and whole and self.batch.stopped_by is None:
+            self.journal.finish(shard.key, shard.items)
