@@ -138,3 +138,10 @@ class Sink(Protocol):
     async def close(self) -> None:
         """Release what `prepare` and the writers opened."""
         ...
+
+    async def put_file(self, key: str, data: bytes, *, content_type: str) -> Stored:
+        """Store a small file (a recording's metadata sidecar, its transcript) under `key`,
+        relative to the destination, whole or not at all: a folder writes a temporary file
+        and renames it (flushed first when the sink fsyncs), object storage sends one
+        `PutObject` with `Content-MD5` and the body's `sha256` in its metadata."""
+        ...

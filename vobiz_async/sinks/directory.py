@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import sys
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -206,6 +207,35 @@ class DirectorySink:
             sha256 = hashlib.file_digest(file, "sha256").hexdigest()
             size = file.tell()
         return Stored(key, path, size, sha256=sha256, container=sniff_container(head))
+
+    async def put_file(self, key: str, data: bytes, *, content_type: str) -> Stored:
+        """Write `data` to `key` under the root through a temporary file and a rename."""
+        del content_type  # a folder keeps no media type; the name's extension says it
+        return await asyncio.to_thread(self._put_file, key, data)
+
+    def _put_file(self, key: str, data: bytes) -> Stored:
+        parts = key.split("/")
+        if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"not a key inside the destination: {key!r}")
+        path = os.path.join(self.root, *parts)
+        folder = os.path.dirname(path)
+        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(tmp, "wb") as out:
+                out.write(data)
+                if self.fsync:
+                    out.flush()
+                    os.fsync(out.fileno())
+            os.replace(tmp, path)
+            if self.fsync:
+                fsync_path(folder)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise disk_error(err, path) from None
+        sha256 = hashlib.sha256(data).hexdigest()
+        return Stored(key=key, location=path, size=len(data), sha256=sha256)
 
     async def open(self, recording: Recording, *, size_hint: int | None = None) -> DirectoryWriter:
         """A writer for the recording's partial, holding what an earlier run left.

@@ -677,6 +677,22 @@ class S3Sink:
         self._open_writers.add(writer)
         return writer
 
+    async def put_file(self, key: str, data: bytes, *, content_type: str) -> Stored:
+        """One `PutObject` of `data` at `prefix + key` with `Content-MD5` and its sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            await self._require_client().put_object(
+                Bucket=self.bucket,
+                Key=self.prefix + key,
+                Body=data,
+                ContentMD5=base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode(),
+                ContentType=content_type,
+                Metadata={"sha256": sha256},
+            )
+        except Exception as err:
+            raise self._translate(err, "storing the object") from None
+        return Stored(key=key, location=self.location(key), size=len(data), sha256=sha256)
+
     def _metadata(self, recording: Recording, container: str | None) -> dict[str, str]:
         return {
             "recording-id": recording.recording_id,
