@@ -685,7 +685,7 @@ class S3Sink:
                 Bucket=self.bucket,
                 Key=self.prefix + key,
                 Body=data,
-                ContentMD5=base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode(),
+                ContentMD5=await _content_md5(memoryview(data)),
                 ContentType=content_type,
                 Metadata={"sha256": sha256},
             )
