@@ -47,16 +47,18 @@ def exported(out: str) -> list[dict[str, object]]:
 def test_export_prints_one_object_per_entry(
     archive: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`index export DIR` prints every entry once, latest values, with ManifestEntry's keys."""
+    """`index export DIR` prints every entry once, latest values, with the keys of the
+    `recordings` view (add_time in ISO 8601)."""
     code = main(["index", "export", str(archive)])
 
     out = capsys.readouterr().out
     assert code == 0
     assert exported(out) == [
-        attrs.asdict(entry("a", body=b"rewritten")),
-        attrs.asdict(entry("b")),
-        attrs.asdict(entry("c", body=b"charlie")),
+        entry("a", body=b"rewritten").row(),
+        entry("b").row(),
+        entry("c", body=b"charlie").row(),
     ]
+    assert exported(out)[0]["add_time"] == "2026-05-07T09:45:35.79276+05:30"
     assert all(line.startswith('{"recording_id":') for line in out.splitlines())
 
 
@@ -68,7 +70,7 @@ def test_export_with_index_path(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code = main(["index", "export", "--index", str(path)])
 
     assert code == 0
-    assert exported(capsys.readouterr().out) == [attrs.asdict(entry("x"))]
+    assert exported(capsys.readouterr().out) == [entry("x").row()]
 
 
 def test_export_of_an_empty_index_prints_nothing(

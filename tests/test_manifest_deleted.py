@@ -57,6 +57,7 @@ def test_old_index_gains_the_column_in_place(tmp_path: Path) -> None:
     with Manifest(path) as manifest:
         _record(manifest, "r1")
     db = sqlite3.connect(path)
+    db.execute("DROP VIEW recordings")  # it names the column (the view came later too)
     db.execute("ALTER TABLE entries DROP COLUMN deleted_at")  # as written before it existed
     db.commit()
     db.close()

@@ -10,8 +10,11 @@ without an index and send their results back). Both feed one `Batch`, which alon
 - decides skips from the index and the sink (`stored`): a stored file the index does not
   know is hashed and indexed, never skipped unrecorded; one that disagrees with the index
   (size, or sha256 where the sink reports one) is fetched again,
-- writes the index (its only writer): an index that refuses a write stops the batch like a
-  full disk does, destination-wide, and the recording stays reported downloaded,
+- writes the index (its only writer), with every field of the archived recording: an
+  index that refuses a write stops the batch like a full disk does, destination-wide, and
+  the recording stays reported downloaded,
+- with `metadata="sidecar"`, stores each recording's metadata sidecar before its result is
+  recorded (`with_sidecar`), and a skipped recording's when it is missing,
 - tallies results and truncates them (`RESULTS_KEPT`), emits each final progress event
   once, and builds the `DownloadReport`.
 """
@@ -35,11 +38,11 @@ from .errors import (
     StorageError,
     VobizError,
 )
-from .manifest import Manifest, ManifestEntry
+from .manifest import Manifest, ManifestEntry, recording_fields
 from .models import InvalidRecording, Recording
 from .pacing import PacingReport
 from .pager import AsyncPager
-from .protocol import format_timestamp
+from .protocol import sidecar_document, sidecar_key
 from .results import (
     DownloadReport,
     DownloadResult,
@@ -49,7 +52,7 @@ from .results import (
     result_event,
 )
 from .sinks import DirectorySink, Sink, Stored
-from .types import ApiClient, Destination, Item, Layout, Source
+from .types import ApiClient, Destination, Item, Layout, Lookup, Metadata, Source
 
 __all__ = [
     "MAX_PACED_WAIT",
@@ -92,6 +95,7 @@ class BatchOptions:
     layout: Layout = "flat"
     trusted_hosts: Iterable[str] | None = None
     max_paced_wait: float = MAX_PACED_WAIT
+    metadata: Metadata | None = None
 
 
 class Engine(Protocol):
@@ -216,8 +220,12 @@ class Batch:
         on_progress: ProgressCallback | None = None,
         overwrite: bool = False,
         prove: bool | None = None,
+        metadata: Metadata | None = None,
     ) -> None:
+        if metadata not in (None, "sidecar"):
+            raise ValueError(f"metadata must be None or 'sidecar', got {metadata!r}")
         self.sink = sink
+        self.metadata = metadata
         self.index = index
         self.known = known
         self.on_progress = on_progress
@@ -372,6 +380,36 @@ class Batch:
             return result.location[len(base) :]
         return None
 
+    # -- metadata sidecars -------------------------------------------------------------
+
+    async def with_sidecar(
+        self, result: DownloadResult, recording: Recording | None, lookup: Lookup | None = None
+    ) -> tuple[DownloadResult, Recording | None]:
+        """With `metadata="sidecar"`, store a stored recording's sidecar (its wire object at
+        `protocol.sidecar_key`) before its result is recorded: always for a download, for a
+        skip only when it is missing (one lookup), fetching the recording with `lookup` when
+        only its id is known. A sidecar that cannot be stored fails the result: the
+        recording stays stored, and a later run skips it and stores the sidecar."""
+        if self.metadata != "sidecar" or result.status is DownloadStatus.FAILED:
+            return result, recording
+        key = self.key_of(result)
+        if key is None:
+            return result, recording
+        side = sidecar_key(key)
+        try:
+            skipped = result.status is DownloadStatus.SKIPPED
+            if skipped and await self.sink.lookup(result.recording_id, None, key=side):
+                return result, recording
+            if recording is None:
+                if lookup is None:
+                    return result, recording
+                recording = await lookup(result.recording_id)
+            document = sidecar_document(recording.to_dict())
+            await self.sink.put_file(side, document, content_type="application/json")
+        except VobizError as err:
+            return attrs.evolve(result, status=DownloadStatus.FAILED, error=err), recording
+        return result, recording
+
     # -- recording results -------------------------------------------------------------
 
     def record(self, result: DownloadResult, recording: Recording | None = None) -> DownloadResult:
@@ -396,10 +434,10 @@ class Batch:
         add_time = None if recording is None else recording.add_time
         try:
             known = self.index.get(result.recording_id)
-            if known is not None and (known.path, known.size, known.sha256) == (
-                key,
-                result.size,
-                result.sha256,
+            if (
+                known is not None
+                and (known.path, known.size, known.sha256) == (key, result.size, result.sha256)
+                and (recording is None or _remembers(known, recording))
             ):
                 return
             self.index.record(
@@ -408,7 +446,8 @@ class Batch:
                 size=result.size,
                 sha256=result.sha256,
                 container=result.container,
-                add_time=None if add_time is None else format_timestamp(add_time),
+                add_time=None if add_time is None else add_time.isoformat(),
+                recording=recording,
             )
         except _INDEX_ERRORS as err:
             self._index_refused(err)
@@ -448,6 +487,13 @@ class _IndexStop(StorageError):
 
 def _is_index_stop(error: VobizError) -> bool:
     return isinstance(error, _IndexStop)
+
+
+def _remembers(entry: ManifestEntry, recording: Recording) -> bool:
+    """Whether an index entry already holds the recording's fields (an entry written before
+    the index kept them does not: it is written again)."""
+    fields = recording_fields(recording)
+    return all(getattr(entry, name) == value for name, value in fields.items())
 
 
 def _disagree(entry: ManifestEntry, stored: Stored) -> bool:

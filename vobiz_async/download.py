@@ -47,6 +47,7 @@ from .models import Recording
 from .offload import Offload, OffloadPolicy, raise_mmap_threshold, settle
 from .pacing import Answered, PacingGate, PacingPolicy, batch_gate, passage
 from .protocol import (
+    LAYOUTS,
     MIN_SPEED,
     MIN_SPEED_WINDOW,
     SpeedFloor,
@@ -68,7 +69,7 @@ from .results import (
 )
 from .sinks import AlreadyStored, DirectorySink, Stored, Writer, sink_for
 from .sinks.directory import disk_error
-from .types import Destination, Item, Layout, Lookup, MediaClient, Source
+from .types import Destination, Item, Layout, Lookup, MediaClient, Metadata, Source
 
 __all__ = [
     "MAX_PACED_WAIT",
@@ -206,13 +207,12 @@ class Downloader:
         known: Mapping[str, ManifestEntry] | None = None,
         prove_stored: bool | None = None,
         gate: PacingGate | None = None,
+        metadata: Metadata | None = None,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if layout not in ("flat", "date"):
-            raise ValueError(f"layout must be 'flat' or 'date', got {layout!r}")
+        if concurrency < 1 or max_attempts < 1:
+            raise ValueError("concurrency and max_attempts must each be >= 1")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self._session = session
         #: Fetches a recording by id: an id input, and a stale URL's one fresh `get()`.
         self._lookup = lookup
@@ -238,6 +238,7 @@ class Downloader:
             on_progress=on_progress,
             overwrite=overwrite,
             prove=prove_stored,
+            metadata=metadata,
         )
         self._offload = Offload(concurrency, offload)
         #: The batch's one politeness: every media request (and, through `batch_gate`, the
@@ -365,6 +366,12 @@ class Downloader:
         return self.batch.settle(None, result, recording)
 
     async def _outcome(self, item: Item) -> tuple[DownloadResult, Recording | None]:
+        """One claimed item's result, its metadata sidecar stored first when the batch
+        keeps them, and the recording when it was known or fetched."""
+        result, recording = await self._fetched(item)
+        return await self.batch.with_sidecar(result, recording, self._lookup)
+
+    async def _fetched(self, item: Item) -> tuple[DownloadResult, Recording | None]:
         """One claimed item's result, and the recording when it was known or fetched."""
         recording_id = item_id(item)
         failed = DownloadResult(recording_id, DownloadStatus.FAILED)

@@ -44,6 +44,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -52,11 +53,22 @@ import attrs
 
 from ._files import fsync_path
 from .errors import ManifestError
+from .models import Recording
+from .protocol import parse_timestamp
 
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["MANIFEST_NAME", "Manifest", "ManifestEntry", "VerifyProblem", "verify_manifest"]
+__all__ = [
+    "MANIFEST_NAME",
+    "RECORDING_FIELDS",
+    "VIEW_COLUMNS",
+    "Manifest",
+    "ManifestEntry",
+    "VerifyProblem",
+    "recording_fields",
+    "verify_manifest",
+]
 
 logger = logging.getLogger("vobiz_async")
 
@@ -75,6 +87,66 @@ PAGE_ROWS = 500
 #: The longest first line read to tell a JSON Lines manifest (an entry is ~300 bytes).
 _LINE_MAX = 1 << 16
 
+#: The columns of `entries` after the first seven, each added in place to an index
+#: written before it existed (old rows NULL): `deleted_at`, then the fields of the archived
+#: `Recording` (issue 25). Millisecond figures are numbers (REAL), money stays the exact
+#: decimal string Vobiz sent (TEXT).
+_ADDED_COLUMNS = (
+    ("deleted_at", "TEXT"),
+    ("call_uuid", "TEXT"),
+    ("recording_type", "TEXT"),
+    ("recording_format", "TEXT"),
+    ("recording_duration_ms", "REAL"),
+    ("recording_start_ms", "REAL"),
+    ("recording_end_ms", "REAL"),
+    ("from_number", "TEXT"),
+    ("to_number", "TEXT"),
+    ("conference_name", "TEXT"),
+    ("rounded_recording_duration", "INTEGER"),
+    ("recording_storage_rate", "TEXT"),
+    ("monthly_recording_storage_amount", "TEXT"),
+)
+_BASE_COLUMNS = (
+    "recording_id",
+    "path",
+    "size",
+    "sha256",
+    "container",
+    "add_time",
+    "downloaded_at",
+)
+#: Every column of `entries`, in `ManifestEntry`'s field order.
+_COLUMNS = _BASE_COLUMNS + tuple(name for name, _ in _ADDED_COLUMNS)
+#: The archived recording's fields the index keeps (the `Recording` names), `add_time` too.
+RECORDING_FIELDS = (
+    "call_uuid",
+    "recording_type",
+    "recording_format",
+    "add_time",
+    "recording_duration_ms",
+    "recording_start_ms",
+    "recording_end_ms",
+    "from_number",
+    "to_number",
+    "conference_name",
+    "rounded_recording_duration",
+    "recording_storage_rate",
+    "monthly_recording_storage_amount",
+)
+#: The columns of the `recordings` view, in order: a stable interface (README, "Finding a
+#: call in the archive"). `path` is the recording's key relative to the archive's root (the
+#: folder, or the bucket's prefix); `add_time` is ISO 8601 with its offset.
+VIEW_COLUMNS = (
+    "recording_id",
+    "path",
+    "size",
+    "sha256",
+    "container",
+    "downloaded_at",
+    *RECORDING_FIELDS,
+    "deleted_at",
+)
+
 _SCHEMA = """
 CREATE TABLE entries (
     recording_id TEXT PRIMARY KEY NOT NULL,
@@ -84,35 +156,89 @@ CREATE TABLE entries (
     container TEXT,
     add_time TEXT,
     downloaded_at TEXT NOT NULL,
-    deleted_at TEXT
+    deleted_at TEXT,
+    call_uuid TEXT,
+    recording_type TEXT,
+    recording_format TEXT,
+    recording_duration_ms REAL,
+    recording_start_ms REAL,
+    recording_end_ms REAL,
+    from_number TEXT,
+    to_number TEXT,
+    conference_name TEXT,
+    rounded_recording_duration INTEGER,
+    recording_storage_rate TEXT,
+    monthly_recording_storage_amount TEXT
 )
 """
+#: One row per archived recording, under the names of `VIEW_COLUMNS`; entries written with
+#: a space between date and time (before the index kept the recording's fields) read as
+#: ISO 8601 too.
+_VIEW = """CREATE VIEW recordings AS SELECT
+    recording_id, path, size, sha256, container, downloaded_at,
+    call_uuid, recording_type, recording_format,
+    replace(add_time, ' ', 'T') AS add_time,
+    recording_duration_ms, recording_start_ms, recording_end_ms,
+    from_number, to_number, conference_name, rounded_recording_duration,
+    recording_storage_rate, monthly_recording_storage_amount, deleted_at
+FROM entries"""
 # An id written again keeps its place (its rowid) and takes the new values: iteration order
-# is first-written order, and the latest entry wins, as in the JSON Lines manifest.
+# is first-written order, and the latest entry wins, as in the JSON Lines manifest. The
+# recording's fields are kept when the new entry has none (an id archived again without
+# its listing).
 _UPSERT = """
 INSERT INTO entries (
-    recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at
+    recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at,
+    call_uuid, recording_type, recording_format, recording_duration_ms, recording_start_ms,
+    recording_end_ms, from_number, to_number, conference_name, rounded_recording_duration,
+    recording_storage_rate, monthly_recording_storage_amount
 )
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (recording_id) DO UPDATE SET
     path = excluded.path, size = excluded.size, sha256 = excluded.sha256,
-    container = excluded.container, add_time = excluded.add_time,
-    downloaded_at = excluded.downloaded_at, deleted_at = excluded.deleted_at
+    container = excluded.container, downloaded_at = excluded.downloaded_at,
+    deleted_at = excluded.deleted_at,
+    add_time = coalesce(excluded.add_time, entries.add_time),
+    call_uuid = coalesce(excluded.call_uuid, entries.call_uuid),
+    recording_type = coalesce(excluded.recording_type, entries.recording_type),
+    recording_format = coalesce(excluded.recording_format, entries.recording_format),
+    recording_duration_ms = coalesce(excluded.recording_duration_ms, entries.recording_duration_ms),
+    recording_start_ms = coalesce(excluded.recording_start_ms, entries.recording_start_ms),
+    recording_end_ms = coalesce(excluded.recording_end_ms, entries.recording_end_ms),
+    from_number = coalesce(excluded.from_number, entries.from_number),
+    to_number = coalesce(excluded.to_number, entries.to_number),
+    conference_name = coalesce(excluded.conference_name, entries.conference_name),
+    rounded_recording_duration =
+        coalesce(excluded.rounded_recording_duration, entries.rounded_recording_duration),
+    recording_storage_rate =
+        coalesce(excluded.recording_storage_rate, entries.recording_storage_rate),
+    monthly_recording_storage_amount = coalesce(
+        excluded.monthly_recording_storage_amount, entries.monthly_recording_storage_amount
+    )
 """
 _GET = """
-SELECT recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at
+SELECT recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at,
+    call_uuid, recording_type, recording_format, recording_duration_ms, recording_start_ms,
+    recording_end_ms, from_number, to_number, conference_name, rounded_recording_duration,
+    recording_storage_rate, monthly_recording_storage_amount
 FROM entries WHERE recording_id = ?
 """
 _PAGE = """
-SELECT rowid, recording_id, path, size, sha256, container, add_time, downloaded_at,
-    deleted_at
+SELECT rowid, recording_id, path, size, sha256, container, add_time, downloaded_at, deleted_at,
+    call_uuid, recording_type, recording_format, recording_duration_ms, recording_start_ms,
+    recording_end_ms, from_number, to_number, conference_name, rounded_recording_duration,
+    recording_storage_rate, monthly_recording_storage_amount
 FROM entries WHERE rowid > ? ORDER BY rowid LIMIT ?
 """
 
 
 @attrs.frozen
 class ManifestEntry:
-    """One verified recording on disk; `path` is relative to the destination folder."""
+    """One verified recording on disk; `path` is relative to the destination folder.
+
+    Beside the file, an entry keeps the archived `Recording`'s fields (None for entries
+    written before the index kept them, or when only the id was known).
+    """
 
     recording_id: str
     path: str
@@ -123,6 +249,91 @@ class ManifestEntry:
     downloaded_at: str
     #: When the recording was deleted at Vobiz after being archived (ISO 8601 UTC), if it was.
     deleted_at: str | None = None
+    call_uuid: str | None = None
+    recording_type: str | None = None
+    recording_format: str | None = None
+    recording_duration_ms: float | None = None
+    recording_start_ms: float | None = None
+    recording_end_ms: float | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    conference_name: str | None = None
+    rounded_recording_duration: int | None = None
+    recording_storage_rate: str | None = None
+    monthly_recording_storage_amount: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The entry as a row of the `recordings` view: `VIEW_COLUMNS`, in order."""
+        values = attrs.asdict(self)
+        if self.add_time is not None:
+            values["add_time"] = self.add_time.replace(" ", "T")
+        return {name: values[name] for name in VIEW_COLUMNS}
+
+    def recording(self) -> Recording:
+        """The archived recording as the index remembers it (no `recording_url`: the index
+        does not keep it), for decisions such as a `Selection`'s."""
+        return Recording(
+            recording_id=self.recording_id,
+            recording_url="",
+            call_uuid=self.call_uuid,
+            recording_format=self.recording_format,
+            recording_type=self.recording_type,
+            add_time=_timestamp(self.add_time),
+            recording_duration_ms=_decimal(self.recording_duration_ms),
+            recording_start_ms=_decimal(self.recording_start_ms),
+            recording_end_ms=_decimal(self.recording_end_ms),
+            rounded_recording_duration=self.rounded_recording_duration,
+            from_number=self.from_number,
+            to_number=self.to_number,
+            conference_name=self.conference_name,
+            recording_storage_rate=_decimal(self.recording_storage_rate),
+            monthly_recording_storage_amount=_decimal(self.monthly_recording_storage_amount),
+        )
+
+
+def recording_fields(recording: Recording) -> dict[str, Any]:
+    """What the index keeps of a `Recording` (`RECORDING_FIELDS` but `add_time`): numbers
+    as the columns hold them."""
+    return {
+        "call_uuid": recording.call_uuid,
+        "recording_type": recording.recording_type,
+        "recording_format": recording.recording_format,
+        "recording_duration_ms": _number(recording.recording_duration_ms),
+        "recording_start_ms": _number(recording.recording_start_ms),
+        "recording_end_ms": _number(recording.recording_end_ms),
+        "from_number": recording.from_number,
+        "to_number": recording.to_number,
+        "conference_name": recording.conference_name,
+        "rounded_recording_duration": recording.rounded_recording_duration,
+        "recording_storage_rate": _text(recording.recording_storage_rate),
+        "monthly_recording_storage_amount": _text(recording.monthly_recording_storage_amount),
+    }
+
+
+def _number(value: Decimal | None) -> float | None:
+    return float(value) if value is not None and value.is_finite() else None
+
+
+def _text(value: Decimal | None) -> str | None:
+    return str(value) if value is not None and value.is_finite() else None
+
+
+def _decimal(value: float | str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:
+        return None
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        return None
 
 
 @attrs.frozen
@@ -202,7 +413,7 @@ class Manifest:
                 db.execute("PRAGMA journal_mode=WAL")  # kept in the file: set once
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             _ensure_schema(db, self.path)
-            _add_deleted_at(db)
+            _migrate(db)
         except sqlite3.Error as err:
             db.close()
             raise ManifestError(f"{self.path} is not a usable index: {err}") from err
@@ -311,9 +522,10 @@ class Manifest:
         container: str | None,
         add_time: str | None,
         remember: bool = True,
+        recording: Recording | None = None,
     ) -> ManifestEntry:
-        """Add an entry stamped with the current time (`remember` does nothing, as for
-        `add`)."""
+        """Add an entry stamped with the current time, with the archived `recording`'s
+        fields when it is given (`remember` does nothing, as for `add`)."""
         entry = ManifestEntry(
             recording_id=recording_id,
             path=path,
@@ -322,9 +534,16 @@ class Manifest:
             container=container,
             add_time=add_time,
             downloaded_at=datetime.now(UTC).isoformat(),
+            **(recording_fields(recording) if recording is not None else {}),
         )
         self.add(entry, remember=remember)
         return entry
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Every entry as a row of the `recordings` view (`VIEW_COLUMNS`), in first-written
+        order, a page at a time."""
+        for entry in self:
+            yield entry.row()
 
 
 # -- schema and the one-time import of a JSON Lines manifest -----------------------------
@@ -340,6 +559,7 @@ def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
         application_id = db.execute("PRAGMA application_id").fetchone()[0]
         if application_id == 0 and not db.execute("SELECT 1 FROM sqlite_schema").fetchone():
             db.execute(_SCHEMA)
+            db.execute(_VIEW)
             db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         elif application_id != APPLICATION_ID:
@@ -351,16 +571,32 @@ def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
     _check_version(db, path)
 
 
-def _add_deleted_at(db: sqlite3.Connection) -> None:
-    """Add the `deleted_at` column to an index written before it existed (old rows NULL)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-    if "deleted_at" in columns:
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an index written by an earlier version up to this one, in place: the columns
+    it lacks are added (old rows NULL, nothing else changes) and the `recordings` view is
+    (re)created. An index already current is only read, so readers never wait."""
+    if _current(db):
         return
+    db.execute("BEGIN IMMEDIATE")  # another process may be migrating it at the same time
     try:
-        db.execute("ALTER TABLE entries ADD COLUMN deleted_at TEXT")
-    except sqlite3.OperationalError as err:
-        if "duplicate column" not in str(err):  # another process added it meanwhile
-            raise
+        columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in columns:
+                db.execute(f"ALTER TABLE entries ADD COLUMN {name} {kind}")
+        db.execute("DROP VIEW IF EXISTS recordings")
+        db.execute(_VIEW)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _current(db: sqlite3.Connection) -> bool:
+    """Whether the index has every column and this version's `recordings` view."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    view = db.execute("SELECT sql FROM sqlite_schema WHERE type = 'view' AND name = 'recordings'")
+    found = view.fetchone()
+    return set(_COLUMNS) <= columns and found is not None and found[0] == _VIEW
 
 
 def _check_version(db: sqlite3.Connection, path: Path) -> None:
@@ -494,6 +730,7 @@ def _build(target: Path, rows: Iterable[tuple[Any, ...]]) -> int:
         db.execute("PRAGMA synchronous=OFF")
         db.execute("BEGIN")
         db.execute(_SCHEMA)
+        db.execute(_VIEW)
         db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.executemany(_UPSERT, rows)

@@ -42,6 +42,7 @@ from .redact import excerpt, redact_urls
 
 __all__ = [
     "CONTENT_TYPES",
+    "LAYOUTS",
     "MAX_RETRY_AFTER",
     "MIN_SPEED",
     "MIN_SPEED_WINDOW",
@@ -51,6 +52,7 @@ __all__ = [
     "MediaAnswer",
     "SpeedFloor",
     "address_problem",
+    "archive_folder",
     "archive_key",
     "backoff_delay",
     "content_decoder",
@@ -75,6 +77,8 @@ __all__ = [
     "redact_urls",
     "redirect_target",
     "safe_file_stem",
+    "sidecar_document",
+    "sidecar_key",
     "sniff_container",
 ]
 
@@ -373,6 +377,28 @@ def media_type(container: str | None) -> str:
     return CONTENT_TYPES.get(container or "", "application/octet-stream")
 
 
+#: The layouts a sink names recordings by (`sinks.base.Layout`).
+LAYOUTS = ("flat", "date", "hive")
+
+
+def archive_folder(add_time: datetime | None, layout: str) -> str:
+    """The folder a layout puts a recording in, relative to the archive's root, with a
+    trailing `/` (`""` for the root).
+
+    `date`: `YYYY/MM/DD/`; `hive`: `year=YYYY/month=MM/day=DD/`, the partition scheme
+    Athena, Glue, Spark and DuckDB read without configuration. Both take the date of
+    `add_time` in its own offset (a call at 00:10 +05:30 is filed under that day, not under
+    the previous day in UTC); a recording without `add_time` stays at the root.
+    """
+    if add_time is None or layout == "flat":
+        return ""
+    if layout == "date":
+        return add_time.strftime("%Y/%m/%d/")
+    if layout == "hive":
+        return add_time.strftime("year=%Y/month=%m/day=%d/")
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+
+
 def archive_key(
     recording_id: str,
     *,
@@ -382,16 +408,32 @@ def archive_key(
 ) -> str:
     """Where a recording lives inside an archive, relative to its root (folder or prefix).
 
-    `<id>.<ext>` for the flat layout, `YYYY/MM/DD/<id>.<ext>` (by `add_time`) for the date
-    layout. The id must pass `safe_file_stem`, so a key never climbs out of its root: no
-    `..` segment, no leading `/`, no control characters.
+    `<id>.<ext>` for the flat layout, `<folder><id>.<ext>` for the date and hive layouts
+    (`archive_folder`). The id must pass `safe_file_stem`, so a key never climbs out of its
+    root: no `..` segment, no leading `/`, no control characters.
     """
     stem = safe_file_stem(recording_id)
     if not _SAFE_EXT.fullmatch(extension) or extension == "part":
         raise ValueError(f"not a recording file extension: {extension!r}")
-    if layout == "date" and add_time is not None:
-        return f"{add_time.strftime('%Y/%m/%d')}/{stem}.{extension}"
-    return f"{stem}.{extension}"
+    return f"{archive_folder(add_time, layout)}{stem}.{extension}"
+
+
+def sidecar_key(key: str) -> str:
+    """The key of a recording's metadata sidecar: its own key without the extension, plus
+    `.json` (`2026/05/03/<id>.mp3` -> `2026/05/03/<id>.json`)."""
+    folder, _, name = key.rpartition("/")
+    stem = name.rpartition(".")[0] or name
+    return f"{folder}/{stem}.json" if folder else f"{stem}.json"
+
+
+def sidecar_document(wire: Mapping[str, Any]) -> bytes:
+    """A metadata sidecar's bytes: the recording's wire object (`Recording.to_dict()`) as
+    indented JSON, its `recording_url` without query or fragment (a signed URL's signature
+    is a credential, and the archive outlives it)."""
+    document = dict(wire)
+    if isinstance(document.get("recording_url"), str):
+        document["recording_url"] = redact_urls(document["recording_url"])
+    return json.dumps(document, indent=2, ensure_ascii=False).encode() + b"\n"
 
 
 #: zlib's window bits for each Content-Encoding it can undo (gzip's header, zlib's header).

@@ -37,6 +37,7 @@ from .errors import ConfigurationError, StorageError
 from .manifest import MANIFEST_NAME, Manifest
 from .redact import describe
 from .session import AsyncSession
+from .types import Metadata
 from .webhooks import (
     MAX_BODY,
     REPLAY_WINDOW,
@@ -256,6 +257,7 @@ class Receiver:
         queue_size: int = DEFAULT_QUEUE_SIZE,
         concurrency: int = DEFAULT_CONCURRENCY,
         manifest: Manifest | None = None,
+        metadata: Metadata | None = None,
     ) -> None:
         if queue_size < 1 or concurrency < 1:
             raise ValueError("queue_size and concurrency must be at least 1")
@@ -265,6 +267,8 @@ class Receiver:
         self.queue_size = queue_size
         self.concurrency = concurrency
         self.manifest = manifest
+        #: "sidecar": each recording's wire object is stored beside it (`download_many`).
+        self.metadata = metadata
         self.counters = Counters()
         self._states = spool.states
         self._pending = sum(1 for s in self._states.values() if s == "pending")
@@ -359,6 +363,7 @@ class Receiver:
             lookup=self._session.recordings.get,
             concurrency=self.concurrency,
             manifest=self.manifest,
+            metadata=self.metadata,
         )
         try:
             await downloader.open()
@@ -565,6 +570,8 @@ class ServeConfig:
     drain_seconds: float = DEFAULT_DRAIN_SECONDS
     sync_every: float | None = None
     max_body: int = MAX_BODY
+    #: "sidecar": store each recording's wire object beside it (`--metadata sidecar`).
+    metadata: Metadata | None = None
 
 
 def _open_storage(config: ServeConfig) -> tuple[Spool, Manifest | None]:
@@ -629,6 +636,7 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None
                 queue_size=config.queue_size,
                 concurrency=config.concurrency,
                 manifest=manifest,
+                metadata=config.metadata,
             )
             await _run(receiver, verifier, config, on_ready)
         finally:

@@ -19,7 +19,7 @@ from .pager import AsyncPager
 from .protocol import quote_path_segment
 from .results import DownloadReport, DownloadResult, ProgressCallback
 from .selection import Selection, Verdict
-from .types import ApiClient, Destination, Layout, Source
+from .types import ApiClient, Destination, Layout, Metadata, Source
 
 __all__ = ["MAX_PAGE_SIZE", "Recordings"]
 
@@ -218,6 +218,7 @@ class Recordings:
         trusted_hosts: Iterable[str] | None = None,
         max_paced_wait: float = MAX_PACED_WAIT,
         engine: Engine | None = None,
+        metadata: Metadata | None = None,
     ) -> DownloadReport:
         """Download every recording of `source` into `dest`, `concurrency` at a time.
 
@@ -232,6 +233,11 @@ class Recordings:
 
         `engine` (such as `vobiz_async.scaleout.RayEngine`) runs the job elsewhere, in
         shards; `concurrency` then stays the total in flight across the job.
+
+        `metadata="sidecar"` stores beside each recording `<its key without extension>.json`,
+        its wire object (`Recording.to_dict()`, the URL without its query), whole, before
+        the recording is reported downloaded; a skipped recording whose sidecar is missing
+        gets it too.
         """
         options = BatchOptions(
             concurrency=concurrency,
@@ -243,6 +249,7 @@ class Recordings:
             layout=layout,
             trusted_hosts=trusted_hosts,
             max_paced_wait=max_paced_wait,
+            metadata=metadata,
         )
         if engine is not None:
             return await engine.run(self._session, source, dest, options)

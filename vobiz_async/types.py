@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 from yarl import URL
@@ -16,7 +16,16 @@ from yarl import URL
 from .models import Recording
 from .sinks.base import Layout, Sink  # Layout lives with the sinks, which name files by it
 
-__all__ = ["ApiClient", "Destination", "Item", "Layout", "Lookup", "MediaClient", "Source"]
+__all__ = [
+    "ApiClient",
+    "Destination",
+    "Item",
+    "Layout",
+    "Lookup",
+    "MediaClient",
+    "Metadata",
+    "Source",
+]
 
 #: One input of a batch: a listed `Recording`, or an id to fetch first.
 Item = Recording | str
@@ -26,6 +35,9 @@ Source = Iterable[Item] | AsyncIterable[Item]
 Destination = str | os.PathLike[str] | Sink
 #: Fetches one recording by id (`session.recordings.get`).
 Lookup = Callable[[str], Awaitable[Recording]]
+#: What a batch stores beside each recording: "sidecar" is `<key without extension>.json`
+#: holding the recording's wire object (`protocol.sidecar_key`, `protocol.sidecar_document`).
+Metadata = Literal["sidecar"]
 
 
 class MediaClient(Protocol):

@@ -57,6 +57,8 @@ class DownloadJob:
     repair: bool = False
     index: str | None = None
     layout: str = "flat"
+    #: "sidecar": `<id>.json` beside each recording (`--metadata sidecar`).
+    metadata: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     engine: str = "local"
@@ -256,6 +258,7 @@ async def _run_s3_download(
             manifest=index,
             overwrite=overwrite,
             engine=_engine(job),
+            **_sidecar_option(job),
         )
 
 
@@ -285,7 +288,13 @@ async def run_download(
     }
     if job.layout != "flat":
         options["layout"] = job.layout
+    options.update(_sidecar_option(job))
     return await session.recordings.download_many(source, out, engine=engine, **options)
+
+
+def _sidecar_option(job: DownloadJob) -> dict[str, Any]:
+    """`download_many`'s `metadata` option, given only when `--metadata` is."""
+    return {} if job.metadata is None else {"metadata": job.metadata}
 
 
 async def _download(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import errno
 import json
 import os
@@ -16,9 +17,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import attrs
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import (
     AuthenticationError,
@@ -29,11 +28,12 @@ from ..errors import (
     StoragePermissionError,
     VobizError,
 )
-from ..manifest import MANIFEST_NAME, Manifest, VerifyProblem, verify_manifest
+from ..manifest import MANIFEST_NAME, VIEW_COLUMNS, Manifest, VerifyProblem, verify_manifest
 from ..models import Recording
 from ..pager import AsyncPager
-from ..protocol import quote_path_segment
+from ..protocol import quote_path_segment, sidecar_key
 from ..recordings import MAX_PAGE_SIZE
+from ..selection import Selection, Verdict
 from ..session import AsyncSession
 from ..sinks import s3_destination, verify_objects
 from .output import print_json_lines, print_record, print_table, stdout_may_close
@@ -231,6 +231,11 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
     the index, given `--index`), and name each recording the index has but the bucket
     lacks."""
 
+    if args.metadata == "sidecar" and not args.index:
+        raise UsageError(
+            "verify s3://... --metadata sidecar checks the recordings an index lists: "
+            "give --index PATH"
+        )
     with contextlib.ExitStack() as stack:
         index = stack.enter_context(Manifest(args.index)) if args.index else None
         sink = s3_sink(
@@ -243,20 +248,41 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
         checked: int | None = None  # the objects' count is the sink's to tell; not yet told
         if index is not None:
             checked = len(index)
-            await sink.prepare()
-            try:
-                for entry in index:
-                    found = await sink.lookup(entry.recording_id, None, key=entry.path)
-                    if found is None:
-                        problems.append(
-                            _problem("missing", entry.recording_id, sink.location(entry.path))
-                        )
-            finally:
-                await sink.close()
+            problems += await _missing_objects(sink, index, sidecars=args.metadata == "sidecar")
     _report_verify(args, checked, problems)
     if not args.json:
         print(f"verified {sink.describe()}; {len(problems)} problem(s)")
     return Outcome(failed=bool(problems))
+
+
+async def _missing_objects(
+    sink: S3Sink, index: Manifest, *, sidecars: bool
+) -> list[dict[str, Any]]:
+    """The recordings the index has and the bucket lacks (and, with `sidecars`, those
+    whose `<id>.json` it lacks)."""
+    problems: list[dict[str, Any]] = []
+    await sink.prepare()
+    try:
+        for entry in index:
+            wanted = [("missing", entry.path)]
+            if sidecars:
+                wanted.append(("missing sidecar", sidecar_key(entry.path)))
+            for kind, key in wanted:
+                if await sink.lookup(entry.recording_id, None, key=key) is None:
+                    problems.append(_problem(kind, entry.recording_id, sink.location(key)))
+    finally:
+        await sink.close()
+    return problems
+
+
+def _missing_sidecars(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
+    """`verify --metadata sidecar`: the indexed recordings without their `<id>.json`."""
+    with Manifest(manifest_path) as manifest:
+        return [
+            _problem("missing sidecar", entry.recording_id, key)
+            for entry in manifest
+            if not (root / (key := sidecar_key(entry.path))).is_file()
+        ]
 
 
 def _unindexed(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
@@ -287,6 +313,8 @@ async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Ou
     found, count = await check_archive(root, manifest_path)
     problems = [_problem(p.problem, p.recording_id, p.path) for p in found]
     unknown = await asyncio.to_thread(_unindexed, root, manifest_path)
+    if getattr(args, "metadata", None) == "sidecar":
+        problems += await asyncio.to_thread(_missing_sidecars, root, manifest_path)
     _report_verify(args, count, problems + unknown)
     if not args.json:
         print(
@@ -302,22 +330,54 @@ async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Ou
 
 
 async def cmd_index_export(args: argparse.Namespace, interruption: Interruption) -> Outcome:
-    """`index export`: the index as JSON Lines on stdout, one object per entry."""
+    """`index export`: the index's recordings on stdout, as JSON Lines (one object a
+    recording) or CSV with a header row, the columns of the `recordings` view; the selection
+    flags filter them, every age measured from one clock reading."""
     if (args.index is None) == (args.dir is None):
         raise UsageError("give either DIR or --index PATH")
     path = Path(args.index) if args.index else Path(args.dir) / MANIFEST_NAME
     if not path.is_file():
         raise UsageError(f"no index at {path}")
+    now = datetime.now(UTC)
+    selection = selection_from_args(args, now)
 
     def export() -> None:
         with Manifest(path) as manifest:
-            for entry in manifest:
-                sys.stdout.write(json.dumps(attrs.asdict(entry), separators=(",", ":")) + "\n")
+            write_rows(
+                manifest, sys.stdout, csv_format=args.format == "csv", selection=selection, now=now
+            )
         sys.stdout.flush()
 
     with stdout_may_close():  # the reader had enough (`| head`): not a failure
         await asyncio.to_thread(export)
     return Outcome()
+
+
+def write_rows(
+    manifest: Manifest,
+    out: IO[str],
+    *,
+    csv_format: bool = False,
+    selection: Selection | None = None,
+    now: datetime | None = None,
+) -> int:
+    """Write the index's recordings that `selection` keeps (its verdict on each, as the
+    index remembers the recording) to `out`; return how many."""
+    when = now if now is not None else datetime.now(UTC)
+    writer = csv.DictWriter(out, fieldnames=VIEW_COLUMNS) if csv_format else None
+    if writer is not None:
+        writer.writeheader()
+    count = 0
+    for entry in manifest:
+        if selection is not None and selection.verdict(entry.recording(), when) is not Verdict.KEEP:
+            continue
+        row = entry.row()
+        if writer is not None:
+            writer.writerow(row)
+        else:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+        count += 1
+    return count
 
 
 def _check_fake_server_args(args: argparse.Namespace) -> None:
@@ -393,6 +453,7 @@ async def cmd_serve(args: argparse.Namespace, interruption: Interruption) -> Out
         concurrency=args.concurrency,
         drain_seconds=args.drain_seconds,
         sync_every=args.sync_every,
+        metadata=args.metadata,
     )
     with port_in_use(host, port):
         code = await serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))

@@ -191,7 +191,8 @@ def _age(text: str) -> str:
 
 
 def add_selection_flags(sub: argparse.ArgumentParser) -> None:
-    """The selection flags `download`, `list`, `status` and `move` share (issue 24 §1)."""
+    """The selection flags `download`, `list`, `status`, `move` and `index export` share
+    (issue 24 §1)."""
     sub.add_argument("--after", type=_when, help="added at or after WHEN (ISO; UTC if no zone)")
     sub.add_argument("--before", type=_when, help="added before WHEN (exclusive)")
     sub.add_argument("--min-age", type=_age, help="added at least AGE ago (7d, 12h, 1d6h)")
@@ -251,6 +252,14 @@ def _download_options(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def _metadata_option(sub: argparse.ArgumentParser, text: str | None = None) -> None:
+    sub.add_argument(
+        "--metadata",
+        choices=("sidecar",),
+        help=text or "sidecar: store <id>.json, the recording's wire object, beside each recording",
+    )
+
+
 def _s3_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--s3-endpoint-url", help="s3:// only; default: $AWS_ENDPOINT_URL_S3, AWS")
     sub.add_argument("--s3-region", help="s3:// only; default: $AWS_REGION / the AWS profile")
@@ -263,10 +272,12 @@ def _archive_options(download: argparse.ArgumentParser) -> None:
     )
     download.add_argument(
         "--layout",
-        choices=("flat", "date"),
+        choices=("flat", "date", "hive"),
         default="flat",
-        help="flat: <id>.<ext>; date: YYYY/MM/DD/<id>.<ext> (by add_time)",
+        help="flat: <id>.<ext>; date: YYYY/MM/DD/<id>.<ext>; hive: "
+        "year=YYYY/month=MM/day=DD/<id>.<ext> (by add_time, in its own offset)",
     )
+    _metadata_option(download)
     _s3_options(download)
     download.add_argument(
         "--index", help=f"the index file (default: OUT/{INDEX_NAME}; none for s3://)"
@@ -330,6 +341,7 @@ def _verify_options(verify: argparse.ArgumentParser) -> None:
     _s3_options(verify)
     verify.add_argument("--index", help=f"the index file (default: DIR/{INDEX_NAME})")
     verify.add_argument("--manifest", dest="index", help=argparse.SUPPRESS)  # the old name
+    _metadata_option(verify, "sidecar: also report recordings whose <id>.json is missing")
     _json_option(verify, "one JSON object: checked, problems (kind, id), error on failure")
 
 
@@ -337,10 +349,19 @@ def _export_options(export: argparse.ArgumentParser) -> None:
     export.set_defaults(func=command("commands", "cmd_index_export"))
     export.add_argument("dir", nargs="?", help=f"an archive folder: DIR/{INDEX_NAME}")
     export.add_argument("--index", help="the index file itself")
+    export.add_argument(
+        "--format", choices=("jsonl", "csv"), default="jsonl", help="default: %(default)s"
+    )
+    export.add_argument("--recording-type", type=_recording_type, help="call, conference, trunk")
+    export.add_argument("--call-uuid")
+    add_selection_flags(export)
 
 
 def _add_index(commands: Commands, common: argparse.ArgumentParser) -> None:
-    examples = ("index export /srv/recordings", "index export --index /srv/index.db")
+    examples = (
+        "index export /srv/recordings",
+        "index export /srv/recordings --format csv --from-number +919876543210",
+    )
     index: CommandParser = commands.add_parser(
         "index",
         help="the archive's index",
@@ -351,8 +372,9 @@ def _add_index(commands: Commands, common: argparse.ArgumentParser) -> None:
     export: CommandParser = index_commands.add_parser(
         "export",
         parents=[common],
-        help="print the index as JSON Lines, one entry a line",
-        description="print the index as JSON Lines, one entry a line",
+        help="print the index: JSON Lines (one recording a line) or CSV",
+        description="print the index's recordings (the `recordings` view's columns) as JSON "
+        "Lines, one a line, or as CSV with a header row; selection flags filter them",
         epilog=_epilog(*examples),
     )
     export.pending.append(_export_options)
@@ -405,6 +427,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         help="also require these Basic credentials (default: $VOBIZ_WEBHOOK_BASIC_AUTH)",
     )
     serve.add_argument("--spool", help=f"spool file (default: OUT/{receiver.SPOOL_NAME})")
+    _metadata_option(serve)
     serve.add_argument(
         "--sync-every",
         type=receiver.parse_duration,

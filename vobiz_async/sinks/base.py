@@ -20,16 +20,18 @@ from ..models import Recording
 
 __all__ = ["AlreadyStored", "Layout", "Sink", "Stored", "Writer"]
 
-#: How a sink names recordings: `<id>.<ext>` ("flat") or `YYYY/MM/DD/<id>.<ext>` ("date").
-#: Defined here, the lowest layer that needs it; `vobiz_async.types` re-exports it.
-Layout = Literal["flat", "date"]
+#: How a sink names recordings: `<id>.<ext>` ("flat"), `YYYY/MM/DD/<id>.<ext>` ("date") or
+#: `year=YYYY/month=MM/day=DD/<id>.<ext>` ("hive"), by `add_time` in its own offset
+#: (`protocol.archive_folder`). Defined here, the lowest layer that needs it;
+#: `vobiz_async.types` re-exports it.
+Layout = Literal["flat", "date", "hive"]
 
 
 @attrs.frozen
 class Stored:
     """A recording a sink holds under its final name."""
 
-    #: Relative to the sink's root: `<id>.<ext>` or `YYYY/MM/DD/<id>.<ext>` (no prefix).
+    #: Relative to the sink's root: `<id>.<ext>` or `<folder><id>.<ext>` (no prefix).
     key: str
     #: Where a person finds it: the file's path for a folder, `s3://bucket/key` for S3.
     location: str

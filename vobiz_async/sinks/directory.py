@@ -40,7 +40,14 @@ from typing import BinaryIO
 from .._files import fsync_path
 from ..errors import DiskError
 from ..models import Recording
-from ..protocol import archive_key, file_extension, safe_file_stem, sniff_container
+from ..protocol import (
+    LAYOUTS,
+    archive_folder,
+    archive_key,
+    file_extension,
+    safe_file_stem,
+    sniff_container,
+)
 from .base import AlreadyStored, Layout, Stored
 
 if sys.platform != "win32":
@@ -100,7 +107,8 @@ def reserve(fd: int, offset: int, length: int) -> None:
 
 
 class DirectorySink:
-    """A folder: `<root>/<id>.<ext>`, or `<root>/YYYY/MM/DD/<id>.<ext>` with `layout="date"`.
+    """A folder: `<root>/<id>.<ext>`, or `<root>/YYYY/MM/DD/<id>.<ext>` with `layout="date"`,
+    or `<root>/year=YYYY/month=MM/day=DD/<id>.<ext>` with `layout="hive"`.
 
     `fsync=True` flushes each recording and its folder before it is reported downloaded.
     `lookup` stats the few names a recording may have (no listing of the folder, whose cost
@@ -111,8 +119,8 @@ class DirectorySink:
     def __init__(
         self, root: str | os.PathLike[str], *, layout: Layout = "flat", fsync: bool = False
     ) -> None:
-        if layout not in ("flat", "date"):
-            raise ValueError(f"layout must be 'flat' or 'date', got {layout!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
         self.root = Path(root)
         self.layout: Layout = layout
         self.fsync = fsync
@@ -141,9 +149,8 @@ class DirectorySink:
 
     def folder(self, recording: Recording | None) -> str:
         """The folder a recording lives in under this layout (the root without a date)."""
-        if self.layout == "date" and recording is not None and recording.add_time is not None:
-            return os.path.join(self.root, recording.add_time.strftime("%Y/%m/%d"))
-        return str(self.root)
+        under = archive_folder(recording.add_time if recording else None, self.layout)
+        return os.path.join(self.root, under.rstrip("/")) if under else str(self.root)
 
     async def lookup(
         self, recording_id: str, recording: Recording | None, *, key: str | None = None
@@ -153,7 +160,7 @@ class DirectorySink:
         if key is not None:
             folder, name = os.path.split(os.path.join(self.root, key))
             return self._stat(folder, name)
-        if self.layout == "date" and recording is None:
+        if self.layout != "flat" and recording is None:
             return None  # the date folder is unknown without the recording
         stem = safe_file_stem(recording_id)
         folder = self.folder(recording)

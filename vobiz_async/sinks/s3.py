@@ -61,7 +61,14 @@ from ..errors import (
     StoragePermissionError,
 )
 from ..models import Recording
-from ..protocol import archive_key, file_extension, media_type, safe_file_stem, sniff_container
+from ..protocol import (
+    LAYOUTS,
+    archive_key,
+    file_extension,
+    media_type,
+    safe_file_stem,
+    sniff_container,
+)
 from .base import Layout, Stored
 
 __all__ = ["ByteBudget", "ObjectProblem", "S3Sink", "verify_objects"]
@@ -281,11 +288,18 @@ def classify_s3_error(code: str | None, status: int | None) -> type[ObjectStoreE
     return ObjectStoreError
 
 
+def _recording(extension: str) -> bool:
+    """Whether an object named `<id>.<extension>` may be a recording: a metadata sidecar
+    (`<id>.json`, `protocol.sidecar_key`) beside it is not."""
+    return extension != "json"
+
+
 class S3Sink:
     """Archive recordings into an S3 bucket (or an S3-compatible store) under `prefix`.
 
-    Keys are `<prefix><id>.<ext>` (`layout="flat"`) or `<prefix>YYYY/MM/DD/<id>.<ext>`
-    (`layout="date"`, by `add_time`), the extension from the sniffed container.
+    Keys are `<prefix><id>.<ext>` (`layout="flat"`), `<prefix>YYYY/MM/DD/<id>.<ext>`
+    (`layout="date"`) or `<prefix>year=YYYY/month=MM/day=DD/<id>.<ext>` (`layout="hive"`),
+    by `add_time` in its own offset, the extension from the sniffed container.
 
     Credentials, region and profile come from the standard AWS chain (`AWS_ACCESS_KEY_ID`,
     `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_PROFILE` or `profile=`, the shared
@@ -332,8 +346,8 @@ class S3Sink:
             raise ConfigurationError(f"S3 destinations need the optional S3 client: {_EXTRA_HINT}")
         self.bucket = _check_bucket(bucket)
         self.prefix = _check_prefix(prefix)
-        if layout not in ("flat", "date"):
-            raise ConfigurationError(f"layout must be 'flat' or 'date', not {layout!r}")
+        if layout not in LAYOUTS:
+            raise ConfigurationError(f"layout must be one of {', '.join(LAYOUTS)}, not {layout!r}")
         self.layout: Layout = layout
         if not _MIN_PART <= part_size <= _MAX_PART:
             raise ConfigurationError("part_size must be between 5 MiB and 5 GiB")
@@ -574,7 +588,12 @@ class S3Sink:
             raise self._translate(err, f"listing {named!r}") from None
         for item in page.get("Contents", ()):
             extension = item["Key"][len(named) :]
-            if extension and "/" not in extension and "." not in extension:
+            if (
+                extension
+                and "/" not in extension
+                and "." not in extension
+                and _recording(extension)
+            ):
                 return sys.intern(extension), int(item["Size"])
         return None
 
@@ -649,7 +668,7 @@ class S3Sink:
                 for item in page.get("Contents", ()):
                     name = item["Key"][len(full) :]
                     stem, dot, extension = name.rpartition(".")
-                    if dot and stem and stem not in entries:
+                    if dot and stem and stem not in entries and _recording(extension):
                         entries[stem] = (sys.intern(extension), int(item["Size"]))
                 token = page.get("NextContinuationToken")
                 if not page.get("IsTruncated") or not token:
@@ -1169,7 +1188,7 @@ async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem
         return ObjectProblem(key, sink.location(key), "missing-metadata", None, actual)
     if expected.lower() != actual:
         return ObjectProblem(key, sink.location(key), "changed", expected, actual)
-    if sink.index is not None:
+    if sink.index is not None and _recording(key.rpartition(".")[2]):  # not a sidecar
         recording_id = metadata.get("recording-id") or key.rpartition("/")[2].rpartition(".")[0]
         known = getattr(sink.index.get(recording_id), "sha256", None)
         if known and known.lower() != actual:
