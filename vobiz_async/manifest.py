@@ -17,6 +17,13 @@ of one fsync per entry (benchmarks/RESULTS.md, "The index at scale").
 Several processes may open the same index: readers never wait, and a writer waits up to
 `timeout` seconds for another writer's transaction (a few microseconds each).
 
+Beside the file (path, size, sha256, container), an entry keeps every field of the archived
+`Recording` (`RECORDING_FIELDS`). The view `recordings` (`VIEW_COLUMNS`) is the index's
+stable interface for people and tools (`sqlite3`, DuckDB): one row per archived recording,
+`add_time` ISO 8601 with its offset; it only ever gains columns. An index written by an
+earlier version is brought up to date in place when opened: the columns it lacks are added
+(its entries read NULL there) and the view is created, in one transaction.
+
 A JSON Lines manifest found at the path (a file that does not start with SQLite's header,
 whose first line is an entry) is imported once, on open: the database is built beside it,
 the old file is kept as `<name>.bak`, and the database is renamed into its place; a crash at
@@ -538,12 +545,6 @@ class Manifest:
         )
         self.add(entry, remember=remember)
         return entry
-
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """Every entry as a row of the `recordings` view (`VIEW_COLUMNS`), in first-written
-        order, a page at a time."""
-        for entry in self:
-            yield entry.row()
 
 
 # -- schema and the one-time import of a JSON Lines manifest -----------------------------
