@@ -397,6 +397,22 @@ async def test_a_sidecar_that_cannot_be_stored_fails_the_recording(
         assert manifest.get(rid) is None
 
 
+async def test_a_skipped_id_gone_from_vobiz_stays_skipped_without_its_sidecar(
+    fake: FakeVobiz, session: AsyncSession, tmp_path: Path
+) -> None:
+    """An archived id whose sidecar is missing and whose recording Vobiz no longer returns is
+    still reported skipped (it is archived); only its sidecar stays missing."""
+    rid = fake.add_recording().recording_id
+    out = tmp_path / "out"
+    await session.recordings.download_many([rid], out, manifest=out / MANIFEST_NAME)
+    fake.remove_recording(rid)
+    report = await session.recordings.download_many(
+        [rid], out, metadata="sidecar", manifest=out / MANIFEST_NAME
+    )
+    assert report.results[0].status is DownloadStatus.SKIPPED
+    assert not (out / f"{rid}.json").exists()
+
+
 async def test_cli_download_hive_sidecars_and_verify(fake: FakeVobiz, tmp_path: Path) -> None:
     """`download --layout hive --metadata sidecar`, then `verify --metadata sidecar` passes,
     and names a recording whose sidecar went missing (exit 1); plain `verify` does not."""

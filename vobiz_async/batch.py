@@ -388,8 +388,10 @@ class Batch:
         """With `metadata="sidecar"`, store a stored recording's sidecar (its wire object at
         `protocol.sidecar_key`) before its result is recorded: always for a download, for a
         skip only when it is missing (one lookup), fetching the recording with `lookup` when
-        only its id is known. A sidecar that cannot be stored fails the result: the
-        recording stays stored, and a later run skips it and stores the sidecar."""
+        only its id is known. A sidecar the sink refuses fails the result: the recording
+        stays stored, and a later run skips it and stores the sidecar. A skipped id whose
+        recording Vobiz no longer returns stays skipped, its sidecar missing (logged; `verify
+        --metadata sidecar` names it)."""
         if self.metadata != "sidecar" or result.status is DownloadStatus.FAILED:
             return result, recording
         key = self.key_of(result)
@@ -401,14 +403,25 @@ class Batch:
             if skipped and await self.sink.lookup(result.recording_id, None, key=side):
                 return result, recording
             if recording is None:
-                if lookup is None:
+                recording = await self._recording(result.recording_id, lookup)
+                if recording is None:
                     return result, recording
-                recording = await lookup(result.recording_id)
             document = sidecar_document(recording.to_dict())
             await self.sink.put_file(side, document, content_type="application/json")
         except VobizError as err:
             return attrs.evolve(result, status=DownloadStatus.FAILED, error=err), recording
         return result, recording
+
+    async def _recording(self, recording_id: str, lookup: Lookup | None) -> Recording | None:
+        """The recording a skipped id's sidecar needs, from the API; None (logged) when it
+        cannot be had."""
+        if lookup is None:
+            return None
+        try:
+            return await lookup(recording_id)
+        except VobizError as err:
+            logger.warning("no metadata sidecar for %s: %s", recording_id, err)
+            return None
 
     # -- recording results -------------------------------------------------------------
 
