@@ -158,3 +158,45 @@ async def test_move_takes_every_download_option(env: dict[str, str]) -> None:
     shown = {word.strip("[],") for word in move.out.split() if word.startswith("--")}
     assert flags <= shown
     assert "--max-delete" in shown
+
+
+async def test_dry_run_of_given_ids_would_delete_only_those(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """With --ids the plan is of those recordings, not of the whole listing."""
+    out = tmp_path / "out"
+    chosen = fake.recording_ids[3:5]
+
+    result = await run_cli(
+        "move", "--out", str(out), "--dry-run", "--json", "--ids", *chosen, env=env
+    )
+
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert plan["delete_ids"] == chosen
+    assert plan["would_download"] == 2
+    assert operations(fake, "media", "storage", "delete") == 0
+    assert not out.exists()
+
+
+async def test_dry_run_into_object_storage_skips_what_the_index_holds(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """For s3:// the index says what is archived (no request to the bucket); the index
+    file is left byte for byte as it was."""
+    index = tmp_path / "calls.index"
+    with Manifest(index) as manifest:
+        for rid in fake.recording_ids[:3]:
+            manifest.record(
+                rid, f"{rid}.mp3", size=1, sha256="a" * 64, container=None, add_time=None
+            )
+    before = index.read_bytes()
+
+    result = await run_cli(
+        "move", "--out", "s3://bucket/calls/", "--index", str(index), "--dry-run", "--json", env=env
+    )
+
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert (plan["would_skip"], plan["would_download"], plan["would_delete"]) == (3, 7, 10)
+    assert index.read_bytes() == before

@@ -201,7 +201,14 @@ class Release:
                 await self._one(rid, verified, repaired)
 
         async with self._sink_open():
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+            workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+            try:
+                await asyncio.gather(*workers)
+            except BaseException:
+                for task in workers:  # none outlives the pass (the index closes after it)
+                    task.cancel()
+                await asyncio.gather(*workers, return_exceptions=True)
+                raise
         self._finish_line()
 
     @contextlib.asynccontextmanager
