@@ -127,7 +127,7 @@ def _print(report: DownloadReport, as_json: bool, transferred: int) -> None:
         print(json.dumps(summary, separators=(",", ":")))
         return
     print_summary(report, sys.stdout, transferred=transferred)
-    print(f"deleted {report.counts['deleted']} at Vobiz; {len(failures)} kept there unproven")
+    print(f"deleted {report.counts['deleted']} at Vobiz; {len(failures)} archived but not deleted")
     for failure in failures:
         print(f"  kept at Vobiz {failure.recording_id}: {failure.error}")
 
