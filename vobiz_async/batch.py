@@ -27,7 +27,7 @@ import logging
 import os
 import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -186,7 +186,7 @@ class Tally:
         *,
         rate_limit: PacingReport | None = None,
         cls: type[_Report] = DownloadReport,  # type: ignore[assignment]
-        **extra: object,
+        **extra: Any,  # a report class's own fields (ScaleOutReport's)
     ) -> _Report:
         final = [r for r in self.results if r is not None]
         assert len(final) == len(self.results), "a result is missing"

@@ -86,7 +86,12 @@ async def plan(
     `deleting`) delete, capped by `max_delete`. `layout` does not change the decision."""
     del session, layout  # the listing is `source`; presence is by the index's paths
     folder = Path(dest)
-    archived = _indexed_present(folder, Path(index) if index else folder / MANIFEST_NAME)
+    index_path = Path(index) if index else folder / MANIFEST_NAME
+    if str(dest).lower().startswith("s3://"):  # objects are not looked at: indexed is archived
+        rows = read_index_rows(index_path, "SELECT recording_id FROM entries")
+        archived = {rid for (rid,) in rows}
+    else:
+        archived = _indexed_present(folder, index_path)
     fetch: list[str] = []
     skip: list[str] = []
     delete: list[str] = []

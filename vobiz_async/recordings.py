@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -13,17 +14,23 @@ from .batch import MAX_PACED_WAIT, BatchOptions, Engine
 from .converter import structure
 from .download import Downloader
 from .errors import ResponseValidationError
-from .manifest import Manifest
+from .manifest import MANIFEST_NAME, Manifest
 from .models import ExportResult, Page, Recording
 from .pager import AsyncPager
 from .protocol import quote_path_segment
-from .results import DownloadReport, DownloadResult, ProgressCallback
+from .release import Candidates, Release
+from .results import DeleteFailure, DownloadReport, DownloadResult, ProgressCallback
 from .selection import Selection, Verdict
+from .sinks import DirectorySink, Sink, sink_for
 from .types import ApiClient, Destination, Layout, Metadata, Source
 
 __all__ = ["MAX_PAGE_SIZE", "Recordings"]
 
+logger = logging.getLogger("vobiz_async")
+
 MAX_PAGE_SIZE = 100
+#: DELETEs (and re-reads) in flight during `move_many`'s release pass, at most.
+RELEASE_CONCURRENCY = 8
 _BULK_DELETE_FILTERS = frozenset(
     {
         "add_time__gt",
@@ -58,6 +65,18 @@ def _keeper(selection: Selection, now: datetime) -> Callable[[Recording], bool |
 
 def _query(filters: Mapping[str, object]) -> dict[str, str]:
     return {key: _query_value(value) for key, value in filters.items() if value is not None}
+
+
+def _move_index(sink: Sink, manifest: str | os.PathLike[str] | Manifest | None) -> Manifest:
+    """The index `move` proves against and stamps: the caller's, or a folder's own, opened
+    with `fsync` (a commit is on the disk before a DELETE relies on it)."""
+    if isinstance(manifest, Manifest):
+        return manifest
+    if manifest is None:
+        if not isinstance(sink, DirectorySink):
+            raise ValueError("move needs an index (manifest=...) to prove and record deletions")
+        manifest = sink.root / MANIFEST_NAME
+    return Manifest(manifest, fsync=True)
 
 
 class Recordings:
@@ -257,3 +276,85 @@ class Recordings:
             self._session, dest, lookup=self.get, **attrs.asdict(options, recurse=False)
         )
         return await downloader.run(source)
+
+    async def move_many(
+        self,
+        source: Source,
+        dest: Destination,
+        *,
+        max_delete: int | None = None,
+        concurrency: int = 16,
+        on_progress: ProgressCallback | None = None,
+        manifest: str | os.PathLike[str] | Manifest | None = None,
+        overwrite: bool = False,
+        max_attempts: int = 5,
+        fsync: bool = True,
+        layout: Layout = "flat",
+        trusted_hosts: Iterable[str] | None = None,
+        max_paced_wait: float = MAX_PACED_WAIT,
+        engine: Engine | None = None,
+    ) -> DownloadReport:
+        """Archive `source` as `download_many` does, then delete at Vobiz what the archive
+        provably holds (`vobiz_async.release`), only after the whole source is archived.
+
+        A changed archived copy is fetched again first. At most `max_delete` DELETEs (a 404
+        counts as deleted); `report.release_stopped` says what stopped them early. Object
+        storage needs `manifest`; a folder's default is `dest/vobiz-manifest.jsonl`.
+        """
+        if not fsync:
+            raise ValueError("move always fsyncs what it archives: fsync=False is refused")
+        sink = sink_for(dest, layout=layout, fsync=True)
+        index = _move_index(sink, manifest)
+        width = min(concurrency, RELEASE_CONCURRENCY)
+        release = Release(self.delete, sink, index, max_delete=max_delete, concurrency=width)
+        options: dict[str, Any] = {
+            "concurrency": concurrency,
+            "manifest": index,
+            "max_attempts": max_attempts,
+            "fsync": True,
+            "layout": layout,
+            "trusted_hosts": trusted_hosts,
+            "max_paced_wait": max_paced_wait,
+        }
+        try:
+            candidates = Candidates(then=on_progress)
+            report = await self.download_many(
+                source, dest, on_progress=candidates, overwrite=overwrite, engine=engine, **options
+            )
+            await release.run(candidates.found)
+            del candidates
+            replaced = await self._repair_and_release(release, dest, on_progress, options)
+        finally:
+            if index is not manifest:
+                index.close()
+        outcome = release.outcome
+        if outcome.stopped is not None:
+            logger.info("%s", outcome.stopped)
+        return report.with_release(
+            deleted=outcome.deleted,
+            replaced=replaced,
+            failures=outcome.failures,
+            stopped=outcome.stopped,
+        )
+
+    async def _repair_and_release(
+        self,
+        release: Release,
+        dest: Destination,
+        on_progress: ProgressCallback | None,
+        options: dict[str, Any],
+    ) -> dict[str, DownloadResult]:
+        """Fetch again (locally, `overwrite`) the recordings whose archived copy failed its
+        proof, and release those whose new copy passes; their new results, by id."""
+        outcome = release.outcome
+        if not outcome.repair:
+            return {}
+        again = Candidates(then=on_progress)
+        repair = await self.download_many(
+            outcome.repair, dest, on_progress=again, overwrite=True, **options
+        )
+        outcome.failures.extend(
+            DeleteFailure(r.recording_id, r.error) for r in repair.failed if r.error is not None
+        )
+        await release.run(again.found, repaired=True)
+        return {r.recording_id: r for r in repair.results}

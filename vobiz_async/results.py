@@ -6,8 +6,10 @@ from __future__ import annotations
 import collections
 import enum
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Self
 
 import attrs
 
@@ -16,6 +18,7 @@ from .pacing import PacingReport
 from .types import Item, Layout, Source  # re-exported: they are defined in `types`
 
 __all__ = [
+    "DeleteFailure",
     "DownloadReport",
     "DownloadResult",
     "DownloadStatus",
@@ -74,6 +77,17 @@ class DownloadResult:
 
 
 @attrs.frozen
+class DeleteFailure:
+    """A recording `move` archived but did not delete at Vobiz, and why (its copy stays)."""
+
+    recording_id: str
+    error: VobizError
+
+    def to_json(self) -> dict[str, str]:
+        return {"recording_id": self.recording_id, "error": str(self.error)}
+
+
+@attrs.frozen
 class DownloadReport:
     """The batch's results in input order, with totals.
 
@@ -92,6 +106,13 @@ class DownloadReport:
     _bytes: int | None = attrs.field(default=None, alias="bytes_downloaded")
     #: What the batch's rate-limit pacing did (None: a batch that had no gate).
     rate_limit: PacingReport | None = None
+    #: `move`: how many recordings were deleted at Vobiz (of every one, truncated or not).
+    _deleted: int | None = attrs.field(default=None, alias="deleted_count")
+    #: `move`: recordings archived but not deleted at Vobiz, each with its reason.
+    delete_failures: list[DeleteFailure] = attrs.field(factory=list)
+    #: `move`: the one line saying why deletions stopped early (the `max_delete` cap, or
+    #: credentials Vobiz refused for DELETE); None when nothing stopped them.
+    release_stopped: str | None = None
 
     def rate_limit_summary(self) -> str | None:
         """One line such as "rate limited 12 times: concurrency lowered to 6 for 40 s",
@@ -102,12 +123,19 @@ class DownloadReport:
         return [r for r in self.results if r.status is status]
 
     @property
-    def counts(self) -> Mapping[DownloadStatus, int]:
-        """How many items ended in each status, truncated or not."""
+    def counts(self) -> Mapping[str, int]:
+        """How many items ended in each status, truncated or not, and (`"deleted"`) how many
+        were deleted at Vobiz by `move` (0 for a download)."""
+        counts: dict[str, int] = {}
         if self._tally is not None:
-            return self._tally
-        counted = collections.Counter(r.status for r in self.results)
-        return {status: counted[status] for status in DownloadStatus}
+            for status, number in self._tally.items():
+                counts[status] = number
+        else:
+            counted = collections.Counter(r.status for r in self.results)
+            for status in DownloadStatus:
+                counts[status] = counted[status]
+        counts["deleted"] = len(self.deleted) if self._deleted is None else self._deleted
+        return counts
 
     @property
     def downloaded(self) -> list[DownloadResult]:
@@ -129,6 +157,43 @@ class DownloadReport:
         """Results deleted at Vobiz in this run (by `move`), of those `results` holds."""
         return [r for r in self.results if r.deleted]
 
+    def with_release(
+        self,
+        *,
+        deleted: AbstractSet[str],
+        replaced: Mapping[str, DownloadResult],
+        failures: Sequence[DeleteFailure],
+        stopped: str | None,
+    ) -> Self:
+        """This report after `move`'s release pass: the results of recordings deleted at
+        Vobiz marked `deleted`, those fetched again (`replaced`: their archived copy had
+        changed) in place of their skipped results, and the counts to match."""
+        tally = {status: self.counts[status] for status in DownloadStatus}
+        fetched = 0
+        kept = {r.recording_id for r in self.results}
+        later = list(self._later_failures)
+        for result in replaced.values():
+            tally[DownloadStatus.SKIPPED] -= 1
+            tally[result.status] += 1
+            if result.status is DownloadStatus.DOWNLOADED:
+                fetched += result.size
+            elif result.status is DownloadStatus.FAILED and result.recording_id not in kept:
+                later.append(result)
+        results = [
+            attrs.evolve(now, deleted=True) if now.recording_id in deleted else now
+            for now in (replaced.get(r.recording_id, r) for r in self.results)
+        ]
+        return attrs.evolve(
+            self,
+            results=results,
+            later_failures=later,
+            tally=tally,
+            bytes_downloaded=self.total_bytes + fetched,
+            deleted_count=len(deleted),
+            delete_failures=list(failures),
+            release_stopped=stopped,
+        )
+
     @property
     def total_bytes(self) -> int:
         """Bytes of the recordings this run downloaded (of every one, truncated or not)."""
@@ -138,8 +203,8 @@ class DownloadReport:
 
     @property
     def ok(self) -> bool:
-        """Nothing failed."""
-        return not self.failed
+        """Nothing failed (and, for `move`, no archived recording failed to be deleted)."""
+        return not self.failed and not self.delete_failures
 
 
 class ProgressKind(enum.StrEnum):

@@ -104,4 +104,6 @@ def _run(args: argparse.Namespace, interruption: Interruption) -> tuple[int, str
         return EXIT_FAILED, report_failure(err, debug=debug, prefix="cannot connect to Vobiz: ")
     except (VobizError, OSError) as err:
         return EXIT_FAILED, report_failure(err, debug=debug)
+    if outcome.code is not None:
+        return outcome.code, None
     return (EXIT_FAILED if outcome.failed else EXIT_OK), None

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,9 @@ class DownloadJob:
     engine: str = "local"
     ray_address: str | None = None
     shard_size: int | None = None
+    #: `move`: delete at Vobiz what the archive provably holds, at most `max_delete`.
+    move: bool = False
+    max_delete: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DownloadJob:
@@ -188,6 +192,13 @@ async def _s3_ids_to_repair(job: DownloadJob, sink: S3Sink, index: Manifest | No
     return list(problems)
 
 
+def archiver(session: AsyncSession, job: DownloadJob) -> Callable[..., Awaitable[DownloadReport]]:
+    """The library call the job runs: `download_many`, or `move_many` for `move`."""
+    if job.move:
+        return functools.partial(session.recordings.move_many, max_delete=job.max_delete)
+    return session.recordings.download_many
+
+
 def _engine(job: DownloadJob) -> Any:
     """`--engine ray`'s engine, or None for the local one."""
     if job.engine != "ray":
@@ -250,7 +261,7 @@ async def _run_s3_download(
                 return None
             overwrite = True  # only these ids: each is missing or its bytes changed
         source = await _source(session, job, progress, ids)
-        return await session.recordings.download_many(
+        return await archiver(session, job)(
             source,
             sink,
             concurrency=job.concurrency,
@@ -289,7 +300,7 @@ async def run_download(
     if job.layout != "flat":
         options["layout"] = job.layout
     options.update(_sidecar_option(job))
-    return await session.recordings.download_many(source, out, engine=engine, **options)
+    return await archiver(session, job)(source, out, engine=engine, **options)
 
 
 def _sidecar_option(job: DownloadJob) -> dict[str, Any]:

@@ -319,6 +319,18 @@ def _engine_options(download: argparse.ArgumentParser) -> None:
     )
 
 
+def _move_options(move: argparse.ArgumentParser) -> None:
+    """What `move` adds to every download option (added before these, by the same
+    functions): its own command, and the delete cap."""
+    move.set_defaults(func=command("move", "cmd_move"))
+    move.add_argument(
+        "--max-delete",
+        type=_count,
+        metavar="N",
+        help="delete at most N recordings at Vobiz this run (archiving still completes)",
+    )
+
+
 def _status_options(status: argparse.ArgumentParser) -> None:
     status.set_defaults(func=command("status", "cmd_status"))
     status.add_argument("--out", required=True, help="the archive folder")
@@ -480,6 +492,15 @@ _COMMANDS: tuple[tuple[str, str, tuple[Options, ...], tuple[str, str]], ...] = (
         ),
     ),
     (
+        "move",
+        "archive recordings, then delete at Vobiz those the archive provably holds",
+        (_archive_options, _engine_options, _move_options),
+        (
+            "move --out /srv/recordings --min-age 7d --max-delete 1000",
+            "move --out /srv/recordings --dry-run --json",
+        ),
+    ),
+    (
         "verify",
         "re-hash an archive against its index",
         (_verify_options,),
@@ -556,7 +577,7 @@ def _given(args: argparse.Namespace, *names: str) -> list[str]:
 def check_conflicts(args: argparse.Namespace) -> None:
     """Refuse, in one line, options that contradict each other (a UsageError: exit 2)."""
     pairs: list[tuple[list[str], list[str]]] = []
-    if args.command == "download":
+    if args.command in ("download", "move"):
         chosen = _given(args, "recording_type", "call_uuid", *SELECTION_FLAGS)
         pairs.append((_given(args, "ids", "ids_file"), chosen))
         pairs.append((_given(args, "no_manifest"), _given(args, "index")))
@@ -567,8 +588,8 @@ def check_conflicts(args: argparse.Namespace) -> None:
     for first, second in pairs:
         if first and second:
             raise UsageError(f"{first[0]} and {second[0]} cannot be used together")
-    if args.command in ("download", "verify"):
-        destination = args.out if args.command == "download" else args.dir
+    if args.command in ("download", "move", "verify"):
+        destination = args.dir if args.command == "verify" else args.out
         s3_only = _given(args, "s3_endpoint_url", "s3_region")
         if s3_only and not str(destination).startswith("s3://"):
             raise UsageError(

@@ -19,9 +19,11 @@ class Unavailable(Exception):
 
 
 class Outcome(NamedTuple):
-    """What a command did: `failed` when some of its items failed (exit 1)."""
+    """What a command did: `failed` when some of its items failed (exit 1); `code`, an
+    exit code of its own (`move` whose DELETEs Vobiz refused the credentials for: 3)."""
 
     failed: bool = False
+    code: int | None = None
 
 
 class Interruption:

@@ -1,0 +1,202 @@
+"""`vobiz-recordings move`: the command line around `move_many` (issue 24 §3): its dry run,
+the delete cap, refused credentials on DELETE, and kill -9 mid-move then a re-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from test_cli import env_for, finish, run_cli, sha256, start_cli
+from test_move import ProofAtDelete
+
+from vobiz_async.manifest import MANIFEST_NAME, Manifest
+from vobiz_async.testing import FakeVobiz
+
+
+@pytest.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeVobiz]:
+    async with FakeVobiz(recordings=10, seed=5) as fake:
+        yield fake
+
+
+@pytest.fixture(name="env")
+def _env(fake: FakeVobiz) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
+    return env_for(base, fake)
+
+
+def operations(fake: FakeVobiz, *names: str) -> int:
+    return sum(1 for r in fake.stats.requests if r.operation in names)
+
+
+async def test_dry_run_says_what_would_be_deleted_and_changes_nothing(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """would_delete and releasable_amount under the cap; no media, no DELETE, no folder."""
+    out = tmp_path / "out"
+    fake.stats.reset()
+    newest = fake.recording_ids[:4]  # the listing is newest first
+    amount = sum(Decimal(str(fake.recordings[r].monthly_recording_storage_amount)) for r in newest)
+
+    result = await run_cli(
+        "move", "--out", str(out), "--dry-run", "--max-delete", "4", "--json", env=env
+    )
+
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert plan["would_download"] == 10
+    assert plan["would_delete"] == 4
+    assert Decimal(plan["releasable_amount"]) == amount
+    assert operations(fake, "media", "storage", "delete") == 0
+    assert len(fake.recording_ids) == 10
+    assert not out.exists()
+
+
+async def test_max_delete_stops_deletes_with_one_line_and_exit_1(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two DELETEs, everything archived, one line about the cap, the JSON counts them."""
+    out = tmp_path / "out"
+
+    result = await run_cli("move", "--out", str(out), "--max-delete", "2", "--json", env=env)
+
+    assert result.code == 1, result.err
+    summary = json.loads(result.out)
+    assert summary["downloaded"] == 10
+    assert summary["deleted"] == 2
+    assert summary["delete_failures"] == []
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert "cap of 2" in lines[0]
+    assert len(fake.recording_ids) == 8
+
+
+async def test_refused_credentials_on_delete_say_one_line_and_exit_3(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """401 on DELETE: archiving completes, nothing is deleted, one line, exit 3."""
+    fake.api_fault("delete", 401, times=100)
+    out = tmp_path / "out"
+
+    result = await run_cli("move", "--out", str(out), "--concurrency", "1", env=env)
+
+    assert result.code == 3, result.err
+    assert "downloaded 10" in result.out
+    lines = [line for line in result.err.splitlines() if line.strip()]
+    assert len(lines) == 1, result.err
+    assert "credentials" in lines[0]
+    assert operations(fake, "delete") == 1
+    assert len(fake.recording_ids) == 10
+
+
+async def test_kill_9_mid_move_then_the_same_command_finishes(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Killed at its third DELETE: nothing was deleted that the archive and index do not
+    hold; the same command again deletes the rest, and every recording is archived whole."""
+    out = tmp_path / "out"
+    served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
+    proof = ProofAtDelete(fake, out)
+    proc = await start_cli("move", "--out", str(out), "--concurrency", "1", env=env)
+
+    def kill_at_the_third(rid: str) -> None:
+        proof(rid)
+        if len(proof.seen) == 3:
+            os.kill(proc.pid, signal.SIGKILL)
+
+    fake.delete_hook = kill_at_the_third
+    first = await finish(proc)
+    assert first.code == -signal.SIGKILL
+    assert 0 < len(fake.recording_ids) < 10
+
+    fake.delete_hook = proof
+    again = await run_cli("move", "--out", str(out), env=env)
+
+    assert again.code == 0, again.err
+    assert proof.problems == []
+    assert fake.recording_ids == []
+    files = {p.stem: sha256(p) for p in out.iterdir() if p.suffix in (".mp3", ".wav")}
+    assert files == served
+    with Manifest(out / MANIFEST_NAME) as index:
+        assert {e.recording_id: e.sha256 for e in index} == served
+        assert index.released_count() >= 9  # the killed DELETE may have gone unstamped
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--no-index"], "--no-index"),
+        (["--out", "s3://bucket/calls/"], "--index"),
+        (["--ids", "a", "--min-age", "7d"], "cannot be used together"),
+    ],
+)
+async def test_what_move_cannot_prove_against_is_refused(
+    env: dict[str, str], tmp_path: Path, args: list[str], says: str
+) -> None:
+    """Without an index there is nothing to prove against: exit 2, one line, nothing made."""
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args = ["--out", str(out), *args]
+
+    result = await run_cli("move", *args, env=env)
+
+    assert result.code == 2, result.err
+    assert says in result.err
+    assert not out.exists()
+
+
+async def test_move_takes_every_download_option(env: dict[str, str]) -> None:
+    """The parser adds download's options with download's own functions, and --max-delete."""
+    download = await run_cli("download", "--help", env=env)
+    move = await run_cli("move", "--help", env=env)
+    flags = {word.strip("[],") for word in download.out.split() if word.startswith("--")}
+    shown = {word.strip("[],") for word in move.out.split() if word.startswith("--")}
+    assert flags <= shown
+    assert "--max-delete" in shown
+
+
+async def test_dry_run_of_given_ids_would_delete_only_those(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """With --ids the plan is of those recordings, not of the whole listing."""
+    out = tmp_path / "out"
+    chosen = fake.recording_ids[3:5]
+
+    result = await run_cli(
+        "move", "--out", str(out), "--dry-run", "--json", "--ids", *chosen, env=env
+    )
+
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert plan["delete_ids"] == chosen
+    assert plan["would_download"] == 2
+    assert operations(fake, "media", "storage", "delete") == 0
+    assert not out.exists()
+
+
+async def test_dry_run_into_object_storage_skips_what_the_index_holds(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """For s3:// the index says what is archived (no request to the bucket); the index
+    file is left byte for byte as it was."""
+    index = tmp_path / "calls.index"
+    with Manifest(index) as manifest:
+        for rid in fake.recording_ids[:3]:
+            manifest.record(
+                rid, f"{rid}.mp3", size=1, sha256="a" * 64, container=None, add_time=None
+            )
+    before = index.read_bytes()
+
+    result = await run_cli(
+        "move", "--out", "s3://bucket/calls/", "--index", str(index), "--dry-run", "--json", env=env
+    )
+
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert (plan["would_skip"], plan["would_download"], plan["would_delete"]) == (3, 7, 10)
+    assert index.read_bytes() == before

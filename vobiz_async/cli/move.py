@@ -1,0 +1,151 @@
+"""`vobiz-recordings move`: archive as `download` does, then delete at Vobiz what the archive
+provably holds (issue 24 §3; the proof and the deletions are `vobiz_async.release`'s).
+
+Every download option works the same (the parser adds them with download's own functions,
+and the job is `archive.DownloadJob` run by `archive.run_download`, calling `move_many`).
+Exit 0 when everything was archived and deleted; 1 when something failed, was not proven,
+or the `--max-delete` cap stopped deletions (one line says so); 3 when Vobiz refused the
+credentials for DELETE (one line; archiving completed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+
+from ..errors import AuthenticationError, NotFoundError
+from ..models import Recording
+from ..recordings import MAX_PAGE_SIZE
+from ..results import DownloadReport
+from ..session import AsyncSession
+from .archive import DownloadJob, ids_from_text, run_download
+from .commands import destination
+from .output import print_summary, stdout_may_close, summary_json
+from .progress import Progress
+from .results import Interruption, Outcome, UsageError
+
+EXIT_CREDENTIALS = 3
+
+
+def _check(args: argparse.Namespace, out: str) -> None:
+    """Refuse what `move` cannot prove against: no index."""
+    if args.no_manifest:
+        raise UsageError("move proves each recording against the index; --no-index cannot be used")
+    if out.startswith("s3://") and not args.index:
+        raise UsageError(
+            "move --out s3://... needs --index PATH: the index each deletion is proven "
+            "against and recorded in"
+        )
+
+
+def _given_ids(args: argparse.Namespace) -> list[str] | None:
+    """The ids of `--ids` and `--ids-file` (None: the listing is the source)."""
+    if not args.ids and not args.ids_file:
+        return None
+    ids = list(args.ids or [])
+    if args.ids_file:
+        try:
+            text = sys.stdin.read() if args.ids_file == "-" else Path(args.ids_file).read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read ids file {args.ids_file}: {err}") from None
+        ids += ids_from_text(text, "stdin" if args.ids_file == "-" else args.ids_file)
+    return ids
+
+
+async def _fetched(session: AsyncSession, ids: list[str]) -> AsyncIterator[Recording]:
+    """The given recordings as Vobiz has them (an API request each, no media); one already
+    gone has nothing to fetch or delete."""
+    for rid in ids:
+        try:
+            yield await session.recordings.get(rid)
+        except NotFoundError:
+            continue
+
+
+async def _dry_run(args: argparse.Namespace, out: str) -> Outcome:
+    """What a real move would fetch, skip and delete, and the storage it would release:
+    no media request, no DELETE, nothing written."""
+    from ..dryrun import plan
+
+    job = DownloadJob.from_args(args)
+    ids = _given_ids(args)
+    async with job.session() as session:
+        source = (
+            _fetched(session, ids)
+            if ids is not None
+            else session.recordings.list(
+                limit=MAX_PAGE_SIZE,
+                recording_type=job.recording_type,
+                call_uuid=job.call_uuid,
+                selection=job.selection,
+                now=job.now,
+            )
+        )
+        result = await plan(
+            session,
+            source,
+            out,
+            index=args.index,
+            layout=job.layout,
+            deleting=True,
+            max_delete=args.max_delete,
+        )
+    if args.json:
+        print(json.dumps(result.to_json(), separators=(",", ":")))
+    else:
+        print(
+            f"would download {len(result.would_download)}, skip {len(result.would_skip)} "
+            f"(already archived), delete {len(result.would_delete)} at Vobiz; "
+            f"releasable {result.releasable_amount}"
+        )
+    return Outcome()
+
+
+async def _move(job: DownloadJob, interruption: Interruption) -> tuple[DownloadReport | None, int]:
+    """Run the job behind a progress display; on Ctrl-C, leave the progress line for main."""
+    with Progress(sys.stderr) as progress:
+        try:
+            async with job.session() as session:
+                report = await run_download(session, job, progress)
+        except asyncio.CancelledError:
+            interruption.progress = progress.line()  # main() prints it on its one line
+            raise
+    return report, progress.bytes
+
+
+def _print(report: DownloadReport, as_json: bool, transferred: int) -> None:
+    failures = report.delete_failures
+    if as_json:
+        summary = summary_json(report)
+        summary["deleted"] = report.counts["deleted"]
+        summary["delete_failures"] = [failure.to_json() for failure in failures]
+        print(json.dumps(summary, separators=(",", ":")))
+        return
+    print_summary(report, sys.stdout, transferred=transferred)
+    print(f"deleted {report.counts['deleted']} at Vobiz; {len(failures)} archived but not deleted")
+    for failure in failures:
+        print(f"  kept at Vobiz {failure.recording_id}: {failure.error}")
+
+
+async def cmd_move(args: argparse.Namespace, interruption: Interruption) -> Outcome:
+    out = destination(args.out)
+    _check(args, out)
+    if args.dry_run:
+        return await _dry_run(args, out)
+    interruption.keeps_partials = True
+    job = attrs.evolve(DownloadJob.from_args(args), out=out, move=True)
+    report, transferred = await _move(job, interruption)
+    if report is None:  # --repair found nothing to fetch
+        return Outcome()
+    with stdout_may_close():
+        _print(report, args.json, transferred)
+    if report.release_stopped is not None:
+        print(report.release_stopped, file=sys.stderr)
+    refused = any(isinstance(f.error, AuthenticationError) for f in report.delete_failures)
+    failed = not report.ok or report.release_stopped is not None
+    return Outcome(failed=failed, code=EXIT_CREDENTIALS if refused else None)
