@@ -457,3 +457,19 @@ async def test_cli_refuses_incomplete_governance_flags(argv: list[str], says: st
     assert done.code == 2, done.output
     assert len(done.err.strip().splitlines()) == 1, done.err
     assert says in done.err
+
+
+def test_ray_workers_build_their_sink_with_the_same_settings() -> None:
+    """`RayEngine` sends workers an `S3Sink`'s settings, not the sink: the governance ones
+    travel too, so a worker's objects are governed like the driver's."""
+    import pickle
+
+    from vobiz_async.scaleout import _S3Target
+
+    sink = S3Sink("bucket", "p/", sse_kms_key_id="k", **GOVERNED)
+
+    travelled = pickle.loads(pickle.dumps(_S3Target.of(sink)))  # noqa: S301 - our own bytes
+    rebuilt = travelled.sink("date")
+
+    assert rebuilt.settings() == sink.settings()
+    assert rebuilt.settings()["object_lock_retain_days"] == DAYS

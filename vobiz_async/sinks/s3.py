@@ -16,6 +16,18 @@ How a recording lands:
   5 GiB, S3's limit for one copy; a recording is far smaller). Any failure,
   cancellation, `restart()` or `abort()` aborts the upload; `close()` aborts what a caller
   left open.
+- Governance settings (`storage_class`, `sse`/`sse_kms_key_id`, `object_lock_mode` with
+  `object_lock_retain_days`, `object_lock_legal_hold`) go on every final object: the single
+  PUT, the stamping copy (a copy keeps none of them unless given again) and `put_file`.
+  A multipart upload starts encrypted but in the default storage class and without
+  retention: the version it completes is an intermediate one, which the copy replaces and
+  which is then deleted by its version id (so a versioned bucket keeps one version per
+  recording, and a GLACIER/DEEP_ARCHIVE class never has to be read back for the copy).
+  Retention ends `retain_days` after the write, never after `add_time`. `prepare()` proves
+  the bucket takes the settings before any transfer.
+- A run stopped between completing a multipart upload and its stamp leaves an object
+  without `sha256` (its ETag still a multipart one, its `recording-id` metadata set): the
+  next lookup of that recording re-hashes it and stamps it (`_recover`).
 - Within one writer, a dropped media connection costs nothing here: the downloader sends a
   `Range` request and keeps calling `write`; parts already uploaded stay uploaded.
 - Bytes waiting for upload (filling parts and parts in flight) are charged to one
@@ -28,7 +40,8 @@ How a recording lands:
   disagrees with the index. Without a key it is one listing narrowed to `<folder><id>.`
   (a webhook's lookup is one small request whatever the bucket holds), or, once a batch has
   looked up `list_after` recordings in one folder, one whole listing of that folder kept
-  until the next `prepare()`; a listing gives sizes, not metadata.
+  until the next `prepare()`; a listing gives sizes, not metadata (an object whose listed
+  ETag is a multipart one is looked at with a `HEAD`, in case it lacks its stamp).
 """
 
 from __future__ import annotations
@@ -412,6 +425,13 @@ class S3Sink:
     across every writer of the sink (`budget`). `max_attempts` counts tries per request
     (botocore's standard retry mode). `index` optionally supplies known sha256s to
     `lookup`.
+
+    `storage_class` (`GLACIER_IR`, `STANDARD_IA`, ...), `sse` (`"AES256"` or `"aws:kms"`,
+    with `sse_kms_key_id` for a key of your own), `object_lock_mode` (`"GOVERNANCE"` or
+    `"COMPLIANCE"`, with `object_lock_retain_days`: retention until the upload plus that many
+    days) and `object_lock_legal_hold` go on every object the sink writes, recordings and
+    `put_file` alike. `prepare()` refuses, in one destination-wide `ObjectStoreError`, a
+    bucket that does not take them; `audit_objects` reports objects whose own differ.
     """
 
     #: Lookups in one folder after which a batch lists that folder whole, once: from then on
@@ -492,6 +512,18 @@ class S3Sink:
         self.object_lock_mode = mode
         self.object_lock_retain_days = retain_days
         self.object_lock_legal_hold = bool(legal_hold)
+
+    def settings(self) -> dict[str, Any]:
+        """The storage, encryption and Object Lock keywords this sink was made with (none of
+        them secret), to make another sink that writes objects alike."""
+        return {
+            "storage_class": self.storage_class,
+            "sse": self.sse,
+            "sse_kms_key_id": self.sse_kms_key_id,
+            "object_lock_mode": self.object_lock_mode,
+            "object_lock_retain_days": self.object_lock_retain_days,
+            "object_lock_legal_hold": self.object_lock_legal_hold,
+        }
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Sink:
