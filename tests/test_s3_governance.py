@@ -473,3 +473,24 @@ def test_ray_workers_build_their_sink_with_the_same_settings() -> None:
 
     assert rebuilt.settings() == sink.settings()
     assert rebuilt.settings()["object_lock_retain_days"] == DAYS
+
+
+async def test_cli_repair_does_not_refetch_for_a_setting(
+    fake: FakeVobiz, plain: str, moto_url: str
+) -> None:
+    """`download --repair` with a governance flag the archive was not made with re-fetches
+    nothing: fetching a recording again would not change what the bucket kept."""
+    for _ in range(2):
+        fake.add_recording(size=1_000)
+    env = cli_env(fake, moto_url)
+    dest = f"s3://{plain}/"
+    assert (await run_cli("download", "--out", dest, env=env)).code == 0
+    before = media_requests(fake)
+
+    done = await run_cli(
+        "download", "--out", dest, "--repair", "--s3-storage-class", "STANDARD_IA", env=env
+    )
+
+    assert done.code == 0, done.output
+    assert "nothing to fetch" in done.out
+    assert media_requests(fake) == before
