@@ -494,3 +494,19 @@ async def test_cli_repair_does_not_refetch_for_a_setting(
     assert done.code == 0, done.output
     assert "nothing to fetch" in done.out
     assert media_requests(fake) == before
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--s3-storage-class", "glacier ir"), ("--s3-retain-days", "0")]
+)
+async def test_cli_refuses_bad_governance_values(flag: str, value: str) -> None:
+    """A value S3 would refuse is argparse's usage error (exit 2), naming the flag."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
+    argv = ["download", "--out", "s3://b/", flag, value]
+    if flag == "--s3-retain-days":
+        argv += ["--s3-object-lock-mode", "GOVERNANCE"]
+
+    done = await run_cli(*argv, env={**env, "VOBIZ_AUTH_ID": "x", "VOBIZ_AUTH_TOKEN": "y"})
+
+    assert done.code == 2, done.output
+    assert flag in done.err.strip().splitlines()[-1]

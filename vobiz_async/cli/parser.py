@@ -126,6 +126,20 @@ def _port(text: str) -> int:
     return _whole_number(text, 0, 65535)
 
 
+def _storage_class(text: str) -> str:
+    """An S3 storage class, in capitals (`glacier_ir` is `GLACIER_IR`)."""
+    value = text.strip().upper()
+    if not value[:1].isalpha() or not all(c.isascii() and (c.isalnum() or c == "_") for c in value):
+        raise argparse.ArgumentTypeError(f"not an S3 storage class: {text!r}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
 def _recording_type(text: str) -> str:
     """A `--recording-type`: a value Vobiz does not document is passed on, with one warning."""
     if text not in RECORDING_TYPES:
@@ -269,10 +283,17 @@ def _s3_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--s3-region", help="s3:// only; default: $AWS_REGION / the AWS profile")
     verb = "expect on" if sub.prog.endswith(" verify") else "set on"
     sub.add_argument(
-        "--s3-storage-class", metavar="CLASS", help=f"{verb} every object (GLACIER_IR, ...)"
+        "--s3-storage-class",
+        type=_storage_class,
+        metavar="CLASS",
+        help=f"the storage class to {verb} every object (GLACIER_IR, STANDARD_IA, ...)",
     )
-    sub.add_argument("--s3-sse", choices=("AES256", "aws:kms"), help=f"encryption to {verb} it")
-    sub.add_argument("--s3-sse-kms-key-id", metavar="KEY", help="with --s3-sse aws:kms: the key")
+    sub.add_argument(
+        "--s3-sse", choices=("AES256", "aws:kms"), help=f"the encryption to {verb} every object"
+    )
+    sub.add_argument(
+        "--s3-sse-kms-key-id", type=_nonempty, metavar="KEY", help="with --s3-sse aws:kms: the key"
+    )
     sub.add_argument(
         "--s3-object-lock-mode",
         choices=("GOVERNANCE", "COMPLIANCE"),
