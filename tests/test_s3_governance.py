@@ -510,3 +510,30 @@ async def test_cli_refuses_bad_governance_values(flag: str, value: str) -> None:
 
     assert done.code == 2, done.output
     assert flag in done.err.strip().splitlines()[-1]
+
+
+async def test_a_foreign_multipart_object_costs_no_read_back(
+    plain: str, admin: Any, proxy: S3Proxy
+) -> None:
+    """A multipart object someone else uploaded (no metadata of ours) at a recording's key:
+    a lookup without an index HEADs it but neither reads it back nor rewrites it."""
+    upload = admin.create_multipart_upload(Bucket=plain, Key="rec1.mp3")
+    part = admin.upload_part(
+        Bucket=plain, Key="rec1.mp3", UploadId=upload["UploadId"], PartNumber=1, Body=b"ID3 x"
+    )
+    admin.complete_multipart_upload(
+        Bucket=plain,
+        Key="rec1.mp3",
+        UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+    )
+    sink = S3Sink(plain)
+    await sink.prepare()
+
+    stored = await sink.lookup("rec1", recording("rec1"))
+    await sink.close()
+
+    assert stored is not None
+    assert (stored.size, stored.sha256) == (5, None)
+    assert [s.method for s in proxy.seen if s.path.endswith("/rec1.mp3")] == ["HEAD"]
+    assert admin.head_object(Bucket=plain, Key="rec1.mp3")["Metadata"] == {}

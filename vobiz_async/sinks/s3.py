@@ -859,7 +859,7 @@ class S3Sink:
         extension, size, unstamped = found
         key = f"{folder}{stem}.{extension}"
         if unstamped:  # completed, maybe never stamped: its HEAD tells, and it gets its sha256
-            return await self._inspect(key)
+            return await self._inspect(key, rehash=False)
         return Stored(
             key=key,
             location=self.location(key),
@@ -890,8 +890,11 @@ class S3Sink:
                 return sys.intern(extension), int(item["Size"]), _multipart(item)
         return None
 
-    async def _inspect(self, key: str) -> Stored | None:
-        """The object at `key` (relative to the prefix) by one `HEAD`; None if absent."""
+    async def _inspect(self, key: str, *, rehash: bool = True) -> Stored | None:
+        """The object at `key` (relative to the prefix) by one `HEAD`; None if absent. An
+        object without `sha256` metadata is re-hashed (and stamped, if ours: `_recover`);
+        without `rehash`, only if ours, else it is reported with no sha256, as a listing
+        would."""
         full = self.prefix + key
         try:
             head = await self._require_client().head_object(Bucket=self.bucket, Key=full)
@@ -900,13 +903,15 @@ class S3Sink:
                 return None
             raise self._translate(err, f"checking {full!r}") from None
         metadata = head.get("Metadata") or {}
-        sha256 = (metadata.get("sha256") or "").lower() or await self._recover(full, head)
+        sha256 = (metadata.get("sha256") or "").lower()
+        if not sha256 and (rehash or metadata.get("recording-id")):
+            sha256 = await self._recover(full, head)
         extension = key.rpartition(".")[2]
         return Stored(
             key=key,
             location=self.location(key),
             size=int(head["ContentLength"]),
-            sha256=sha256,
+            sha256=sha256 or None,
             container=extension if extension in ("mp3", "wav") else None,
         )
 
