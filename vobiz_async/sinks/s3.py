@@ -116,8 +116,9 @@ _STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 #: How much earlier than `LastModified + retain_days` an object's retain-until date may be
 #: and still count as the retention asked for: the date is computed just before the request.
 _RETENTION_SLACK = timedelta(hours=1)
-#: The Content-MD5 of an empty body. A CopyObject has none, but S3 (and moto) want a
-#: Content-MD5 on every write that sets Object Lock retention, a copy included.
+#: The Content-MD5 of an empty body, sent with every CopyObject (which has no body): S3
+#: documents a Content-MD5 as required on a write that sets Object Lock retention (or into a
+#: bucket with a default retention), and moto enforces it on a copy too. It verifies as is.
 _EMPTY_MD5 = base64.b64encode(hashlib.md5(b"", usedforsecurity=False).digest()).decode()
 
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
@@ -302,9 +303,7 @@ def _copy_md5(request: Any, **_: Any) -> None:
         request.headers["Content-MD5"] = _EMPTY_MD5
 
 
-def _check_encryption(
-    storage_class: str | None, sse: str | None, sse_kms_key_id: str | None
-) -> None:
+def _check_storage(storage_class: str | None, sse: str | None, sse_kms_key_id: str | None) -> None:
     if storage_class is not None and (
         not isinstance(storage_class, str) or not _STORAGE_CLASS.fullmatch(storage_class)
     ):
@@ -499,7 +498,7 @@ class S3Sink:
         self, storage_class: str | None, sse: Encryption | None, sse_kms_key_id: str | None
     ) -> None:
         """Check and keep the storage class and encryption every object gets."""
-        _check_encryption(storage_class, sse, sse_kms_key_id)
+        _check_storage(storage_class, sse, sse_kms_key_id)
         self.storage_class = storage_class
         self.sse = sse
         self.sse_kms_key_id = sse_kms_key_id
