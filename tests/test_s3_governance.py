@@ -392,6 +392,10 @@ async def test_cli_archives_with_every_flag_and_verify_accepts_it(
     bad = await run_cli("verify", dest, *flags, env=env)
     assert bad.code == 1
     assert bad.out.count("retention: s3://") == 2, bad.out
+    bad_json = json.loads((await run_cli("verify", dest, *flags, "--json", env=env)).out)
+    assert bad_json["checked"] == 2
+    assert {p["kind"] for p in bad_json["problems"]} == {"retention"}
+    assert all(p["detail"].startswith("GOVERNANCE until ") for p in bad_json["problems"])
 
 
 async def test_cli_lock_flags_on_a_bucket_without_object_lock(
