@@ -228,3 +228,22 @@ async def scale_out(session: AsyncSession) -> tuple[int, list[str]]:
     plain = await session.recordings.download_many(["rid"], "archive/", engine=engine)
     keys = [key for key, _ in plan_shards(["a", "b"], 1)]
     return sum(s.recordings for s in shares) + len(failures) + len(plain.results), keys
+
+
+async def governed_s3() -> tuple[int, list[str]]:
+    """An S3 sink with storage class, SSE-KMS and Object Lock, and its audit."""
+    from vobiz_async.sinks import ObjectAudit, S3Sink, audit_objects
+
+    sink = S3Sink(
+        "my-bucket",
+        storage_class="GLACIER_IR",
+        sse="aws:kms",
+        sse_kms_key_id="alias/recordings",
+        object_lock_mode="COMPLIANCE",
+        object_lock_retain_days=2555,
+        object_lock_legal_hold=True,
+    )
+    await sink.prepare(writing=False)
+    await sink.close()
+    audit: ObjectAudit = await audit_objects(sink)
+    return audit.checked, [p.kind for p in audit.problems]

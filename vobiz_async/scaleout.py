@@ -138,6 +138,8 @@ class _S3Target:
     request_checksum_calculation: ChecksumPolicy
     profile: str | None
     max_attempts: int
+    #: What every object gets (storage class, encryption, Object Lock): `S3Sink`'s keywords.
+    settings: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
     def of(cls, sink: S3Sink) -> _S3Target:
@@ -151,6 +153,7 @@ class _S3Target:
             sink.request_checksum_calculation,
             sink.profile,
             sink.max_attempts,
+            tuple(sink.settings().items()),
         )
 
     def sink(self, layout: Layout) -> S3Sink:
@@ -165,6 +168,7 @@ class _S3Target:
             request_checksum_calculation=self.request_checksum_calculation,
             profile=self.profile,
             max_attempts=self.max_attempts,
+            **dict(self.settings),
         )
 
 

@@ -29,7 +29,14 @@ from ..results import DownloadReport
 from ..selection import Selection
 from ..session import AsyncSession
 from ..sinks import S3Sink, verify_objects
-from .commands import check_archive, check_bucket, destination, s3_sink, session_for
+from .commands import (
+    check_archive,
+    check_bucket,
+    destination,
+    s3_settings,
+    s3_sink,
+    session_for,
+)
 from .output import print_summary, stdout_may_close, summary_json
 from .parser import selection_from_args
 from .progress import Progress
@@ -62,6 +69,13 @@ class DownloadJob:
     metadata: str | None = None
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    #: What every object gets (issue 25 §2): `S3Sink`'s settings of the same names.
+    s3_storage_class: str | None = None
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_object_lock_mode: str | None = None
+    s3_retain_days: int | None = None
+    s3_legal_hold: bool = False
     engine: str = "local"
     ray_address: str | None = None
     shard_size: int | None = None
@@ -169,6 +183,8 @@ async def _s3_ids_to_repair(job: DownloadJob, sink: S3Sink, index: Manifest | No
     _check_repair_flags(job)
     problems: dict[str, str] = {}
     for found in await verify_objects(sink):
+        if found.kind not in ("changed", "missing-metadata"):
+            continue  # a setting differs: fetching the recording again would not change it
         stem, _, extension = found.key.rpartition("/")[2].rpartition(".")
         ours = index.get(stem) is not None if index is not None else extension in ("mp3", "wav")
         if found.kind == "changed" or ours:
@@ -251,6 +267,7 @@ async def _run_s3_download(
             region=job.s3_region,
             layout=job.layout,
             index=index,
+            settings=s3_settings(job),
         )
         await _check_bucket(sink)
         ids = _read_ids(job)

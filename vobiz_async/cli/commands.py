@@ -35,13 +35,13 @@ from ..protocol import quote_path_segment, sidecar_key
 from ..recordings import MAX_PAGE_SIZE
 from ..selection import Selection, Verdict
 from ..session import AsyncSession
-from ..sinks import s3_destination, verify_objects
+from ..sinks import audit_objects, s3_destination
 from .output import print_json_lines, print_record, print_table, stdout_may_close
 from .parser import selection_from_args
 from .results import DestinationError, Interruption, Outcome, Unavailable, UsageError
 
 if TYPE_CHECKING:
-    from ..sinks import S3Sink
+    from ..sinks import ObjectProblem, S3Sink
 
 #: The audio files an archive folder holds (and `verify` looks for beyond the index).
 _AUDIO_SUFFIXES = frozenset({".mp3", ".wav"})
@@ -91,6 +91,19 @@ def destination(value: str) -> str:
         raise UsageError(str(err)) from None
 
 
+def s3_settings(options: Any) -> dict[str, Any]:
+    """`S3Sink`'s storage, encryption and Object Lock settings from the `--s3-*` options
+    (an `argparse.Namespace` or a `DownloadJob`)."""
+    return {
+        "storage_class": getattr(options, "s3_storage_class", None),
+        "sse": getattr(options, "s3_sse", None),
+        "sse_kms_key_id": getattr(options, "s3_sse_kms_key_id", None),
+        "object_lock_mode": getattr(options, "s3_object_lock_mode", None),
+        "object_lock_retain_days": getattr(options, "s3_retain_days", None),
+        "object_lock_legal_hold": bool(getattr(options, "s3_legal_hold", False)),
+    }
+
+
 def s3_sink(
     url: str,
     *,
@@ -98,20 +111,29 @@ def s3_sink(
     region: str | None,
     layout: str = "flat",
     index: Manifest | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> S3Sink:
-    """The object-storage destination an `s3://bucket/prefix/` argument names."""
+    """The object-storage destination an `s3://bucket/prefix/` argument names, with the
+    storage, encryption and Object Lock `settings` (`s3_settings`)."""
     from ..sinks import S3Sink
 
     return S3Sink.from_url(
-        url, endpoint_url=endpoint_url, region=region, layout=layout, index=index
+        url,
+        endpoint_url=endpoint_url,
+        region=region,
+        layout=layout,
+        index=index,
+        **(settings or {}),
     )
 
 
-async def check_bucket(sink: S3Sink) -> None:
+async def check_bucket(sink: S3Sink, *, writing: bool = True) -> None:
     """Prove the bucket is there and takes our credentials, once, before any listing: the
-    same words for `download` and `verify` (refused credentials stay themselves: exit 3)."""
+    same words for `download` and `verify` (refused credentials stay themselves: exit 3).
+    A writer's bucket must also take the sink's storage, encryption and Object Lock
+    settings (`S3Sink.prepare`): one line, exit 1, before any transfer."""
     try:
-        await sink.prepare()
+        await sink.prepare(writing=writing)
     except StoragePermissionError:
         raise
     except StorageError as err:
@@ -211,8 +233,13 @@ def _print_json(value: dict[str, Any]) -> None:
         print(json.dumps(value, separators=(",", ":")))
 
 
-def _problem(kind: str, recording_id: str | None, where: str) -> dict[str, Any]:
-    return {"kind": kind, "id": recording_id, "path": where}
+def _problem(
+    kind: str, recording_id: str | None, where: str, detail: str | None = None
+) -> dict[str, Any]:
+    problem = {"kind": kind, "id": recording_id, "path": where}
+    if detail is not None:
+        problem["detail"] = detail
+    return problem
 
 
 def _report_verify(
@@ -223,13 +250,23 @@ def _report_verify(
         return
     for problem in problems:
         known = f" ({problem['id']})" if problem["id"] else ""
-        print(f"{problem['kind']}: {problem['path']}{known}")
+        detail = f": {problem['detail']}" if problem.get("detail") else ""
+        print(f"{problem['kind']}: {problem['path']}{known}{detail}")
+
+
+def _object_problem(found: ObjectProblem) -> dict[str, Any]:
+    """One `verify s3://` problem; a setting that differs says how."""
+    detail = None
+    if found.kind not in ("changed", "missing-metadata"):
+        detail = f"{found.actual}, expected {found.expected}"
+    return _problem(found.kind, Path(found.key).stem, found.location, detail)
 
 
 async def _verify_s3(args: argparse.Namespace) -> Outcome:
     """`verify s3://bucket/prefix/`: re-hash every object against its sha256 metadata (and
-    the index, given `--index`), and name each recording the index has but the bucket
-    lacks."""
+    the index, given `--index`), compare its settings with the `--s3-*` ones given, and
+    name each recording the index has but the bucket lacks. Counts the index's entries,
+    or without an index the objects checked."""
 
     if args.metadata == "sidecar" and not args.index:
         raise UsageError(
@@ -239,19 +276,23 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
     with contextlib.ExitStack() as stack:
         index = stack.enter_context(Manifest(args.index)) if args.index else None
         sink = s3_sink(
-            args.dir, endpoint_url=args.s3_endpoint_url, region=args.s3_region, index=index
+            args.dir,
+            endpoint_url=args.s3_endpoint_url,
+            region=args.s3_region,
+            index=index,
+            settings=s3_settings(args),
         )
-        await check_bucket(sink)
-        problems = [
-            _problem(p.kind, Path(p.key).stem, p.location) for p in await verify_objects(sink)
-        ]
-        checked: int | None = None  # the objects' count is the sink's to tell; not yet told
+        await check_bucket(sink, writing=False)  # verify only reads
+        audit = await audit_objects(sink)
+        problems = [_object_problem(p) for p in audit.problems]
+        checked = audit.checked
         if index is not None:
             checked = len(index)
             problems += await _missing_objects(sink, index, sidecars=args.metadata == "sidecar")
     _report_verify(args, checked, problems)
     if not args.json:
-        print(f"verified {sink.describe()}; {len(problems)} problem(s)")
+        counted = "" if index is not None else f"{checked} object(s) in "
+        print(f"verified {counted}{sink.describe()}; {len(problems)} problem(s)")
     return Outcome(failed=bool(problems))
 
 
@@ -261,7 +302,7 @@ async def _missing_objects(
     """The recordings the index has and the bucket lacks (and, with `sidecars`, those
     whose `<id>.json` it lacks)."""
     problems: list[dict[str, Any]] = []
-    await sink.prepare()
+    await sink.prepare(writing=False)
     try:
         for entry in index:
             wanted = [("missing", entry.path)]

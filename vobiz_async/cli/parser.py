@@ -126,6 +126,20 @@ def _port(text: str) -> int:
     return _whole_number(text, 0, 65535)
 
 
+def _storage_class(text: str) -> str:
+    """An S3 storage class, in capitals (`glacier_ir` is `GLACIER_IR`)."""
+    value = text.strip().upper()
+    if not value[:1].isalpha() or not all(c.isascii() and (c.isalnum() or c == "_") for c in value):
+        raise argparse.ArgumentTypeError(f"not an S3 storage class: {text!r}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text.strip()
+
+
 def _recording_type(text: str) -> str:
     """A `--recording-type`: a value Vobiz does not document is passed on, with one warning."""
     if text not in RECORDING_TYPES:
@@ -260,9 +274,47 @@ def _metadata_option(sub: argparse.ArgumentParser, text: str | None = None) -> N
     )
 
 
+#: The S3 flags (attribute names) that apply to `s3://` destinations only.
+S3_FLAGS = (
+    "s3_endpoint_url",
+    "s3_region",
+    "s3_storage_class",
+    "s3_sse",
+    "s3_sse_kms_key_id",
+    "s3_object_lock_mode",
+    "s3_retain_days",
+    "s3_legal_hold",
+)
+
+
 def _s3_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--s3-endpoint-url", help="s3:// only; default: $AWS_ENDPOINT_URL_S3, AWS")
     sub.add_argument("--s3-region", help="s3:// only; default: $AWS_REGION / the AWS profile")
+    verb = "expect on" if sub.prog.endswith(" verify") else "set on"
+    sub.add_argument(
+        "--s3-storage-class",
+        type=_storage_class,
+        metavar="CLASS",
+        help=f"the storage class to {verb} every object (GLACIER_IR, STANDARD_IA, ...)",
+    )
+    sub.add_argument(
+        "--s3-sse", choices=("AES256", "aws:kms"), help=f"the encryption to {verb} every object"
+    )
+    sub.add_argument(
+        "--s3-sse-kms-key-id", type=_nonempty, metavar="KEY", help="with --s3-sse aws:kms: the key"
+    )
+    sub.add_argument(
+        "--s3-object-lock-mode",
+        choices=("GOVERNANCE", "COMPLIANCE"),
+        help="Object Lock retention (with --s3-retain-days; the bucket needs Object Lock)",
+    )
+    sub.add_argument(
+        "--s3-retain-days",
+        type=_positive,
+        metavar="N",
+        help="keep each object N days from its upload (with --s3-object-lock-mode)",
+    )
+    sub.add_argument("--s3-legal-hold", action="store_true", help=f"a legal hold to {verb} it")
 
 
 def _archive_options(download: argparse.ArgumentParser) -> None:
@@ -589,9 +641,21 @@ def check_conflicts(args: argparse.Namespace) -> None:
         if first and second:
             raise UsageError(f"{first[0]} and {second[0]} cannot be used together")
     if args.command in ("download", "move", "verify"):
-        destination = args.dir if args.command == "verify" else args.out
-        s3_only = _given(args, "s3_endpoint_url", "s3_region")
-        if s3_only and not str(destination).startswith("s3://"):
-            raise UsageError(
-                f"{s3_only[0]} applies to s3:// destinations, not the folder {destination}"
-            )
+        _check_s3_flags(args, args.dir if args.command == "verify" else args.out)
+
+
+def _check_s3_flags(args: argparse.Namespace, destination: object) -> None:
+    """The `--s3-*` flags: for `s3://` destinations only, and each with what it needs."""
+    s3_only = _given(args, *S3_FLAGS)
+    if s3_only and not str(destination).lower().startswith("s3://"):
+        raise UsageError(
+            f"{s3_only[0]} applies to s3:// destinations, not the folder {destination}"
+        )
+    needs = (
+        ("s3_sse_kms_key_id", getattr(args, "s3_sse", None) == "aws:kms", "--s3-sse aws:kms"),
+        ("s3_retain_days", bool(_given(args, "s3_object_lock_mode")), "--s3-object-lock-mode"),
+        ("s3_object_lock_mode", bool(_given(args, "s3_retain_days")), "--s3-retain-days"),
+    )
+    for name, met, needed in needs:
+        if _given(args, name) and not met:
+            raise UsageError(f"{_given(args, name)[0]} needs {needed}")

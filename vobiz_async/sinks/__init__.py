@@ -10,18 +10,20 @@ from urllib.parse import urlsplit
 from ..errors import ConfigurationError, ObjectStoreError
 from .base import AlreadyStored, Sink, Stored, Writer
 from .directory import DirectorySink
-from .s3 import ByteBudget, ObjectProblem, S3Sink, verify_objects
+from .s3 import ByteBudget, ObjectAudit, ObjectProblem, S3Sink, audit_objects, verify_objects
 
 __all__ = [
     "AlreadyStored",
     "ByteBudget",
     "DirectorySink",
+    "ObjectAudit",
     "ObjectProblem",
     "ObjectStoreError",
     "S3Sink",
     "Sink",
     "Stored",
     "Writer",
+    "audit_objects",
     "s3_destination",
     "sink_for",
     "verify_objects",

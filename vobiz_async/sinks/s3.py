@@ -16,6 +16,18 @@ How a recording lands:
   5 GiB, S3's limit for one copy; a recording is far smaller). Any failure,
   cancellation, `restart()` or `abort()` aborts the upload; `close()` aborts what a caller
   left open.
+- Governance settings (`storage_class`, `sse`/`sse_kms_key_id`, `object_lock_mode` with
+  `object_lock_retain_days`, `object_lock_legal_hold`) go on every final object: the single
+  PUT, the stamping copy (a copy keeps none of them unless given again) and `put_file`.
+  A multipart upload starts encrypted but in the default storage class and without
+  retention: the version it completes is an intermediate one, which the copy replaces and
+  which is then deleted by its version id (so a versioned bucket keeps one version per
+  recording, and a GLACIER/DEEP_ARCHIVE class never has to be read back for the copy).
+  Retention ends `retain_days` after the write, never after `add_time`. `prepare()` proves
+  the bucket takes the settings before any transfer.
+- A run stopped between completing a multipart upload and its stamp leaves an object
+  without `sha256` (its ETag still a multipart one, its `recording-id` metadata set): the
+  next lookup of that recording re-hashes it and stamps it (`_recover`).
 - Within one writer, a dropped media connection costs nothing here: the downloader sends a
   `Range` request and keeps calling `write`; parts already uploaded stay uploaded.
 - Bytes waiting for upload (filling parts and parts in flight) are charged to one
@@ -28,7 +40,8 @@ How a recording lands:
   disagrees with the index. Without a key it is one listing narrowed to `<folder><id>.`
   (a webhook's lookup is one small request whatever the bucket holds), or, once a batch has
   looked up `list_after` recordings in one folder, one whole listing of that folder kept
-  until the next `prepare()`; a listing gives sizes, not metadata.
+  until the next `prepare()`; a listing gives sizes, not metadata (an object whose listed
+  ETag is a multipart one is looked at with a `HEAD`, in case it lacks its stamp).
 """
 
 from __future__ import annotations
@@ -45,7 +58,9 @@ import mmap
 import os
 import re
 import sys
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -71,7 +86,14 @@ from ..protocol import (
 )
 from .base import Layout, Stored
 
-__all__ = ["ByteBudget", "ObjectProblem", "S3Sink", "verify_objects"]
+__all__ = [
+    "ByteBudget",
+    "ObjectAudit",
+    "ObjectProblem",
+    "S3Sink",
+    "audit_objects",
+    "verify_objects",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +107,26 @@ _MD5_INLINE = 256 * 1024  # hash smaller bodies on the loop, bigger ones in a th
 _STEM_KEYS = 10  # keys a narrowed listing returns: `<id>.mp3`, `<id>.wav`, ...
 
 _T = TypeVar("_T")
+#: A listed object: its extension, its size, and whether its ETag is a multipart upload's
+#: (`"...-N"`): one that may still lack its sha256 stamp (a stamped object is a copy).
+_Listed = tuple[str, int, bool]
 ChecksumPolicy = Literal["when_supported", "when_required"]
+Encryption = Literal["AES256", "aws:kms"]
+LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
+ProblemKind = Literal[
+    "missing-metadata", "changed", "storage-class", "encryption", "retention", "legal-hold"
+]
+
+_SSE_VALUES = ("AES256", "aws:kms")
+_LOCK_MODES = ("GOVERNANCE", "COMPLIANCE")
+_STORAGE_CLASS = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+#: How much earlier than `LastModified + retain_days` an object's retain-until date may be
+#: and still count as the retention asked for: the date is computed just before the request.
+_RETENTION_SLACK = timedelta(hours=1)
+#: The Content-MD5 of an empty body, sent with every CopyObject (which has no body): S3
+#: documents a Content-MD5 as required on a write that sets Object Lock retention (or into a
+#: bucket with a default retention), and moto enforces it on a copy too. It verifies as is.
+_EMPTY_MD5 = base64.b64encode(hashlib.md5(b"", usedforsecurity=False).digest()).decode()
 
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -104,10 +145,20 @@ class ObjectProblem:
 
     key: str
     location: str
-    #: "missing-metadata" (no `sha256` user metadata) or "changed" (the bytes disagree).
-    kind: Literal["missing-metadata", "changed"]
+    #: "missing-metadata" (no `sha256` user metadata) or "changed" (the bytes disagree);
+    #: with settings on the sink, also "storage-class", "encryption", "retention" or
+    #: "legal-hold" (the object's setting differs from the sink's).
+    kind: ProblemKind
     expected: str | None
     actual: str
+
+
+@attrs.frozen
+class ObjectAudit:
+    """What `audit_objects` found: how many objects it checked, and their problems."""
+
+    checked: int
+    problems: list[ObjectProblem]
 
 
 class ByteBudget:
@@ -253,6 +304,72 @@ def _resolve_endpoint(endpoint_url: str | None) -> str | None:
     return None
 
 
+def _copy_md5(request: Any, **_: Any) -> None:
+    """Give a CopyObject the Content-MD5 of its empty body (`_EMPTY_MD5`)."""
+    if "Content-MD5" not in request.headers:
+        request.headers["Content-MD5"] = _EMPTY_MD5
+
+
+def _check_storage(storage_class: str | None, sse: str | None, sse_kms_key_id: str | None) -> None:
+    if storage_class is not None and (
+        not isinstance(storage_class, str) or not _STORAGE_CLASS.fullmatch(storage_class)
+    ):
+        raise ConfigurationError(f"not an S3 storage class: {storage_class!r}")
+    if sse is not None and sse not in _SSE_VALUES:
+        raise ConfigurationError(f"sse must be 'AES256' or 'aws:kms', not {sse!r}")
+    if sse_kms_key_id is None:
+        return
+    if sse != "aws:kms":
+        raise ConfigurationError("sse_kms_key_id needs sse='aws:kms'")
+    if not isinstance(sse_kms_key_id, str) or not sse_kms_key_id or _CONTROL.search(sse_kms_key_id):
+        raise ConfigurationError("sse_kms_key_id must be a KMS key id, ARN or alias")
+
+
+def _check_lock(object_lock_mode: str | None, object_lock_retain_days: int | None) -> None:
+    if object_lock_mode is not None and object_lock_mode not in _LOCK_MODES:
+        raise ConfigurationError(
+            f"object_lock_mode must be 'GOVERNANCE' or 'COMPLIANCE', not {object_lock_mode!r}"
+        )
+    if (object_lock_mode is None) != (object_lock_retain_days is None):
+        raise ConfigurationError(
+            "object_lock_mode and object_lock_retain_days go together: a retention needs both"
+        )
+    if object_lock_retain_days is not None and (
+        isinstance(object_lock_retain_days, bool)
+        or not isinstance(object_lock_retain_days, int)
+        or object_lock_retain_days < 1
+    ):
+        raise ConfigurationError("object_lock_retain_days must be a whole number of days >= 1")
+
+
+def retain_until(now: datetime, days: int) -> datetime:
+    """The retain-until date of an object uploaded at `now` for `days` days: counted from
+    the upload, never from the recording's `add_time`."""
+    return now + timedelta(days=days)
+
+
+def _multipart(item: Mapping[str, Any]) -> bool:
+    """Whether a listed object's ETag is a multipart upload's (`"<md5>-<parts>"`)."""
+    return "-" in str(item.get("ETag", ""))
+
+
+def _real_version(version_id: str | None) -> bool:
+    """A version id naming one version of a versioned bucket ("null": the unversioned one)."""
+    return bool(version_id) and version_id != "null"
+
+
+def _checksum_policy(given: ChecksumPolicy | None, endpoint_url: str | None) -> ChecksumPolicy:
+    """`request_checksum_calculation`: as given, else botocore's default on AWS and
+    "when_required" on any custom endpoint."""
+    if given is None:
+        return "when_supported" if endpoint_url is None else "when_required"
+    if given not in ("when_supported", "when_required"):
+        raise ConfigurationError(
+            "request_checksum_calculation must be 'when_supported' or 'when_required'"
+        )
+    return given
+
+
 def _error_code(err: BaseException) -> tuple[str | None, int | None]:
     response = getattr(err, "response", None)
     if not isinstance(response, Mapping):
@@ -321,6 +438,13 @@ class S3Sink:
     across every writer of the sink (`budget`). `max_attempts` counts tries per request
     (botocore's standard retry mode). `index` optionally supplies known sha256s to
     `lookup`.
+
+    `storage_class` (`GLACIER_IR`, `STANDARD_IA`, ...), `sse` (`"AES256"` or `"aws:kms"`,
+    with `sse_kms_key_id` for a key of your own), `object_lock_mode` (`"GOVERNANCE"` or
+    `"COMPLIANCE"`, with `object_lock_retain_days`: retention until the upload plus that many
+    days) and `object_lock_legal_hold` go on every object the sink writes, recordings and
+    `put_file` alike. `prepare()` refuses, in one destination-wide `ObjectStoreError`, a
+    bucket that does not take them; `audit_objects` reports objects whose own differ.
     """
 
     #: Lookups in one folder after which a batch lists that folder whole, once: from then on
@@ -341,6 +465,12 @@ class S3Sink:
         profile: str | None = None,
         max_attempts: int = 4,
         index: _Index | None = None,
+        storage_class: str | None = None,
+        sse: Encryption | None = None,
+        sse_kms_key_id: str | None = None,
+        object_lock_mode: LockMode | None = None,
+        object_lock_retain_days: int | None = None,
+        object_lock_legal_hold: bool = False,
     ) -> None:
         if not _client_installed():
             raise ConfigurationError(f"S3 destinations need the optional S3 client: {_EXTRA_HINT}")
@@ -360,25 +490,53 @@ class S3Sink:
         self.max_attempts = max_attempts
         self.endpoint_url = _resolve_endpoint(endpoint_url)
         self.region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if request_checksum_calculation is None:
-            request_checksum_calculation = (
-                "when_supported" if self.endpoint_url is None else "when_required"
-            )
-        if request_checksum_calculation not in ("when_supported", "when_required"):
-            raise ConfigurationError(
-                "request_checksum_calculation must be 'when_supported' or 'when_required'"
-            )
-        self.request_checksum_calculation: ChecksumPolicy = request_checksum_calculation
+        self.request_checksum_calculation = _checksum_policy(
+            request_checksum_calculation, self.endpoint_url
+        )
         self.profile = profile
         self.index = index
+        self._govern(storage_class, sse, sse_kms_key_id)
+        self._lock_settings(object_lock_mode, object_lock_retain_days, object_lock_legal_hold)
+        self._settings_checked = False
+        self._writing = True
         self.budget = ByteBudget(max_buffer_bytes)
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
-        self._listings: dict[str, dict[str, tuple[str, int]]] = {}  # folder -> stem -> ...
+        self._listings: dict[str, dict[str, _Listed]] = {}  # folder -> stem -> ...
         self._listing_locks: dict[str, asyncio.Lock] = {}
         self._lookups: dict[str, int] = {}  # folder -> uncached lookups since prepare()
         self._open_writers: set[_S3Writer] = set()
         self._cleanup: set[asyncio.Future[Any]] = set()
+
+    def _govern(
+        self, storage_class: str | None, sse: Encryption | None, sse_kms_key_id: str | None
+    ) -> None:
+        """Check and keep the storage class and encryption every object gets."""
+        _check_storage(storage_class, sse, sse_kms_key_id)
+        self.storage_class = storage_class
+        self.sse = sse
+        self.sse_kms_key_id = sse_kms_key_id
+
+    def _lock_settings(
+        self, mode: LockMode | None, retain_days: int | None, legal_hold: bool
+    ) -> None:
+        """Check and keep the retention and legal hold every final object gets."""
+        _check_lock(mode, retain_days)
+        self.object_lock_mode = mode
+        self.object_lock_retain_days = retain_days
+        self.object_lock_legal_hold = bool(legal_hold)
+
+    def settings(self) -> dict[str, Any]:
+        """The storage, encryption and Object Lock keywords this sink was made with (none of
+        them secret), to make another sink that writes objects alike."""
+        return {
+            "storage_class": self.storage_class,
+            "sse": self.sse,
+            "sse_kms_key_id": self.sse_kms_key_id,
+            "object_lock_mode": self.object_lock_mode,
+            "object_lock_retain_days": self.object_lock_retain_days,
+            "object_lock_legal_hold": self.object_lock_legal_hold,
+        }
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Sink:
@@ -407,9 +565,15 @@ class S3Sink:
 
     # -- batch lifecycle ------------------------------------------------------------------
 
-    async def prepare(self) -> None:
+    async def prepare(self, *, writing: bool = True) -> None:
         """Open the client and check, with one listing request, that the bucket exists and
-        the credentials may list it; a new batch also starts a new lookup cache."""
+        the credentials may list it; a new batch also starts a new lookup cache.
+
+        A writer (the default) with storage, encryption or Object Lock settings also proves
+        that the bucket takes them, once per sink (`check_settings_once`). A reader
+        (`writing=False`: `audit_objects`, `verify`) writes nothing: no probe upload, and an
+        object found without its sha256 is re-hashed but not stamped (`_recover`)."""
+        self._writing = writing
         self._listings.clear()
         self._listing_locks.clear()
         self._lookups.clear()
@@ -419,11 +583,154 @@ class S3Sink:
             await self._open_client()
         try:
             await self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+            if writing:
+                await self.check_settings_once()
         except Exception as err:
             await self.close()
             failure = self._translate(err, "checking the bucket")
             failure.destination_wide = True  # at prepare, nothing in the batch could work
             raise failure from None
+
+    @property
+    def has_settings(self) -> bool:
+        """Whether the sink sets a storage class, encryption, retention or a legal hold."""
+        return bool(
+            self.storage_class or self.sse or self.object_lock_mode or self.object_lock_legal_hold
+        )
+
+    async def check_settings_once(self) -> None:
+        """Prove that the bucket takes the sink's settings, before any transfer: Object Lock
+        enabled on it (for a retention or a legal hold), and an upload with the storage class
+        and encryption accepted, through a one-byte multipart upload that is aborted (it
+        leaves no object and no version, even in a bucket that locks every object it keeps,
+        and it needs what a recording's upload needs: `kms:GenerateDataKey` and
+        `kms:Decrypt` for SSE-KMS). A refusal is one `ObjectStoreError`, destination-wide."""
+        if self._settings_checked or not self.has_settings:
+            return
+        if self.object_lock_mode or self.object_lock_legal_hold:
+            await self._check_object_lock()
+        if self.storage_class or self.sse:
+            await self._probe_upload()
+        self._settings_checked = True
+
+    def _refused(self, what: str, err: BaseException | None = None) -> ObjectStoreError:
+        """The destination-wide error of a bucket that refuses the sink's settings (refused
+        credentials stay themselves)."""
+        if err is not None:
+            translated = self._translate(err, what)
+            if isinstance(translated, StorageCredentialsError):
+                return translated
+            code = _error_code(err)[0] or type(err).__name__
+            failure = ObjectStoreError(f"{self.describe()}: {what} ({code})", code=code)
+        else:
+            failure = ObjectStoreError(f"{self.describe()}: {what}")
+        failure.destination_wide = True
+        return failure
+
+    async def _check_object_lock(self) -> None:
+        client = self._require_client()
+        try:
+            answer = await client.get_object_lock_configuration(Bucket=self.bucket)
+        except Exception as err:
+            if _error_code(err)[0] == "ObjectLockConfigurationNotFoundError":
+                raise self._refused(
+                    "the bucket has no Object Lock, which a retention or legal hold needs "
+                    "(it is enabled when the bucket is created)"
+                ) from None
+            raise self._refused("cannot read the bucket's Object Lock configuration", err) from None
+        config = answer.get("ObjectLockConfiguration") or {}
+        if config.get("ObjectLockEnabled") != "Enabled":
+            raise self._refused("the bucket has no Object Lock enabled")
+        if config.get("Rule"):
+            logger.warning(
+                "%s: the bucket's default retention also locks the version a multipart "
+                "upload leaves before its sha256 is stamped; such versions stay until it ends",
+                self.describe(),
+            )
+
+    async def _probe_upload(self) -> None:
+        client = self._require_client()
+        key = f"{self.prefix}.vobiz-settings-check-{uuid.uuid4().hex}"
+        settings = {**self._encryption()}
+        if self.storage_class:
+            settings["StorageClass"] = self.storage_class
+        what = f"the bucket refuses an upload with {self._describe_settings()}"
+        try:
+            created = await client.create_multipart_upload(Bucket=self.bucket, Key=key, **settings)
+        except Exception as err:
+            raise self._refused(what, err) from None
+        try:
+            await client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=created["UploadId"],
+                PartNumber=1,
+                Body=b"\0",
+                ContentMD5=await _content_md5(memoryview(b"\0")),
+            )
+        except Exception as err:
+            raise self._refused(what, err) from None
+        finally:
+            await self._abort_upload_quietly(key, created["UploadId"])
+
+    async def _abort_upload_quietly(self, full_key: str, upload_id: str) -> None:
+        try:
+            await self._require_client().abort_multipart_upload(
+                Bucket=self.bucket, Key=full_key, UploadId=upload_id
+            )
+        except Exception as err:
+            logger.warning(
+                "could not abort the upload of s3://%s/%s: %s (a lifecycle rule for "
+                "incomplete multipart uploads cleans it up)",
+                self.bucket,
+                full_key,
+                self._translate(err, "aborting the upload"),
+            )
+
+    def _describe_settings(self) -> str:
+        parts = []
+        if self.storage_class:
+            parts.append(f"storage class {self.storage_class}")
+        if self.sse:
+            key = f" key {self.sse_kms_key_id}" if self.sse_kms_key_id else ""
+            parts.append(f"encryption {self.sse}{key}")
+        return " and ".join(parts)
+
+    # -- the settings each object carries -------------------------------------------------
+
+    def _encryption(self, kept: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The encryption arguments of a write: the sink's, else (for a copy) the object's
+        own, which a copy would otherwise reset to the bucket's default."""
+        sse = self.sse or (kept or {}).get("ServerSideEncryption")
+        if not sse:
+            return {}
+        args: dict[str, Any] = {"ServerSideEncryption": sse}
+        key = self.sse_kms_key_id if self.sse else (kept or {}).get("SSEKMSKeyId")
+        if key and sse == "aws:kms":
+            args["SSEKMSKeyId"] = key
+        return args
+
+    def _lock(self) -> dict[str, Any]:
+        """The Object Lock arguments of a final object's write: the retention counted from
+        now (the upload), and the legal hold."""
+        args: dict[str, Any] = {}
+        if self.object_lock_mode is not None and self.object_lock_retain_days is not None:
+            args["ObjectLockMode"] = self.object_lock_mode
+            args["ObjectLockRetainUntilDate"] = retain_until(
+                datetime.now(UTC), self.object_lock_retain_days
+            )
+        if self.object_lock_legal_hold:
+            args["ObjectLockLegalHoldStatus"] = "ON"
+        return args
+
+    def _final_settings(self, kept: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every setting a final object carries: storage class, encryption, retention and
+        legal hold (`kept`: the object's own storage class and encryption, for a copy)."""
+        args = {**self._encryption(kept), **self._lock()}
+        storage = self.storage_class or (kept or {}).get("StorageClass")
+        if storage:
+            args["StorageClass"] = storage
+        return args
 
     async def close(self) -> None:
         """Abort uploads a caller left open, then close the client."""
@@ -463,6 +770,7 @@ class S3Sink:
                 "s3", region_name=region, endpoint_url=self.endpoint_url, config=config
             )
             self._client = await stack.enter_async_context(creator)
+            self._client.meta.events.register("before-sign.s3.CopyObject", _copy_md5)
             credentials = await session.get_credentials()
             if credentials is not None:
                 frozen = await credentials.get_frozen_credentials()
@@ -561,8 +869,10 @@ class S3Sink:
         found = await self._find(folder, stem)
         if found is None:
             return None
-        extension, size = found
+        extension, size, unstamped = found
         key = f"{folder}{stem}.{extension}"
+        if unstamped:  # completed, maybe never stamped: its HEAD tells, and it gets its sha256
+            return await self._inspect(key, rehash=False)
         return Stored(
             key=key,
             location=self.location(key),
@@ -570,8 +880,9 @@ class S3Sink:
             container=extension if extension in ("mp3", "wav") else None,
         )
 
-    async def _find(self, folder: str, stem: str) -> tuple[str, int] | None:
-        """The extension and size of `stem`'s object directly under `folder`."""
+    async def _find(self, folder: str, stem: str) -> _Listed | None:
+        """The extension and size of `stem`'s object directly under `folder`, and whether it
+        may lack its sha256 stamp."""
         listing = self._listings.get(folder)
         if listing is None:
             self._lookups[folder] = self._lookups.get(folder, 0) + 1
@@ -594,11 +905,14 @@ class S3Sink:
                 and "." not in extension
                 and _recording(extension)
             ):
-                return sys.intern(extension), int(item["Size"])
+                return sys.intern(extension), int(item["Size"]), _multipart(item)
         return None
 
-    async def _inspect(self, key: str) -> Stored | None:
-        """The object at `key` (relative to the prefix) by one `HEAD`; None if absent."""
+    async def _inspect(self, key: str, *, rehash: bool = True) -> Stored | None:
+        """The object at `key` (relative to the prefix) by one `HEAD`; None if absent. An
+        object without `sha256` metadata is re-hashed (and stamped, if ours: `_recover`);
+        without `rehash`, only if ours, else it is reported with no sha256, as a listing
+        would."""
         full = self.prefix + key
         try:
             head = await self._require_client().head_object(Bucket=self.bucket, Key=full)
@@ -607,19 +921,22 @@ class S3Sink:
                 return None
             raise self._translate(err, f"checking {full!r}") from None
         metadata = head.get("Metadata") or {}
-        sha256 = (metadata.get("sha256") or "").lower() or await self._rehash(full)
+        sha256 = (metadata.get("sha256") or "").lower()
+        if not sha256 and (rehash or metadata.get("recording-id")):
+            sha256 = await self._recover(full, head)
         extension = key.rpartition(".")[2]
         return Stored(
             key=key,
             location=self.location(key),
             size=int(head["ContentLength"]),
-            sha256=sha256,
+            sha256=sha256 or None,
             container=extension if extension in ("mp3", "wav") else None,
         )
 
     async def digest(self, key: str) -> Stored:
         """The object under `key` with its sha256: its `sha256` metadata, or (when absent)
-        the sha256 of its bytes, read back once (for an object an index does not know)."""
+        the sha256 of its bytes, read back once (for an object an index does not know), and
+        stamped on an object this library uploaded (`_recover`)."""
         client = self._require_client()
         full_key = self.prefix + key
         try:
@@ -629,19 +946,57 @@ class S3Sink:
         except Exception as err:
             raise self._translate(err, f"reading {full_key!r}") from None
         if not sha256:
-            sha256 = await self._rehash(full_key)
+            sha256 = await self._recover(full_key, head)
         extension = key.rpartition(".")[2]
         container = head.get("Metadata", {}).get("container") or (
             extension if extension in ("mp3", "wav") else None
         )
         return Stored(key, self.location(key), size, sha256=sha256.lower(), container=container)
 
-    async def _rehash(self, full_key: str) -> str:
-        """The sha256 of the object's bytes, streamed (for an object without the metadata)."""
+    async def _rehash(self, full_key: str, etag: str | None = None) -> str:
+        """The sha256 of the object's bytes, streamed (for an object without the metadata);
+        with `etag`, of that version of the object only."""
         logger.info("s3://%s/%s has no sha256 metadata: re-hashing it", self.bucket, full_key)
-        return (await _hash_object(self, self._require_client(), full_key))[0]
+        return (await _hash_object(self, self._require_client(), full_key, etag))[0]
 
-    async def _listing(self, folder: str) -> dict[str, tuple[str, int]]:
+    async def _recover(self, full_key: str, head: Mapping[str, Any]) -> str:
+        """The sha256 of an object without the metadata (`head`: its HEAD), re-hashed.
+
+        An object this library uploaded (its `recording-id` metadata, set when the upload
+        started) lacks it only when a run stopped between completing the multipart upload
+        and stamping it; its bytes were verified before the upload was completed, so it is
+        stamped now with that hash and the sink's settings, as the run would have done. A
+        failed stamp is logged: the hash is still returned."""
+        etag = head.get("ETag")
+        sha256 = await self._rehash(full_key, etag)
+        metadata = dict(head.get("Metadata") or {})
+        if not metadata.get("recording-id") or not etag or not self._writing:
+            return sha256  # not ours (or a reader): `verify` reports it, nothing rewrites it
+        try:
+            await self._stamp(
+                full_key,
+                etag,
+                head.get("VersionId"),
+                head.get("ContentType") or "application/octet-stream",
+                {**metadata, "sha256": sha256},
+                kept=head,
+            )
+        except Exception as err:
+            logger.warning(
+                "s3://%s/%s: could not record its sha256: %s",
+                self.bucket,
+                full_key,
+                self._translate(err, "recording the object's sha256"),
+            )
+        else:
+            logger.info(
+                "s3://%s/%s: recorded its sha256 (a run stopped before it could)",
+                self.bucket,
+                full_key,
+            )
+        return sha256
+
+    async def _listing(self, folder: str) -> dict[str, _Listed]:
         if folder in self._listings:
             return self._listings[folder]
         lock = self._listing_locks.setdefault(folder, asyncio.Lock())
@@ -650,14 +1005,14 @@ class S3Sink:
                 self._listings[folder] = await self._list_folder(folder)
         return self._listings[folder]
 
-    async def _list_folder(self, folder: str) -> dict[str, tuple[str, int]]:
+    async def _list_folder(self, folder: str) -> dict[str, _Listed]:
         """stem -> (extension, size) for the objects directly under `folder`. About 210
         bytes an object with UUID ids (tracemalloc), so a flat prefix of a million
         recordings costs about 210 MB for a batch; `layout="date"` lists only the days a
         batch touches."""
         client = self._require_client()
         full = self.prefix + folder
-        entries: dict[str, tuple[str, int]] = {}
+        entries: dict[str, _Listed] = {}
         token: str | None = None
         try:
             while True:
@@ -669,7 +1024,7 @@ class S3Sink:
                     name = item["Key"][len(full) :]
                     stem, dot, extension = name.rpartition(".")
                     if dot and stem and stem not in entries and _recording(extension):
-                        entries[stem] = (sys.intern(extension), int(item["Size"]))
+                        entries[stem] = (sys.intern(extension), int(item["Size"]), _multipart(item))
                 token = page.get("NextContinuationToken")
                 if not page.get("IsTruncated") or not token:
                     break
@@ -683,7 +1038,7 @@ class S3Sink:
         listing = self._listings.get(folder + "/" if folder else "")
         if listing is not None:
             stem, _, extension = name.rpartition(".")
-            listing[stem] = (sys.intern(extension), size)
+            listing[stem] = (sys.intern(extension), size, False)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -697,7 +1052,8 @@ class S3Sink:
         return writer
 
     async def put_file(self, key: str, data: bytes, *, content_type: str) -> Stored:
-        """One `PutObject` of `data` at `prefix + key` with `Content-MD5` and its sha256."""
+        """One `PutObject` of `data` at `prefix + key` with `Content-MD5`, its sha256 and the
+        sink's settings (storage class, encryption, retention, legal hold), as a recording."""
         sha256 = hashlib.sha256(data).hexdigest()
         try:
             await self._require_client().put_object(
@@ -707,10 +1063,80 @@ class S3Sink:
                 ContentMD5=await _content_md5(memoryview(data)),
                 ContentType=content_type,
                 Metadata={"sha256": sha256},
+                **self._final_settings(),
             )
         except Exception as err:
             raise self._translate(err, "storing the object") from None
         return Stored(key=key, location=self.location(key), size=len(data), sha256=sha256)
+
+    async def _stamp_completed(
+        self, key: str, done: Mapping[str, Any], content_type: str, metadata: dict[str, str]
+    ) -> None:
+        """Stamp a just-completed multipart object (`done`: CompleteMultipartUpload's answer)
+        with its sha256; if that fails, take the object away: without its sha256 it would
+        pass for unverified (unless the precondition failed: the object under the key is
+        then no longer ours)."""
+        full_key = self.prefix + key
+        version = done.get("VersionId")
+        try:
+            await self._stamp(full_key, done["ETag"], version, content_type, metadata)
+        except Exception as err:
+            if _error_code(err)[0] != "PreconditionFailed":
+                which = {"VersionId": version} if _real_version(version) else {}
+                with contextlib.suppress(Exception):
+                    await self._require_client().delete_object(
+                        Bucket=self.bucket, Key=full_key, **which
+                    )
+            raise self._translate(err, "recording the object's sha256") from None
+
+    async def _stamp(
+        self,
+        full_key: str,
+        etag: str,
+        version: str | None,
+        content_type: str,
+        metadata: dict[str, str],
+        kept: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Copy an object onto itself with `metadata` (its sha256 in it) and every setting,
+        conditional on its ETag, then remove the version the copy replaced.
+
+        A multipart upload's metadata is fixed when it starts, before the hash is known, so
+        the sha256 comes by this copy, which also sets the storage class, retention and
+        legal hold: a copy keeps none of them unless given again (`kept`: the object's own
+        storage class and encryption, for an object the sink did not just upload). In a
+        versioned bucket (Object Lock implies one) the copy is a new version: the one it
+        replaces, which carries no retention, is deleted by its id, so each recording ends
+        as one version."""
+        source = {"Bucket": self.bucket, "Key": full_key}
+        if _real_version(version):
+            source["VersionId"] = str(version)
+        copied = await self._require_client().copy_object(
+            Bucket=self.bucket,
+            Key=full_key,
+            CopySource=source,
+            CopySourceIfMatch=etag,
+            MetadataDirective="REPLACE",
+            ContentType=content_type,
+            Metadata=metadata,
+            **self._final_settings(kept),
+        )
+        if _real_version(version) and copied.get("VersionId") != version:
+            await self._drop_version(full_key, str(version))
+
+    async def _drop_version(self, full_key: str, version: str) -> None:
+        try:
+            await self._require_client().delete_object(
+                Bucket=self.bucket, Key=full_key, VersionId=version
+            )
+        except Exception as err:
+            logger.warning(
+                "s3://%s/%s: could not remove version %s, which its sha256 stamp replaced: %s",
+                self.bucket,
+                full_key,
+                version,
+                self._translate(err, "removing the replaced version"),
+            )
 
     def _metadata(self, recording: Recording, container: str | None) -> dict[str, str]:
         return {
@@ -936,6 +1362,9 @@ class _S3Writer:
                 Key=sink.prefix + key,
                 ContentType=media_type(container),
                 Metadata=sink._metadata(self._recording, container),
+                # Encrypted from the first byte; the storage class, retention and legal hold
+                # go on the stamped copy only (`_complete_upload`).
+                **sink._encryption(),
             )
         except Exception as err:
             self._failure = sink._translate(err, "starting an upload")
@@ -1030,6 +1459,7 @@ class _S3Writer:
                 ContentMD5=await _content_md5(view),
                 ContentType=media_type(container),
                 Metadata={**sink._metadata(self._recording, container), "sha256": sha256},
+                **sink._final_settings(),
             )
         except Exception as err:
             raise sink._translate(err, "storing the object") from None
@@ -1053,18 +1483,12 @@ class _S3Writer:
                 f"{sink.location(key)}: the container ({container}) differs from the one the "
                 f"upload started with ({self._started_container})"
             )
-        if self._pos:
-            await self._send_part()
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks))
-        if self._failure is not None:
-            raise self._failure
-        client = sink._require_client()
+        await self._send_last_parts()
         parts = [{"PartNumber": n, "ETag": self._parts[n]} for n in sorted(self._parts)]
         if len(parts) != self._next_part - 1:
             raise ObjectStoreError(f"{sink.location(key)}: a part went missing")
         try:
-            done = await client.complete_multipart_upload(
+            done = await sink._require_client().complete_multipart_upload(
                 Bucket=sink.bucket,
                 Key=sink.prefix + key,
                 UploadId=self._upload_id,
@@ -1073,24 +1497,17 @@ class _S3Writer:
         except Exception as err:
             raise sink._translate(err, "completing the upload") from None
         self._upload_id = None  # completed: nothing left to abort
-        try:
-            await client.copy_object(
-                Bucket=sink.bucket,
-                Key=sink.prefix + key,
-                CopySource={"Bucket": sink.bucket, "Key": sink.prefix + key},
-                CopySourceIfMatch=done["ETag"],
-                MetadataDirective="REPLACE",
-                ContentType=media_type(container),
-                Metadata={**sink._metadata(self._recording, container), "sha256": sha256},
-            )
-        except Exception as err:
-            # Without its sha256 the object would pass for unverified: take it away, unless
-            # the precondition failed, when the object under the key is no longer ours.
-            if _error_code(err)[0] != "PreconditionFailed":
-                with contextlib.suppress(Exception):
-                    await client.delete_object(Bucket=sink.bucket, Key=sink.prefix + key)
-            raise sink._translate(err, "recording the object's sha256") from None
+        metadata = {**sink._metadata(self._recording, container), "sha256": sha256}
+        await sink._stamp_completed(key, done, media_type(container), metadata)
         return key
+
+    async def _send_last_parts(self) -> None:
+        if self._pos:
+            await self._send_part()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks))
+        if self._failure is not None:
+            raise self._failure
 
     async def abort(self) -> None:
         """Stop: cancel parts in flight, abort the multipart upload, hold nothing."""
@@ -1133,18 +1550,27 @@ class _S3Writer:
 
 
 async def verify_objects(sink: S3Sink) -> list[ObjectProblem]:
+    """The problems `audit_objects` finds (without the count of objects it checked)."""
+    return (await audit_objects(sink)).problems
+
+
+async def audit_objects(sink: S3Sink) -> ObjectAudit:
     """Stream every object under the sink's prefix, recompute its sha256 and compare it with
     the object's `sha256` metadata (and the sink's `index`, when it has one and knows the
-    recording); return the objects without that metadata or whose bytes changed.
+    recording); report the objects without that metadata or whose bytes changed and, for
+    each setting the sink has (storage class, encryption, retention, legal hold), the
+    objects whose own differs. Counts the objects it checked.
 
-    Prepares and closes the sink itself when it is not prepared already.
+    Prepares (as a reader: `prepare(writing=False)`) and closes the sink itself when it is
+    not prepared already.
     """
     owned = sink._client is None
     if owned:
-        await sink.prepare()
+        await sink.prepare(writing=False)
     try:
         client = sink._require_client()
         problems: list[ObjectProblem] = []
+        checked = 0
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": sink.bucket, "Prefix": sink.prefix}
@@ -1155,42 +1581,113 @@ async def verify_objects(sink: S3Sink) -> list[ObjectProblem]:
             except Exception as err:
                 raise sink._translate(err, "listing the prefix") from None
             for item in page.get("Contents", ()):
-                problem = await _verify_one(sink, client, item["Key"])
-                if problem is not None:
-                    problems.append(problem)
+                problems += await _verify_one(sink, client, item["Key"])
+                checked += 1
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
-        return problems
+        return ObjectAudit(checked=checked, problems=problems)
     finally:
         if owned:
             await sink.close()
 
 
-async def _hash_object(sink: S3Sink, client: Any, full_key: str) -> tuple[str, dict[str, str]]:
-    """The sha256 of an object's bytes, streamed, and its user metadata."""
+async def _hash_object(
+    sink: S3Sink, client: Any, full_key: str, etag: str | None = None
+) -> tuple[str, Mapping[str, Any]]:
+    """The sha256 of an object's bytes, streamed, and GetObject's answer (its metadata,
+    storage class, encryption and Object Lock fields); with `etag`, of that version only."""
+    condition = {"IfMatch": etag} if etag else {}
     try:
-        response = await client.get_object(Bucket=sink.bucket, Key=full_key)
+        response = await client.get_object(Bucket=sink.bucket, Key=full_key, **condition)
         hasher = hashlib.sha256()
         async with response["Body"] as body:
             while chunk := await body.read(_READ_CHUNK):
                 hasher.update(chunk)
     except Exception as err:
         raise sink._translate(err, f"reading {full_key!r}") from None
-    return hasher.hexdigest(), response.get("Metadata", {})
+    return hasher.hexdigest(), response
 
 
-async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> ObjectProblem | None:
+async def _verify_one(sink: S3Sink, client: Any, full_key: str) -> list[ObjectProblem]:
     key = full_key[len(sink.prefix) :]
-    actual, metadata = await _hash_object(sink, client, full_key)
+    actual, response = await _hash_object(sink, client, full_key)
+    metadata = response.get("Metadata") or {}
+    where = sink.location(key)
+    found = [
+        ObjectProblem(key, where, kind, expected, got)
+        for kind, expected, got in settings_differences(sink, response)
+    ]
     expected = metadata.get("sha256")
     if not expected:
-        return ObjectProblem(key, sink.location(key), "missing-metadata", None, actual)
+        return [ObjectProblem(key, where, "missing-metadata", None, actual), *found]
     if expected.lower() != actual:
-        return ObjectProblem(key, sink.location(key), "changed", expected, actual)
+        return [ObjectProblem(key, where, "changed", expected, actual), *found]
     if sink.index is not None and _recording(key.rpartition(".")[2]):  # not a sidecar
         recording_id = metadata.get("recording-id") or key.rpartition("/")[2].rpartition(".")[0]
         known = getattr(sink.index.get(recording_id), "sha256", None)
         if known and known.lower() != actual:
-            return ObjectProblem(key, sink.location(key), "changed", known, actual)
-    return None
+            return [ObjectProblem(key, where, "changed", known, actual), *found]
+    return found
+
+
+def settings_differences(
+    sink: S3Sink, got: Mapping[str, Any]
+) -> list[tuple[ProblemKind, str, str]]:
+    """How an object (`got`: its GetObject or HeadObject answer) differs from the sink's
+    settings, each as (kind, expected, actual); a setting the sink does not have is not
+    compared."""
+    found: list[tuple[ProblemKind, str, str]] = []
+    if sink.storage_class:
+        actual = got.get("StorageClass") or "STANDARD"  # S3 leaves STANDARD out
+        if actual != sink.storage_class:
+            found.append(("storage-class", sink.storage_class, actual))
+    if sink.sse:
+        encryption = _encryption_difference(sink.sse, sink.sse_kms_key_id, got)
+        if encryption is not None:
+            found.append(("encryption", *encryption))
+    if sink.object_lock_mode and sink.object_lock_retain_days:
+        retention = _retention_difference(sink.object_lock_mode, sink.object_lock_retain_days, got)
+        if retention is not None:
+            found.append(("retention", *retention))
+    if sink.object_lock_legal_hold and got.get("ObjectLockLegalHoldStatus") != "ON":
+        found.append(("legal-hold", "ON", got.get("ObjectLockLegalHoldStatus") or "OFF"))
+    return found
+
+
+def _encryption_difference(
+    sse: str, key_id: str | None, got: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    actual = got.get("ServerSideEncryption") or "none"
+    actual_key = got.get("SSEKMSKeyId")
+    if actual == sse and (key_id is None or _same_kms_key(key_id, actual_key)):
+        return None
+    expected = f"{sse} {key_id}" if key_id else sse
+    return expected, f"{actual} {actual_key}" if actual_key else actual
+
+
+def _same_kms_key(given: str, actual: str | None) -> bool:
+    """Whether an object's KMS key (S3 answers with its ARN) is the one given as an id or
+    an ARN. An alias cannot be resolved without KMS itself: any key passes for it."""
+    if "alias/" in given:
+        return True
+    if actual is None:
+        return False
+    return given == actual or actual.endswith("/" + given) or given.endswith("/" + actual)
+
+
+def _retention_difference(mode: str, days: int, got: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A retention in `mode` that ends at least `days` after the object was written (less
+    `_RETENTION_SLACK`), or what the object has instead."""
+    actual_mode = got.get("ObjectLockMode")
+    until = got.get("ObjectLockRetainUntilDate")
+    written = got.get("LastModified")
+    long_enough = (
+        isinstance(until, datetime)
+        and isinstance(written, datetime)
+        and until >= retain_until(written, days) - _RETENTION_SLACK
+    )
+    if actual_mode == mode and long_enough:
+        return None
+    shown = until.isoformat() if isinstance(until, datetime) else "no date"
+    return f"{mode} for {days} days", f"{actual_mode or 'none'} until {shown}"
