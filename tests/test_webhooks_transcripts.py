@@ -158,6 +158,17 @@ def test_unusable_transcript_is_a_payload_error(fields: dict[str, str]) -> None:
         parse_transcription(fields)
 
 
+def test_transcript_nested_too_deeply_is_a_payload_error() -> None:
+    """Fields that cannot be written out as JSON are refused when parsed (a 400), never
+    left to fail when the transcript is stored."""
+    nested: list[Any] = []
+    for _ in range(100_000):
+        nested = [nested]
+
+    with pytest.raises(WebhookPayloadError):
+        parse_transcription({**transcription_form("rec-1"), "words": nested})
+
+
 @pytest.mark.parametrize(
     ("key", "expected"),
     [

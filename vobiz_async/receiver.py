@@ -513,10 +513,9 @@ class Receiver:
         if downloader is None:
             return
         key = transcript_key(recording_key)
-        data = json.dumps(event.fields, ensure_ascii=False, indent=2) + "\n"
         try:
             stored = await downloader.sink.put_file(
-                key, data.encode(), content_type="application/json"
+                key, event.document(), content_type="application/json"
             )
         except (VobizError, OSError, ValueError) as err:
             logger.warning("transcript %s of recording %s not stored: %s", tid, rid, describe(err))

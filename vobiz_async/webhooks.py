@@ -450,6 +450,10 @@ class TranscriptEvent:
     recording_id: str
     fields: dict[str, Any] = attrs.field(factory=dict, eq=True, hash=False)
 
+    def document(self) -> bytes:
+        """What the archive stores: the fields as one JSON object, UTF-8, indented."""
+        return (json.dumps(self.fields, ensure_ascii=False, indent=2) + "\n").encode()
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the spool's form)."""
         return {
@@ -478,12 +482,19 @@ def parse_transcription(fields: Mapping[str, Any]) -> TranscriptEvent | None:
     """The transcript a callback carries, or None when it is not a transcription callback.
 
     One whose `error` is set is a transcript too (it says why there is no text). A
-    transcript must name its recording (`recording_id`, a safe id) and any
-    `transcription_id` it sends must be printable and at most `MAX_TRANSCRIPTION_ID`
-    characters: otherwise `WebhookPayloadError`.
+    transcript must name its recording (`recording_id`, a safe id), any `transcription_id`
+    it sends must be printable and at most `MAX_TRANSCRIPTION_ID` characters, and its
+    fields must make a JSON document: otherwise `WebhookPayloadError`.
     """
     if not _is_transcription(fields):
         return None
+    try:
+        return _transcript(fields)
+    except RecursionError:
+        raise WebhookPayloadError("the callback's JSON is nested too deeply") from None
+
+
+def _transcript(fields: Mapping[str, Any]) -> TranscriptEvent:
     recording_id = _recording_id(fields.get("recording_id"))
     transcription_id = _optional_str(fields.get("transcription_id"))
     if transcription_id is None:
@@ -491,7 +502,9 @@ def parse_transcription(fields: Mapping[str, Any]) -> TranscriptEvent | None:
         transcription_id = "sha256-" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
     elif len(transcription_id) > MAX_TRANSCRIPTION_ID or not transcription_id.isprintable():
         raise WebhookPayloadError("the callback's transcription id is not a usable id")
-    return TranscriptEvent(transcription_id, recording_id, dict(fields))
+    event = TranscriptEvent(transcription_id, recording_id, dict(fields))
+    event.document()  # refused here (a 400), not when it is stored
+    return event
 
 
 def _parse(content_type: str, body: bytes) -> RecordingEvent | TranscriptEvent | None:
