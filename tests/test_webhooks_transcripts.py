@@ -355,6 +355,28 @@ async def test_transcript_with_an_error_is_stored_too(
     )
 
 
+async def test_transcript_the_sink_refused_is_stored_after_the_next_archive(
+    make_hook: MakeHook, fake: FakeVobiz, out: Path
+) -> None:
+    """A transcript whose write failed stays spooled and is stored once the destination
+    takes writes again, which the next archived recording shows."""
+    hook = await make_hook()
+    first, second = fake.recording_ids[:2]
+    await hook.archived(first)
+    blocker = out / f"{first}.transcript.json"
+    blocker.mkdir()  # the rename onto it fails, as on a full or read-only disk
+
+    assert await hook.post(transcription_form(first)) == 200
+    await hook.receiver.placed()
+    assert (hook.receiver.transcripts_waiting(), hook.receiver.counters.transcripts) == (1, 0)
+    blocker.rmdir()
+    await hook.archived(second)
+    assert await eventually(lambda: hook.receiver.counters.transcripts == 1)
+
+    assert json.loads(blocker.read_text()) == transcription_form(first)
+    assert hook.receiver.transcripts_waiting() == 0
+
+
 async def test_forged_transcript_is_refused_and_nothing_is_stored(
     make_hook: MakeHook, fake: FakeVobiz, out: Path
 ) -> None:

@@ -342,6 +342,8 @@ class Receiver:
         #: Transcript placements running now, and the transcription ids they place.
         self._placements: set[asyncio.Task[None]] = set()
         self._placing: set[str] = set()
+        #: Recordings whose transcript the sink refused: tried again after the next archive.
+        self._unplaced: set[str] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         #: The one batch every download goes through, from `start` to `close`.
         self.downloader: Downloader | None = None
@@ -479,7 +481,10 @@ class Receiver:
                 logger.info("recording %s is not archived yet: its transcript waits", rid)
                 return
             for event in waiting:
-                await self._store_transcript(event, key)
+                if not await self._store_transcript(event, key):
+                    self._unplaced.add(rid)
+        except Exception:  # a bug: the transcript stays spooled, the receiver serves on
+            logger.exception("placing the transcripts of %s raised", rid)
         finally:
             self._placing -= ids
 
@@ -505,13 +510,17 @@ class Receiver:
             return None
         return None if stored is None else stored.key
 
-    async def _store_transcript(self, event: TranscriptEvent, recording_key: str) -> None:
-        """Put one transcript beside its recording, then spool and index that it is there.
-        A refused write leaves it spooled: the next start places it."""
+    async def _store_transcript(self, event: TranscriptEvent, recording_key: str) -> bool:
+        """Put one transcript beside its recording, then spool and index that it is there;
+        False when the sink refused it (it stays spooled: tried again after the next
+        recording is archived, and at the next start)."""
         tid, rid = event.transcription_id, event.recording_id
         downloader = self.downloader
         if downloader is None:
-            return
+            logger.warning(
+                "transcript %s of recording %s waits: %s is not open", tid, rid, self.dest
+            )
+            return False
         key = transcript_key(recording_key)
         try:
             stored = await downloader.sink.put_file(
@@ -519,7 +528,7 @@ class Receiver:
             )
         except (VobizError, OSError, ValueError) as err:
             logger.warning("transcript %s of recording %s not stored: %s", tid, rid, describe(err))
-            return
+            return False
         record = {"op": "transcript_stored", "transcription_id": tid, "key": key}
         try:
             await asyncio.to_thread(self.spool.append, {**record, "at": time.time()})
@@ -534,6 +543,7 @@ class Receiver:
             except ManifestError as err:
                 logger.warning("%s", err)
         logger.info("transcript %s of recording %s: stored at %s", tid, rid, stored.location)
+        return True
 
     # -- workers --------------------------------------------------------------------------
 
@@ -641,8 +651,11 @@ class Receiver:
             return
         self.counters.archived += 1
         logger.info("recording %s: archived", rid)
+        retry, self._unplaced = self._unplaced, set()  # the destination takes writes again
         if any(event.recording_id == rid for event in self.spool.transcripts.values()):
-            self._place_later(rid)
+            retry.add(rid)
+        for waiting in retry:
+            self._place_later(waiting)
 
     async def close(self, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
         """Stop taking work, give in-flight downloads `drain_seconds`, cancel the rest.
