@@ -314,16 +314,26 @@ def test_rest_callback_parses_with_decimal_strings() -> None:
     [
         {**record_stop("rec-3"), "Event": "Record"},  # recording started
         {k: v for k, v in record_stop("rec-3").items() if k != "Event"},  # the action request
-        {k: v for k, v in record_stop("rec-3").items() if k != "RecordUrl"},  # no file
         {"Event": "Hangup", "CallUUID": "x"},
         {"recording_id": "rec-3"},  # REST shape without a record_url
         {},
     ],
-    ids=["started", "action", "no-url", "other-event", "rest-no-url", "empty"],
+    ids=["started", "action", "other-event", "rest-no-url", "empty"],
 )
 def test_not_a_finished_recording_is_none(fields: dict[str, str]) -> None:
     """Callbacks that do not announce a finished file parse to None."""
     assert parse_callback(fields) is None
+
+
+def test_record_stop_without_its_url_is_still_a_finished_recording() -> None:
+    """A RecordStop without `RecordUrl` or `RecordFile` names a finished recording all the
+    same: downloads go by id (issue 26)."""
+    fields = {k: v for k, v in record_stop("rec-5").items() if k != "RecordUrl"}
+
+    event = parse_callback(fields)
+
+    assert event is not None
+    assert (event.recording_id, event.record_url, event.duration_ms) == ("rec-5", None, 7880)
 
 
 def test_record_file_counts_as_the_file() -> None:
@@ -857,6 +867,7 @@ async def test_healthz_counts_and_hides_secrets(
         "queued": 0,
         "archived": 1,
         "failed": 0,
+        "transcripts": 0,
     }
     for secret in (TOKEN, PARENT_TOKEN, PASSWORD):
         assert secret not in raw

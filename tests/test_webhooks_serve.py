@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import signal
@@ -265,3 +266,68 @@ async def test_sync_every_archives_a_recording_no_callback_announced(
     assert (counters["archived"], counters["failed"], counters["accepted"]) == (1, 0, 0)
     saved = sorted(p.stem for p in out.iterdir() if p.suffix in (".mp3", ".wav"))
     assert saved == [recent]  # the generated recordings are months old: not in the window
+
+
+async def test_kill_9_after_a_transcripts_200_then_restart_stores_it(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A transcript answered 200 while its recording was still downloading, then SIGKILL:
+    the next start archives the recording and stores the transcript beside it, and its
+    log says so per recording at INFO, with no media URL query and no token."""
+    out = tmp_path / "archive"
+    rid = fake.recording_ids[2]
+    stop_body = {
+        "Event": "RecordStop",
+        "RecordingID": rid,
+        "RecordUrl": "https://media.vobiz.ai/r.mp3?X-Amz-Signature=NeverLogMe55",
+    }
+    transcript = {
+        "transcription": "Please call me back tomorrow.",
+        "transcription_id": "tr-kill-9",
+        "recording_id": rid,
+        "duration": "8",
+        "error": "",
+    }
+    fake.media_latency = 30.0  # the first process never gets the bytes
+    async with aiohttp.ClientSession() as client:
+        first = await start_serve(env, "--out", str(out))
+        try:
+            statuses = []
+            for nonce, body in (
+                ("40000000000000000003", stop_body),
+                ("40000000000000000004", transcript),
+            ):
+                async with client.post(
+                    first.origin + first.path, data=body, headers=sign(nonce)
+                ) as resp:
+                    statuses.append(resp.status)
+            first.proc.kill()
+            await first.proc.communicate()
+        finally:
+            await stop(first.proc)
+        assert statuses == [200, 200]
+        assert not (out / f"{rid}.transcript.json").exists()
+
+        fake.media_latency = 0.0
+        second = await start_serve(env, "--out", str(out))
+        try:
+            for _ in range(500):
+                counters = await health(client, second)
+                if counters["transcripts"]:
+                    break
+                await asyncio.sleep(0.05)
+            second.proc.send_signal(signal.SIGTERM)
+            code, err = await finish(second.proc)
+        finally:
+            await stop(second.proc)
+
+    assert (counters["archived"], counters["transcripts"]) == (1, 1)
+    assert code == 0, err
+    stored = (out / f"{rid}.transcript.json").read_text(encoding="utf-8")
+    assert json.loads(stored) == transcript
+    with Manifest(out / MANIFEST_NAME) as manifest:
+        assert manifest.transcript_path(rid) == f"{rid}.transcript.json"
+    assert f"INFO vobiz_async: recording {rid}: archived" in err
+    assert f"INFO vobiz_async: transcript tr-kill-9 of recording {rid}: stored" in err
+    assert "NeverLogMe55" not in err
+    assert TOKEN not in err

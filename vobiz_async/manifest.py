@@ -421,6 +421,7 @@ class Manifest:
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             _ensure_schema(db, self.path)
             _migrate(db)
+            _add_transcript_path(db)
         except sqlite3.Error as err:
             db.close()
             raise ManifestError(f"{self.path} is not a usable index: {err}") from err
@@ -514,6 +515,28 @@ class Manifest:
         if cursor.rowcount != 1:
             raise ManifestError(f"the index {self.path} holds no entry for {recording_id}")
 
+    def mark_transcript(self, recording_id: str, path: str) -> bool:
+        """Record where `recording_id`'s transcript is (relative to the destination, as
+        `path` is), committed on return; False when the index holds no such recording."""
+        db = self._connection(create=True)
+        assert db is not None
+        with self._lock:
+            try:
+                cursor = db.execute(
+                    "UPDATE entries SET transcript_path = ? WHERE recording_id = ?",
+                    (path, recording_id),
+                )
+            except sqlite3.Error as err:
+                raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+        return cursor.rowcount == 1
+
+    def transcript_path(self, recording_id: str) -> str | None:
+        """Where `recording_id`'s transcript is, if the index knows one."""
+        rows = self._query(
+            "SELECT transcript_path FROM entries WHERE recording_id = ?", (recording_id,)
+        )
+        return rows[0][0] if rows else None
+
     def released_count(self) -> int:
         """How many archived recordings were deleted at Vobiz."""
         rows = self._query("SELECT count(*) FROM entries WHERE deleted_at IS NOT NULL")
@@ -598,6 +621,19 @@ def _current(db: sqlite3.Connection) -> bool:
     view = db.execute("SELECT sql FROM sqlite_schema WHERE type = 'view' AND name = 'recordings'")
     found = view.fetchone()
     return set(_COLUMNS) <= columns and found is not None and found[0] == _VIEW
+
+
+def _add_transcript_path(db: sqlite3.Connection) -> None:
+    """Add the `transcript_path` column (where a recording's transcript is, relative to the
+    destination) to an index without it (old rows NULL)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
+    if "transcript_path" in columns:
+        return
+    try:
+        db.execute("ALTER TABLE entries ADD COLUMN transcript_path TEXT")
+    except sqlite3.OperationalError as err:
+        if "duplicate column" not in str(err):  # another process added it meanwhile
+            raise
 
 
 def _check_version(db: sqlite3.Connection, path: Path) -> None:

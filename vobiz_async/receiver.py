@@ -8,6 +8,11 @@ process (one sink and its S3 client, one pacing gate, one view of the destinatio
 recording at a time by a few worker tasks, never inside a request handler: a callback costs
 the same with 10 or 100,000 recordings archived. `serve` runs it all behind
 `vobiz_async.webhooks.create_app`.
+
+Transcripts (Vobiz's `transcriptionUrl` callbacks, on the same URL) are spooled the same way
+and stored beside their recordings as `<recording key without extension>.transcript.json`
+(`sink.put_file`, atomic) once the recording is archived: at once when it already is, after
+its download when it is queued, and at the next start for what a crash left.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from yarl import URL
 
 from ._files import fsync_path
 from .download import Downloader, DownloadStatus
-from .errors import ConfigurationError, StorageError
+from .errors import ConfigurationError, ManifestError, StorageError, VobizError
 from .manifest import MANIFEST_NAME, Manifest
 from .redact import describe
 from .session import AsyncSession
@@ -44,6 +49,7 @@ from .webhooks import (
     Counters,
     RecordingEvent,
     SubmitOutcome,
+    TranscriptEvent,
     WebhookVerifier,
     create_app,
     signed_url,
@@ -61,6 +67,7 @@ __all__ = [
     "parse_listen",
     "public_url",
     "serve",
+    "transcript_key",
 ]
 
 logger = logging.getLogger("vobiz_async")
@@ -77,7 +84,35 @@ SYNC_WINDOW_FACTOR = 2
 FINISHED_KEEP = 7 * 86400.0
 
 State = Literal["pending", "archived", "failed"]
+TranscriptState = Literal["pending", "stored"]
 _T = TypeVar("_T")
+#: Spool lines that accept something (and carry the request's nonces).
+_ACCEPTING = ("accepted", "transcript")
+#: What a spool line is about: ("recording", recording id) or ("transcript", its id).
+_Ident = tuple[str, str]
+
+
+def transcript_key(recording_key: str) -> str:
+    """Where a recording's transcript goes: its key without the extension, plus
+    `.transcript.json` (`2026/05/07/rec-1.mp3` -> `2026/05/07/rec-1.transcript.json`)."""
+    folder, sep, name = recording_key.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{folder}{sep}{stem}.transcript.json"
+
+
+def _ident(record: Any) -> _Ident:
+    """What one spool line is about; `ValueError`, `KeyError` or `TypeError` when it is not
+    a line this version writes."""
+    op = record["op"]
+    if op == "accepted":
+        return "recording", str(record["event"]["recording_id"])
+    if op in ("archived", "failed"):
+        return "recording", str(record["recording_id"])
+    if op == "transcript":
+        return "transcript", str(record["transcript"]["transcription_id"])
+    if op == "transcript_stored":
+        return "transcript", str(record["transcription_id"])
+    raise ValueError(op)
 
 
 # -- the spool ----------------------------------------------------------------------------
@@ -87,8 +122,11 @@ class Spool:
     """An append-only journal of accepted events and their outcomes, fsync'd per line.
 
     Lines: `{"op": "accepted", "event": {...}, "nonces": [...], "at": ...}`, then one
-    `{"op": "archived" | "failed", "recording_id": ..., "at": ...}`. The last line for an id
-    decides its state; a torn last line (a crash mid-write) is skipped.
+    `{"op": "archived" | "failed", "recording_id": ..., "at": ...}` (an archived line also
+    holds the recording's `key` in the sink). Transcripts: `{"op": "transcript",
+    "transcript": {...}, "nonces": [...], "at": ...}`, then `{"op": "transcript_stored",
+    "transcription_id": ..., "key": ..., "at": ...}` once stored beside the recording. The
+    last line for an id decides its state; a torn last line (a crash mid-write) is skipped.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -96,6 +134,11 @@ class Spool:
         self.states: dict[str, State] = {}
         self.events: dict[str, RecordingEvent] = {}
         self.nonces: list[tuple[str, float]] = []
+        #: Where each archived recording is in the sink (from archived lines that say it).
+        self.keys: dict[str, str] = {}
+        self.transcript_states: dict[str, TranscriptState] = {}
+        #: Transcripts not stored yet, by transcription id, in the order they came.
+        self.transcripts: dict[str, TranscriptEvent] = {}
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._torn = False
@@ -104,49 +147,67 @@ class Spool:
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r}, {len(self.states)} recordings)"
 
-    def _records(self, data: bytes) -> Iterator[tuple[str, dict[str, Any], bytes]]:
-        """(recording id, record, raw line) for every readable line."""
+    def _records(self, data: bytes) -> Iterator[tuple[_Ident, dict[str, Any], bytes]]:
+        """(what it is about, record, raw line) for every readable line."""
         for number, line in enumerate(data.split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                if record["op"] == "accepted":
-                    rid = str(record["event"]["recording_id"])
-                elif record["op"] in ("archived", "failed"):
-                    rid = str(record["recording_id"])
-                else:
-                    raise ValueError(record["op"])
+                ident = _ident(record)
             except (ValueError, TypeError, KeyError):
                 logger.warning("%s: skipping unreadable line %d", self.path, number)
                 continue
-            yield rid, record, line
+            yield ident, record, line
 
     def _load(self) -> None:
-        self.states.clear()
-        self.events.clear()
+        for table in (self.states, self.events, self.keys, self.transcript_states):
+            table.clear()
+        self.transcripts.clear()
         self.nonces.clear()
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return
         horizon = time.time() - REPLAY_WINDOW
-        for rid, record, _ in self._records(data):
+        for (kind, ident), record, _ in self._records(data):
             try:
-                if record["op"] == "accepted":
-                    event = RecordingEvent.from_dict(record["event"])
-                    self.events.pop(rid, None)
-                    self.events[rid] = event  # at the end: resumed in the order they came
-                    self.states[rid] = "pending"
-                    nonces, at = record.get("nonces") or [], float(record.get("at", 0))
-                    if isinstance(nonces, list) and at >= horizon:
-                        self.nonces += [(n, at) for n in nonces if isinstance(n, str)]
+                if kind == "recording":
+                    self._load_recording(ident, record)
                 else:
-                    self.states[rid] = record["op"]
-                    self.events.pop(rid, None)  # only pending events are kept in memory
-            except (ValueError, TypeError):
-                logger.warning("%s: skipping an unreadable event for %s", self.path, rid)
+                    self._load_transcript(ident, record)
+                if record["op"] in _ACCEPTING:
+                    self._load_nonces(record, horizon)
+            except (ValueError, TypeError, KeyError):
+                logger.warning("%s: skipping an unreadable event for %s", self.path, ident)
         self._torn = bool(data) and not data.endswith(b"\n")
+
+    def _load_recording(self, rid: str, record: dict[str, Any]) -> None:
+        if record["op"] == "accepted":
+            event = RecordingEvent.from_dict(record["event"])
+            self.events.pop(rid, None)
+            self.events[rid] = event  # at the end: resumed in the order they came
+            self.states[rid] = "pending"
+            return
+        self.states[rid] = record["op"]
+        self.events.pop(rid, None)  # only pending events are kept in memory
+        if record["op"] == "archived" and isinstance(key := record.get("key"), str):
+            self.keys[rid] = key
+
+    def _load_transcript(self, tid: str, record: dict[str, Any]) -> None:
+        if record["op"] == "transcript":
+            event = TranscriptEvent.from_dict(record["transcript"])
+            self.transcripts.pop(tid, None)
+            self.transcripts[tid] = event
+            self.transcript_states[tid] = "pending"
+        else:
+            self.transcript_states[tid] = "stored"
+            self.transcripts.pop(tid, None)
+
+    def _load_nonces(self, record: dict[str, Any], horizon: float) -> None:
+        nonces, at = record.get("nonces") or [], float(record.get("at", 0))
+        if isinstance(nonces, list) and at >= horizon:
+            self.nonces += [(n, at) for n in nonces if isinstance(n, str)]
 
     def pending(self) -> list[RecordingEvent]:
         """Events accepted and neither archived nor failed, in the order they came."""
@@ -173,23 +234,24 @@ class Spool:
     def compact(self, keep_finished: float = FINISHED_KEEP) -> int:
         """Rewrite the spool with only what a restart needs; return the lines dropped.
 
-        Kept: the accepted line of every pending recording, the last line of a recording
-        finished in the last `keep_finished` seconds, and accepted lines inside the replay
-        window (for their nonces). A recording forgotten here is at worst looked up on disk
-        again by a late duplicate callback. Call it with the lock held.
+        Kept: the accepted line of every pending recording or transcript, the last line of a
+        recording archived or failed, or a transcript stored, in the last `keep_finished`
+        seconds, and accepted lines inside the replay window (for their nonces). A recording
+        forgotten here is at worst looked up on disk again by a late duplicate callback.
+        Call it with the lock held.
         """
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return 0
         records = list(self._records(data))
-        last = {rid: index for index, (rid, _, _) in enumerate(records)}
+        last = {ident: index for index, (ident, _, _) in enumerate(records)}
         now = time.time()
         kept = []
-        for index, (rid, record, line) in enumerate(records):
+        for index, (ident, record, line) in enumerate(records):
             at = float(record.get("at", 0)) if isinstance(record.get("at"), int | float) else 0
-            accepted = record["op"] == "accepted"
-            final = last[rid] == index
+            accepted = record["op"] in _ACCEPTING
+            final = last[ident] == index
             if (final and (accepted or at >= now - keep_finished)) or (
                 accepted and at >= now - REPLAY_WINDOW
             ):
@@ -241,11 +303,17 @@ class Spool:
 
 
 class Receiver:
-    """Spools finished recordings, deduplicates them by id, and downloads them in workers.
+    """Spools finished recordings, deduplicates them by id, and downloads them in workers;
+    spools transcripts, deduplicates them by transcription id, and stores each beside its
+    recording once that is archived.
 
     Implements `vobiz_async.webhooks.EventSink`. `start` opens the receiver's one
-    `Downloader` (`downloader`), loads the spool and queues what an earlier run left pending;
-    `close` drains in-flight downloads for a bounded time, then closes the downloader.
+    `Downloader` (`downloader`), loads the spool and queues what an earlier run left pending
+    (and places the transcripts it left); `close` drains in-flight downloads for a bounded
+    time, then closes the downloader.
+
+    Each recording's outcome is logged at INFO with its id (accepted, duplicate, archived)
+    or WARNING (failed), never its media URL's query or a credential.
     """
 
     def __init__(
@@ -275,6 +343,11 @@ class Receiver:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._slots = asyncio.Semaphore(concurrency)
         self._downloads: set[asyncio.Task[None]] = set()
+        #: Transcript placements running now, and the transcription ids they place.
+        self._placements: set[asyncio.Task[None]] = set()
+        self._placing: set[str] = set()
+        #: Recordings whose transcript the sink refused: tried again after the next archive.
+        self._unplaced: set[str] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         #: The one batch every download goes through, from `start` to `close`.
         self.downloader: Downloader | None = None
@@ -318,6 +391,7 @@ class Receiver:
         before = self._states.get(rid)
         if before in ("pending", "archived"):
             self.counters.duplicate += 1
+            logger.info("recording %s: duplicate (already %s)", rid, before)
             return SubmitOutcome.DUPLICATE
         if self._pending >= self.queue_size:
             logger.warning("queue full (%d pending): asking Vobiz to retry %s", self._pending, rid)
@@ -337,8 +411,143 @@ class Receiver:
             return SubmitOutcome.BUSY
         self.spool.events[rid] = event
         self._queue.put_nowait(rid)
-        logger.info("accepted recording %s", rid)
+        logger.info("recording %s: accepted (%s callback)", rid, event.shape)
         return SubmitOutcome.ACCEPTED
+
+    async def submit_transcript(
+        self, event: TranscriptEvent, nonces: Sequence[str]
+    ) -> SubmitOutcome:
+        """Spool a transcript unless its transcription id is spooled already; place it now
+        when its recording is archived (or may be), else after its download."""
+        tid, rid = event.transcription_id, event.recording_id
+        states = self.spool.transcript_states
+        if tid in states:
+            self.counters.duplicate += 1
+            logger.info("transcript %s of recording %s: duplicate", tid, rid)
+            return SubmitOutcome.DUPLICATE
+        if len(self.spool.transcripts) >= self.queue_size:
+            logger.warning(
+                "%d transcripts wait for their recordings: asking Vobiz to retry",
+                len(self.spool.transcripts),
+            )
+            return SubmitOutcome.BUSY
+        states[tid] = "pending"  # before the await: a concurrent duplicate sees it
+        record = {
+            "op": "transcript",
+            "transcript": event.to_dict(),
+            "nonces": list(nonces),
+            "at": time.time(),
+        }
+        try:
+            await asyncio.to_thread(self.spool.append, record)
+        except OSError as err:
+            del states[tid]
+            logger.error("cannot write the spool %s: %s", self.spool.path, err)
+            return SubmitOutcome.BUSY
+        self.spool.transcripts[tid] = event
+        logger.info("transcript %s of recording %s: accepted", tid, rid)
+        if self._states.get(rid) != "pending":  # archived, failed or unknown: look now
+            self._place_later(rid)
+        return SubmitOutcome.ACCEPTED
+
+    # -- transcripts ----------------------------------------------------------------------
+
+    def transcripts_waiting(self) -> int:
+        """Transcripts spooled and not stored yet (their recordings not archived yet)."""
+        return len(self.spool.transcripts)
+
+    async def placed(self) -> None:
+        """Wait until the transcript placements running now have ended."""
+        while self._placements:
+            await asyncio.wait(set(self._placements))
+
+    def _place_later(self, rid: str) -> None:
+        """Place `rid`'s spooled transcripts in a task of their own, never in a request."""
+        task = asyncio.create_task(self._place(rid), context=self._context)
+        self._placements.add(task)
+        task.add_done_callback(self._placements.discard)
+
+    async def _place(self, rid: str) -> None:
+        """Store every spooled transcript of `rid` beside it, if it is archived; those of a
+        recording not found in the archive wait for it."""
+        waiting = [
+            event
+            for event in self.spool.transcripts.values()
+            if event.recording_id == rid and event.transcription_id not in self._placing
+        ]
+        if not waiting:
+            return
+        ids = {event.transcription_id for event in waiting}
+        self._placing |= ids
+        try:
+            key = await self._recording_key(rid)
+            if key is None:
+                logger.info("recording %s is not archived yet: its transcript waits", rid)
+                return
+            for event in waiting:
+                if not await self._store_transcript(event, key):
+                    self._unplaced.add(rid)
+        except Exception:  # a bug: the transcript stays spooled, the receiver serves on
+            logger.exception("placing the transcripts of %s raised", rid)
+        finally:
+            self._placing -= ids
+
+    async def _recording_key(self, rid: str) -> str | None:
+        """Where `rid` is in the sink: the spool's archived line, the index, or the sink."""
+        if (key := self.spool.keys.get(rid)) is not None:
+            return key
+        if self.manifest is not None:
+            try:
+                entry = await asyncio.to_thread(self.manifest.get, rid)
+            except ManifestError as err:
+                logger.warning("%s", err)
+                entry = None
+            if entry is not None:
+                return entry.path
+        downloader = self.downloader
+        if downloader is None:
+            return None
+        try:
+            stored = await downloader.sink.lookup(rid, None)
+        except (VobizError, OSError) as err:
+            logger.warning("cannot look %s up in %s: %s", rid, self.dest, describe(err))
+            return None
+        return None if stored is None else stored.key
+
+    async def _store_transcript(self, event: TranscriptEvent, recording_key: str) -> bool:
+        """Put one transcript beside its recording, then spool and index that it is there;
+        False when the sink refused it (it stays spooled: tried again after the next
+        recording is archived, and at the next start)."""
+        tid, rid = event.transcription_id, event.recording_id
+        downloader = self.downloader
+        if downloader is None:
+            logger.warning(
+                "transcript %s of recording %s waits: %s is not open", tid, rid, self.dest
+            )
+            return False
+        key = transcript_key(recording_key)
+        try:
+            stored = await downloader.sink.put_file(
+                key, event.document(), content_type="application/json"
+            )
+        except (VobizError, OSError, ValueError) as err:
+            logger.warning("transcript %s of recording %s not stored: %s", tid, rid, describe(err))
+            return False
+        record = {"op": "transcript_stored", "transcription_id": tid, "key": key}
+        try:
+            await asyncio.to_thread(self.spool.append, {**record, "at": time.time()})
+        except OSError as err:  # still pending in the spool: the next start stores it again
+            logger.error("cannot write the spool %s: %s", self.spool.path, err)
+        self.spool.transcript_states[tid] = "stored"
+        self.spool.transcripts.pop(tid, None)
+        self.counters.transcripts += 1
+        if self.manifest is not None:
+            try:
+                await asyncio.to_thread(self.manifest.mark_transcript, rid, key)
+            except ManifestError as err:
+                logger.warning("%s", err)
+        logger.info("transcript %s of recording %s: stored at %s", tid, rid, stored.location)
+        return True
 
     # -- workers --------------------------------------------------------------------------
 
@@ -350,6 +559,10 @@ class Receiver:
             self._queue.put_nowait(event.recording_id)
         if resumed:
             logger.warning("resuming %d spooled recording(s) not archived yet", len(resumed))
+        waiting = {event.recording_id for event in self.spool.transcripts.values()}
+        for rid in waiting:
+            if self._states.get(rid) != "pending":  # the others are placed after download
+                self._place_later(rid)
         self._dispatcher = asyncio.create_task(self._dispatch(), context=self._context)
 
     async def _in_context(self, coro: Coroutine[Any, Any, _T]) -> _T:
@@ -402,30 +615,35 @@ class Receiver:
             self._downloads.add(task)
             task.add_done_callback(self._downloads.discard)
 
-    async def _fetch(self, rid: str) -> tuple[bool, object]:
-        """Archive one recording through the receiver's downloader: (failed, error)."""
+    async def _fetch(self, rid: str) -> tuple[bool, object, str | None]:
+        """Archive one recording through the receiver's downloader: (failed, error, its key
+        in the sink)."""
         downloader = self.downloader
         if downloader is None:
-            return True, f"the destination {self.dest} could not be opened"
+            return True, f"the destination {self.dest} could not be opened", None
         try:
             result = await downloader.one(rid)
         except Exception as err:  # a bug, not a transfer failure: keep serving the rest
             logger.exception("download of %s raised", rid)
-            return True, describe(err)  # no URL query, no raw bytes in the spool
+            return True, describe(err), None  # no URL query, no raw bytes in the spool
         error = result.error
         if isinstance(error, StorageError) and error.destination_wide:
             self._stopped = True  # the downloader starts nothing more: reopen it
-        return result.status is DownloadStatus.FAILED, error
+        failed = result.status is DownloadStatus.FAILED
+        return failed, error, None if failed else downloader.batch.key_of(result)
 
     async def _download(self, rid: str) -> None:
         try:
-            failed, error = await self._fetch(rid)
+            failed, error, key = await self._fetch(rid)
         finally:
             self._slots.release()
         state: State = "failed" if failed else "archived"
         record: dict[str, Any] = {"op": state, "recording_id": rid, "at": time.time()}
         if error is not None:
             record["error"] = str(error)
+        if key is not None:
+            record["key"] = key
+            self.spool.keys[rid] = key
         try:
             await asyncio.to_thread(self.spool.append, record)
         except OSError as err:  # still pending in the spool: the next start retries it
@@ -434,10 +652,15 @@ class Receiver:
         self.spool.events.pop(rid, None)
         if state == "failed":
             self.counters.failed += 1
-            logger.warning("recording %s failed: %s", rid, error)
-        else:
-            self.counters.archived += 1
-            logger.info("archived recording %s", rid)
+            logger.warning("recording %s: failed: %s", rid, error)
+            return
+        self.counters.archived += 1
+        logger.info("recording %s: archived", rid)
+        retry, self._unplaced = self._unplaced, set()  # the destination takes writes again
+        if any(event.recording_id == rid for event in self.spool.transcripts.values()):
+            retry.add(rid)
+        for waiting in retry:
+            self._place_later(waiting)
 
     async def close(self, drain_seconds: float = DEFAULT_DRAIN_SECONDS) -> None:
         """Stop taking work, give in-flight downloads `drain_seconds`, cancel the rest.
@@ -458,6 +681,11 @@ class Receiver:
             await asyncio.gather(*downloads, return_exceptions=True)
             if late:
                 logger.warning("%d download(s) cut short; they stay in the spool", len(late))
+        if placements := set(self._placements):
+            _, late = await asyncio.wait(placements, timeout=max(0.0, drain_seconds))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*placements, return_exceptions=True)
         downloader, self.downloader = self.downloader, None
         if downloader is not None:
             await self._in_context(downloader.close())

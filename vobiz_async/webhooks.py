@@ -10,9 +10,13 @@ The protocol decisions are pure functions, tested without a socket:
 - `verify_signature`: V3, then V2 (each also as MA with a parent token), constant-time.
 - `parse_callback`: the form `RecordStop` shape and the snake_case REST shape into a
   `RecordingEvent`, or None for a callback that is not a finished recording.
+- `parse_transcription`: Vobiz's transcription callback (`transcriptionUrl`: fields
+  `transcription`, `transcription_id`, `recording_id`, `error`, ...) into a
+  `TranscriptEvent` that keeps every field as sent, or None for any other callback.
 
 `create_app` wraps them in an aiohttp application that hands each verified finished recording
-to an `EventSink` (see `vobiz_async.receiver`), which records it durably before the 200.
+and each transcript to an `EventSink` (see `vobiz_async.receiver`), which records it durably
+before the 200.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BODY_TIMEOUT",
     "MAX_BODY",
+    "MAX_TRANSCRIPTION_ID",
     "REPLAY_WINDOW",
     "Counters",
     "EventSink",
@@ -52,12 +57,14 @@ __all__ = [
     "SignatureCheck",
     "SignatureVersion",
     "SubmitOutcome",
+    "TranscriptEvent",
     "WebhookPayloadError",
     "WebhookVerifier",
     "compute_signature",
     "create_app",
     "healthz_body",
     "parse_callback",
+    "parse_transcription",
     "request_nonces",
     "signed_url",
     "verify_signature",
@@ -391,10 +398,12 @@ _REST = _Shape(
 def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     """The finished recording a callback announces, or None when it announces none.
 
-    Finished: `Event=RecordStop` with `RecordUrl` or `RecordFile` (the `<Record>` form), or
-    no `Event` with `recording_id` and `record_url` (the REST callback). Everything else,
-    such as `Event=Record` or the `<Record action>` request made when recording starts, is
-    None. A finished shape whose recording id is missing or unsafe is `WebhookPayloadError`.
+    Finished: `Event=RecordStop` with a `RecordingID` (the `<Record>` form; its `RecordUrl`
+    or `RecordFile` is kept when sent, but downloads go by id, so a callback without one is
+    still a finished recording), or no `Event` with `recording_id` and `record_url` (the
+    REST callback). Everything else, such as `Event=Record` or the `<Record action>` request
+    made when recording starts, is None. A finished shape whose recording id is missing or
+    unsafe is `WebhookPayloadError`.
     """
     event = _optional_str(fields.get("Event"))
     if event is not None and event != "RecordStop":
@@ -403,9 +412,9 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     record_url = next(
         (url for name in shape.record_urls if (url := _optional_str(fields.get(name)))), None
     )
-    if record_url is None:
-        return None
-    if shape is _REST and _optional_str(fields.get(shape.recording_id)) is None:
+    if shape is _REST and (
+        record_url is None or _optional_str(fields.get(shape.recording_id)) is None
+    ):
         return None
     duration_ms = _optional_int(fields.get(shape.duration_ms))
     if duration_ms is None and (seconds := _optional_int(fields.get(shape.duration_s))):
@@ -413,7 +422,8 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     return RecordingEvent(
         recording_id=_recording_id(fields.get(shape.recording_id)),
         shape=shape.name,
-        record_url=redact_urls(record_url),  # it is spooled and logged; downloads go by id
+        # It is spooled and logged without its query; downloads go by id.
+        record_url=None if record_url is None else redact_urls(record_url),
         call_uuid=_optional_str(fields.get(shape.call_uuid)),
         duration_ms=duration_ms,
         start_ms=_optional_int(fields.get(shape.start_ms)),
@@ -423,11 +433,87 @@ def parse_callback(fields: Mapping[str, Any]) -> RecordingEvent | None:
     )
 
 
-def _parse(content_type: str, body: bytes) -> RecordingEvent | None:
-    """`parse_callback(parse_body(...))`; a value nested too deeply to read (`str()` of it
-    recurses past the limit) is a `WebhookPayloadError` too, so a 400, never a 500."""
+#: Longest `transcription_id` accepted (Vobiz's are UUIDs).
+MAX_TRANSCRIPTION_ID = 200
+
+
+@attrs.frozen
+class TranscriptEvent:
+    """A transcript Vobiz posted to a recording's `transcriptionUrl`.
+
+    `fields` is the callback's body as sent (strings from a form, JSON values from JSON):
+    what the archive stores beside the recording, `error` included. `transcription_id`
+    makes it idempotent: the id Vobiz sent or, when it sent none, a digest of the fields.
+    """
+
+    transcription_id: str
+    recording_id: str
+    fields: dict[str, Any] = attrs.field(factory=dict, eq=True, hash=False)
+
+    def document(self) -> bytes:
+        """What the archive stores: the fields as one JSON object, UTF-8, indented."""
+        return (json.dumps(self.fields, ensure_ascii=False, indent=2) + "\n").encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (the spool's form)."""
+        return {
+            "transcription_id": self.transcription_id,
+            "recording_id": self.recording_id,
+            "fields": self.fields,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TranscriptEvent:
+        """The inverse of `to_dict`."""
+        fields = data.get("fields")
+        if not isinstance(fields, dict):
+            raise TypeError("a spooled transcript holds no fields")
+        return cls(str(data["transcription_id"]), str(data["recording_id"]), dict(fields))
+
+
+def _is_transcription(fields: Mapping[str, Any]) -> bool:
+    """A `transcription` or `transcription_id` field and no `Event=RecordStop`."""
+    if _optional_str(fields.get("Event")) == "RecordStop":
+        return False
+    return "transcription" in fields or "transcription_id" in fields
+
+
+def parse_transcription(fields: Mapping[str, Any]) -> TranscriptEvent | None:
+    """The transcript a callback carries, or None when it is not a transcription callback.
+
+    One whose `error` is set is a transcript too (it says why there is no text). A
+    transcript must name its recording (`recording_id`, a safe id), any `transcription_id`
+    it sends must be printable and at most `MAX_TRANSCRIPTION_ID` characters, and its
+    fields must make a JSON document: otherwise `WebhookPayloadError`.
+    """
+    if not _is_transcription(fields):
+        return None
     try:
-        return parse_callback(parse_body(content_type, body))
+        return _transcript(fields)
+    except RecursionError:
+        raise WebhookPayloadError("the callback's JSON is nested too deeply") from None
+
+
+def _transcript(fields: Mapping[str, Any]) -> TranscriptEvent:
+    recording_id = _recording_id(fields.get("recording_id"))
+    transcription_id = _optional_str(fields.get("transcription_id"))
+    if transcription_id is None:
+        canonical = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+        transcription_id = "sha256-" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    elif len(transcription_id) > MAX_TRANSCRIPTION_ID or not transcription_id.isprintable():
+        raise WebhookPayloadError("the callback's transcription id is not a usable id")
+    event = TranscriptEvent(transcription_id, recording_id, dict(fields))
+    event.document()  # refused here (a 400), not when it is stored
+    return event
+
+
+def _parse(content_type: str, body: bytes) -> RecordingEvent | TranscriptEvent | None:
+    """What a callback body announces: a transcript, a finished recording, or nothing.
+    A value nested too deeply to read (`str()` of it recurses past the limit) is a
+    `WebhookPayloadError` too, so a 400, never a 500."""
+    try:
+        fields = parse_body(content_type, body)
+        return parse_transcription(fields) or parse_callback(fields)
     except RecursionError:
         raise WebhookPayloadError("the callback's JSON is nested too deeply") from None
 
@@ -460,7 +546,7 @@ class SubmitOutcome(enum.StrEnum):
     """What the sink did with a finished recording."""
 
     ACCEPTED = "accepted"  #: durably recorded and queued
-    DUPLICATE = "duplicate"  #: already queued or archived: nothing to do
+    DUPLICATE = "duplicate"  #: already queued or archived (or stored): nothing to do
     BUSY = "busy"  #: the queue is full: ask Vobiz to come back
 
 
@@ -469,8 +555,9 @@ class Counters:
     """What the receiver has done since it started; `/healthz` shows all but `ignored`.
 
     `duplicate` counts callbacks that changed nothing (a recording already queued or
-    archived, or a replayed nonce); `rejected` counts refusals (403, 413, 408, 400, and 503 for a
-    full queue).
+    archived, a transcript already spooled, or a replayed nonce); `rejected` counts refusals
+    (403, 413, 408, 400, and 503 for a full queue); `transcripts` counts transcripts stored
+    beside their recordings.
     """
 
     accepted: int = 0
@@ -479,6 +566,7 @@ class Counters:
     archived: int = 0
     failed: int = 0
     ignored: int = 0
+    transcripts: int = 0
 
 
 class EventSink(Protocol):
@@ -489,6 +577,13 @@ class EventSink(Protocol):
     async def submit(self, event: RecordingEvent, nonces: Sequence[str]) -> SubmitOutcome:
         """Record `event` (with the request's nonces) durably and queue it, or say why not;
         fast, never downloads."""
+        ...
+
+    async def submit_transcript(
+        self, event: TranscriptEvent, nonces: Sequence[str]
+    ) -> SubmitOutcome:
+        """Record a transcript durably (to be placed beside its recording once that is
+        archived), or say why not; fast."""
         ...
 
     def pending(self) -> int:
@@ -509,6 +604,7 @@ def healthz_body(counters: Counters, pending: int) -> dict[str, int]:
         "queued": pending,
         "archived": counters.archived,
         "failed": counters.failed,
+        "transcripts": counters.transcripts,
     }
 
 
@@ -535,9 +631,9 @@ def create_app(
 ) -> web.Application:
     """The receiver: POST on the public URL's path, `GET /healthz` for counters.
 
-    Per POST: verify (403), size (413), replay (200, nothing done), parse (200 and ignored
-    when not a finished recording; 400 when unusable), then the sink's decision: 200 once
-    recorded or for a duplicate, 503 with `Retry-After` when its queue is full.
+    Per POST: verify (403), size (413), replay (200, nothing done), parse (a transcript, a
+    finished recording, else 200 and ignored; 400 when unusable), then the sink's decision:
+    200 once recorded or for a duplicate, 503 with `Retry-After` when its queue is full.
     """
     from aiohttp import web  # here: the CLI's other commands do not pay for its import
 
@@ -617,7 +713,10 @@ class _Endpoint:
             self.counters.ignored += 1
             self._remember(nonces)
             return _reply("ignored")
-        outcome = await self.sink.submit(event, nonces)
+        if isinstance(event, TranscriptEvent):
+            outcome = await self.sink.submit_transcript(event, nonces)
+        else:
+            outcome = await self.sink.submit(event, nonces)
         if outcome is SubmitOutcome.BUSY:
             # The nonces are not remembered: Vobiz's retry may reuse them and must get in.
             self.counters.rejected += 1

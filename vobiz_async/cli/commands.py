@@ -10,6 +10,7 @@ import contextlib
 import csv
 import errno
 import json
+import logging
 import os
 import re
 import shlex
@@ -478,6 +479,8 @@ async def cmd_serve(args: argparse.Namespace, interruption: Interruption) -> Out
             f"--public-url {args.public_url} is http://, but Vobiz calls https:// only; "
             "pass --allow-http-public-url if a proxy in front ends TLS on this URL"
         )
+    if not args.debug:  # a receiver's log is its record: each recording's outcome, at INFO
+        logging.getLogger("vobiz_async").setLevel(logging.INFO)
     host, port = args.listen
     config = ServeConfig(
         public_url=args.public_url,
