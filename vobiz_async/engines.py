@@ -16,7 +16,8 @@ initializer, pickled over the pipe a spawned worker reads at start: never in a c
 (`/proc/<pid>/cmdline` is `python -c 'from multiprocessing.spawn import spawn_main; ...'`),
 a process name or a log. A worker inherits its parent's environment, so every environment
 variable holding the token is left out while the workers are spawned (they all are before
-the first shard: `_spawn`).
+the first shard: `_spawn`), and while the pool is made, whose first lock starts
+multiprocessing's resource tracker, another process inheriting the environment.
 
 One politeness: the workers of a job share a `SharedPace` (two numbers in shared memory:
 the rate-limit decreases seen so far and the time new requests are held until). A 429 on
@@ -63,7 +64,17 @@ from .session import AsyncSession, SessionConfig
 from .sinks import DirectorySink, sink_for
 from .types import ApiClient, Destination, Item, Source
 
-__all__ = ["MAX_WORKERS", "ProcessEngine", "SharedGate", "SharedPace", "default_workers"]
+__all__ = [
+    "MAX_WORKERS",
+    "PROCESS_MIN_RECORDINGS",
+    "ProcessEngine",
+    "SharedGate",
+    "SharedPace",
+    "choose_engine",
+    "default_workers",
+    "shard_size_for",
+    "usable_cpus",
+]
 
 logger = logging.getLogger("vobiz_async")
 
@@ -72,13 +83,56 @@ MAX_WORKERS = 8
 _PR_SET_PDEATHSIG = 1
 
 
+#: The job size, in recordings, from which `choose_engine` picks the process engine: below
+#: it, a second interpreter (spawn, imports, a session per worker, the whole listing taken
+#: before the first shard starts) costs more than a second core gains. Measured on a 2-CPU
+#: machine: benchmarks/RESULTS.md, "The process engine's crossover".
+PROCESS_MIN_RECORDINGS = 1000
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: `os.process_cpu_count()` (Python 3.13), else the
+    affinity mask (Linux), else every CPU of the machine."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """One worker per CPU this process may use, at most MAX_WORKERS."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cpus))
+    return max(1, min(MAX_WORKERS, usable_cpus()))
+
+
+#: Shards per worker `shard_size_for` aims at, and the sizes it picks from: a fixed ladder
+#: (as `ray_runtime.shard_size_for`'s), so a re-run of a job that grew a little cuts the
+#: same shards and the shard journal still knows the finished ones.
+SHARDS_PER_WORKER = 4
+SHARD_SIZES = (10, 25, 50, 100, 250, 500)
+
+
+def shard_size_for(recordings: int | None, workers: int) -> int:
+    """A shard size for a job of `recordings` on `workers` workers: the largest of
+    SHARD_SIZES giving about SHARDS_PER_WORKER shards each (a shard's results, and with
+    them the progress display and the index, arrive when it ends, and a last slow shard
+    holds the end of the job); the largest when the size is unknown."""
+    if recordings is None:
+        return SHARD_SIZES[-1]
+    target = -(-recordings // (max(1, workers) * SHARDS_PER_WORKER))
+    fitting = [size for size in SHARD_SIZES if size <= target]
+    return fitting[-1] if fitting else SHARD_SIZES[0]
+
+
+def choose_engine(cpus: int, recordings: int | None) -> str:
+    """The CLI's default engine: `"process"` when this machine has 2 CPUs or more and the job
+    is known to hold at least PROCESS_MIN_RECORDINGS recordings, else `"local"` (a job of
+    unknown size stays local: the wrong guess costs less there)."""
+    if cpus < 2 or recordings is None or recordings < PROCESS_MIN_RECORDINGS:
+        return "local"
+    return "process"
 
 
 # -- one politeness across processes ---------------------------------------------------------
@@ -444,12 +498,15 @@ class _Run:
         """Run shards from `waiting` in one pool until none is left, the batch stops or the
         pool breaks; return the shards a broken pool held."""
         context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=_worker_start,
-            initargs=(self.config, SharedPace(context)),
-        )
+        # The first lock made here starts multiprocessing's resource tracker, a process of
+        # its own that inherits this environment: it, too, starts without the token.
+        with _without(self.config.auth_token.value):
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=context,
+                initializer=_worker_start,
+                initargs=(self.config, SharedPace(context)),
+            )
         running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
         broken: list[_Shard] = []
         try:
