@@ -329,6 +329,7 @@ class ProcessEngine:
         )
         journal = None
         run = _Run(self, config, batch, target, options)
+        run.warm_up()
         try:
             await run.admit(source)
             shards = run.shards()
@@ -340,6 +341,7 @@ class ProcessEngine:
             if pending:
                 await run.execute(pending)
         finally:
+            await run.cool_down()
             if journal is not None:
                 journal.close()
             if index is not None and index is not options.manifest:
@@ -423,6 +425,7 @@ class _Run:
         self._shares: dict[int, int] = {}
         self._reports: list[PacingReport] = []
         self._tries: dict[int, int] = {}
+        self._warm: asyncio.Future[ProcessPoolExecutor] | None = None
 
     async def admit(self, source: Source) -> None:
         """The listing, once, through the batch core, in listing order."""
@@ -497,20 +500,13 @@ class _Run:
     async def _pool_run(self, waiting: deque[_Shard], workers: int, per_shard: int) -> list[_Shard]:
         """Run shards from `waiting` in one pool until none is left, the batch stops or the
         pool breaks; return the shards a broken pool held."""
-        context = multiprocessing.get_context("spawn")
-        # The first lock made here starts multiprocessing's resource tracker, a process of
-        # its own that inherits this environment: it, too, starts without the token.
-        with _without(self.config.auth_token.value):
-            pool = ProcessPoolExecutor(
-                workers,
-                mp_context=context,
-                initializer=_worker_start,
-                initargs=(self.config, SharedPace(context)),
-            )
+        try:
+            pool = await self._take_pool(workers)
+        except BrokenProcessPool:  # a worker died starting: no shard ran
+            return []
         running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
         broken: list[_Shard] = []
         try:
-            await self._spawn(pool, workers)
             while running or (waiting and not broken and self.batch.stopped_by is None):
                 while waiting and len(running) < workers and not broken:
                     if self.batch.stopped_by is not None:
@@ -531,6 +527,46 @@ class _Run:
             self._end(pool, running)
         return broken
 
+    def warm_up(self) -> None:
+        """Start the workers now, while the driver lists: spawning them and their imports
+        (about 0.3 s each) then overlap the listing instead of following it."""
+        self._warm = asyncio.ensure_future(self._open_pool(self.engine.workers))
+
+    async def cool_down(self) -> None:
+        """Shut a warm pool no shard took (the listing failed, or had nothing to run)."""
+        warm, self._warm = self._warm, None
+        if warm is None:
+            return
+        warm.cancel()
+        with contextlib.suppress(BaseException):
+            self._end(await warm, {})
+
+    async def _take_pool(self, workers: int) -> ProcessPoolExecutor:
+        """The warm pool, the first time; a fresh one after a pool broke."""
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            return await warm
+        return await self._open_pool(workers)
+
+    async def _open_pool(self, workers: int) -> ProcessPoolExecutor:
+        """A pool of `workers` started processes (shut again if starting them fails)."""
+        context = multiprocessing.get_context("spawn")
+        # The first lock made here starts multiprocessing's resource tracker, a process of
+        # its own that inherits this environment: it, too, starts without the token.
+        with _without(self.config.auth_token.value):
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=context,
+                initializer=_worker_start,
+                initargs=(self.config, SharedPace(context)),
+            )
+        try:
+            await self._spawn(pool, workers)
+        except BaseException:
+            self._end(pool, {}, kill=True)
+            raise
+        return pool
+
     async def _spawn(self, pool: ProcessPoolExecutor, workers: int) -> None:
         """Start every worker now, without the token in their environment: a spawn-context
         pool starts one per submission while none is idle."""
@@ -542,11 +578,15 @@ class _Run:
         await asyncio.gather(*hellos)
 
     def _end(
-        self, pool: ProcessPoolExecutor, running: dict[asyncio.Future[_ShardOutcome], _Shard]
+        self,
+        pool: ProcessPoolExecutor,
+        running: dict[asyncio.Future[_ShardOutcome], _Shard],
+        *,
+        kill: bool = False,
     ) -> None:
         """Shut the pool; workers still busy (a cancelled run) are terminated, their `.part`
         files left for a re-run."""
-        if running:
+        if running or kill:
             for future in running:
                 future.cancel()
             for pid in self.engine.pids:
