@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import time
@@ -238,6 +239,22 @@ def _worker_start(config: SessionConfig, pace: SharedPace) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     _WORKER["config"] = config
     _WORKER["pace"] = pace
+    # One event loop, session and pacing gate for every shard this worker runs: the
+    # connections stay open from shard to shard, and so does what the gate learned of the
+    # server's pace (a fresh gate per shard met every rate limit anew).
+    _WORKER["loop"] = asyncio.new_event_loop()
+    multiprocessing.util.Finalize(None, _worker_end, exitpriority=10)
+
+
+def _worker_end() -> None:
+    """At the worker's exit (the pool shut): close its session, then its loop."""
+    loop: asyncio.AbstractEventLoop | None = _WORKER.pop("loop", None)
+    if loop is None:
+        return
+    session: AsyncSession | None = _WORKER.pop("session", None)
+    if session is not None:
+        loop.run_until_complete(session.close())
+    loop.close()
 
 
 def _hello() -> int:
@@ -245,15 +262,23 @@ def _hello() -> int:
 
 
 def _run_shard(job: _ShardJob) -> _ShardOutcome:
-    """One shard in a worker: a fresh event loop, session and local engine."""
+    """One shard in a worker: the local engine on the worker's loop, session and gate."""
     started = time.monotonic()
-    results, rate_limit = asyncio.run(_shard_main(_WORKER["config"], _WORKER["pace"], job))
+    loop: asyncio.AbstractEventLoop = _WORKER["loop"]
+    results, rate_limit = loop.run_until_complete(_shard_main(job))
     return _ShardOutcome(os.getpid(), results, time.monotonic() - started, rate_limit)
 
 
-async def _shard_main(
-    config: SessionConfig, pace: SharedPace, job: _ShardJob
-) -> tuple[list[DownloadResult], PacingReport | None]:
+def _worker_session() -> tuple[AsyncSession, SharedGate | None]:
+    """The worker's session (opened on its first shard) and its gate (None before the
+    first shard made it)."""
+    session: AsyncSession | None = _WORKER.get("session")
+    if session is None:
+        session = _WORKER["session"] = AsyncSession.from_config(_WORKER["config"])
+    return session, _WORKER.get("gate")
+
+
+async def _shard_main(job: _ShardJob) -> tuple[list[DownloadResult], PacingReport | None]:
     results: list[DownloadResult] = []
 
     def collect(event: ProgressEvent) -> None:
@@ -261,19 +286,21 @@ async def _shard_main(
             results.append(event.result)
 
     options = attrs.evolve(job.options, on_progress=collect, manifest=None)
-    policy = PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
-    async with AsyncSession.from_config(config) as session:
-        downloader = Downloader(
-            session,
-            job.dest,
-            lookup=session.recordings.get,
-            known={entry.recording_id: entry for entry in job.known},
-            prove_stored=job.prove,
-            gate=SharedGate(options.concurrency, pace, policy=policy),
-            **attrs.asdict(options, recurse=False),
-        )
-        report = await downloader.run(job.items)
-    return results, report.rate_limit
+    session, gate = _worker_session()
+    if gate is None:  # a job's shards all have one concurrency: the first shard's gate
+        policy = PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
+        gate = _WORKER["gate"] = SharedGate(options.concurrency, _WORKER["pace"], policy=policy)
+    downloader = Downloader(
+        session,
+        job.dest,
+        lookup=session.recordings.get,
+        known={entry.recording_id: entry for entry in job.known},
+        prove_stored=job.prove,
+        gate=gate,
+        **attrs.asdict(options, recurse=False),
+    )
+    report = await downloader.run(job.items)
+    return results, report.rate_limit  # the worker's gate so far: the latest one counts
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -428,7 +455,8 @@ class _Run:
         self.journal: ShardJournal | None = None
         self.shard_seconds: list[float] = []
         self._shares: dict[int, int] = {}
-        self._reports: list[PacingReport] = []
+        #: Each worker's pacing so far (its gate lives across its shards): the latest report.
+        self._reports: dict[int, PacingReport] = {}
         self._tries: dict[int, int] = {}
         self._warm: asyncio.Future[ProcessPoolExecutor] | None = None
 
@@ -449,7 +477,7 @@ class _Run:
     def rate_limit(self) -> PacingReport | None:
         """The workers' pacing, summed: the signals each saw (another worker's news counts
         in each worker that took it in), the lowest limit and rate of any."""
-        reports = self._reports
+        reports = list(self._reports.values())
         if not reports:
             return None
         rates = [r.lowest_rate for r in reports if r.lowest_rate is not None]
@@ -620,7 +648,7 @@ class _Run:
         self.shard_seconds.append(outcome.seconds)
         self._shares[outcome.pid] = self._shares.get(outcome.pid, 0) + len(outcome.results)
         if outcome.rate_limit is not None:
-            self._reports.append(outcome.rate_limit)
+            self._reports[outcome.pid] = outcome.rate_limit
         items = {item_id(item) for item in shard.items}
         for result in outcome.results:
             rid = result.recording_id

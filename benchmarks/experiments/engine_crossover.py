@@ -10,7 +10,10 @@ every file's sha256 checked). Two profiles, as `benchmarks/run` has them:
 - `wan`: the wan profile's nginx (60 ms before each media response's first byte) and the
   fake API at 200 ms per page of 100; log-normal sizes around 300 KB (the wan workload's
   spec, cut to each size);
-- `loopback`: plain nginx and the fake API at 0 ms; the same sizes.
+- `loopback`: plain nginx and the fake API at 0 ms; the same sizes;
+- `ratelimit`: the wan profile's rate-limit section alone (150 requests/s, 429 +
+  Retry-After 1, 600 x 50 KB, 64 in flight) for the library peer on the local engine and
+  on the process engine (`--counts` does not apply).
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/experiments/engine_crossover.py \\
         --profile wan --counts 100 250 500 1000 2000 --reps 3
@@ -34,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: 
 
 from harness.data import WORK_DIR, Workload, ensure_dataset, fresh_output_dir
 from harness.measure import measure
-from harness.peers import CLI_MANIFEST, LIBRARY, Job, Peer
+from harness.peers import CLI_MANIFEST, LIBRARY, Job, Peer, process_peer
 from harness.services import AUTH_ID, AUTH_TOKEN, fake_api, media_server, prepare_work_dirs
-from harness.wan import wan_nginx
+from harness.wan import RATE, WanSettings, library_peer, run_section, wan_nginx
 
 KB = 1000
 ENGINES = ("local", "process")
@@ -66,6 +69,29 @@ def cli_peer(engine: str) -> Peer:
         python=True,
         allowed_extra=CLI_MANIFEST | {"vobiz-manifest.jsonl.shards"},
     )
+
+
+def rate_limited(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The wan profile's rate-limit section, local against process."""
+    settings = WanSettings(reps=args.reps, seed=args.seed, timeout=600, smoke=False)
+    with wan_nginx() as server:
+        peers = [library_peer(), process_peer()]
+        return run_section("ratelimit", RATE, peers, (0.0,), (64,), settings, server, "/limited")
+
+
+def rate_summary(runs: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| peer | wall s (every run) | median | 429s (every run) | archived |",
+        "|---|---|---|---|---|",
+    ]
+    for peer in sorted({r["peer"] for r in runs}):
+        mine = [r for r in runs if r["peer"] == peer]
+        walls = " / ".join(f"{r['wall_s']:.2f}" for r in mine)
+        limited = " / ".join(str(r.get("http_429")) for r in mine)
+        median = statistics.median(r["wall_s"] for r in mine)
+        archived = " / ".join(str(r.get("archived")) for r in mine)
+        lines.append(f"| {peer} | {walls} | {median:.2f} | {limited} | {archived} |")
+    return lines
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -136,15 +162,19 @@ def summary(runs: list[dict[str, Any]]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=("wan", "loopback"), default="wan")
+    parser.add_argument("--profile", choices=("wan", "loopback", "ratelimit"), default="wan")
     parser.add_argument("--counts", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--json", type=Path, help="keep every run here")
     args = parser.parse_args()
-    runs = run(args)
-    print("\n".join(summary(runs)))
+    if args.profile == "ratelimit":
+        runs = rate_limited(args)
+        print("\n".join(rate_summary(runs)))
+    else:
+        runs = run(args)
+        print("\n".join(summary(runs)))
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1, default=str))
     return 0
