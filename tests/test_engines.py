@@ -211,3 +211,23 @@ async def test_workers_start_during_the_listing_and_stop_when_it_fails(
     assert started == [True]
     # Joined before download_many returned: not left to a garbage collector.
     assert not alive(engine.pids)
+
+
+async def test_a_worker_keeps_its_connections_from_shard_to_shard(dest: Path) -> None:
+    """One worker runs four shards on one session (and one pacing gate): the connections
+    it opened for the first shard carry the others."""
+    async with FakeVobiz(recordings=0, seed=7, auth_token=TOKEN) as fake:
+        for _ in range(16):
+            fake.add_recording(size=4_000)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            recordings = [r async for r in session.recordings.list()]
+            before = fake.stats.connections
+            engine = ProcessEngine(workers=1, shard_size=4)
+            report = await session.recordings.download_many(
+                recordings, dest, engine=engine, concurrency=2
+            )
+            opened = fake.stats.connections - before
+    assert isinstance(report, ScaleOutReport)
+    assert report.ok
+    assert report.shards == 4
+    assert opened <= 2  # not two for each shard

@@ -85,13 +85,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 #: The job size, in recordings, from which `choose_engine` picks the process engine: below
-#: it, a second interpreter (spawn and imports, a session per shard, the whole listing
-#: taken before the first shard starts) costs more than a second core gains. Measured with
+#: it, a second interpreter (spawn and imports, the whole listing taken before the first
+#: shard starts) costs more than a second core gains. Measured with
 #: the CLI on this project's 2-CPU machine while other work kept it busy (load 4 to 8),
 #: medians of 3 interleaved runs, process/local wall time: wan profile 1.52x at 250
 #: recordings, 1.03x at 1,000, 1.00x at 2,000, 0.88x at 5,000; loopback 2.93x, 1.59x,
-#: 0.84x, 0.88x; and in the wan profile's own run at 2,000, 1.33x at 64 in flight but
-#: 0.81x at 256. 5,000 is the smallest size it won at in every measurement
+#: 0.84x, 0.88x; in the wan profile's own runs at 2,000, 1.33x then 1.05x at 64 in
+#: flight, 0.81x then 0.68x at 256. 5,000 is the smallest size it won at in every run
 #: (benchmarks/RESULTS.md, "The process engine's crossover").
 PROCESS_MIN_RECORDINGS = 5000
 
