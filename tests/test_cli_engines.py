@@ -25,7 +25,12 @@ from test_cli import (
     start_cli,
 )
 
-from vobiz_async.engines import PROCESS_MIN_RECORDINGS, choose_engine, shard_size_for
+from vobiz_async.engines import (
+    PROCESS_MIN_CONCURRENCY,
+    PROCESS_MIN_RECORDINGS,
+    choose_engine,
+    shard_size_for,
+)
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest
 from vobiz_async.testing import FakeVobiz
 
@@ -81,25 +86,35 @@ def workers_of(pid: int) -> list[int]:
 # -- the default engine ---------------------------------------------------------------------
 
 
+#: Enough transfers at once, and too few, for the process engine to pay.
+WIDE, NARROW = PROCESS_MIN_CONCURRENCY, PROCESS_MIN_CONCURRENCY - 1
+LARGE = PROCESS_MIN_RECORDINGS
+
+
 @pytest.mark.parametrize(
-    ("cpus", "recordings", "engine"),
+    ("cpus", "recordings", "concurrency", "engine"),
     [
-        (1, None, "local"),
-        (1, 10, "local"),
-        (1, 1_000_000, "local"),  # one CPU: a second interpreter has no core to use
-        (2, None, "local"),  # size unknown: stay local
-        (2, 0, "local"),
-        (2, PROCESS_MIN_RECORDINGS - 1, "local"),
-        (2, PROCESS_MIN_RECORDINGS, "process"),
-        (2, 1_000_000, "process"),
-        (8, None, "local"),
-        (8, 50, "local"),
-        (8, PROCESS_MIN_RECORDINGS, "process"),
+        (1, None, WIDE, "local"),
+        (1, 10, WIDE, "local"),
+        (1, 1_000_000, 1024, "local"),  # one CPU: a second interpreter has no core to use
+        (2, None, WIDE, "local"),  # size unknown: stay local
+        (2, 0, WIDE, "local"),
+        (2, LARGE - 1, WIDE, "local"),
+        (2, LARGE, WIDE, "process"),
+        (2, 1_000_000, WIDE, "process"),
+        (2, 1_000_000, NARROW, "local"),  # few transfers: one process has CPU to spare
+        (2, 1_000_000, 16, "local"),  # the CLI's default concurrency
+        (8, None, 1024, "local"),
+        (8, 50, 1024, "local"),
+        (8, LARGE, WIDE, "process"),
+        (8, LARGE, NARROW, "local"),
     ],
 )
-def test_default_engine_rule(cpus: int, recordings: int | None, engine: str) -> None:
-    """Process only with 2+ CPUs and a job known to be at least the measured crossover."""
-    assert choose_engine(cpus, recordings) == engine
+def test_default_engine_rule(
+    cpus: int, recordings: int | None, concurrency: int, engine: str
+) -> None:
+    """Process only with 2+ CPUs, a job known to be large and many transfers at once."""
+    assert choose_engine(cpus, recordings, concurrency) == engine
 
 
 @pytest.mark.parametrize(

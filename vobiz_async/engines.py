@@ -67,6 +67,7 @@ from .types import ApiClient, Destination, Item, Source
 
 __all__ = [
     "MAX_WORKERS",
+    "PROCESS_MIN_CONCURRENCY",
     "PROCESS_MIN_RECORDINGS",
     "ProcessEngine",
     "SharedGate",
@@ -84,16 +85,17 @@ MAX_WORKERS = 8
 _PR_SET_PDEATHSIG = 1
 
 
-#: The job size, in recordings, from which `choose_engine` picks the process engine: below
-#: it, a second interpreter (spawn and imports, the whole listing taken before the first
-#: shard starts) costs more than a second core gains. Measured with
-#: the CLI on this project's 2-CPU machine while other work kept it busy (load 4 to 8),
-#: medians of 3 interleaved runs, process/local wall time: wan profile 1.52x at 250
-#: recordings, 1.03x at 1,000, 1.00x at 2,000, 0.88x at 5,000; loopback 2.93x, 1.59x,
-#: 0.84x, 0.88x; in the wan profile's own runs at 2,000, 1.33x then 1.05x at 64 in
-#: flight, 0.81x then 0.68x at 256. 5,000 is the smallest size it won at in every run
+#: The job size (recordings) and the transfers in flight from which `choose_engine` picks
+#: the process engine. A second interpreter pays only when one process is short of CPU:
+#: many transfers at once on a job long enough to amortise spawning, imports and the
+#: listing taken whole before the first shard. Measured with the CLI on this project's
+#: 2-CPU machine, quiet (load under 1), wan profile, medians of 3 interleaved runs,
+#: process/local wall time: 16 in flight 1.08x at 2,000 recordings and 1.07x at 5,000;
+#: 64 in flight 1.24x at 1,000, 1.07x at 2,000; 128 in flight 1.10x at 500, 0.94x at
+#: 1,000, 0.79x at 2,000; 256 in flight 0.81x at 1,000, 0.72x at 2,000
 #: (benchmarks/RESULTS.md, "The process engine's crossover").
-PROCESS_MIN_RECORDINGS = 5000
+PROCESS_MIN_RECORDINGS = 1000
+PROCESS_MIN_CONCURRENCY = 128
 
 
 def usable_cpus() -> int:
@@ -132,11 +134,14 @@ def shard_size_for(recordings: int | None, workers: int) -> int:
     return fitting[-1] if fitting else SHARD_SIZES[0]
 
 
-def choose_engine(cpus: int, recordings: int | None) -> str:
-    """The CLI's default engine: `"process"` when this machine has 2 CPUs or more and the job
-    is known to hold at least PROCESS_MIN_RECORDINGS recordings, else `"local"` (a job of
-    unknown size stays local: the wrong guess costs less there)."""
+def choose_engine(cpus: int, recordings: int | None, concurrency: int) -> str:
+    """The CLI's default engine: `"process"` when this machine has 2 CPUs or more, the job
+    is known to hold at least PROCESS_MIN_RECORDINGS recordings and at least
+    PROCESS_MIN_CONCURRENCY transfers run at once; else `"local"` (a job of unknown size
+    stays local: the wrong guess costs less there)."""
     if cpus < 2 or recordings is None or recordings < PROCESS_MIN_RECORDINGS:
+        return "local"
+    if concurrency < PROCESS_MIN_CONCURRENCY:
         return "local"
     return "process"
 

@@ -219,7 +219,8 @@ def scripted(mode: str) -> Callable[[Job], list[str]]:
 
 def cli_default_command(job: Job) -> list[str]:
     """The shipped command line with its defaults (its engine: `process` on 2+ CPUs for a job
-    of at least `engines.PROCESS_MIN_RECORDINGS` recordings, else `local`)."""
+    of at least `engines.PROCESS_MIN_RECORDINGS` recordings at `PROCESS_MIN_CONCURRENCY` or
+    more in flight, else `local`)."""
     return [
         sys.executable,
         *("-m", "vobiz_async", "download", "--out", str(job.out_dir)),

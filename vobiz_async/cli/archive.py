@@ -205,8 +205,9 @@ def _check_engine(job: DownloadJob) -> None:
 
 def engine_name(job: DownloadJob, recordings: int | None) -> str:
     """The engine a job runs on: `--engine`, else `process` when `--workers` is given, else
-    the default rule (`engines.choose_engine`) on this machine's CPUs and the job's size
-    as known before it starts (None: unknown). A bucket stays on the local engine."""
+    the default rule (`engines.choose_engine`) on this machine's CPUs, the job's size as
+    known before it starts (None: unknown) and `--concurrency`. A bucket stays on the
+    local engine."""
     if job.engine is not None:
         return job.engine
     if job.workers is not None:
@@ -215,7 +216,7 @@ def engine_name(job: DownloadJob, recordings: int | None) -> str:
         return "local"
     from ..engines import choose_engine, usable_cpus
 
-    return choose_engine(usable_cpus(), recordings)
+    return choose_engine(usable_cpus(), recordings, job.concurrency)
 
 
 def _engine(job: DownloadJob, name: str, recordings: int | None) -> Any:
