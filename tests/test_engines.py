@@ -41,6 +41,11 @@ def media_gets(fake: FakeVobiz) -> Counter[str]:
     return counts
 
 
+def alive(pids: set[int]) -> list[int]:
+    """Those of `pids` that are still processes of this machine."""
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
 @pytest.fixture(name="fake")
 async def _fake() -> AsyncIterator[FakeVobiz]:
     async with FakeVobiz(recordings=0, seed=3, auth_token=TOKEN) as fake:
@@ -186,3 +191,43 @@ async def test_a_rate_limited_job_finishes_with_the_workers_pacing_reported(dest
     assert fake.stats.rate_limited > 0
     assert report.rate_limit is not None
     assert report.rate_limit.limited
+
+
+async def test_workers_start_during_the_listing_and_stop_when_it_fails(
+    session: AsyncSession, dest: Path
+) -> None:
+    """The pool starts while the driver lists (its start-up overlaps the listing); a
+    listing that then fails leaves no worker process behind."""
+    engine = ProcessEngine(workers=2)
+    started: list[bool] = []
+
+    async def listing() -> AsyncIterator[str]:
+        yield "first-id"
+        started.append(await eventually(lambda: len(engine.pids) == 2))
+        raise RuntimeError("the listing broke")
+
+    with pytest.raises(RuntimeError, match="the listing broke"):
+        await session.recordings.download_many(listing(), dest, engine=engine)
+    assert started == [True]
+    # Joined before download_many returned: not left to a garbage collector.
+    assert not alive(engine.pids)
+
+
+async def test_a_worker_keeps_its_connections_from_shard_to_shard(dest: Path) -> None:
+    """One worker runs four shards on one session (and one pacing gate): the connections
+    it opened for the first shard carry the others."""
+    async with FakeVobiz(recordings=0, seed=7, auth_token=TOKEN) as fake:
+        for _ in range(16):
+            fake.add_recording(size=4_000)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            recordings = [r async for r in session.recordings.list()]
+            before = fake.stats.connections
+            engine = ProcessEngine(workers=1, shard_size=4)
+            report = await session.recordings.download_many(
+                recordings, dest, engine=engine, concurrency=2
+            )
+            opened = fake.stats.connections - before
+    assert isinstance(report, ScaleOutReport)
+    assert report.ok
+    assert report.shards == 4
+    assert opened <= 2  # not two for each shard

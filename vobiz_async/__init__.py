@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .engines import ProcessEngine
     from .errors import (
         APIConnectionError,
         APIStatusError,
@@ -97,6 +98,7 @@ _EXPORTS: dict[str, str] = {
     "PageMeta": "models",
     "PaymentRequiredError": "errors",
     "PermissionDeniedError": "errors",
+    "ProcessEngine": "engines",
     "ProgressEvent": "results",
     "ProgressKind": "results",
     "RateLimitError": "errors",
@@ -149,6 +151,7 @@ __all__ = [
     "PageMeta",
     "PaymentRequiredError",
     "PermissionDeniedError",
+    "ProcessEngine",
     "ProgressEvent",
     "ProgressKind",
     "RateLimitError",

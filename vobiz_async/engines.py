@@ -16,7 +16,8 @@ initializer, pickled over the pipe a spawned worker reads at start: never in a c
 (`/proc/<pid>/cmdline` is `python -c 'from multiprocessing.spawn import spawn_main; ...'`),
 a process name or a log. A worker inherits its parent's environment, so every environment
 variable holding the token is left out while the workers are spawned (they all are before
-the first shard: `_spawn`).
+the first shard: `_spawn`), and while the pool is made, whose first lock starts
+multiprocessing's resource tracker, another process inheriting the environment.
 
 One politeness: the workers of a job share a `SharedPace` (two numbers in shared memory:
 the rate-limit decreases seen so far and the time new requests are held until). A 429 on
@@ -37,6 +38,7 @@ import contextlib
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import time
@@ -63,7 +65,18 @@ from .session import AsyncSession, SessionConfig
 from .sinks import DirectorySink, sink_for
 from .types import ApiClient, Destination, Item, Source
 
-__all__ = ["MAX_WORKERS", "ProcessEngine", "SharedGate", "SharedPace", "default_workers"]
+__all__ = [
+    "MAX_WORKERS",
+    "PROCESS_MIN_CONCURRENCY",
+    "PROCESS_MIN_RECORDINGS",
+    "ProcessEngine",
+    "SharedGate",
+    "SharedPace",
+    "choose_engine",
+    "default_workers",
+    "shard_size_for",
+    "usable_cpus",
+]
 
 logger = logging.getLogger("vobiz_async")
 
@@ -72,13 +85,65 @@ MAX_WORKERS = 8
 _PR_SET_PDEATHSIG = 1
 
 
+#: The job size (recordings) and the transfers in flight from which `choose_engine` picks
+#: the process engine. A second interpreter pays only when one process is short of CPU:
+#: many transfers at once on a job long enough to amortise spawning, imports and the
+#: listing taken whole before the first shard. Measured with the CLI on this project's
+#: 2-CPU machine, quiet (load under 1), wan profile, medians of 3 interleaved runs,
+#: process/local wall time: 16 in flight 1.08x at 2,000 recordings and 1.07x at 5,000;
+#: 64 in flight 1.24x at 1,000, 1.07x at 2,000; 128 in flight 1.10x at 500, 0.94x at
+#: 1,000, 0.79x at 2,000; 256 in flight 0.81x at 1,000, 0.72x at 2,000
+#: (benchmarks/RESULTS.md, "The process engine's crossover").
+PROCESS_MIN_RECORDINGS = 1000
+PROCESS_MIN_CONCURRENCY = 128
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: `os.process_cpu_count()` (Python 3.13), else the
+    affinity mask (Linux), else every CPU of the machine."""
+    counter = getattr(os, "process_cpu_count", None)
+    if counter is not None:
+        return int(counter() or 1)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """One worker per CPU this process may use, at most MAX_WORKERS."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cpus))
+    return max(1, min(MAX_WORKERS, usable_cpus()))
+
+
+#: Shards per worker `shard_size_for` aims at, and the sizes it picks from: a fixed ladder
+#: (as `ray_runtime.shard_size_for`'s), so a re-run of a job that grew a little cuts the
+#: same shards and the shard journal still knows the finished ones.
+SHARDS_PER_WORKER = 4
+SHARD_SIZES = (10, 25, 50, 100, 250, 500)
+
+
+def shard_size_for(recordings: int | None, workers: int) -> int:
+    """A shard size for a job of `recordings` on `workers` workers: the largest of
+    SHARD_SIZES giving about SHARDS_PER_WORKER shards each (a shard's results, and with
+    them the progress display and the index, arrive when it ends, and a last slow shard
+    holds the end of the job); the largest when the size is unknown."""
+    if recordings is None:
+        return SHARD_SIZES[-1]
+    target = -(-recordings // (max(1, workers) * SHARDS_PER_WORKER))
+    fitting = [size for size in SHARD_SIZES if size <= target]
+    return fitting[-1] if fitting else SHARD_SIZES[0]
+
+
+def choose_engine(cpus: int, recordings: int | None, concurrency: int) -> str:
+    """The CLI's default engine: `"process"` when this machine has 2 CPUs or more, the job
+    is known to hold at least PROCESS_MIN_RECORDINGS recordings and at least
+    PROCESS_MIN_CONCURRENCY transfers run at once; else `"local"` (a job of unknown size
+    stays local: the wrong guess costs less there)."""
+    if cpus < 2 or recordings is None or recordings < PROCESS_MIN_RECORDINGS:
+        return "local"
+    if concurrency < PROCESS_MIN_CONCURRENCY:
+        return "local"
+    return "process"
 
 
 # -- one politeness across processes ---------------------------------------------------------
@@ -179,6 +244,22 @@ def _worker_start(config: SessionConfig, pace: SharedPace) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     _WORKER["config"] = config
     _WORKER["pace"] = pace
+    # One event loop, session and pacing gate for every shard this worker runs: the
+    # connections stay open from shard to shard, and so does what the gate learned of the
+    # server's pace (a fresh gate per shard met every rate limit anew).
+    _WORKER["loop"] = asyncio.new_event_loop()
+    multiprocessing.util.Finalize(None, _worker_end, exitpriority=10)
+
+
+def _worker_end() -> None:
+    """At the worker's exit (the pool shut): close its session, then its loop."""
+    loop: asyncio.AbstractEventLoop | None = _WORKER.pop("loop", None)
+    if loop is None:
+        return
+    session: AsyncSession | None = _WORKER.pop("session", None)
+    if session is not None:
+        loop.run_until_complete(session.close())
+    loop.close()
 
 
 def _hello() -> int:
@@ -186,15 +267,23 @@ def _hello() -> int:
 
 
 def _run_shard(job: _ShardJob) -> _ShardOutcome:
-    """One shard in a worker: a fresh event loop, session and local engine."""
+    """One shard in a worker: the local engine on the worker's loop, session and gate."""
     started = time.monotonic()
-    results, rate_limit = asyncio.run(_shard_main(_WORKER["config"], _WORKER["pace"], job))
+    loop: asyncio.AbstractEventLoop = _WORKER["loop"]
+    results, rate_limit = loop.run_until_complete(_shard_main(job))
     return _ShardOutcome(os.getpid(), results, time.monotonic() - started, rate_limit)
 
 
-async def _shard_main(
-    config: SessionConfig, pace: SharedPace, job: _ShardJob
-) -> tuple[list[DownloadResult], PacingReport | None]:
+def _worker_session() -> tuple[AsyncSession, SharedGate | None]:
+    """The worker's session (opened on its first shard) and its gate (None before the
+    first shard made it)."""
+    session: AsyncSession | None = _WORKER.get("session")
+    if session is None:
+        session = _WORKER["session"] = AsyncSession.from_config(_WORKER["config"])
+    return session, _WORKER.get("gate")
+
+
+async def _shard_main(job: _ShardJob) -> tuple[list[DownloadResult], PacingReport | None]:
     results: list[DownloadResult] = []
 
     def collect(event: ProgressEvent) -> None:
@@ -202,19 +291,21 @@ async def _shard_main(
             results.append(event.result)
 
     options = attrs.evolve(job.options, on_progress=collect, manifest=None)
-    policy = PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
-    async with AsyncSession.from_config(config) as session:
-        downloader = Downloader(
-            session,
-            job.dest,
-            lookup=session.recordings.get,
-            known={entry.recording_id: entry for entry in job.known},
-            prove_stored=job.prove,
-            gate=SharedGate(options.concurrency, pace, policy=policy),
-            **attrs.asdict(options, recurse=False),
-        )
-        report = await downloader.run(job.items)
-    return results, report.rate_limit
+    session, gate = _worker_session()
+    if gate is None:  # a job's shards all have one concurrency: the first shard's gate
+        policy = PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
+        gate = _WORKER["gate"] = SharedGate(options.concurrency, _WORKER["pace"], policy=policy)
+    downloader = Downloader(
+        session,
+        job.dest,
+        lookup=session.recordings.get,
+        known={entry.recording_id: entry for entry in job.known},
+        prove_stored=job.prove,
+        gate=gate,
+        **attrs.asdict(options, recurse=False),
+    )
+    report = await downloader.run(job.items)
+    return results, report.rate_limit  # the worker's gate so far: the latest one counts
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -275,6 +366,7 @@ class ProcessEngine:
         )
         journal = None
         run = _Run(self, config, batch, target, options)
+        run.warm_up()
         try:
             await run.admit(source)
             shards = run.shards()
@@ -286,6 +378,7 @@ class ProcessEngine:
             if pending:
                 await run.execute(pending)
         finally:
+            await run.cool_down()
             if journal is not None:
                 journal.close()
             if index is not None and index is not options.manifest:
@@ -367,8 +460,10 @@ class _Run:
         self.journal: ShardJournal | None = None
         self.shard_seconds: list[float] = []
         self._shares: dict[int, int] = {}
-        self._reports: list[PacingReport] = []
+        #: Each worker's pacing so far (its gate lives across its shards): the latest report.
+        self._reports: dict[int, PacingReport] = {}
         self._tries: dict[int, int] = {}
+        self._warm: asyncio.Future[ProcessPoolExecutor] | None = None
 
     async def admit(self, source: Source) -> None:
         """The listing, once, through the batch core, in listing order."""
@@ -387,7 +482,7 @@ class _Run:
     def rate_limit(self) -> PacingReport | None:
         """The workers' pacing, summed: the signals each saw (another worker's news counts
         in each worker that took it in), the lowest limit and rate of any."""
-        reports = self._reports
+        reports = list(self._reports.values())
         if not reports:
             return None
         rates = [r.lowest_rate for r in reports if r.lowest_rate is not None]
@@ -443,17 +538,13 @@ class _Run:
     async def _pool_run(self, waiting: deque[_Shard], workers: int, per_shard: int) -> list[_Shard]:
         """Run shards from `waiting` in one pool until none is left, the batch stops or the
         pool breaks; return the shards a broken pool held."""
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=context,
-            initializer=_worker_start,
-            initargs=(self.config, SharedPace(context)),
-        )
+        try:
+            pool = await self._take_pool(workers)
+        except BrokenProcessPool:  # a worker died starting: no shard ran
+            return []
         running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
         broken: list[_Shard] = []
         try:
-            await self._spawn(pool, workers)
             while running or (waiting and not broken and self.batch.stopped_by is None):
                 while waiting and len(running) < workers and not broken:
                     if self.batch.stopped_by is not None:
@@ -474,6 +565,46 @@ class _Run:
             self._end(pool, running)
         return broken
 
+    def warm_up(self) -> None:
+        """Start the workers now, while the driver lists: spawning them and their imports
+        (about 0.3 s each) then overlap the listing instead of following it."""
+        self._warm = asyncio.ensure_future(self._open_pool(self.engine.workers))
+
+    async def cool_down(self) -> None:
+        """Shut a warm pool no shard took (the listing failed, or had nothing to run)."""
+        warm, self._warm = self._warm, None
+        if warm is None:
+            return
+        warm.cancel()
+        with contextlib.suppress(BaseException):
+            self._end(await warm, {})
+
+    async def _take_pool(self, workers: int) -> ProcessPoolExecutor:
+        """The warm pool, the first time; a fresh one after a pool broke."""
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            return await warm
+        return await self._open_pool(workers)
+
+    async def _open_pool(self, workers: int) -> ProcessPoolExecutor:
+        """A pool of `workers` started processes (shut again if starting them fails)."""
+        context = multiprocessing.get_context("spawn")
+        # The first lock made here starts multiprocessing's resource tracker, a process of
+        # its own that inherits this environment: it, too, starts without the token.
+        with _without(self.config.auth_token.value):
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=context,
+                initializer=_worker_start,
+                initargs=(self.config, SharedPace(context)),
+            )
+        try:
+            await self._spawn(pool, workers)
+        except BaseException:
+            self._end(pool, {}, kill=True)
+            raise
+        return pool
+
     async def _spawn(self, pool: ProcessPoolExecutor, workers: int) -> None:
         """Start every worker now, without the token in their environment: a spawn-context
         pool starts one per submission while none is idle."""
@@ -485,11 +616,15 @@ class _Run:
         await asyncio.gather(*hellos)
 
     def _end(
-        self, pool: ProcessPoolExecutor, running: dict[asyncio.Future[_ShardOutcome], _Shard]
+        self,
+        pool: ProcessPoolExecutor,
+        running: dict[asyncio.Future[_ShardOutcome], _Shard],
+        *,
+        kill: bool = False,
     ) -> None:
         """Shut the pool; workers still busy (a cancelled run) are terminated, their `.part`
         files left for a re-run."""
-        if running:
+        if running or kill:
             for future in running:
                 future.cancel()
             for pid in self.engine.pids:
@@ -518,7 +653,7 @@ class _Run:
         self.shard_seconds.append(outcome.seconds)
         self._shares[outcome.pid] = self._shares.get(outcome.pid, 0) + len(outcome.results)
         if outcome.rate_limit is not None:
-            self._reports.append(outcome.rate_limit)
+            self._reports[outcome.pid] = outcome.rate_limit
         items = {item_id(item) for item in shard.items}
         for result in outcome.results:
             rid = result.recording_id

@@ -17,6 +17,7 @@ HEADERS = (f"X-Auth-ID: {AUTH_ID}", f"X-Auth-Token: {AUTH_TOKEN}")
 LIBRARY = "vobiz_async"
 CLI = "vobiz-recordings CLI"
 RAY = "vobiz_async on Ray (local)"
+PROCESS = "vobiz_async (process engine)"
 CURL = "curl"
 SEQUENTIAL_PAGING = "sequential paging (aiohttp)"
 PAGER = "vobiz_async pager"
@@ -24,7 +25,9 @@ LIST_THEN_DOWNLOAD = "list-then-download (vobiz_async)"
 PIPELINED = "pipelined (vobiz_async)"
 MANIFEST = frozenset({"manifest.jsonl"})
 RAY_MANIFEST = frozenset({"manifest.jsonl", "manifest.jsonl.shards"})
-CLI_MANIFEST = frozenset({"vobiz-manifest.jsonl"})
+#: The CLI's index, and its shard journal when the process engine ran (its default for
+#: large jobs on 2+ CPUs).
+CLI_MANIFEST = frozenset({"vobiz-manifest.jsonl", "vobiz-manifest.jsonl.shards"})
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,18 @@ def script(name: str, *flags: str) -> Callable[[Job], list[str]]:
     return lambda job: python_peer(name, job, *flags)
 
 
+def process_peer() -> Peer:
+    """The library peer on `ProcessEngine()`: one worker process per CPU (at most 8)."""
+    return Peer(
+        PROCESS,
+        "vobiz_async-process",
+        script("peer_vobiz_async.py", "--engine", "process"),
+        LIBRARY,
+        python=True,
+        allowed_extra=RAY_MANIFEST,
+    )
+
+
 def requests_label() -> tuple[str, tuple[str, ...]]:
     if importlib.util.find_spec("vobiz") is not None:
         return "vobiz-python + requests (sequential)", ()
@@ -142,6 +157,7 @@ def download_peers() -> list[Peer]:
             allowed_extra=MANIFEST,
         ),
         Peer(CLI, "cli", cli_command, LIBRARY, python=True, allowed_extra=CLI_MANIFEST),
+        process_peer(),
         Peer(
             RAY,
             "ray",

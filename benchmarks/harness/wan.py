@@ -34,7 +34,16 @@ from harness.data import (
     fresh_output_dir,
 )
 from harness.measure import UNAVAILABLE, measure
-from harness.peers import CLI_MANIFEST, HEADERS, LIBRARY, MANIFEST, Job, Peer, python_peer
+from harness.peers import (
+    CLI_MANIFEST,
+    HEADERS,
+    LIBRARY,
+    MANIFEST,
+    Job,
+    Peer,
+    process_peer,
+    python_peer,
+)
 from harness.services import (
     AUTH_ID,
     AUTH_TOKEN,
@@ -209,7 +218,9 @@ def scripted(mode: str) -> Callable[[Job], list[str]]:
 
 
 def cli_default_command(job: Job) -> list[str]:
-    """The shipped command line with its defaults (workers: one per two CPUs)."""
+    """The shipped command line with its defaults (its engine: `process` on 2+ CPUs for a job
+    of at least `engines.PROCESS_MIN_RECORDINGS` recordings at `PROCESS_MIN_CONCURRENCY` or
+    more in flight, else `local`)."""
     return [
         sys.executable,
         *("-m", "vobiz_async", "download", "--out", str(job.out_dir)),
@@ -246,6 +257,7 @@ def wan_peers(smoke: bool) -> list[Peer]:
     """Every peer lists through the fake API itself, downloads and verifies."""
     peers = [
         library_peer(),
+        process_peer(),
         Peer(
             CLI_NAME,
             "cli",
@@ -272,7 +284,11 @@ def wan_peers(smoke: bool) -> list[Peer]:
 
 
 def rate_peers() -> list[Peer]:
-    return [library_peer(), Peer(CURL_RETRY, "curl-retry", curl_retry_command, "curl")]
+    return [
+        library_peer(),
+        process_peer(),
+        Peer(CURL_RETRY, "curl-retry", curl_retry_command, "curl"),
+    ]
 
 
 #: Peers that ignore the concurrency: run at the first level only.

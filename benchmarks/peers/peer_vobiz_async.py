@@ -2,7 +2,9 @@
 
 Lists through the fake API (so the real code path runs), then streams every recording with
 verification, sha256 and atomic rename, as shipped. `--engine ray` runs the same job on a
-local Ray started for it (`RayEngine(address=None)`): its start-up is part of the time.
+local Ray started for it (`RayEngine(address=None)`): its start-up is part of the time;
+`--engine process` on `ProcessEngine()` (one worker process per CPU, at most 8), its
+workers' start-up timed too.
 """
 
 from __future__ import annotations
@@ -32,13 +34,19 @@ RAY_LOOPBACK_ONLY = {
 
 
 async def main() -> int:
-    args = parse_args(__doc__, ("--engine", {"choices": ["local", "ray"], "default": "local"}))
+    args = parse_args(
+        __doc__, ("--engine", {"choices": ["local", "process", "ray"], "default": "local"})
+    )
     engine = None
     if args.engine == "ray":
         os.environ.update(RAY_LOOPBACK_ONLY)
         from vobiz_async.scaleout import RayEngine
 
         engine = RayEngine(address=None)
+    elif args.engine == "process":
+        from vobiz_async.engines import ProcessEngine
+
+        engine = ProcessEngine()
     started = time.perf_counter()
     async with AsyncSession(
         auth_id=args.auth_id, auth_token=args.auth_token, base_url=args.api

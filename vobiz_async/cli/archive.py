@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import attrs
 
@@ -76,7 +76,10 @@ class DownloadJob:
     s3_object_lock_mode: str | None = None
     s3_retain_days: int | None = None
     s3_legal_hold: bool = False
-    engine: str = "local"
+    #: `--engine`: local, process or ray; None lets `_engine` choose (`choose_engine`).
+    engine: str | None = None
+    #: `--workers`: the process engine's worker processes (None: one per CPU).
+    workers: int | None = None
     ray_address: str | None = None
     shard_size: int | None = None
     #: `move`: delete at Vobiz what the archive provably holds, at most `max_delete`.
@@ -215,19 +218,68 @@ def archiver(session: AsyncSession, job: DownloadJob) -> Callable[..., Awaitable
     return session.recordings.download_many
 
 
-def _engine(job: DownloadJob) -> Any:
-    """`--engine ray`'s engine, or None for the local one."""
-    if job.engine != "ray":
-        return None
-    if job.auth_token is not None:
+def _check_engine(job: DownloadJob) -> None:
+    """Refuse, before anything runs, an engine the job cannot use."""
+    if job.engine == "ray" and job.auth_token is not None:
         # Ray keeps the driver's command line in its job table, for anyone on the cluster.
         raise UsageError(
             "with --engine ray, pass the auth token in VOBIZ_AUTH_TOKEN, not --auth-token: "
             "Ray stores the command line"
         )
-    from ..scaleout import RayEngine  # Ray itself: only when a job runs
+    if job.out.startswith("s3://") and (job.engine == "process" or job.workers is not None):
+        raise UsageError(
+            "--engine process archives into a folder; for s3:// use --engine local or ray"
+        )
 
-    return RayEngine(address=job.ray_address, shard_size=job.shard_size)
+
+def engine_name(job: DownloadJob, recordings: int | None) -> str:
+    """The engine a job runs on: `--engine`, else `process` when `--workers` is given, else
+    the default rule (`engines.choose_engine`) on this machine's CPUs, the job's size as
+    known before it starts (None: unknown) and `--concurrency`. A bucket stays on the
+    local engine."""
+    if job.engine is not None:
+        return job.engine
+    if job.workers is not None:
+        return "process"
+    if job.out.startswith("s3://"):
+        return "local"
+    from ..engines import choose_engine, usable_cpus
+
+    return choose_engine(usable_cpus(), recordings, job.concurrency)
+
+
+def _engine(job: DownloadJob, name: str, recordings: int | None) -> Any:
+    """The engine object `download_many` takes for `name` (None: the local engine)."""
+    if name == "ray":
+        from ..scaleout import RayEngine  # Ray itself: only when a job runs
+
+        return RayEngine(address=job.ray_address, shard_size=job.shard_size)
+    if name == "process":
+        from ..engines import ProcessEngine, default_workers, shard_size_for
+
+        workers = job.workers or default_workers()
+        return ProcessEngine(workers, shard_size=shard_size_for(recordings, workers))
+    return None
+
+
+async def _sized(source: Any, progress: Progress) -> tuple[Any, int | None]:
+    """The source and its size as known before the job starts: an id list's length, or the
+    listing's `meta.total_count`, read off its first page (fetched now; the listing then
+    goes on from it, so nothing is fetched twice)."""
+    if isinstance(source, list):
+        return source, len(source)
+    try:
+        first = await anext(source)
+    except StopAsyncIteration:
+        return [], 0
+
+    async def resumed() -> AsyncIterator[Any]:
+        yield first
+        async with contextlib.aclosing(source) as rest:
+            async for entry in rest:
+                yield entry
+
+    return resumed(), progress.total
 
 
 async def _check_bucket(sink: S3Sink) -> None:
@@ -255,7 +307,10 @@ async def _source(
 
 
 async def _run_s3_download(
-    session: AsyncSession, job: DownloadJob, progress: Progress
+    session: AsyncSession,
+    job: DownloadJob,
+    progress: Progress,
+    on_engine: Callable[[str], None] | None = None,
 ) -> DownloadReport | None:
     """`download --out s3://...`: the object metadata is the record; `--index` adds a local
     index that speeds up re-runs. None when `--repair` found nothing to fetch."""
@@ -278,6 +333,9 @@ async def _run_s3_download(
                 return None
             overwrite = True  # only these ids: each is missing or its bytes changed
         source = await _source(session, job, progress, ids)
+        name = engine_name(job, None)
+        if on_engine is not None:
+            on_engine(name)
         return await archiver(session, job)(
             source,
             sink,
@@ -285,19 +343,22 @@ async def _run_s3_download(
             on_progress=progress,
             manifest=index,
             overwrite=overwrite,
-            engine=_engine(job),
+            engine=_engine(job, name, None),
             **_sidecar_option(job),
         )
 
 
 async def run_download(
-    session: AsyncSession, job: DownloadJob, progress: Progress
+    session: AsyncSession,
+    job: DownloadJob,
+    progress: Progress,
+    on_engine: Callable[[str], None] | None = None,
 ) -> DownloadReport | None:
     """The archive job shared by `download` and `demo`: its report, or None when `--repair`
-    found nothing to fetch."""
-    engine = _engine(job)
+    found nothing to fetch. `on_engine` is told the engine's name once it is chosen."""
+    _check_engine(job)
     if job.out.startswith("s3://"):
-        return await _run_s3_download(session, job, progress)
+        return await _run_s3_download(session, job, progress, on_engine)
     ids = _read_ids(job)
     out = Path(job.out)
     await asyncio.to_thread(check_destination, out)
@@ -308,6 +369,13 @@ async def run_download(
             return None
         overwrite = True  # only these ids: each is missing or its bytes changed
     source = await _source(session, job, progress, ids)
+    size = None
+    if job.engine in (None, "process"):  # the default rule and the shards need the size
+        source, size = await _sized(source, progress)
+    name = engine_name(job, size)
+    if on_engine is not None:
+        on_engine(name)
+    engine = _engine(job, name, size)
     options: dict[str, Any] = {
         "concurrency": job.concurrency,
         "on_progress": progress,
@@ -326,13 +394,15 @@ def _sidecar_option(job: DownloadJob) -> dict[str, Any]:
 
 
 async def _download(
-    job: DownloadJob, interruption: Interruption | None = None
+    job: DownloadJob,
+    interruption: Interruption | None = None,
+    on_engine: Callable[[str], None] | None = None,
 ) -> tuple[DownloadReport | None, Progress]:
     """Run `job` behind a progress display; on Ctrl-C, leave the progress line for main."""
     with Progress(sys.stderr) as progress:
         try:
             async with job.session() as session:
-                report = await run_download(session, job, progress)
+                report = await run_download(session, job, progress, on_engine)
         except asyncio.CancelledError:
             if interruption is not None:
                 interruption.progress = progress.line()  # main() prints it on its one line
@@ -367,39 +437,58 @@ async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> 
     if getattr(args, "dry_run", False):
         return await _dry_run(args)
     job = attrs.evolve(DownloadJob.from_args(args), out=destination(args.out))
-    report, progress = await _download(job, interruption)
+    ran: list[str] = []
+    report, progress = await _download(job, interruption, ran.append)
     if report is None:  # --repair found nothing to fetch
         return Outcome()
     with stdout_may_close():
-        if args.json:
-            print(json.dumps(summary_json(report), separators=(",", ":")))
-        else:
-            print_summary(report, sys.stdout, transferred=progress.bytes)
+        _print_report(report, progress, ran[0], as_json=args.json)
     return Outcome(failed=not report.ok)
+
+
+def _print_report(report: DownloadReport, progress: Progress, engine: str, as_json: bool) -> None:
+    """The closing summary: one JSON object (`download --json`'s keys, and `engine`, the
+    engine that ran), or the human lines, naming the engine when it was not this process."""
+    if as_json:
+        print(json.dumps({**summary_json(report), "engine": engine}, separators=(",", ":")))
+        return
+    print_summary(report, sys.stdout, transferred=progress.bytes)
+    if engine != "local":
+        workers = len({share.pid for share in getattr(report, "workers", ())})
+        print(f"engine: {engine}, {workers} worker(s)")
 
 
 async def cmd_demo(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     temporary = not args.out
     if not temporary and destination(args.out).startswith("s3://"):
         raise UsageError("demo archives into a folder; --out s3://... is for download")
+    if args.engine == "ray":
+        raise UsageError("demo runs on --engine local or process; --engine ray is for download")
+    # With --json, stdout holds only the summary object; the demo's story goes to stderr.
+    say = sys.stderr if args.json else sys.stdout
     interruption.keeps_partials = not temporary  # the folder and its .part files go
     out = Path(tempfile.mkdtemp(prefix="vobiz-demo-")) if temporary else Path(args.out)
     try:
-        return await _demo(args, out)
+        return await _demo(args, out, say)
     finally:
         if temporary:
             await asyncio.to_thread(shutil.rmtree, out, ignore_errors=True)
             with stdout_may_close():
-                print(f"removed the temporary folder {out} (pass --out DIR to keep the files)")
+                print(
+                    f"removed the temporary folder {out} (pass --out DIR to keep the files)",
+                    file=say,
+                )
         else:
             with stdout_may_close():
-                print(f"the files are kept in {out}")
+                print(f"the files are kept in {out}", file=say)
 
 
-async def _demo(args: argparse.Namespace, out: Path) -> Outcome:
+async def _demo(args: argparse.Namespace, out: Path, say: TextIO) -> Outcome:
     from ..testing import FakeVobiz
 
-    print(f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}")
+    print(
+        f"demo: {args.count} synthetic recordings from an in-process fake Vobiz -> {out}", file=say
+    )
     fake = FakeVobiz(
         recordings=args.count,
         seed=args.seed,
@@ -416,20 +505,24 @@ async def _demo(args: argparse.Namespace, out: Path) -> Outcome:
             concurrency=args.concurrency,
             overwrite=args.overwrite,
             no_manifest=args.no_manifest,
+            engine=args.engine,
+            workers=args.workers,
         )
-        report, progress = await _download(job)
+        ran: list[str] = []
+        report, progress = await _download(job, on_engine=ran.append)
         assert report is not None  # only --repair finds nothing, and a demo never repairs
-        print_summary(report, sys.stdout, transferred=progress.bytes)
-        wrong, leaked = _report_demo_transfers(fake, report)
+        with stdout_may_close():
+            _print_report(report, progress, ran[0], as_json=args.json)
+        wrong, leaked = _report_demo_transfers(fake, report, say)
         served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
     problems = 0
     if not args.no_manifest:
-        problems, stale = await _verify_demo_archive(out, served)
+        problems, stale = await _verify_demo_archive(out, served, say)
         wrong += stale
     return Outcome(failed=bool(wrong or problems or leaked) or not report.ok)
 
 
-def _report_demo_transfers(fake: Any, report: DownloadReport) -> tuple[list[str], int]:
+def _report_demo_transfers(fake: Any, report: DownloadReport, say: TextIO) -> tuple[list[str], int]:
     """Print what the downloader survived and whether this run's files match what the fake
     served; return the ids that do not, and the credentials the foreign host saw."""
     downloaded = report.downloaded
@@ -445,16 +538,20 @@ def _report_demo_transfers(fake: Any, report: DownloadReport) -> tuple[list[str]
     print(
         f"survived: {retried} transfers retried or resumed after injected faults, "
         f"{relabelled} WAV files served as .mp3 saved as .wav, "
-        f"{redirected} redirects to a foreign storage host"
+        f"{redirected} redirects to a foreign storage host",
+        file=say,
     )
     print(
         f"verified this run: {len(downloaded) - len(wrong)} of the {len(downloaded)} files "
-        f"downloaded match the served bytes; credentials sent to the foreign host: {leaked}"
+        f"downloaded match the served bytes; credentials sent to the foreign host: {leaked}",
+        file=say,
     )
     return wrong, leaked
 
 
-async def _verify_demo_archive(out: Path, served: dict[str, str]) -> tuple[int, list[str]]:
+async def _verify_demo_archive(
+    out: Path, served: dict[str, str], say: TextIO
+) -> tuple[int, list[str]]:
     """Re-hash the demo's archive against its manifest; the problem count and the entries
     whose bytes are not what the fake served."""
     with Manifest(out / MANIFEST_NAME) as manifest:
@@ -463,6 +560,7 @@ async def _verify_demo_archive(out: Path, served: dict[str, str]) -> tuple[int, 
         count = len(manifest)
     print(
         f"verified the archive: {count} files re-hashed against {MANIFEST_NAME}, "
-        f"{len(problems)} problem(s); {count - len(stale)} of them match the served bytes"
+        f"{len(problems)} problem(s); {count - len(stale)} of them match the served bytes",
+        file=say,
     )
     return len(problems), stale

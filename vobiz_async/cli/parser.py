@@ -29,6 +29,9 @@ DESCRIPTION = "`vobiz-recordings`: list, fetch, delete, archive and verify recor
 #: test keeps equal: importing the manifest here would cost every `--help` its imports).
 INDEX_NAME = "vobiz-manifest.jsonl"
 
+#: `--engine`'s values: this process, worker processes of this machine, Ray.
+ENGINES = ("local", "process", "ray")
+
 #: The recording types Vobiz documents; another value is passed on with a warning.
 RECORDING_TYPES = ("call", "conference", "trunk")
 
@@ -264,6 +267,18 @@ def _download_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(  # the old name, kept working
         "--no-manifest", dest="no_manifest", action="store_true", help=argparse.SUPPRESS
     )
+    sub.add_argument(
+        "--engine",
+        choices=ENGINES,
+        help="where transfers run: local (this process), process (worker processes of this "
+        "machine) or ray (pip install 'vobiz-async[ray]'); default: process with 2+ CPUs "
+        "and a job known to be large, else local",
+    )
+    sub.add_argument(
+        "--workers",
+        type=_positive,
+        help="with --engine process: worker processes (default: one per CPU, at most 8)",
+    )
 
 
 def _metadata_option(sub: argparse.ArgumentParser, text: str | None = None) -> None:
@@ -355,12 +370,6 @@ def _archive_options(download: argparse.ArgumentParser) -> None:
 
 def _engine_options(download: argparse.ArgumentParser) -> None:
     download.add_argument(
-        "--engine",
-        choices=("local", "ray"),
-        default="local",
-        help="where transfers run: this process, or Ray tasks (pip install 'vobiz-async[ray]')",
-    )
-    download.add_argument(
         "--ray-address",
         help="with --engine ray: a running Ray cluster (auto, HOST:PORT); default: a local Ray",
     )
@@ -450,6 +459,7 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", help="destination folder (default: a new temporary folder)")
     demo.add_argument("--seed", type=int, default=0)
     _download_options(demo)
+    _json_option(demo, "the summary as one JSON object, as download --json prints it")
 
 
 def _fake_server_options(fake: argparse.ArgumentParser) -> None:
@@ -637,6 +647,9 @@ def check_conflicts(args: argparse.Namespace) -> None:
             ray_only = _given(args, "ray_address", "shard_size")
             if ray_only:
                 raise UsageError(f"{ray_only[0]} needs --engine ray")
+    engine = getattr(args, "engine", None)
+    if engine in ("local", "ray") and getattr(args, "workers", None) is not None:
+        raise UsageError(f"--workers needs --engine process, not --engine {engine}")
     for first, second in pairs:
         if first and second:
             raise UsageError(f"{first[0]} and {second[0]} cannot be used together")
