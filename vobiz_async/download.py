@@ -32,6 +32,7 @@ from .batch import (
     BatchOptions,
     item_id,
 )
+from .bodyslots import FULL_READ, SMALL_READ, BodySlots
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -85,14 +86,17 @@ __all__ = [
 
 logger = logging.getLogger("vobiz_async")
 
-#: Read size for media bodies; large reads keep per-chunk overhead low.
-CHUNK_SIZE = 256 * 1024
-#: Read buffers across a batch: each connection holds up to about three reads (aiohttp's
-#: buffer of twice its read size, and the transport's read), so at 256 KiB a read, 64
-#: transfers in flight held 129 MB. A batch divides this budget among its transfers.
-READ_BUDGET = 4 * 1024 * 1024
-#: The smallest read size, however many transfers run: below it syscalls dominate.
-MIN_CHUNK = 16 * 1024
+#: Read size for a body holding a slot (`bodyslots.py`); large reads keep per-chunk
+#: overhead low. Each connection holds up to about three reads (aiohttp's buffer of twice
+#: its read size, and the transport's read): at 256 KiB a read, 64 bodies read at once held
+#: 129 MB, hence the slots.
+CHUNK_SIZE = FULL_READ
+#: A body's ETag goes to the sink (`<id>.part.etag` in a folder) before its first byte only
+#: above this size; a transfer that breaks off remembers it whatever its size. What a
+#: kill -9 mid-transfer costs below it: the next run resumes the partial (at most this
+#: big) by asking for its last RESUME_OVERLAP bytes again and comparing them, instead of
+#: proving the version with If-Range; no byte is lost and two versions are never spliced.
+REMEMBER_ABOVE = 1024 * 1024
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Without a strong validator, a resume asks for this many bytes before the end of the
 #: partial again and compares them with its tail: two versions are never spliced.
@@ -220,10 +224,11 @@ class Downloader:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.max_paced_wait = max_paced_wait
-        #: Bytes one transfer reads (and buffers) at a time: the whole `chunk_size` while
-        #: few run, less when many do, so read buffers across the batch stay near
-        #: READ_BUDGET (benchmarks/RESULTS.md, experiment 28).
-        self.chunk_size = max(MIN_CHUNK, min(chunk_size, READ_BUDGET // concurrency))
+        #: A body holding a slot reads this much at a time; other reads, `SMALL_READ`.
+        self.chunk_size = chunk_size
+        self._small_read = min(SMALL_READ, chunk_size)
+        #: Which bodies read at full size (bodyslots.py; `body_slots.stats` says so).
+        self.body_slots = BodySlots(concurrency)
         #: Domains whose https hosts receive credentials; None means the session's.
         self.trusted_hosts = _hosts(trusted_hosts)
         self._on_progress = on_progress
@@ -233,11 +238,7 @@ class Downloader:
         #: `known` and `prove_stored` are for a Ray worker (`scaleout`): index entries to
         #: skip by, and whether to hash a stored file no index knows.
         self.batch = Batch(
-            self.sink,
-            known=known,
-            on_progress=on_progress,
-            overwrite=overwrite,
-            prove=prove_stored,
+            self.sink, known=known, on_progress=on_progress, overwrite=overwrite, prove=prove_stored
         )
         self._offload = Offload(concurrency, offload)
         #: The batch's one politeness: every media request (and, through `batch_gate`, the
@@ -526,13 +527,12 @@ class Downloader:
                 "GET",
                 url,
                 headers=headers,
-                read_bufsize=self.chunk_size,
+                read_bufsize=self._small_read,  # until the body holds a slot
                 trusted_hosts=self.trusted_hosts,
                 auto_decompress=False,  # decoded in `_stream`, where completeness is checked
             )
         except APIConnectionError as err:
             raise _Retryable(err) from err
-        _limit_reads(resp, self.chunk_size)
         async with resp:
             try:
                 expected = self._check_status(resp, state)
@@ -624,10 +624,39 @@ class Downloader:
                 if getattr(err, "errno", None) in _DISK_FULL:
                     raise _NoRoom(err) from err
                 raise
-        if expected is None or expected > self.chunk_size:
+        if expected is None or expected > REMEMBER_ABOVE:
             await writer.remember(state.etag)  # survives even a kill -9 mid-transfer
 
     async def _pump(
+        self,
+        resp: aiohttp.ClientResponse,
+        state: _Transfer,
+        expected: int | None,
+        overlap: bytes,
+        received: _Received,
+    ) -> None:
+        """Read the body at full size once it holds a body slot; until then its connection
+        reads small and is paused by aiohttp's flow control (bodyslots.py). A body already
+        read whole into aiohttp's buffer needs no slot."""
+        content = resp.content
+        if content.is_eof():
+            await self._read_body(resp, state, expected, overlap, received)
+            return
+        connection = resp.connection
+        transport = connection.transport if connection is not None else None
+        await self.body_slots.acquire()
+        try:
+            _read_size(transport, self.chunk_size)
+            # Back to small reads as the body ends, before another response can use the
+            # connection: its first read is small again.
+            content.on_eof(lambda: _read_size(transport, self._small_read))
+            await self._read_body(resp, state, expected, overlap, received)
+        finally:
+            if not content.is_eof():
+                _read_size(transport, self._small_read)
+            self.body_slots.release()
+
+    async def _read_body(
         self,
         resp: aiohttp.ClientResponse,
         state: _Transfer,
@@ -698,18 +727,17 @@ def _check_whole(state: _Transfer, expected: int | None, received: int) -> None:
         raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
 
 
-def _limit_reads(resp: aiohttp.ClientResponse, size: int) -> None:
+def _read_size(transport: asyncio.Transport | None, size: int) -> None:
     """Make the connection's transport read at most `size` bytes at a time.
 
     asyncio's selector transport reads up to 256 KiB per `recv` whatever the protocol's
-    buffer size (`max_size`, an attribute of `_SelectorSocketTransport`), and aiohttp keeps
-    each read until it is consumed: with many transfers in flight those reads are most of
-    the batch's memory. Where the transport has no such attribute nothing changes.
+    buffer size (`max_size`, an attribute of `_SelectorSocketTransport`; the session's
+    connections start at `SMALL_READ`), and aiohttp keeps each read until it is consumed:
+    with many transfers in flight those reads are most of the batch's memory. Where the
+    transport has no such attribute (TLS, uvloop) nothing changes.
     """
-    connection = resp.connection
-    transport = connection.transport if connection is not None else None
-    if transport is not None and getattr(transport, "max_size", size) > size:
-        transport.max_size = size  # type: ignore[attr-defined]
+    if transport is not None and hasattr(transport, "max_size"):
+        transport.max_size = size
 
 
 def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[bytes, bytes]:
