@@ -40,6 +40,7 @@ from .errors import (
     APITimeoutError,
     DiskError,
     IntegrityError,
+    ManifestError,
     StorageError,
     UnsafeURLError,
     VobizError,
@@ -253,6 +254,7 @@ class Downloader:
         policy = PacingPolicy(concurrency, max_hold=max(0.0, max_paced_wait))
         self.gate = gate if gate is not None else PacingGate(concurrency, policy=policy)
         self._gate_scope: contextlib.AbstractContextManager[None] | None = None
+        self._group_scope: contextlib.AbstractContextManager[None] | None = None
 
     @property
     def overwrite(self) -> bool:
@@ -336,6 +338,12 @@ class Downloader:
             )
         self._gate_scope = batch_gate(self.gate)  # the source's pages pass the gate too
         self._gate_scope.__enter__()
+        if self.batch.index is not None:
+            # Commits grouped (at most GROUP_ENTRIES entries or GROUP_SECONDS): a kill -9
+            # loses at most one group's rows, whose files the next run hashes and indexes
+            # with no media request (`Manifest.grouped`).
+            self._group_scope = self.batch.index.grouped()
+            self._group_scope.__enter__()
 
     async def close(self) -> None:
         """End what `open` and the transfers opened: the sink, the index, the helper
@@ -344,6 +352,12 @@ class Downloader:
             scope, self._gate_scope = self._gate_scope, None
             scope.__exit__(None, None, None)
         try:
+            if self._group_scope is not None:
+                group, self._group_scope = self._group_scope, None
+                try:
+                    group.__exit__(None, None, None)  # commits what the group holds
+                except ManifestError as err:  # the files stay: a later run indexes them
+                    logger.error("%s", err)
             await self.sink.close()
         finally:
             index = self.batch.index
