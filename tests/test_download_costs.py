@@ -1,6 +1,6 @@
 """The small costs of a transfer (issue 23 item 4), each kept only where it pays: the
-`.part.etag` file only for a large body or one that broke off, space reserved only for a
-large body, and gc tuned only while a batch runs (and restored after it)."""
+`.part.etag` file only for a large body or one that broke off, and gc tuned only while a
+batch runs (and restored after it)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _download_helpers import add, assert_verified, recording
+from _download_helpers import add, recording
 
 from vobiz_async import AsyncSession, DownloadStatus, ProgressEvent, ProgressKind
 from vobiz_async.download import BATCH_GC_THRESHOLD, REMEMBER_ABOVE
-from vobiz_async.sinks import directory as directory_module
-from vobiz_async.sinks.directory import RESERVE_ABOVE, VALIDATOR_SUFFIX
+from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
 
 
@@ -62,37 +61,6 @@ async def test_a_large_body_remembers_its_validator_before_its_bytes(
     assert len(report.downloaded) == 1
     assert seen  # present from the first read on
     assert not (dest / f"{rid}.part{VALIDATOR_SUFFIX}").exists()  # gone with the partial
-
-
-@pytest.fixture(name="reservations")
-def _reservations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The lengths the directory sink asks fallocate to reserve."""
-    lengths: list[int] = []
-    real = directory_module.reserve
-
-    def counted(fd: int, offset: int, length: int) -> None:
-        lengths.append(length)
-        real(fd, offset, length)
-
-    monkeypatch.setattr(directory_module, "reserve", counted)
-    return lengths
-
-
-async def test_space_is_reserved_only_for_large_bodies(
-    fake: FakeVobiz, session: AsyncSession, dest: Path, reservations: list[int]
-) -> None:
-    """Small bodies skip the fallocate call; a large one still reserves its size first."""
-    small = add(fake, 3, size=200_000)
-    (large,) = add(fake, size=RESERVE_ABOVE + 100_000)
-
-    report = await session.recordings.download_many(
-        [recording(fake, r) for r in [*small, large]], dest, concurrency=4
-    )
-
-    assert len(report.downloaded) == 4
-    for result in report.downloaded:
-        assert_verified(fake, result)
-    assert reservations == [RESERVE_ABOVE + 100_000]
 
 
 @pytest.fixture(name="gc_state")

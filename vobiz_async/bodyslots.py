@@ -6,7 +6,7 @@ chunks are few, big enough for the helper threads (`offload.py`), and its buffer
 batch's memory. The others read at `SMALL_READ` and wait: the session's connections read
 the socket `SMALL_READ` bytes at a time from their first read on (`AsyncSession`'s
 connector), and aiohttp's flow control pauses the socket once the response's `StreamReader`
-holds twice its read size, so a waiting body costs about 48 KiB of the process's memory.
+holds twice its read size, so a waiting body costs about 12 KiB of the process's memory.
 The kernel keeps receiving into the socket's own buffer meanwhile (several MB under Linux's
 autotuning), so a body that fits there is not slowed at all by its wait; a bigger one waits
 with the server's send blocked.
@@ -50,9 +50,11 @@ __all__ = [
 #: A slot holder's read size: few trips through the per-chunk path, chunks a helper thread
 #: takes (`OffloadPolicy.min_chunk`).
 FULL_READ = 256 * 1024
-#: Every other read: a waiting body's, and the first read of every new connection (the
-#: response's headers and the body's first bytes). Below it, syscalls dominate.
-SMALL_READ = 16 * 1024
+#: Every other read: a waiting body's buffer (aiohttp pauses the socket above twice
+#: this), and the socket reads of every connection until its body holds a slot (the
+#: response's headers and the body's first bytes). At 256 transfers in flight, 16 KiB
+#: held 72 MB of peak RSS and 4 KiB 64 MB, for the same CPU (benchmarks/RESULTS.md).
+SMALL_READ = 4 * 1024
 #: Full-size readers a batch starts with (at most its concurrency): at about three reads of
 #: buffer each, 16 of them hold about 12 MB; two cores are busy well before that many
 #: bodies stream at once (benchmarks/RESULTS.md, "Body slots").

@@ -16,7 +16,7 @@ xattr would be lost by `cp`, by `rsync` without `-X` and on file systems without
 xattrs), so a later run resumes the partial with `If-Range`; the downloader asks for it
 only for a large body or one whose transfer broke off. Only `commit` renames the partial to
 its final name, with `os.replace`, after the downloader checked every byte. Space is
-reserved before a large body is written (`fallocate` with `FALLOC_FL_KEEP_SIZE`, so a
+reserved before the body is written (`fallocate` with `FALLOC_FL_KEEP_SIZE`, so a
 partial's size stays the count of bytes received), so a nearly full disk fails the transfers
 it cannot hold before they start instead of every one of them halfway.
 """
@@ -58,12 +58,6 @@ VALIDATOR_SUFFIX = ".etag"
 DESTINATION_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _FALLOC_FL_KEEP_SIZE = 1
-#: Space is reserved only for a body at least this big: below it the reservation (a
-#: syscall per file) costs more than the half-written file it saves on a full disk. A
-#: smaller body on a full disk fails at its write instead, with the same destination-wide
-#: ENOSPC that stops the batch; a kill -9 costs nothing either way (the reservation is
-#: beyond the partial's size and is not what a resume reads).
-RESERVE_ABOVE = 1024 * 1024
 _READ_BACK = 1 << 20
 _UNSEEN_MAX = 1 << 16
 
@@ -469,10 +463,9 @@ class DirectoryWriter:
         return self._file
 
     async def reserve(self, length: int) -> None:
-        """Reserve disk for the next `length` bytes, if at least `RESERVE_ABOVE`;
-        `DiskError` (ENOSPC) when it is not there, before a byte is written."""
-        if length < RESERVE_ABOVE:
-            return
+        """Reserve disk for the next `length` bytes; `DiskError` (ENOSPC) when it is not
+        there, before a byte is written. Kept for every size: on ext4 it makes a 300 KB
+        body's writes cheaper, not dearer (benchmarks/RESULTS.md, "Body slots")."""
         file = self._opened()
         try:
             reserve(file.fileno(), self._offset, length)
