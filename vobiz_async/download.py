@@ -271,6 +271,13 @@ class Downloader:
 
     async def _run(self, source: Source, started: float) -> DownloadReport:
         await self.open()
+        if self.batch.index is not None:
+            # A batch's commits are grouped (at most GROUP_ENTRIES entries or GROUP_SECONDS;
+            # `close` commits the rest): a kill -9 loses at most one group's rows, whose
+            # files the next run hashes and indexes with no media request
+            # (`Manifest.grouped`). A long-lived downloader's (`one()`) commit each.
+            self._group_scope = self.batch.index.grouped()
+            self._group_scope.__enter__()
         batch = self.batch
         # One task per item in flight, started as a slot frees: nothing is set up per slot,
         # so an absurd concurrency costs nothing beyond the work.
@@ -338,12 +345,6 @@ class Downloader:
             )
         self._gate_scope = batch_gate(self.gate)  # the source's pages pass the gate too
         self._gate_scope.__enter__()
-        if self.batch.index is not None:
-            # Commits grouped (at most GROUP_ENTRIES entries or GROUP_SECONDS): a kill -9
-            # loses at most one group's rows, whose files the next run hashes and indexes
-            # with no media request (`Manifest.grouped`).
-            self._group_scope = self.batch.index.grouped()
-            self._group_scope.__enter__()
 
     async def close(self) -> None:
         """End what `open` and the transfers opened: the sink, the index, the helper
