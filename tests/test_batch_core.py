@@ -130,6 +130,7 @@ async def test_an_index_that_refuses_writes_stops_the_batch_and_keeps_what_is_st
 
     def lock_after_three(event: ProgressEvent) -> None:
         if event.kind is ProgressKind.FINISHED and event.recording_id == ids[2]:
+            index.commit()  # the open group, which another process's writer waits for
             stack.enter_context(held_index(tmp_path / "index"))
 
     with stack, caplog.at_level(logging.INFO, logger="vobiz_async"):

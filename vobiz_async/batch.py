@@ -21,6 +21,7 @@ without an index and send their results back). Both feed one `Batch`, which alon
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -237,6 +238,7 @@ class Batch:
         #: The destination refused the batch before it started: every item fails with it.
         self.refused: StorageError | None = None
         self._pending: set[str] = set()
+        self._commit_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
         """Begin a new batch: no results, no stop, nothing pending."""
@@ -462,8 +464,31 @@ class Batch:
                 add_time=None if add_time is None else add_time.isoformat(),
                 recording=recording,
             )
+            self._commit_soon()
         except _INDEX_ERRORS as err:
             self._index_refused(err)
+
+    def _commit_soon(self) -> None:
+        """A grouped index (`Manifest.grouped`) commits what it holds at most its
+        `group_seconds` after this entry: a timer on the running loop, armed once per
+        group (without a loop, at once)."""
+        index = self.index
+        if index is None or not index.pending or self._commit_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            index.commit()
+            return
+        self._commit_timer = loop.call_later(index.group_seconds, self._commit_due)
+
+    def _commit_due(self) -> None:
+        self._commit_timer = None
+        if self.index is not None:
+            try:
+                self.index.commit()
+            except _INDEX_ERRORS as err:
+                self._index_refused(err)
 
     def _index_refused(self, err: BaseException) -> None:
         """The index refused a write: stop the batch as a full disk does, with one line.

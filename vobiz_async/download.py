@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import hashlib
 import logging
 import os
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 
 import aiohttp
@@ -32,12 +33,14 @@ from .batch import (
     BatchOptions,
     item_id,
 )
+from .bodyslots import FULL_READ, SMALL_READ, BodySlots
 from .errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
     DiskError,
     IntegrityError,
+    ManifestError,
     StorageError,
     UnsafeURLError,
     VobizError,
@@ -86,19 +89,27 @@ __all__ = [
 
 logger = logging.getLogger("vobiz_async")
 
-#: Read size for media bodies; large reads keep per-chunk overhead low.
-CHUNK_SIZE = 256 * 1024
-#: Read buffers across a batch: each connection holds up to about three reads (aiohttp's
-#: buffer of twice its read size, and the transport's read), so at 256 KiB a read, 64
-#: transfers in flight held 129 MB. A batch divides this budget among its transfers.
-READ_BUDGET = 4 * 1024 * 1024
-#: The smallest read size, however many transfers run: below it syscalls dominate.
-MIN_CHUNK = 16 * 1024
+#: Read size for a body holding a slot (`bodyslots.py`); large reads keep per-chunk
+#: overhead low. Each connection holds up to about three reads (aiohttp's buffer of twice
+#: its read size, and the transport's read): at 256 KiB a read, 64 bodies read at once held
+#: 129 MB, hence the slots.
+CHUNK_SIZE = FULL_READ
+#: A body's ETag goes to the sink (`<id>.part.etag` in a folder) before its first byte only
+#: above this size; a transfer that breaks off remembers it whatever its size. What a
+#: kill -9 mid-transfer costs below it: the next run resumes the partial (at most this
+#: big) by asking for its last RESUME_OVERLAP bytes again and comparing them, instead of
+#: proving the version with If-Range; no byte is lost and two versions are never spliced.
+REMEMBER_ABOVE = 1024 * 1024
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Without a strong validator, a resume asks for this many bytes before the end of the
 #: partial again and compares them with its tail: two versions are never spliced.
 RESUME_OVERLAP = 64 * 1024
 _HEAD = 16
+#: gc's youngest generation is collected after this many allocations (net of frees) while
+#: a batch runs, instead of 700: a batch allocates a few objects per read and per request,
+#: nearly none of them in cycles (benchmarks/RESULTS.md, "Body slots": 146 collections and
+#: about 0.2 s of a 3.6 s batch's CPU, against 4 and 0.03 to 0.08 s).
+BATCH_GC_THRESHOLD = 20_000
 
 
 class _Retryable(Exception):
@@ -220,18 +231,18 @@ class Downloader:
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.max_paced_wait = max_paced_wait
-        #: Bytes one transfer reads (and buffers) at a time: the whole `chunk_size` while
-        #: few run, less when many do, so read buffers across the batch stay near
-        #: READ_BUDGET (benchmarks/RESULTS.md, experiment 28).
-        self.chunk_size = max(MIN_CHUNK, min(chunk_size, READ_BUDGET // concurrency))
+        #: A body holding a slot reads this much at a time; other reads, `SMALL_READ`.
+        self.chunk_size = chunk_size
+        self._small_read = min(SMALL_READ, chunk_size)
+        #: Which bodies read at full size (bodyslots.py; `body_slots.stats` says so).
+        self.body_slots = BodySlots(concurrency)
         #: Domains whose https hosts receive credentials; None means the session's.
         self.trusted_hosts = _hosts(trusted_hosts)
         self._on_progress = on_progress
         self._manifest_arg = manifest
         self._owns_manifest = False
-        #: What the batch records (the index, skips, tallies, progress): `batch.Batch`.
-        #: `known` and `prove_stored` are for a Ray worker (`scaleout`): index entries to
-        #: skip by, and whether to hash a stored file no index knows.
+        #: What the batch records (the index, skips, tallies, progress): `batch.Batch`;
+        #: `known`/`prove_stored` (a Ray worker's): index entries to skip by, hash unknowns.
         self.batch = Batch(
             self.sink,
             known=known,
@@ -241,12 +252,12 @@ class Downloader:
             metadata=metadata,
         )
         self._offload = Offload(concurrency, offload)
-        #: The batch's one politeness: every media request (and, through `batch_gate`, the
-        #: listing's and the API's) passes it; 429s lower the pace for all (pacing.py); a
-        #: process engine's worker is given one its job's workers share (`gate`).
+        #: The batch's one politeness (pacing.py): every media, listing and API request passes
+        #: it; 429s lower the pace for all; a process engine's workers share one (`gate`).
         policy = PacingPolicy(concurrency, max_hold=max(0.0, max_paced_wait))
         self.gate = gate if gate is not None else PacingGate(concurrency, policy=policy)
         self._gate_scope: contextlib.AbstractContextManager[None] | None = None
+        self._group_scope: contextlib.AbstractContextManager[None] | None = None
 
     @property
     def overwrite(self) -> bool:
@@ -258,7 +269,18 @@ class Downloader:
         """Download every item of `source`, `concurrency` at a time, pipelined: the local
         engine under the batch core (`batch.Batch`), which records every result."""
         started = time.monotonic()
+        with _batch_gc():
+            return await self._run(source, started)
+
+    async def _run(self, source: Source, started: float) -> DownloadReport:
         await self.open()
+        if self.batch.index is not None:
+            # A batch's commits are grouped (at most GROUP_ENTRIES entries or GROUP_SECONDS;
+            # `close` commits the rest): a kill -9 loses at most one group's rows, whose
+            # files the next run hashes and indexes with no media request
+            # (`Manifest.grouped`). A long-lived downloader's (`one()`) commit each.
+            self._group_scope = self.batch.index.grouped()
+            self._group_scope.__enter__()
         batch = self.batch
         # One task per item in flight, started as a slot frees: nothing is set up per slot,
         # so an absurd concurrency costs nothing beyond the work.
@@ -334,6 +356,12 @@ class Downloader:
             scope, self._gate_scope = self._gate_scope, None
             scope.__exit__(None, None, None)
         try:
+            if self._group_scope is not None:
+                group, self._group_scope = self._group_scope, None
+                try:
+                    group.__exit__(None, None, None)  # commits what the group holds
+                except ManifestError as err:  # the files stay: a later run indexes them
+                    logger.error("%s", err)
             await self.sink.close()
         finally:
             index = self.batch.index
@@ -533,13 +561,12 @@ class Downloader:
                 "GET",
                 url,
                 headers=headers,
-                read_bufsize=self.chunk_size,
+                read_bufsize=self._small_read,  # until the body holds a slot
                 trusted_hosts=self.trusted_hosts,
                 auto_decompress=False,  # decoded in `_stream`, where completeness is checked
             )
         except APIConnectionError as err:
             raise _Retryable(err) from err
-        _limit_reads(resp, self.chunk_size)
         async with resp:
             try:
                 expected = self._check_status(resp, state)
@@ -631,10 +658,39 @@ class Downloader:
                 if getattr(err, "errno", None) in _DISK_FULL:
                     raise _NoRoom(err) from err
                 raise
-        if expected is None or expected > self.chunk_size:
+        if expected is None or expected > REMEMBER_ABOVE:
             await writer.remember(state.etag)  # survives even a kill -9 mid-transfer
 
     async def _pump(
+        self,
+        resp: aiohttp.ClientResponse,
+        state: _Transfer,
+        expected: int | None,
+        overlap: bytes,
+        received: _Received,
+    ) -> None:
+        """Read the body at full size once it holds a body slot; until then its connection
+        reads small and is paused by aiohttp's flow control (bodyslots.py). A body already
+        read whole into aiohttp's buffer needs no slot."""
+        content = resp.content
+        if content.is_eof():
+            await self._read_body(resp, state, expected, overlap, received)
+            return
+        connection = resp.connection
+        transport = connection.transport if connection is not None else None
+        await self.body_slots.acquire()
+        try:
+            _read_size(transport, self.chunk_size)
+            # Back to small reads as the body ends, before another response can use the
+            # connection: its first read is small again.
+            content.on_eof(lambda: _read_size(transport, self._small_read))
+            await self._read_body(resp, state, expected, overlap, received)
+        finally:
+            if not content.is_eof():
+                _read_size(transport, self._small_read)
+            self.body_slots.release()
+
+    async def _read_body(
         self,
         resp: aiohttp.ClientResponse,
         state: _Transfer,
@@ -676,6 +732,37 @@ class Downloader:
             raise
 
 
+#: Batches running in this process now (the outermost tunes gc and restores it).
+_GC_TUNED: list[tuple[int, int, int]] = []
+
+
+@contextlib.contextmanager
+def _batch_gc() -> Iterator[None]:
+    """While a batch runs: what exists (start-up's modules and classes, the caller's
+    objects) is frozen out of gc's scans, and the youngest generation is collected less
+    often (`BATCH_GC_THRESHOLD`); both are undone when the last batch of the process ends,
+    so a library user's process is left as it was. A process that froze objects itself,
+    or runs without gc, is not touched. A kill -9 costs nothing here: it is memory only."""
+    tune = not _GC_TUNED and gc.isenabled() and gc.get_freeze_count() == 0
+    if not tune and not _GC_TUNED:
+        yield
+        return
+    if tune:
+        threshold = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(max(threshold[0], BATCH_GC_THRESHOLD), *threshold[1:])
+        _GC_TUNED.append(threshold)
+    else:
+        _GC_TUNED.append(_GC_TUNED[-1])
+    try:
+        yield
+    finally:
+        threshold = _GC_TUNED.pop()
+        if not _GC_TUNED:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+
+
 def _hosts(trusted_hosts: Iterable[str] | None) -> frozenset[str] | None:
     """Trusted domains normalised as the session's are; None stays None (the session's)."""
     if trusted_hosts is None:
@@ -705,18 +792,17 @@ def _check_whole(state: _Transfer, expected: int | None, received: int) -> None:
         raise _Retryable(IntegrityError("the encoded body ends before its stream does"))
 
 
-def _limit_reads(resp: aiohttp.ClientResponse, size: int) -> None:
+def _read_size(transport: asyncio.Transport | None, size: int) -> None:
     """Make the connection's transport read at most `size` bytes at a time.
 
     asyncio's selector transport reads up to 256 KiB per `recv` whatever the protocol's
-    buffer size (`max_size`, an attribute of `_SelectorSocketTransport`), and aiohttp keeps
-    each read until it is consumed: with many transfers in flight those reads are most of
-    the batch's memory. Where the transport has no such attribute nothing changes.
+    buffer size (`max_size`, an attribute of `_SelectorSocketTransport`; the session's
+    connections start at `SMALL_READ`), and aiohttp keeps each read until it is consumed:
+    with many transfers in flight those reads are most of the batch's memory. Where the
+    transport has no such attribute (TLS, uvloop) nothing changes.
     """
-    connection = resp.connection
-    transport = connection.transport if connection is not None else None
-    if transport is not None and getattr(transport, "max_size", size) > size:
-        transport.max_size = size  # type: ignore[attr-defined]
+    if transport is not None and hasattr(transport, "max_size"):
+        transport.max_size = size
 
 
 def _match_overlap(chunk: bytes, overlap: bytes, state: _Transfer) -> tuple[bytes, bytes]:

@@ -93,6 +93,10 @@ SCHEMA_VERSION = 1
 PAGE_ROWS = 500
 #: The longest first line read to tell a JSON Lines manifest (an entry is ~300 bytes).
 _LINE_MAX = 1 << 16
+#: A grouped index (`Manifest.grouped`, what a batch uses) commits its entries at least
+#: every this many entries and, through the batch's timer, this many seconds.
+GROUP_ENTRIES = 100
+GROUP_SECONDS = 0.05
 
 #: The columns of `entries` after the first seven, each added in place to an index
 #: written before it existed (old rows NULL): `deleted_at`, then the fields of the archived
@@ -374,6 +378,9 @@ class Manifest:
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._group = 1  # entries per commit: 1 unless grouped
+        self._group_seconds = 0.0
+        self._pending = 0  # entries written and not yet committed
         if self.path.exists():
             self._connect()
 
@@ -434,8 +441,10 @@ class Manifest:
         self._finalizer = weakref.finalize(self, db.close)
 
     def close(self) -> None:
-        """Close the database; the manifest reopens it if it is used again."""
+        """Commit what a group holds and close the database; the manifest reopens it if it
+        is used again."""
         with self._lock:
+            self.commit()
             if self._finalizer is not None:
                 self._finalizer()
                 self._finalizer = None
@@ -494,9 +503,65 @@ class Manifest:
         assert db is not None
         with self._lock:
             try:
+                if self._group > 1 and not db.in_transaction:
+                    db.execute("BEGIN IMMEDIATE")
                 db.execute(_UPSERT, _row(entry))
             except sqlite3.Error as err:
                 raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+            if db.in_transaction:
+                self._pending += 1
+                if self._pending >= self._group:
+                    self.commit()
+
+    # -- grouped commits --------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def grouped(self, entries: int | None = None, seconds: float | None = None) -> Iterator[None]:
+        """Within the block, `add` commits every `entries` entries (default
+        `GROUP_ENTRIES`) instead of each one, and whoever writes calls `commit` at most
+        `seconds` (`group_seconds`, default `GROUP_SECONDS`) after an entry (the batch's
+        timer). On exit what is pending is committed and each `add` commits again.
+
+        What a kill -9 costs: the entries of the open group (at most `entries`, written in
+        the last `seconds`). Their files are final on disk, so the next run finds each one
+        without an index row, hashes and indexes it, with no media request.
+        """
+        with self._lock:
+            saved = (self._group, self._group_seconds)
+            self._group = GROUP_ENTRIES if entries is None else max(1, entries)
+            self._group_seconds = GROUP_SECONDS if seconds is None else seconds
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._group, self._group_seconds = saved
+                self.commit()
+
+    @property
+    def pending(self) -> int:
+        """Entries written by a group and not committed yet."""
+        return self._pending
+
+    @property
+    def group_seconds(self) -> float:
+        """The longest a grouped entry should wait for its commit (0: not grouped)."""
+        return self._group_seconds if self._group > 1 else 0.0
+
+    def commit(self) -> None:
+        """Commit the entries a group holds (nothing when none are pending)."""
+        with self._lock:
+            db = self._db
+            if db is None or not db.in_transaction:
+                self._pending = 0
+                return
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as err:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")  # the files stay; a later run indexes them
+                raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+            finally:
+                self._pending = 0
 
     def mark_deleted(self, recording_id: str, when: str | None = None) -> None:
         """Stamp `recording_id` as deleted at Vobiz at `when` (ISO 8601 UTC, default now),
@@ -512,6 +577,7 @@ class Manifest:
                 )
             except sqlite3.Error as err:
                 raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+            self.commit()  # committed on return, even within a group
         if cursor.rowcount != 1:
             raise ManifestError(f"the index {self.path} holds no entry for {recording_id}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
@@ -21,10 +22,12 @@ from typing import Any, Self
 import aiohttp
 import attrs
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.client_proto import ResponseHandler
 from yarl import URL
 
 from ._files import Secret
 from ._version import __version__
+from .bodyslots import SMALL_READ
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -154,6 +157,29 @@ def _transport_errors(method: str, url: URL) -> Iterator[None]:
     except aiohttp.ClientError as err:
         # aiohttp's text quotes the whole URL and any raw bytes its parser choked on.
         raise APIConnectionError(f"{method} {url.host}{url.path} failed: {describe(err)}") from err
+
+
+class _SmallFirstRead(ResponseHandler):
+    """A connection whose socket reads at most `SMALL_READ` bytes at a time from its first
+    read on (a response's headers and its body's first bytes); a body holding a slot
+    raises it (`bodyslots.py`). asyncio's selector transport reads 256 KiB at a time by
+    default (its `max_size`), so without this every new connection's first read could hold
+    256 KiB before any flow control applies. A transport without `max_size` (TLS, uvloop)
+    is left as it is."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if getattr(transport, "max_size", 0) > SMALL_READ:
+            transport.max_size = SMALL_READ  # type: ignore[attr-defined]
+
+
+class _SmallFirstReads(aiohttp.TCPConnector):
+    """The session's own pool: every connection is a `_SmallFirstRead`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        loop = asyncio.get_running_loop()  # as aiohttp's own connector asks for
+        self._factory = functools.partial(_SmallFirstRead, loop=loop)  # type: ignore[assignment]
 
 
 class AsyncSession:
@@ -324,7 +350,7 @@ class AsyncSession:
                     "this AsyncSession is closed; create a new one for further requests"
                 )
             inner = self._resolver or aiohttp.DefaultResolver()
-            connector = aiohttp.TCPConnector(
+            connector = _SmallFirstReads(
                 limit=self.max_connections,
                 limit_per_host=0,
                 resolver=_GuardedResolver(inner, self),

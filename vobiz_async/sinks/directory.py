@@ -13,9 +13,10 @@ the locked file, so a waiter sees by its identity that the partial became a fina
 
 The ETag of the version the bytes came from goes to `<id>.part.etag` (written atomically: an
 xattr would be lost by `cp`, by `rsync` without `-X` and on file systems without user
-xattrs), so a later run resumes the partial with `If-Range`. Only `commit` renames the
-partial to its final name, with `os.replace`, after the downloader checked every byte. Space
-is reserved before the body is written (`fallocate` with `FALLOC_FL_KEEP_SIZE`, so a
+xattrs), so a later run resumes the partial with `If-Range`; the downloader asks for it
+only for a large body or one whose transfer broke off. Only `commit` renames the partial to
+its final name, with `os.replace`, after the downloader checked every byte. Space is
+reserved before the body is written (`fallocate` with `FALLOC_FL_KEEP_SIZE`, so a
 partial's size stays the count of bytes received), so a nearly full disk fails the transfers
 it cannot hold before they start instead of every one of them halfway.
 """
@@ -407,6 +408,10 @@ class DirectoryWriter:
         # On the loop: a few bytes, and a thread hop here would let a dropped connection's
         # error overtake the bytes that arrived before it (aiohttp raises it first).
         self._validator = validator
+        if self._file is None and not self._offset:
+            # Opening a fresh partial forgets an older version's validator: before this
+            # one is written, or the first write would remove it again.
+            self._opened()
         self._write_validator()
 
     def _write_validator(self) -> None:
@@ -466,7 +471,8 @@ class DirectoryWriter:
 
     async def reserve(self, length: int) -> None:
         """Reserve disk for the next `length` bytes; `DiskError` (ENOSPC) when it is not
-        there, before a byte is written."""
+        there, before a byte is written. Kept for every size: on ext4 it makes a 300 KB
+        body's writes cheaper, not dearer (benchmarks/RESULTS.md, "Body slots")."""
         file = self._opened()
         try:
             reserve(file.fileno(), self._offset, length)
