@@ -63,3 +63,33 @@ async def test_dry_run_after_a_download_skips_and_writes_nothing(
     assert plan["would_skip"] == 9
     assert fake.stats.media_requests == 0
     assert _listing(tmp_path) == before
+
+
+async def test_dry_run_plans_only_the_given_ids(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`--ids` and `--ids-file` narrow the plan as they narrow the real run; an id already
+    gone at Vobiz has nothing to fetch."""
+    wanted = fake.recording_ids[:2]
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"{fake.recording_ids[2]}\n# a comment\n")
+    fake.stats.reset()
+    result = await run_cli(
+        "download",
+        "--out",
+        str(tmp_path / "out"),
+        "--dry-run",
+        "--json",
+        "--ids",
+        *wanted,
+        "gone-0000",
+        "--ids-file",
+        str(ids_file),
+        env=env,
+    )
+    assert result.code == 0, result.err
+    plan = json.loads(result.out)
+    assert plan["would_download"] == 3
+    assert sorted(plan["download_ids"]) == sorted([*wanted, fake.recording_ids[2]])
+    assert fake.stats.media_requests == 0
+    assert not (tmp_path / "out").exists()

@@ -12,14 +12,14 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 
-from ..errors import InvalidRecordingIdError
+from ..errors import InvalidRecordingIdError, NotFoundError
 from ..manifest import MANIFEST_NAME, Manifest, verify_manifest
 from ..models import InvalidRecording, Recording
 from ..pager import AsyncPager
@@ -410,19 +410,38 @@ async def _download(
     return report, progress
 
 
+async def _recordings_by_id(session: AsyncSession, ids: list[str]) -> AsyncIterator[Recording]:
+    """The given recordings as Vobiz has them (an API request each, no media); one already
+    gone has nothing to fetch or delete."""
+    for rid in ids:
+        try:
+            yield await session.recordings.get(rid)
+        except NotFoundError:
+            continue
+
+
+def dry_run_source(session: AsyncSession, job: DownloadJob) -> AsyncIterable[Recording]:
+    """What a dry run plans over: the recordings of `--ids`/`--ids-file` when given (as
+    the real run fetches them), else the selected listing."""
+    ids = _read_ids(job)
+    if ids is not None:
+        return _recordings_by_id(session, ids)
+    return session.recordings.list(
+        limit=MAX_PAGE_SIZE,
+        recording_type=job.recording_type,
+        call_uuid=job.call_uuid,
+        selection=job.selection,
+        now=job.now,
+    )
+
+
 async def _dry_run(args: argparse.Namespace) -> Outcome:
     from ..dryrun import plan
 
     job = DownloadJob.from_args(args)
     async with job.session() as session:
-        pager = session.recordings.list(
-            limit=MAX_PAGE_SIZE,
-            recording_type=job.recording_type,
-            call_uuid=job.call_uuid,
-            selection=job.selection,
-            now=job.now,
-        )
-        result = await plan(session, pager, args.out, index=args.index, layout=job.layout)
+        source = dry_run_source(session, job)
+        result = await plan(session, source, args.out, index=args.index, layout=job.layout)
     if args.json:
         print(json.dumps(result.to_json(), separators=(",", ":")))
     else:

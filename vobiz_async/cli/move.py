@@ -13,17 +13,12 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import attrs
 
-from ..errors import AuthenticationError, NotFoundError
-from ..models import Recording
-from ..recordings import MAX_PAGE_SIZE
+from ..errors import AuthenticationError
 from ..results import DownloadReport
-from ..session import AsyncSession
-from .archive import DownloadJob, ids_from_text, run_download
+from .archive import DownloadJob, dry_run_source, run_download
 from .commands import destination
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
@@ -43,49 +38,14 @@ def _check(args: argparse.Namespace, out: str) -> None:
         )
 
 
-def _given_ids(args: argparse.Namespace) -> list[str] | None:
-    """The ids of `--ids` and `--ids-file` (None: the listing is the source)."""
-    if not args.ids and not args.ids_file:
-        return None
-    ids = list(args.ids or [])
-    if args.ids_file:
-        try:
-            text = sys.stdin.read() if args.ids_file == "-" else Path(args.ids_file).read_text()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"cannot read ids file {args.ids_file}: {err}") from None
-        ids += ids_from_text(text, "stdin" if args.ids_file == "-" else args.ids_file)
-    return ids
-
-
-async def _fetched(session: AsyncSession, ids: list[str]) -> AsyncIterator[Recording]:
-    """The given recordings as Vobiz has them (an API request each, no media); one already
-    gone has nothing to fetch or delete."""
-    for rid in ids:
-        try:
-            yield await session.recordings.get(rid)
-        except NotFoundError:
-            continue
-
-
 async def _dry_run(args: argparse.Namespace, out: str) -> Outcome:
     """What a real move would fetch, skip and delete, and the storage it would release:
     no media request, no DELETE, nothing written."""
     from ..dryrun import plan
 
     job = DownloadJob.from_args(args)
-    ids = _given_ids(args)
     async with job.session() as session:
-        source = (
-            _fetched(session, ids)
-            if ids is not None
-            else session.recordings.list(
-                limit=MAX_PAGE_SIZE,
-                recording_type=job.recording_type,
-                call_uuid=job.call_uuid,
-                selection=job.selection,
-                now=job.now,
-            )
-        )
+        source = dry_run_source(session, job)
         result = await plan(
             session,
             source,
