@@ -289,7 +289,11 @@ async def test_a_refused_delete_is_said_once_and_the_recording_is_safe(
 
 
 def _operations(proxy: S3Proxy) -> list[str]:
-    named = {"versions": "ListObjectVersions", "versioning": "GetBucketVersioning"}
+    named = {
+        "versions": "ListObjectVersions",
+        "versioning": "GetBucketVersioning",
+        "list-type": "ListObjectsV2",
+    }
     return [
         next((op for q, op in named.items() if q in s.query), s.method)
         for s in proxy.seen
@@ -297,11 +301,18 @@ def _operations(proxy: S3Proxy) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("keyed", [True, False], ids=["with-index", "without-index"])
 @pytest.mark.parametrize("enabled", [False, True], ids=["unversioned", "versioned"])
-async def test_what_a_rerun_costs(plain: str, admin: Any, proxy: S3Proxy, enabled: bool) -> None:
-    """Rerun lookups by key of two single-PUT and two multipart recordings, all intact:
-    each costs its HEAD, and a stamped multipart one in a versioned bucket one
-    ListObjectVersions more (its HEAD names a version; no GetBucketVersioning)."""
+async def test_what_a_rerun_costs(
+    plain: str, admin: Any, proxy: S3Proxy, enabled: bool, keyed: bool
+) -> None:
+    """Rerun lookups of two single-PUT and two multipart recordings, all intact.
+
+    By key (an index): each costs its HEAD, and a stamped multipart one in a versioned
+    bucket one ListObjectVersions more (its HEAD names a version: no GetBucketVersioning).
+    Without a key: each its narrowed listing; an object larger than a part asks the bucket
+    once (GetBucketVersioning) and, in a versioned bucket only, costs a HEAD and a
+    ListObjectVersions."""
     if enabled:
         admin.put_bucket_versioning(Bucket=plain, VersioningConfiguration={"Status": "Enabled"})
     sizes = {"s1": 1_000, "s2": 2_000, "m1": PART + 1, "m2": PART + 2}
@@ -314,11 +325,39 @@ async def test_what_a_rerun_costs(plain: str, admin: Any, proxy: S3Proxy, enable
     proxy.seen.clear()
 
     for rid in sizes:
-        assert await sink.lookup(rid, None, key=f"{rid}.mp3") is not None
+        key = f"{rid}.mp3" if keyed else None
+        assert await sink.lookup(rid, recording(rid), key=key) is not None
     await sink.close()
 
-    listings = ["ListObjectVersions"] * 2 if enabled else []
-    assert sorted(_operations(proxy)) == sorted(["HEAD"] * 4 + listings)
+    large = ["HEAD", "ListObjectVersions"] * 2 if enabled else []
+    if keyed:
+        expected = ["HEAD"] * 2 + (large or ["HEAD"] * 2)
+    else:
+        expected = ["ListObjectsV2"] * 4 + ["GetBucketVersioning"] + large
+    assert sorted(_operations(proxy)) == sorted(expected)
+
+
+async def test_a_rerun_without_an_index_leaves_one_version(
+    fake: FakeVobiz, session: AsyncSession, versioned: str, admin: Any, crash: Any
+) -> None:
+    """Without an index, the rerun's lookup finds the recording by a listing (no metadata):
+    being larger than a part in a versioned bucket, it gets a HEAD, which settles it."""
+    rid = fake.add_recording(size=PART + 4321).recording_id
+    key = f"calls/{rid}.mp3"
+    with crash():
+        first = await session.recordings.download_many(
+            [rid], S3Sink(versioned, "calls/", part_size=PART)
+        )
+    assert first.ok
+    assert len(version_sizes(admin, versioned, key)) == 2
+
+    again = await session.recordings.download_many(
+        [rid], S3Sink(versioned, "calls/", part_size=PART)
+    )
+
+    assert [r.status for r in again.results] == [DownloadStatus.SKIPPED]
+    assert again.results[0].sha256 == fake.sha256(rid)
+    assert version_sizes(admin, versioned, key) == [(PART + 4321, True)]
 
 
 async def test_cli_verify_reports_the_extra_version_until_a_rerun(

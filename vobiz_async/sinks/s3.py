@@ -32,7 +32,9 @@ How a recording lands:
   in a versioned bucket: the next lookup or `digest` of that recording (by a writer) sees
   the copy's `stamped-by-copy` marker, lists the key's versions once and deletes an older
   one that holds the same bytes (`_settle_versions`); one with other content is kept and
-  reported in a warning. `audit_objects` reports a key with more than one version.
+  reported in a warning. A lookup without a key HEADs a listed object larger than a part
+  for that, in a versioned bucket only. `audit_objects` reports a key with more than one
+  version.
 - Within one writer, a dropped media connection costs nothing here: the downloader sends a
   `Range` request and keeps calling `write`; parts already uploaded stay uploaded.
 - Bytes waiting for upload (filling parts and parts in flight) are charged to one
@@ -898,6 +900,8 @@ class S3Sink:
         key = f"{folder}{stem}.{extension}"
         if unstamped:  # completed, maybe never stamped: its HEAD tells, and it gets its sha256
             return await self._inspect(key, rehash=False)
+        if await self._may_have_left_a_version(size):  # its HEAD settles its versions
+            return await self._inspect(key, rehash=False)
         return Stored(
             key=key,
             location=self.location(key),
@@ -1172,8 +1176,9 @@ class S3Sink:
 
     async def _is_versioned(self) -> bool:
         """Whether the bucket keeps versions (versioning enabled or suspended), for
-        `audit_objects`: one GetBucketVersioning per batch, asked when first needed. A
-        refusal counts as no, once said: then no key's versions are counted."""
+        `audit_objects` and a lookup without a key: one GetBucketVersioning per batch,
+        asked when first needed. A refusal counts as no, once said: then no key's versions
+        are looked at."""
         async with self._versioning_lock:
             if self._versioned is None:
                 try:
@@ -1189,6 +1194,13 @@ class S3Sink:
                 else:
                     self._versioned = answer.get("Status") in ("Enabled", "Suspended")
             return self._versioned
+
+    async def _may_have_left_a_version(self, size: int) -> bool:
+        """Whether a listed object (a listing shows no metadata) is worth a HEAD for the
+        version a stopped run may have left beside it: for a writer, only an object larger
+        than a part (so a stamped multipart one, at this sink's part size) in a bucket that
+        keeps versions."""
+        return self._writing and size > self.part_size and await self._is_versioned()
 
     async def _settle_versions(self, full_key: str, head: Mapping[str, Any]) -> None:
         """Remove the unstamped version a run stopped between the stamping copy and the
