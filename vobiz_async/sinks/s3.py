@@ -27,7 +27,14 @@ How a recording lands:
   the bucket takes the settings before any transfer.
 - A run stopped between completing a multipart upload and its stamp leaves an object
   without `sha256` (its ETag still a multipart one, its `recording-id` metadata set): the
-  next lookup of that recording re-hashes it and stamps it (`_recover`).
+  next lookup of that recording re-hashes it and stamps it (`_recover`). A run stopped
+  between the stamping copy and the delete of the version it replaced leaves two versions
+  in a versioned bucket: the next lookup or `digest` of that recording (by a writer) sees
+  the copy's `stamped-by-copy` marker, lists the key's versions once and deletes an older
+  one that holds the same bytes (`_settle_versions`); one with other content is kept and
+  reported in a warning. A lookup without a key HEADs a listed object larger than a part
+  for that, in a versioned bucket only. `audit_objects` reports a key with more than one
+  version.
 - Within one writer, a dropped media connection costs nothing here: the downloader sends a
   `Range` request and keeps calling `write`; parts already uploaded stay uploaded.
 - Bytes waiting for upload (filling parts and parts in flight) are charged to one
@@ -114,7 +121,13 @@ ChecksumPolicy = Literal["when_supported", "when_required"]
 Encryption = Literal["AES256", "aws:kms"]
 LockMode = Literal["GOVERNANCE", "COMPLIANCE"]
 ProblemKind = Literal[
-    "missing-metadata", "changed", "storage-class", "encryption", "retention", "legal-hold"
+    "missing-metadata",
+    "changed",
+    "storage-class",
+    "encryption",
+    "retention",
+    "legal-hold",
+    "extra-version",
 ]
 
 _SSE_VALUES = ("AES256", "aws:kms")
@@ -127,6 +140,11 @@ _RETENTION_SLACK = timedelta(hours=1)
 #: documents a Content-MD5 as required on a write that sets Object Lock retention (or into a
 #: bucket with a default retention), and moto enforces it on a copy too. It verifies as is.
 _EMPTY_MD5 = base64.b64encode(hashlib.md5(b"", usedforsecurity=False).digest()).decode()
+
+#: User metadata on an object stamped with its sha256 by a copy onto itself (`_stamp`): only
+#: such an object can have left an older, unstamped version of itself behind in a versioned
+#: bucket, so only its HEAD leads to a look at the key's versions (`_settle_versions`).
+_STAMP_MARK = "stamped-by-copy"
 
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -147,7 +165,8 @@ class ObjectProblem:
     location: str
     #: "missing-metadata" (no `sha256` user metadata) or "changed" (the bytes disagree);
     #: with settings on the sink, also "storage-class", "encryption", "retention" or
-    #: "legal-hold" (the object's setting differs from the sink's).
+    #: "legal-hold" (the object's setting differs from the sink's); in a versioned bucket,
+    #: "extra-version" (the key keeps more than one version; `actual` says how many).
     kind: ProblemKind
     expected: str | None
     actual: str
@@ -499,6 +518,10 @@ class S3Sink:
         self._lock_settings(object_lock_mode, object_lock_retain_days, object_lock_legal_hold)
         self._settings_checked = False
         self._writing = True
+        self._versioned: bool | None = None  # learnt once per batch, when first needed
+        self._versioning_lock = asyncio.Lock()
+        self._settled: set[str] = set()  # full keys whose versions this batch looked at
+        self._version_refusal_told = False
         self.budget = ByteBudget(max_buffer_bytes)
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -574,6 +597,10 @@ class S3Sink:
         (`writing=False`: `audit_objects`, `verify`) writes nothing: no probe upload, and an
         object found without its sha256 is re-hashed but not stamped (`_recover`)."""
         self._writing = writing
+        self._versioned = None
+        self._versioning_lock = asyncio.Lock()
+        self._settled.clear()
+        self._version_refusal_told = False
         self._listings.clear()
         self._listing_locks.clear()
         self._lookups.clear()
@@ -873,6 +900,8 @@ class S3Sink:
         key = f"{folder}{stem}.{extension}"
         if unstamped:  # completed, maybe never stamped: its HEAD tells, and it gets its sha256
             return await self._inspect(key, rehash=False)
+        if await self._may_have_left_a_version(size):  # its HEAD settles its versions
+            return await self._inspect(key, rehash=False)
         return Stored(
             key=key,
             location=self.location(key),
@@ -924,6 +953,8 @@ class S3Sink:
         sha256 = (metadata.get("sha256") or "").lower()
         if not sha256 and (rehash or metadata.get("recording-id")):
             sha256 = await self._recover(full, head)
+        elif sha256:
+            await self._settle_versions(full, head)
         extension = key.rpartition(".")[2]
         return Stored(
             key=key,
@@ -947,6 +978,8 @@ class S3Sink:
             raise self._translate(err, f"reading {full_key!r}") from None
         if not sha256:
             sha256 = await self._recover(full_key, head)
+        else:
+            await self._settle_versions(full_key, head)
         extension = key.rpartition(".")[2]
         container = head.get("Metadata", {}).get("container") or (
             extension if extension in ("mp3", "wav") else None
@@ -1107,7 +1140,8 @@ class S3Sink:
         storage class and encryption, for an object the sink did not just upload). In a
         versioned bucket (Object Lock implies one) the copy is a new version: the one it
         replaces, which carries no retention, is deleted by its id, so each recording ends
-        as one version."""
+        as one version. The copy carries `_STAMP_MARK`: a run stopped before that delete
+        leaves the replaced version behind, which the next run removes (`_settle_versions`)."""
         source = {"Bucket": self.bucket, "Key": full_key}
         if _real_version(version):
             source["VersionId"] = str(version)
@@ -1118,7 +1152,7 @@ class S3Sink:
             CopySourceIfMatch=etag,
             MetadataDirective="REPLACE",
             ContentType=content_type,
-            Metadata=metadata,
+            Metadata={**metadata, _STAMP_MARK: "1"},
             **self._final_settings(kept),
         )
         if _real_version(version) and copied.get("VersionId") != version:
@@ -1137,6 +1171,154 @@ class S3Sink:
                 version,
                 self._translate(err, "removing the replaced version"),
             )
+
+    # -- one version per key, also after a stopped run ----------------------------------
+
+    async def _is_versioned(self) -> bool:
+        """Whether the bucket keeps versions (versioning enabled or suspended), for
+        `audit_objects` and a lookup without a key: one GetBucketVersioning per batch,
+        asked when first needed. A refusal counts as no, once said: then no key's versions
+        are looked at."""
+        async with self._versioning_lock:
+            if self._versioned is None:
+                try:
+                    answer = await self._require_client().get_bucket_versioning(Bucket=self.bucket)
+                except Exception as err:
+                    logger.warning(
+                        "%s: cannot tell whether the bucket keeps versions (%s): keys with "
+                        "more than one version are not looked for",
+                        self.describe(),
+                        self._translate(err, "reading the bucket's versioning"),
+                    )
+                    self._versioned = False
+                else:
+                    self._versioned = answer.get("Status") in ("Enabled", "Suspended")
+            return self._versioned
+
+    async def _may_have_left_a_version(self, size: int) -> bool:
+        """Whether a listed object (a listing shows no metadata) is worth a HEAD for the
+        version a stopped run may have left beside it: for a writer, only an object larger
+        than a part (so a stamped multipart one, at this sink's part size) in a bucket that
+        keeps versions."""
+        return self._writing and size > self.part_size and await self._is_versioned()
+
+    async def _settle_versions(self, full_key: str, head: Mapping[str, Any]) -> None:
+        """Remove the unstamped version a run stopped between the stamping copy and the
+        delete of the version it replaced (`_stamp`) left behind, so the key ends as one
+        version again (`head`: the current version's HEAD, stamped with its sha256).
+
+        Looked at only by a writer, only for an object stamped by a copy (`_STAMP_MARK`)
+        whose HEAD names a version (so written while the bucket kept versions; no
+        GetBucketVersioning needed), once per key and batch: one ListObjectVersions per such
+        object, nothing for a single-PUT object or in a bucket without versioning.
+
+        An older version is deleted by its id only when it holds the same bytes (the same
+        size, and its own sha256 metadata or, without it, its re-hashed bytes equal to the
+        current one's); any other is reported in a warning and kept. The current version is
+        never deleted."""
+        metadata = head.get("Metadata") or {}
+        current = head.get("VersionId")
+        sha256 = (metadata.get("sha256") or "").lower()
+        if (
+            not self._writing
+            or not metadata.get(_STAMP_MARK)
+            or not sha256
+            or not _real_version(current)
+            or full_key in self._settled
+        ):
+            return
+        self._settled.add(full_key)
+        for version in await self._older_versions(full_key, str(current)):
+            size = int(version.get("Size", -1))
+            if size == int(head["ContentLength"]) and await self._same_bytes(
+                full_key, str(version["VersionId"]), sha256
+            ):
+                await self._drop_leftover(full_key, str(version["VersionId"]))
+            else:
+                logger.warning(
+                    "s3://%s/%s: an older version (%s, %d bytes) holds other content than the "
+                    "current one; kept, not deleted",
+                    self.bucket,
+                    full_key,
+                    version.get("VersionId"),
+                    size,
+                )
+
+    async def _older_versions(self, full_key: str, current: str) -> list[Mapping[str, Any]]:
+        """The versions of `full_key` other than `current` (delete markers left out)."""
+        client = self._require_client()
+        found: list[Mapping[str, Any]] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_key}
+        try:
+            while True:
+                page = await client.list_object_versions(**kwargs)
+                keys = [v for v in page.get("Versions", ()) if v.get("Key") == full_key]
+                found += [v for v in keys if v.get("VersionId") != current]
+                if not page.get("IsTruncated") or page.get("NextKeyMarker") != full_key:
+                    break  # the key's versions come first: a later page holds other keys
+                kwargs["KeyMarker"] = page["NextKeyMarker"]
+                kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+        except Exception as err:
+            logger.warning(
+                "s3://%s/%s: cannot list its versions: %s",
+                self.bucket,
+                full_key,
+                self._translate(err, "listing the object's versions"),
+            )
+            return []
+        return found
+
+    async def _same_bytes(self, full_key: str, version: str, sha256: str) -> bool:
+        """Whether a version of `full_key` holds the bytes whose sha256 is `sha256`: its own
+        `sha256` metadata says so or, without that metadata, its bytes re-hashed (one GET,
+        only for a version a stopped run left). Unreadable: no."""
+        client = self._require_client()
+        try:
+            response = await client.get_object(Bucket=self.bucket, Key=full_key, VersionId=version)
+            async with response["Body"] as body:
+                own = ((response.get("Metadata") or {}).get("sha256") or "").lower()
+                if own:
+                    return own == sha256
+                hasher = hashlib.sha256()
+                while chunk := await body.read(_READ_CHUNK):
+                    hasher.update(chunk)
+        except Exception as err:
+            logger.info(
+                "s3://%s/%s: cannot read its version %s: %s",
+                self.bucket,
+                full_key,
+                version,
+                self._translate(err, "reading an older version"),
+            )
+            return False
+        return hasher.hexdigest() == sha256
+
+    async def _drop_leftover(self, full_key: str, version: str) -> None:
+        """Delete the version a stopped run left; a refusal (a lock, AccessDenied) is said
+        once a batch at warning level: the recording itself, its current version, is safe."""
+        try:
+            await self._require_client().delete_object(
+                Bucket=self.bucket, Key=full_key, VersionId=version
+            )
+        except Exception as err:
+            level = logging.DEBUG if self._version_refusal_told else logging.WARNING
+            self._version_refusal_told = True
+            logger.log(
+                level,
+                "s3://%s/%s: could not remove version %s, left by a run stopped after its "
+                "sha256 stamp: %s (the recording itself is safe)",
+                self.bucket,
+                full_key,
+                version,
+                self._translate(err, "removing the older version"),
+            )
+            return
+        logger.info(
+            "s3://%s/%s: removed version %s, left by a run stopped after its sha256 stamp",
+            self.bucket,
+            full_key,
+            version,
+        )
 
     def _metadata(self, recording: Recording, container: str | None) -> dict[str, str]:
         return {
@@ -1586,10 +1768,52 @@ async def audit_objects(sink: S3Sink) -> ObjectAudit:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
+        if await sink._is_versioned():
+            problems += await _extra_versions(sink, client)
         return ObjectAudit(checked=checked, problems=problems)
     finally:
         if owned:
             await sink.close()
+
+
+async def _extra_versions(sink: S3Sink, client: Any) -> list[ObjectProblem]:
+    """The keys under the sink's prefix that keep more than one version while their current
+    one is an object (not a delete marker): one ListObjectVersions pass over the prefix,
+    counted key by key as the listing streams (a key's versions come together)."""
+    problems: list[ObjectProblem] = []
+    counted: tuple[str, int, bool] = ("", 0, False)  # key, versions, current one an object
+
+    def close(key: str, versions: int, live: bool) -> None:
+        if live and versions > 1:
+            relative = key[len(sink.prefix) :]
+            problems.append(
+                ObjectProblem(
+                    relative,
+                    sink.location(relative),
+                    "extra-version",
+                    "1 version",
+                    f"{versions} versions",
+                )
+            )
+
+    kwargs: dict[str, Any] = {"Bucket": sink.bucket, "Prefix": sink.prefix}
+    while True:
+        try:
+            page = await client.list_object_versions(**kwargs)
+        except Exception as err:
+            raise sink._translate(err, "listing the prefix's versions") from None
+        for version in page.get("Versions", ()):
+            key, versions, live = counted
+            if version["Key"] != key:
+                close(key, versions, live)
+                key, versions, live = version["Key"], 0, False
+            counted = (key, versions + 1, live or bool(version.get("IsLatest")))
+        if not page.get("IsTruncated"):
+            break
+        kwargs["KeyMarker"] = page.get("NextKeyMarker")
+        kwargs["VersionIdMarker"] = page.get("NextVersionIdMarker")
+    close(*counted)
+    return problems
 
 
 async def _hash_object(
