@@ -926,9 +926,12 @@ def _destination(config: ServeConfig, manifest: Manifest | None) -> str | S3Sink
 
 
 async def _check_bucket(sink: S3Sink) -> None:
-    """Before listening: the bucket is there, takes the credentials and the sink's storage,
-    encryption and Object Lock settings (`S3Sink.prepare`: a destination-wide
-    `StorageError`, one line, when it does not); nothing is written to it."""
+    """Before listening, for a sink with settings: the bucket is there, takes the
+    credentials and the storage, encryption and Object Lock settings (`S3Sink.prepare`: a
+    destination-wide `StorageError`, one line, when it does not); nothing is written to it.
+    A receiver must not answer 200 for recordings it could only store ungoverned or not at
+    all. Without settings a bucket missing at start is not fatal: each download checks it
+    again, so the receiver recovers once it is there."""
     try:
         await sink.prepare()
     finally:
@@ -947,11 +950,12 @@ async def _sync_loop(receiver: Receiver, every: float) -> None:
 async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None = None) -> int:
     """Run the receiver until SIGTERM (exit 0) or cancellation (Ctrl-C: re-raised).
 
-    Checks the credentials first (`AuthenticationError` for a bad token) and, for `s3://`,
-    the bucket with the storage, encryption and Object Lock settings (a destination-wide
-    `StorageError` when it refuses one, before anything listens), resumes what the spool
-    left pending, then answers on the public URL's path and `/healthz`. On the way out it
-    stops accepting, then drains in-flight downloads for up to `drain_seconds`.
+    Checks the credentials first (`AuthenticationError` for a bad token) and, for `s3://`
+    with storage, encryption or Object Lock settings, the bucket with them (a
+    destination-wide `StorageError` when it refuses one, before anything listens), resumes
+    what the spool left pending, then answers on the public URL's path and `/healthz`. On
+    the way out it stops accepting, then drains in-flight downloads for up to
+    `drain_seconds`.
     """
     token = config.auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
     if not token:
@@ -975,7 +979,7 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None
         spool, manifest = await asyncio.to_thread(_open_storage, config)
         try:
             dest = _destination(config, manifest)
-            if isinstance(dest, S3Sink):
+            if isinstance(dest, S3Sink) and dest.has_settings:
                 await _check_bucket(dest)
             receiver = Receiver(
                 session,
