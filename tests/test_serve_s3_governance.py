@@ -36,6 +36,7 @@ from test_cli import run_cli
 from test_s3_sink import _admin, _aws_env  # the fake AWS environment (moto_url: conftest)
 from test_webhooks_serve import finish, spawn_serve, start_serve, stop
 
+from vobiz_async.errors import ConfigurationError
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.protocol import sidecar_key
 from vobiz_async.receiver import ServeConfig, serve, transcript_key
@@ -426,3 +427,15 @@ async def test_waiting_transcripts_are_said_at_start_and_a_stale_one_warned_once
     assert "transcript tr-old of recording rec-gone has waited 31 days" in stale[0]
     ops = [json.loads(line)["op"] for line in spool.read_text().splitlines()]
     assert "transcript_stored" not in ops
+
+
+async def test_library_refuses_s3_settings_for_a_folder(fake: FakeVobiz, tmp_path: Path) -> None:
+    """`ServeConfig` with an S3 setting and a folder `dest`: `ConfigurationError` naming
+    the setting, before anything listens or is written."""
+    out = tmp_path / "archive"
+    config = config_for(fake, str(out), tmp_path / "spool.jsonl", object_lock_legal_hold=True)
+
+    with pytest.raises(ConfigurationError, match="object_lock_legal_hold applies to s3://"):
+        await serve(config, on_ready=lambda url: pytest.fail(f"listened on {url}"))
+
+    assert not (out / MANIFEST_NAME).exists()
