@@ -868,6 +868,7 @@ async def test_healthz_counts_and_hides_secrets(
         "archived": 1,
         "failed": 0,
         "transcripts": 0,
+        "transcripts_waiting": 0,
     }
     for secret in (TOKEN, PARENT_TOKEN, PASSWORD):
         assert secret not in raw

@@ -42,6 +42,8 @@ from .errors import ConfigurationError, ManifestError, StorageError, VobizError
 from .manifest import MANIFEST_NAME, Manifest
 from .redact import describe
 from .session import AsyncSession
+from .sinks import S3Sink, Sink, s3_destination
+from .sinks.s3 import Encryption, LockMode
 from .types import Metadata
 from .webhooks import (
     MAX_BODY,
@@ -82,6 +84,9 @@ SYNC_WINDOW_FACTOR = 2
 
 #: A finished recording is remembered in the spool this long (seconds) after a restart.
 FINISHED_KEEP = 7 * 86400.0
+#: A transcript waiting this long (seconds) for its recording is warned about, once: Vobiz
+#: deletes recordings after 30 days, so its recording will not come any more.
+TRANSCRIPT_STALE = 30 * 86400.0
 
 State = Literal["pending", "archived", "failed"]
 TranscriptState = Literal["pending", "stored"]
@@ -139,6 +144,8 @@ class Spool:
         self.transcript_states: dict[str, TranscriptState] = {}
         #: Transcripts not stored yet, by transcription id, in the order they came.
         self.transcripts: dict[str, TranscriptEvent] = {}
+        #: When each transcript not stored yet was spooled (seconds since the epoch).
+        self.transcript_times: dict[str, float] = {}
         self._fd: int | None = None
         self._lock_fd: int | None = None
         self._torn = False
@@ -164,6 +171,7 @@ class Spool:
         for table in (self.states, self.events, self.keys, self.transcript_states):
             table.clear()
         self.transcripts.clear()
+        self.transcript_times.clear()
         self.nonces.clear()
         try:
             data = self.path.read_bytes()
@@ -200,9 +208,12 @@ class Spool:
             self.transcripts.pop(tid, None)
             self.transcripts[tid] = event
             self.transcript_states[tid] = "pending"
+            at = record.get("at")
+            self.transcript_times[tid] = float(at) if isinstance(at, int | float) else time.time()
         else:
             self.transcript_states[tid] = "stored"
             self.transcripts.pop(tid, None)
+            self.transcript_times.pop(tid, None)
 
     def _load_nonces(self, record: dict[str, Any], horizon: float) -> None:
         nonces, at = record.get("nonces") or [], float(record.get("at", 0))
@@ -319,7 +330,7 @@ class Receiver:
     def __init__(
         self,
         session: AsyncSession,
-        dest: str,
+        dest: str | Sink,
         spool: Spool,
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
@@ -330,7 +341,10 @@ class Receiver:
         if queue_size < 1 or concurrency < 1:
             raise ValueError("queue_size and concurrency must be at least 1")
         self._session = session
+        #: A folder, `s3://bucket/prefix/`, or a sink (an `S3Sink` with its settings).
         self.dest = dest
+        #: The destination in messages (a sink's `describe()`).
+        self.where = dest if isinstance(dest, str) else dest.describe()
         self.spool = spool
         self.queue_size = queue_size
         self.concurrency = concurrency
@@ -348,6 +362,8 @@ class Receiver:
         self._placing: set[str] = set()
         #: Recordings whose transcript the sink refused: tried again after the next archive.
         self._unplaced: set[str] = set()
+        #: Transcripts warned about as waiting longer than `TRANSCRIPT_STALE` (once each).
+        self._stale_warned: set[str] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         #: The one batch every download goes through, from `start` to `close`.
         self.downloader: Downloader | None = None
@@ -359,7 +375,7 @@ class Receiver:
         self._stopped = False
 
     def __repr__(self) -> str:
-        return f"Receiver(dest={self.dest!r}, pending={self._pending})"
+        return f"Receiver(dest={self.where!r}, pending={self._pending})"
 
     # -- EventSink ------------------------------------------------------------------------
 
@@ -432,11 +448,12 @@ class Receiver:
             )
             return SubmitOutcome.BUSY
         states[tid] = "pending"  # before the await: a concurrent duplicate sees it
+        at = time.time()
         record = {
             "op": "transcript",
             "transcript": event.to_dict(),
             "nonces": list(nonces),
-            "at": time.time(),
+            "at": at,
         }
         try:
             await asyncio.to_thread(self.spool.append, record)
@@ -445,6 +462,7 @@ class Receiver:
             logger.error("cannot write the spool %s: %s", self.spool.path, err)
             return SubmitOutcome.BUSY
         self.spool.transcripts[tid] = event
+        self.spool.transcript_times[tid] = at
         logger.info("transcript %s of recording %s: accepted", tid, rid)
         if self._states.get(rid) != "pending":  # archived, failed or unknown: look now
             self._place_later(rid)
@@ -455,6 +473,26 @@ class Receiver:
     def transcripts_waiting(self) -> int:
         """Transcripts spooled and not stored yet (their recordings not archived yet)."""
         return len(self.spool.transcripts)
+
+    def _warn_stale(self, events: Iterable[TranscriptEvent]) -> None:
+        """One WARNING per transcript waiting longer than `TRANSCRIPT_STALE` for its
+        recording (Vobiz has deleted that recording by now); it stays in the spool."""
+        horizon = time.time() - TRANSCRIPT_STALE
+        for event in events:
+            tid = event.transcription_id
+            at = self.spool.transcript_times.get(tid)
+            if at is None or at > horizon or tid in self._stale_warned:
+                continue
+            self._stale_warned.add(tid)
+            days = int((time.time() - at) // 86400)
+            logger.warning(
+                "transcript %s of recording %s has waited %d days for its recording, which "
+                "Vobiz keeps 30 days: it stays in the spool; archive the recording if you "
+                "still have it",
+                tid,
+                event.recording_id,
+                days,
+            )
 
     async def placed(self) -> None:
         """Wait until the transcript placements running now have ended."""
@@ -483,6 +521,7 @@ class Receiver:
             key = await self._recording_key(rid)
             if key is None:
                 logger.info("recording %s is not archived yet: its transcript waits", rid)
+                self._warn_stale(waiting)
                 return
             for event in waiting:
                 if not await self._store_transcript(event, key):
@@ -510,7 +549,7 @@ class Receiver:
         try:
             stored = await downloader.sink.lookup(rid, None)
         except (VobizError, OSError) as err:
-            logger.warning("cannot look %s up in %s: %s", rid, self.dest, describe(err))
+            logger.warning("cannot look %s up in %s: %s", rid, self.where, describe(err))
             return None
         return None if stored is None else stored.key
 
@@ -522,7 +561,7 @@ class Receiver:
         downloader = self.downloader
         if downloader is None:
             logger.warning(
-                "transcript %s of recording %s waits: %s is not open", tid, rid, self.dest
+                "transcript %s of recording %s waits: %s is not open", tid, rid, self.where
             )
             return False
         key = transcript_key(recording_key)
@@ -540,6 +579,7 @@ class Receiver:
             logger.error("cannot write the spool %s: %s", self.spool.path, err)
         self.spool.transcript_states[tid] = "stored"
         self.spool.transcripts.pop(tid, None)
+        self.spool.transcript_times.pop(tid, None)
         self.counters.transcripts += 1
         if self.manifest is not None:
             try:
@@ -559,6 +599,12 @@ class Receiver:
             self._queue.put_nowait(event.recording_id)
         if resumed:
             logger.warning("resuming %d spooled recording(s) not archived yet", len(resumed))
+        if count := self.transcripts_waiting():
+            logger.info(
+                "%d transcript(s) in the spool not stored yet: each is stored once its "
+                "recording is archived",
+                count,
+            )
         waiting = {event.recording_id for event in self.spool.transcripts.values()}
         for rid in waiting:
             if self._states.get(rid) != "pending":  # the others are placed after download
@@ -599,7 +645,7 @@ class Receiver:
             self.downloader = await self._open_downloader()
         except Exception as err:  # the next download tries again; this one fails
             self.downloader = None
-            logger.error("cannot open %s: %s: %s", self.dest, type(err).__name__, err)
+            logger.error("cannot open %s: %s: %s", self.where, type(err).__name__, err)
 
     async def _dispatch(self) -> None:
         while True:
@@ -620,7 +666,7 @@ class Receiver:
         in the sink)."""
         downloader = self.downloader
         if downloader is None:
-            return True, f"the destination {self.dest} could not be opened", None
+            return True, f"the destination {self.where} could not be opened", None
         try:
             result = await downloader.one(rid)
         except Exception as err:  # a bug, not a transfer failure: keep serving the rest
@@ -800,10 +846,36 @@ class ServeConfig:
     max_body: int = MAX_BODY
     #: "sidecar": store each recording's wire object beside it (`--metadata sidecar`).
     metadata: Metadata | None = None
+    #: The index file (`--index`): default `<dest>/vobiz-manifest.jsonl` for a folder, none
+    #: for `s3://` unless given (then a local file, as `download --index`).
+    index: str | None = None
+    #: `s3://` only: the endpoint and region (`S3Sink`'s `endpoint_url` and `region`).
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    #: `s3://` only: what every object the receiver writes carries (recordings, sidecars,
+    #: transcripts), `S3Sink`'s keywords of the same names.
+    storage_class: str | None = None
+    sse: Encryption | None = None
+    sse_kms_key_id: str | None = None
+    object_lock_mode: LockMode | None = None
+    object_lock_retain_days: int | None = None
+    object_lock_legal_hold: bool = False
+
+    def s3_settings(self) -> dict[str, Any]:
+        """The storage, encryption and Object Lock keywords for `S3Sink`."""
+        return {
+            "storage_class": self.storage_class,
+            "sse": self.sse,
+            "sse_kms_key_id": self.sse_kms_key_id,
+            "object_lock_mode": self.object_lock_mode,
+            "object_lock_retain_days": self.object_lock_retain_days,
+            "object_lock_legal_hold": self.object_lock_legal_hold,
+        }
 
 
 def _open_storage(config: ServeConfig) -> tuple[Spool, Manifest | None]:
-    """Create `--out` and the spool's folder when missing; load the spool and manifest."""
+    """Create `--out` and the spool's folder when missing; load the spool and the index
+    (`config.index`, else a folder's own; none for object storage without one)."""
     remote = _is_remote(config.dest)
     if not remote:
         Path(config.dest).mkdir(parents=True, exist_ok=True)
@@ -816,8 +888,54 @@ def _open_storage(config: ServeConfig) -> tuple[Spool, Manifest | None]:
     except BaseException:
         spool.close()
         raise
-    manifest = None if remote else Manifest(Path(config.dest) / MANIFEST_NAME)
+    if config.index:
+        index_path: Path | None = Path(config.index)
+    else:
+        index_path = None if remote else Path(config.dest) / MANIFEST_NAME
+    try:
+        manifest = None if index_path is None else Manifest(index_path)
+    except BaseException:
+        spool.close()
+        raise
     return spool, manifest
+
+
+def _destination(config: ServeConfig, manifest: Manifest | None) -> str | S3Sink:
+    """A folder as given, or the `S3Sink` of an `s3://` destination with the config's
+    endpoint, region and settings (and the index, for the sha256s it knows). Settings for
+    a folder are a `ConfigurationError`."""
+    url = s3_destination(config.dest)
+    settings = config.s3_settings()
+    if url is None:
+        given = [name for name, value in settings.items() if value]
+        if given or config.s3_endpoint_url or config.s3_region:
+            what = (
+                given[0] if given else "s3_endpoint_url" if config.s3_endpoint_url else "s3_region"
+            )
+            raise ConfigurationError(
+                f"{what} applies to s3:// destinations, not the folder {config.dest}"
+            )
+        return config.dest
+    return S3Sink.from_url(
+        url,
+        endpoint_url=config.s3_endpoint_url,
+        region=config.s3_region,
+        index=manifest,
+        **settings,
+    )
+
+
+async def _check_bucket(sink: S3Sink) -> None:
+    """Before listening, for a sink with settings: the bucket is there, takes the
+    credentials and the storage, encryption and Object Lock settings (`S3Sink.prepare`: a
+    destination-wide `StorageError`, one line, when it does not); nothing is written to it.
+    A receiver must not answer 200 for recordings it could only store ungoverned or not at
+    all. Without settings a bucket missing at start is not fatal: each download checks it
+    again, so the receiver recovers once it is there."""
+    try:
+        await sink.prepare()
+    finally:
+        await sink.close()
 
 
 async def _sync_loop(receiver: Receiver, every: float) -> None:
@@ -832,9 +950,12 @@ async def _sync_loop(receiver: Receiver, every: float) -> None:
 async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None = None) -> int:
     """Run the receiver until SIGTERM (exit 0) or cancellation (Ctrl-C: re-raised).
 
-    Checks the credentials first (`AuthenticationError` for a bad token), resumes what the
-    spool left pending, then answers on the public URL's path and `/healthz`. On the way out
-    it stops accepting, then drains in-flight downloads for up to `drain_seconds`.
+    Checks the credentials first (`AuthenticationError` for a bad token) and, for `s3://`
+    with storage, encryption or Object Lock settings, the bucket with them (a
+    destination-wide `StorageError` when it refuses one, before anything listens), resumes
+    what the spool left pending, then answers on the public URL's path and `/healthz`. On
+    the way out it stops accepting, then drains in-flight downloads for up to
+    `drain_seconds`.
     """
     token = config.auth_token or os.environ.get("VOBIZ_AUTH_TOKEN")
     if not token:
@@ -857,9 +978,12 @@ async def serve(config: ServeConfig, *, on_ready: Callable[[str], object] | None
         await session.check_credentials()
         spool, manifest = await asyncio.to_thread(_open_storage, config)
         try:
+            dest = _destination(config, manifest)
+            if isinstance(dest, S3Sink) and dest.has_settings:
+                await _check_bucket(dest)
             receiver = Receiver(
                 session,
-                config.dest,
+                dest,
                 spool,
                 queue_size=config.queue_size,
                 concurrency=config.concurrency,

@@ -590,13 +590,19 @@ class EventSink(Protocol):
         """Events accepted and not yet archived or failed."""
         ...
 
+    def transcripts_waiting(self) -> int:
+        """Transcripts spooled and not stored yet (their recordings not archived yet)."""
+        ...
+
     def recent_nonces(self) -> Iterable[tuple[str, float]]:
         """Nonces of recorded events with the time they were seen (to refuse replays)."""
         ...
 
 
-def healthz_body(counters: Counters, pending: int) -> dict[str, int]:
-    """The `/healthz` answer: one flat object of integer counters."""
+def healthz_body(counters: Counters, pending: int, transcripts_waiting: int = 0) -> dict[str, int]:
+    """The `/healthz` answer: one flat object of integer counters (`queued`: recordings
+    pending; `transcripts_waiting`: transcripts spooled whose recordings are not archived
+    yet)."""
     return {
         "accepted": counters.accepted,
         "duplicate": counters.duplicate,
@@ -605,6 +611,7 @@ def healthz_body(counters: Counters, pending: int) -> dict[str, int]:
         "archived": counters.archived,
         "failed": counters.failed,
         "transcripts": counters.transcripts,
+        "transcripts_waiting": transcripts_waiting,
     }
 
 
@@ -727,4 +734,5 @@ class _Endpoint:
     async def healthz(self, request: web.Request) -> web.Response:
         from aiohttp import web
 
-        return web.json_response(healthz_body(self.counters, self.sink.pending()))
+        body = healthz_body(self.counters, self.sink.pending(), self.sink.transcripts_waiting())
+        return web.json_response(body)

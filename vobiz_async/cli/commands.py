@@ -498,7 +498,18 @@ async def cmd_serve(args: argparse.Namespace, interruption: Interruption) -> Out
         drain_seconds=args.drain_seconds,
         sync_every=args.sync_every,
         metadata=args.metadata,
+        index=args.index,
+        s3_endpoint_url=args.s3_endpoint_url,
+        s3_region=args.s3_region,
+        **s3_settings(args),
     )
     with port_in_use(host, port):
-        code = await serve(config, on_ready=lambda url: print(f"listening on {url}", flush=True))
+        try:
+            code = await serve(
+                config, on_ready=lambda url: print(f"listening on {url}", flush=True)
+            )
+        except StoragePermissionError:
+            raise  # refused credentials: exit 3
+        except StorageError as err:  # the bucket refused a setting: one line, exit 1
+            raise DestinationError(str(err)) from None
     return Outcome(failed=code != 0)

@@ -469,6 +469,17 @@ def _fake_server_options(fake: argparse.ArgumentParser) -> None:
     fake.add_argument("--seed", type=int, default=0)
 
 
+def _serve_destination_options(serve: argparse.ArgumentParser, spool_name: str) -> None:
+    """Where `serve` archives, and what it keeps beside: as `download` has them."""
+    serve.add_argument("--out", required=True, help="destination: a folder, or s3://bucket/prefix/")
+    serve.add_argument("--spool", help=f"spool file (default: OUT/{spool_name})")
+    serve.add_argument(
+        "--index", help=f"the index file (default: OUT/{INDEX_NAME}; none for s3://)"
+    )
+    _metadata_option(serve)
+    _s3_options(serve)
+
+
 def _serve_options(serve: argparse.ArgumentParser) -> None:
     from .. import receiver  # serve's value parsers live with the receiver they configure
 
@@ -488,7 +499,6 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept an http:// --public-url (Vobiz calls https only)",
     )
-    serve.add_argument("--out", required=True, help="destination folder")
     serve.add_argument(
         "--parent-auth-token",
         help="main account's token for sub-account callbacks (default: "
@@ -500,8 +510,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> None:
         metavar="USER:PASS",
         help="also require these Basic credentials (default: $VOBIZ_WEBHOOK_BASIC_AUTH)",
     )
-    serve.add_argument("--spool", help=f"spool file (default: OUT/{receiver.SPOOL_NAME})")
-    _metadata_option(serve)
+    _serve_destination_options(serve, receiver.SPOOL_NAME)
     serve.add_argument(
         "--sync-every",
         type=receiver.parse_duration,
@@ -653,7 +662,7 @@ def check_conflicts(args: argparse.Namespace) -> None:
     for first, second in pairs:
         if first and second:
             raise UsageError(f"{first[0]} and {second[0]} cannot be used together")
-    if args.command in ("download", "move", "verify"):
+    if args.command in ("download", "move", "verify", "serve"):
         _check_s3_flags(args, args.dir if args.command == "verify" else args.out)
 
 
