@@ -97,3 +97,20 @@ def test_index_export_shows_deleted_at(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["index", "export", str(tmp_path)]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["deleted_at"] for line in lines] == [None, "2026-12-05T20:00:00+00:00"]
+
+
+def test_mark_transcript_is_committed_on_return_within_a_group(tmp_path: Path) -> None:
+    """Inside a commit group, a transcript's place is still committed when the call
+    returns: another connection (a reader, or the next run after a kill -9) sees it."""
+    path = tmp_path / "index.sqlite"
+    with Manifest(path) as manifest, manifest.grouped(entries=100, seconds=60.0):
+        _record(manifest, "r1")
+        assert manifest.mark_transcript("r1", "r1.transcript.json")
+        other = sqlite3.connect(path)
+        try:
+            rows = other.execute(
+                "SELECT transcript_path FROM entries WHERE recording_id = 'r1'"
+            ).fetchall()
+        finally:
+            other.close()
+        assert rows == [("r1.transcript.json",)]

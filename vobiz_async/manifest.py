@@ -594,6 +594,7 @@ class Manifest:
                 )
             except sqlite3.Error as err:
                 raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+            self.commit()  # committed on return, even within a group
         return cursor.rowcount == 1
 
     def transcript_path(self, recording_id: str) -> str | None:
