@@ -472,7 +472,11 @@ def _fake_server_options(fake: argparse.ArgumentParser) -> None:
 def _serve_destination_options(serve: argparse.ArgumentParser, spool_name: str) -> None:
     """Where `serve` archives, and what it keeps beside: as `download` has them."""
     serve.add_argument("--out", required=True, help="destination: a folder, or s3://bucket/prefix/")
-    serve.add_argument("--spool", help=f"spool file (default: OUT/{spool_name})")
+    serve.add_argument(
+        "--spool",
+        help=f"spool file (default: OUT/{spool_name}; for s3:// "
+        "$XDG_STATE_HOME/vobiz-async/webhooks-<hash of OUT>.spool.jsonl)",
+    )
     serve.add_argument(
         "--index", help=f"the index file (default: OUT/{INDEX_NAME}; none for s3://)"
     )
