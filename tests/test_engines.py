@@ -231,3 +231,17 @@ async def test_a_worker_keeps_its_connections_from_shard_to_shard(dest: Path) ->
     assert report.ok
     assert report.shards == 4
     assert opened <= 2  # not two for each shard
+
+
+async def test_shards_are_sized_from_the_listing_by_default(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """`ProcessEngine()` cuts about four shards a worker from the listing (30 recordings, 2
+    workers: shards of 10), not one shard of 500 that leaves the other worker idle (the
+    rate-limit profile's 600 recordings were 500 + 100)."""
+    for _ in range(30):
+        fake.add_recording(size=2_000)
+    engine = ProcessEngine(workers=2)
+    report = await download(session, dest, engine, concurrency=4)
+    assert report.ok
+    assert report.shards == 3

@@ -322,16 +322,17 @@ class ProcessEngine:
     """Runs a `download_many` job's shards in worker processes of this machine.
 
     `workers=None` runs one per CPU (at most MAX_WORKERS); the job's `concurrency` is split
-    evenly among them. `shard_size` recordings make a shard; a shard whose worker died is
+    evenly among them. `shard_size` recordings make a shard (None: sized from the listing by
+    `shard_size_for`, about SHARDS_PER_WORKER shards a worker); a shard whose worker died is
     retried in a fresh pool up to `max_retries` times.
     """
 
     def __init__(
-        self, workers: int | None = None, *, shard_size: int = 500, max_retries: int = 1
+        self, workers: int | None = None, *, shard_size: int | None = None, max_retries: int = 1
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
-        if shard_size < 1:
+        if shard_size is not None and shard_size < 1:
             raise ValueError("shard_size must be >= 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -473,7 +474,8 @@ class _Run:
 
     def shards(self) -> list[_Shard]:
         items = [item for item, _ in self.places.values()]
-        planned = plan_shards(items, self.engine.shard_size)
+        size = self.engine.shard_size or shard_size_for(len(items), self.engine.workers)
+        planned = plan_shards(items, size)
         return [_Shard(n, key, tuple(chunk)) for n, (key, chunk) in enumerate(planned)]
 
     def worker_shares(self) -> list[WorkerShare]:
