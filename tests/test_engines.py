@@ -19,7 +19,7 @@ import pytest
 from _download_helpers import assert_verified, tree
 from _waiting import eventually
 
-from vobiz_async import AsyncSession, DownloadStatus
+from vobiz_async import AsyncSession, DownloadStatus, Recording
 from vobiz_async.engines import ProcessEngine, SharedGate, SharedPace
 from vobiz_async.journal import SHARDS_SUFFIX, ShardJournal
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest
@@ -231,3 +231,56 @@ async def test_a_worker_keeps_its_connections_from_shard_to_shard(dest: Path) ->
     assert report.ok
     assert report.shards == 4
     assert opened <= 2  # not two for each shard
+
+
+async def test_shards_are_sized_from_the_listing_by_default(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """`ProcessEngine()` cuts about four shards a worker from the listing (30 recordings, 2
+    workers: shards of 10), not one shard of 500 that leaves the other worker idle (the
+    rate-limit profile's 600 recordings were 500 + 100)."""
+    for _ in range(30):
+        fake.add_recording(size=2_000)
+    engine = ProcessEngine(workers=2)
+    report = await download(session, dest, engine, concurrency=4)
+    assert report.ok
+    assert report.shards == 3
+
+
+async def test_shards_start_while_the_listing_runs_and_a_rerun_fetches_nothing(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """A worker idle while the driver still lists gets a shard of what is listed so far:
+    the first media requests come before the listing's end. The index stays the driver's,
+    and a re-run (which waits for the whole plan: its journal has finished shards) fetches
+    nothing again, whatever shards the first run cut."""
+    for _ in range(40):
+        fake.add_recording(size=4_000)
+    recordings = [r async for r in session.recordings.list()]
+    engine = ProcessEngine(workers=2, shard_size=10)
+    during: list[bool] = []
+
+    async def listing() -> AsyncIterator[Recording]:
+        for recording in recordings[:20]:
+            yield recording
+        during.append(await eventually(lambda: fake.stats.media_requests > 0))
+        for recording in recordings[20:]:
+            yield recording
+
+    index = dest / MANIFEST_NAME
+    first = await session.recordings.download_many(
+        listing(), dest, engine=engine, manifest=index, concurrency=4
+    )
+    assert during == [True]
+    assert isinstance(first, ScaleOutReport)
+    assert first.ok
+    assert first.shards == 4
+    assert [r.recording_id for r in first.results] == [r.recording_id for r in recordings]
+    assert set(media_gets(fake).values()) == {1}
+    with Manifest(index) as manifest:
+        assert verify_manifest(dest, manifest) == []
+        assert all(manifest.get(r.recording_id) is not None for r in recordings)
+
+    again = await download(session, dest, ProcessEngine(workers=2, shard_size=10), manifest=index)
+    assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
+    assert set(media_gets(fake).values()) == {1}

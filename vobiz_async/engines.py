@@ -3,7 +3,14 @@
 The engine decides only where a batch's items run, as `scaleout.RayEngine` does on Ray: the
 driver's batch core (`batch.Batch`) takes the listing once (ids, repeats, unusable entries),
 the engine cuts it into shards (`scaleout.plan_shards`) and runs them on the standard
-library's `ProcessPoolExecutor` (spawn context), one shard per worker at a time. Each worker
+library's `ProcessPoolExecutor` (spawn context), one shard per worker at a time. The pool
+starts while the driver lists; a worker that is ready while the listing still runs gets a
+shard of what is listed so far (in listing order, in a job whose shard journal has no
+finished shard yet), and the rest is cut by `plan_shards` at the listing's end. Such a
+shard's key is its ids' as any other's, but its boundaries follow the listing's timing: a
+re-run cuts the whole plan and skips by the journal only shards that match it; the others
+are sent again, and their workers skip what is stored with a stat (nothing is fetched
+twice). Each worker
 has its own event loop, `AsyncSession` (opened with `AsyncSession.from_config`) and local
 engine (`Downloader`, no index), writing into the same destination, and sends its results
 back as plain data. The driver's batch core is the only writer of the index; a shard is
@@ -36,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -322,16 +330,17 @@ class ProcessEngine:
     """Runs a `download_many` job's shards in worker processes of this machine.
 
     `workers=None` runs one per CPU (at most MAX_WORKERS); the job's `concurrency` is split
-    evenly among them. `shard_size` recordings make a shard; a shard whose worker died is
+    evenly among them. `shard_size` recordings make a shard (None: sized from the listing by
+    `shard_size_for`, about SHARDS_PER_WORKER shards a worker); a shard whose worker died is
     retried in a fresh pool up to `max_retries` times.
     """
 
     def __init__(
-        self, workers: int | None = None, *, shard_size: int = 500, max_retries: int = 1
+        self, workers: int | None = None, *, shard_size: int | None = None, max_retries: int = 1
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
-        if shard_size < 1:
+        if shard_size is not None and shard_size < 1:
             raise ValueError("shard_size must be >= 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -368,15 +377,10 @@ class ProcessEngine:
         run = _Run(self, config, batch, target, options)
         run.warm_up()
         try:
-            await run.admit(source)
-            shards = run.shards()
             journal = None if index is None else ShardJournal(Path(str(index.path) + SHARDS_SUFFIX))
             run.journal = journal
             finished = set() if journal is None or options.overwrite else journal.finished()
-            pending = [s for s in shards if s.key not in finished]
-            run.skip([s for s in shards if s.key in finished])
-            if pending:
-                await run.execute(pending)
+            await run.execute(source, finished)
         finally:
             await run.cool_down()
             if journal is not None:
@@ -389,10 +393,16 @@ class ProcessEngine:
             rate_limit=run.rate_limit(),
             workers=run.worker_shares(),
             failed_shards=[],
-            shards=len(shards),
-            shards_skipped=len(shards) - len(pending),
+            shards=run.cut,
+            shards_skipped=run.skipped,
             shard_seconds=run.shard_seconds,
         )
+
+
+def _raise_if_failed(lister: asyncio.Future[None]) -> None:
+    """The listing's error, once it failed: the run stops (its workers with it)."""
+    if lister.done() and not lister.cancelled() and lister.exception() is not None:
+        lister.result()
 
 
 def _travelling_config(session: ApiClient) -> SessionConfig:
@@ -464,17 +474,67 @@ class _Run:
         self._reports: dict[int, PacingReport] = {}
         self._tries: dict[int, int] = {}
         self._warm: asyncio.Future[ProcessPoolExecutor] | None = None
+        #: Shards cut so far (their numbers), and how many an earlier run had finished.
+        self.cut = 0
+        self.skipped = 0
+        #: Shards cut and not yet submitted; the listed items not in a shard yet.
+        self.waiting: deque[_Shard] = deque()
+        self._unassigned: list[Item] = []
+        #: Whether shards may be cut while the listing runs (a job with no finished shard).
+        self._early = False
+        #: Workers without a shard while a pool runs (0 while none does).
+        self._idle = 0
+        #: Set when a shard was cut or the listing ended: a pool waiting for work looks.
+        self._fed = asyncio.Event()
+        #: (pool size, transfers a shard), fixed at the job's first submission.
+        self._split: tuple[int, int] | None = None
+        self._source: Source | None = None
 
-    async def admit(self, source: Source) -> None:
-        """The listing, once, through the batch core, in listing order."""
-        async with contextlib.aclosing(self.batch.admitted(source)) as items:
-            async for place, item in items:
-                self.places[item_id(item)] = (item, place)
+    async def _list(self, source: Source, finished: set[str]) -> None:
+        """The listing, once, through the batch core, in listing order. While it runs and a
+        worker is idle (a job with no finished shard only), the items listed so far are cut
+        into a shard at once, in listing order; at its end, the rest by `plan_shards`, and
+        shards an earlier run finished are settled from the index."""
+        try:
+            async with contextlib.aclosing(self.batch.admitted(source)) as items:
+                async for place, item in items:
+                    self.places[item_id(item)] = (item, place)
+                    self._unassigned.append(item)
+                    self._cut_early()
+            rest, self._unassigned = self._unassigned, []
+            size = self.engine.shard_size or shard_size_for(len(self.places), self.engine.workers)
+            for key, chunk in plan_shards(rest, size):
+                shard = self._shard(key, chunk)
+                if key in finished:
+                    self.skipped += 1
+                    self.skip([shard])
+                else:
+                    self.waiting.append(shard)
+        finally:
+            self._fed.set()
 
-    def shards(self) -> list[_Shard]:
-        items = [item for item, _ in self.places.values()]
-        planned = plan_shards(items, self.engine.shard_size)
-        return [_Shard(n, key, tuple(chunk)) for n, (key, chunk) in enumerate(planned)]
+    def _cut_early(self) -> bool:
+        """A shard of the items listed so far, when a worker would otherwise wait for the
+        listing's end (whether one was cut): as large as the job's shards, sized from the
+        listing's `total_count` when the source tells it (an `AsyncPager` does after its
+        first page)."""
+        if not self._early or self._idle <= len(self.waiting):
+            return False
+        total = getattr(self._source, "total_count", None)
+        known = total if isinstance(total, int) and total > 0 else None
+        size = self.engine.shard_size or shard_size_for(known, self.engine.workers)
+        if len(self._unassigned) < size:
+            return False
+        chunk, self._unassigned = self._unassigned[:size], self._unassigned[size:]
+        digest = hashlib.sha256("\n".join(item_id(i) for i in chunk).encode()).hexdigest()
+        self.waiting.append(self._shard(digest[:32], chunk))
+        self._fed.set()
+        return True
+
+    def _shard(self, key: str, chunk: list[Item]) -> _Shard:
+        shard = _Shard(self.cut, key, tuple(chunk))
+        self.cut += 1
+        return shard
 
     def worker_shares(self) -> list[WorkerShare]:
         return [WorkerShare("local", pid, count) for pid, count in self._shares.items()]
@@ -512,57 +572,107 @@ class _Run:
             rid = item_id(item)
             self.settle(rid, DownloadResult(rid, DownloadStatus.FAILED, error=error))
 
-    async def execute(self, shards: list[_Shard]) -> None:
-        """Run `shards` in worker processes, one at a time in each; a broken pool (a worker
-        died) is replaced and the shards it held retried; after a destination-wide stop,
-        the shards not started fail unstarted."""
-        workers = min(self.engine.workers, len(shards))
-        per_shard = max(1, self.options.concurrency // workers)
-        logger.info("%d shards, %d workers, %d transfers each", len(shards), workers, per_shard)
-        waiting = deque(shards)
-        while waiting and self.batch.stopped_by is None:
-            broken = await self._pool_run(waiting, workers, per_shard)
-            for shard in broken:
-                tries = self._tries[shard.index] = self._tries.get(shard.index, 0) + 1
-                if tries > self.engine.max_retries:
-                    logger.warning("shard %d failed: a worker process died", shard.index)
-                    self.fail(shard, DownloadError(f"shard {shard.index}: its worker died"))
-                else:
-                    waiting.appendleft(shard)
+    async def execute(self, source: Source, finished: set[str]) -> None:
+        """List `source` and run its shards in worker processes, one at a time in each, the
+        first ones while the listing still runs (`_list`); a broken pool (a worker died) is
+        replaced and the shards it held retried; after a destination-wide stop, the shards
+        not started fail unstarted. A listing that fails stops the workers and raises."""
+        self._early = not finished
+        self._source = source
+        lister = asyncio.ensure_future(self._list(source, finished))
+        try:
+            while self.batch.stopped_by is None and (self.waiting or not lister.done()):
+                broken = await self._pool_run(lister)
+                for shard in broken:
+                    tries = self._tries[shard.index] = self._tries.get(shard.index, 0) + 1
+                    if tries > self.engine.max_retries:
+                        logger.warning("shard %d failed: a worker process died", shard.index)
+                        self.fail(shard, DownloadError(f"shard {shard.index}: its worker died"))
+                    else:
+                        self.waiting.appendleft(shard)
+            await lister  # the listing's error, if it failed
+        finally:
+            if not lister.done():
+                lister.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lister
         error = self.batch.not_started()
-        for shard in waiting:  # never started: the batch stopped
+        for shard in self.waiting:  # never started: the batch stopped
             for item in shard.items:
                 rid = item_id(item)
                 self.settle(rid, DownloadResult(rid, DownloadStatus.FAILED, error=error))
 
-    async def _pool_run(self, waiting: deque[_Shard], workers: int, per_shard: int) -> list[_Shard]:
-        """Run shards from `waiting` in one pool until none is left, the batch stops or the
-        pool breaks; return the shards a broken pool held."""
+    def _split_for(self, listed: bool) -> tuple[int, int]:
+        """(workers used, transfers a shard), fixed at the job's first submission: every
+        worker while the listing runs, else no more than there are shards."""
+        if self._split is None:
+            workers = self.engine.workers
+            if listed:
+                workers = max(1, min(workers, len(self.waiting)))
+            per_shard = max(1, self.options.concurrency // workers)
+            logger.info("%d workers, %d transfers a shard", workers, per_shard)
+            self._split = (workers, per_shard)
+        return self._split
+
+    async def _pool_run(self, lister: asyncio.Future[None]) -> list[_Shard]:
+        """Run shards from `waiting` in one pool until none is left and the listing ended,
+        the batch stops or the pool breaks; return the shards a broken pool held."""
         try:
-            pool = await self._take_pool(workers)
+            pool = await self._take_pool(self.engine.workers)
         except BrokenProcessPool:  # a worker died starting: no shard ran
             return []
         running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
         broken: list[_Shard] = []
         try:
-            while running or (waiting and not broken and self.batch.stopped_by is None):
-                while waiting and len(running) < workers and not broken:
-                    if self.batch.stopped_by is not None:
-                        break
-                    shard = waiting.popleft()
-                    future = pool.submit(_run_shard, self._job(shard, per_shard))
-                    running[asyncio.wrap_future(future)] = shard
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for ended in done:
-                    shard = running.pop(ended)
-                    if isinstance(ended.exception(), BrokenProcessPool):
-                        broken.append(shard)
-                    else:
-                        self._collect(shard, ended.result())
+            while running or (
+                (self.waiting or not lister.done()) and not broken and self.batch.stopped_by is None
+            ):
+                _raise_if_failed(lister)
+                if broken or not self._fill(pool, running, lister.done()):
+                    broken += await self._next(running)
         except BrokenProcessPool:  # at a submit or the start: no shard ran in it
             pass
         finally:
+            self._idle = 0
             self._end(pool, running)
+        return broken
+
+    def _fill(
+        self,
+        pool: ProcessPoolExecutor,
+        running: dict[asyncio.Future[_ShardOutcome], _Shard],
+        listed: bool,
+    ) -> bool:
+        """Submit waiting shards to free workers; while the listing runs, cut a shard of
+        what was listed for a worker still free. Whether a shard was cut for a free worker
+        (to be submitted at once)."""
+        workers, per_shard = self._split_for(listed)
+        while self.waiting and len(running) < workers and self.batch.stopped_by is None:
+            shard = self.waiting.popleft()
+            future = pool.submit(_run_shard, self._job(shard, per_shard))
+            running[asyncio.wrap_future(future)] = shard
+        self._idle = 0 if listed else workers - len(running)
+        cut = False
+        while self._idle > len(self.waiting) and self._cut_early():
+            cut = True  # what was listed before the workers were free
+        return cut and self.batch.stopped_by is None
+
+    async def _next(self, running: dict[asyncio.Future[_ShardOutcome], _Shard]) -> list[_Shard]:
+        """Wait for a shard to end (collected here) or one to be cut; the shards that ended
+        with the pool broken."""
+        self._fed.clear()
+        fed: asyncio.Future[Any] = asyncio.ensure_future(self._fed.wait())
+        try:
+            await asyncio.wait([*running, fed], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fed.cancel()
+        broken = []
+        for ended in [future for future in running if future.done()]:
+            shard = running.pop(ended)
+            if isinstance(ended.exception(), BrokenProcessPool):
+                broken.append(shard)
+            else:
+                self._collect(shard, ended.result())
         return broken
 
     def warm_up(self) -> None:

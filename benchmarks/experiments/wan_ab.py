@@ -23,7 +23,9 @@ median wall time. Output is checked as `benchmarks/run` checks it, into a folder
 `VOBIZ_BENCH_SMALL=N` every small read (a waiting body's buffer, each new connection's
 first read), and `VOBIZ_BENCH_NOGROUP=1` commits each index entry alone, through a
 `sitecustomize` this script writes into a scratch folder; the library reads no such
-variable itself.
+variable itself. `VOBIZ_BENCH_ENGINE=process` in a variant's environment runs the library
+peer on `ProcessEngine()` (`peer_vobiz_async.py --engine process`) instead of the local
+engine. `--out DIR` (or `VOBIZ_WAN_AB_OUT`) puts the peers' outputs in a folder of one's own.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import os
 import random
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: 
 from harness import data
 from harness.data import Dataset, ensure_dataset
 from harness.measure import measure
-from harness.peers import Peer, download_peers
+from harness.peers import Peer, download_peers, process_peer
 from harness.services import fake_api, media_server
-from harness.wan import EXPERT_SCRIPT, WAN, library_peer, scripted, wan_job, wan_nginx
+from harness.wan import EXPERT_SCRIPT, RATE, WAN, library_peer, scripted, wan_job, wan_nginx
 
 SITE = Path("/dev/shm/vobiz-wan-ab-site")
+#: The wan server's count of 429s answered so far, once it runs.
+COUNT_429: list[Callable[[], int]] = []
 SITECUSTOMIZE = """
 import os
 if os.environ.get("VOBIZ_BENCH_SLOTS"):
@@ -82,13 +86,12 @@ def variant(text: str) -> tuple[str, str | None, dict[str, str]]:
 def servers(args: argparse.Namespace) -> Iterator[tuple[Dataset, str, str, dict[str, Peer]]]:
     """The dataset, media base, API base and peers by label of the profile asked for."""
     if args.loopback is None:
-        dataset = ensure_dataset(WAN, "tmpfs")
+        dataset = ensure_dataset(RATE if args.ratelimit else WAN, "tmpfs")
+        path, page_s = ("/limited", 0.0) if args.ratelimit else ("/delay", args.page_ms / 1000)
         peers = {"expert": Peer(EXPERT_SCRIPT, "expert-script", scripted("expert"), "jq")}
-        with (
-            wan_nginx() as server,
-            fake_api(dataset, server.base + "/delay", args.page_ms / 1000) as api,
-        ):
-            yield dataset, server.base + "/delay", api, peers
+        with wan_nginx() as server, fake_api(dataset, server.base + path, page_s) as api:
+            COUNT_429.append(server.count_429)
+            yield dataset, server.base + path, api, peers
         return
     dataset = ensure_dataset(data.WORKLOADS[args.loopback], "tmpfs")
     peers = {peer.slug: peer for peer in download_peers()}
@@ -110,7 +113,10 @@ def run_one(
     if tree is not None:
         os.environ["PYTHONPATH"] = f"{tree}:{SITE}"
     try:
-        return measure(peer, wan_job(dataset, media_base, api, peer, level), 600)
+        before = COUNT_429[0]() if COUNT_429 else 0
+        record = measure(peer, wan_job(dataset, media_base, api, peer, level), 600)
+        record["http_429"] = COUNT_429[0]() - before if COUNT_429 else 0
+        return record
     finally:
         os.environ.clear()
         os.environ.update(base_env)
@@ -123,14 +129,25 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--page-ms", type=float, default=200.0)
     parser.add_argument("--loopback", choices=sorted(data.WORKLOADS), help="a loopback workload")
+    parser.add_argument(
+        "--ratelimit",
+        action="store_true",
+        help="the wan profile's 429 host instead (600 x 50 KB, 150 requests/s, pages at 0 ms)",
+    )
     parser.add_argument("--seed", type=int, default=23)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("VOBIZ_WAN_AB_OUT", "/dev/shm/vobiz-wan-ab-out")),
+        help="the peers' output folder (tmpfs)",
+    )
     args = parser.parse_args()
     # Outputs of its own: another checkout's `benchmarks/run` may use the shared one.
-    data.OUTPUT_ROOTS["tmpfs"] = Path("/dev/shm/vobiz-wan-ab-out")
+    data.OUTPUT_ROOTS["tmpfs"] = args.out
     SITE.mkdir(parents=True, exist_ok=True)
     (SITE / "sitecustomize.py").write_text(SITECUSTOMIZE)
     variants = [variant(v) for v in args.variants]
-    library = library_peer()
+    library, process = library_peer(), process_peer()
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with servers(args) as (dataset, media_base, api, peers):
         job_args = (dataset, media_base, api)
@@ -142,12 +159,14 @@ def main() -> None:
                 random.Random(f"{args.seed}-{level}-{rep}").shuffle(order)
                 for label, tree, env in order:
                     peer = peers[label] if tree is None else library
+                    if tree is not None and env.get("VOBIZ_BENCH_ENGINE") == "process":
+                        peer = process
                     record = run_one(job_args, peer, tree, env, level)
                     runs.setdefault((label, level), []).append(record)
                     print(
                         f"c={level} rep {rep} {label:>13}: {record['status']:<6} "
                         f"wall {record['wall_s']:.2f} s  cpu {record['cpu_s']:.2f} s  "
-                        f"rss {record['peak_rss_mb']:.1f} MB",
+                        f"rss {record['peak_rss_mb']:.1f} MB  429s {record['http_429']}",
                         flush=True,
                     )
     summary(args, variants, runs)
@@ -161,7 +180,9 @@ def summary(
     """Medians per variant and level; the ratio is the first peer's median wall time over
     the variant's (above 1: faster than that peer)."""
     reference = next(label for label, tree, _ in variants if tree is None)
-    profile = args.loopback or f"wan, pages at {args.page_ms:g} ms"
+    profile = args.loopback or (
+        "ratelimit" if args.ratelimit else f"wan, pages at {args.page_ms:g} ms"
+    )
     print(f"medians of {args.reps} ({profile}; ratio: {reference} wall / wall)")
     for level in args.levels:
         ok_ref = [r["wall_s"] for r in runs[(reference, level)] if r["status"] == "ok"]
@@ -174,10 +195,11 @@ def summary(
             wall = statistics.median(r["wall_s"] for r in ok)
             cpu = statistics.median(r["cpu_s"] for r in ok)
             rss = statistics.median(r["peak_rss_mb"] for r in ok)
+            limited = statistics.median(r["http_429"] for r in ok)
             ratio = f"  x{ref_wall / wall:.2f}" if ref_wall else ""
             print(
                 f"  c={level} {label:>13}: wall {wall:.2f} s  cpu {cpu:.2f} s  "
-                f"rss {rss:.1f} MB  ({len(ok)} ok){ratio}"
+                f"rss {rss:.1f} MB  429s {limited:g}  ({len(ok)} ok){ratio}"
             )
 
 

@@ -22,7 +22,8 @@ STORAGE_ROOTS = {
     "disk": WORK_DIR / "data",
 }
 OUTPUT_ROOTS = {
-    "tmpfs": Path("/dev/shm/vobiz-bench-out"),
+    # VOBIZ_BENCH_OUT: a folder of one's own, when another checkout benchmarks at once.
+    "tmpfs": Path(os.environ.get("VOBIZ_BENCH_OUT", "/dev/shm/vobiz-bench-out")),
     "disk": WORK_DIR / "out",
 }
 WAV_SHARE = 0.25
