@@ -23,7 +23,6 @@ import os
 import signal
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ import aiohttp
 import pytest
 from _waiting import eventually
 from test_cli import run_cli
+from test_s3_governance import _kms_key, _locked, _plain  # buckets and a KMS key in moto
 from test_s3_sink import _admin, _aws_env  # the fake AWS environment (moto_url: conftest)
 from test_webhooks_serve import finish, spawn_serve, start_serve, stop
 
@@ -43,7 +43,7 @@ from vobiz_async.receiver import ServeConfig, serve, transcript_key
 from vobiz_async.sinks.s3 import retain_until
 from vobiz_async.testing import FakeVobiz
 
-__all__ = ["_admin", "_aws_env"]  # fixtures, imported for use here
+__all__ = ["_admin", "_aws_env", "_kms_key", "_locked", "_plain"]  # fixtures, imported for use here
 
 boto3 = pytest.importorskip("boto3")
 
@@ -89,34 +89,6 @@ def _endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
 async def _fake() -> AsyncIterator[FakeVobiz]:
     async with FakeVobiz(recordings=0, seed=25, auth_token=TOKEN) as fake:
         yield fake
-
-
-@pytest.fixture(name="locked")
-def _locked(admin: Any) -> str:
-    """A bucket created with Object Lock (and so versioning)."""
-    name = f"locked-{uuid.uuid4().hex[:12]}"
-    admin.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
-    return name
-
-
-@pytest.fixture(name="plain")
-def _plain(admin: Any) -> str:
-    name = f"plain-{uuid.uuid4().hex[:12]}"
-    admin.create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture(name="kms_key")
-def _kms_key(moto_url: str) -> str:
-    kms = boto3.client(
-        "kms",
-        endpoint_url=moto_url,
-        region_name="us-east-1",
-        aws_access_key_id="admin",
-        aws_secret_access_key="admin",
-    )
-    key_id: str = kms.create_key()["KeyMetadata"]["KeyId"]
-    return key_id
 
 
 @pytest.fixture(name="env")

@@ -43,7 +43,7 @@ from .manifest import MANIFEST_NAME, Manifest
 from .redact import describe
 from .session import AsyncSession
 from .sinks import S3Sink, Sink, s3_destination
-from .sinks.s3 import Encryption, LockMode
+from .sinks.s3 import SETTING_NAMES, Encryption, LockMode
 from .types import Metadata
 from .webhooks import (
     MAX_BODY,
@@ -863,14 +863,7 @@ class ServeConfig:
 
     def s3_settings(self) -> dict[str, Any]:
         """The storage, encryption and Object Lock keywords for `S3Sink`."""
-        return {
-            "storage_class": self.storage_class,
-            "sse": self.sse,
-            "sse_kms_key_id": self.sse_kms_key_id,
-            "object_lock_mode": self.object_lock_mode,
-            "object_lock_retain_days": self.object_lock_retain_days,
-            "object_lock_legal_hold": self.object_lock_legal_hold,
-        }
+        return {name: getattr(self, name) for name in SETTING_NAMES}
 
 
 def _open_storage(config: ServeConfig) -> tuple[Spool, Manifest | None]:

@@ -94,6 +94,7 @@ from ..protocol import (
 from .base import Layout, Stored
 
 __all__ = [
+    "SETTING_NAMES",
     "ByteBudget",
     "ObjectAudit",
     "ObjectProblem",
@@ -361,6 +362,18 @@ def _check_lock(object_lock_mode: str | None, object_lock_retain_days: int | Non
         raise ConfigurationError("object_lock_retain_days must be a whole number of days >= 1")
 
 
+#: The keywords of `S3Sink` that every object it writes carries (storage, encryption,
+#: Object Lock): `settings()`'s keys, and `ServeConfig`'s fields of the same names.
+SETTING_NAMES = (
+    "storage_class",
+    "sse",
+    "sse_kms_key_id",
+    "object_lock_mode",
+    "object_lock_retain_days",
+    "object_lock_legal_hold",
+)
+
+
 def retain_until(now: datetime, days: int) -> datetime:
     """The retain-until date of an object uploaded at `now` for `days` days: counted from
     the upload, never from the recording's `add_time`."""
@@ -552,14 +565,7 @@ class S3Sink:
     def settings(self) -> dict[str, Any]:
         """The storage, encryption and Object Lock keywords this sink was made with (none of
         them secret), to make another sink that writes objects alike."""
-        return {
-            "storage_class": self.storage_class,
-            "sse": self.sse,
-            "sse_kms_key_id": self.sse_kms_key_id,
-            "object_lock_mode": self.object_lock_mode,
-            "object_lock_retain_days": self.object_lock_retain_days,
-            "object_lock_legal_hold": self.object_lock_legal_hold,
-        }
+        return {name: getattr(self, name) for name in SETTING_NAMES}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> S3Sink:
