@@ -7,19 +7,18 @@ signing and settling helpers of `test_receiver_batch.py`.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_receiver_batch import CALLBACKS, PUBLIC_URL, TOKEN, fire_and_settle
+from test_receiver_batch import CALLBACKS, PUBLIC_URL, TOKEN, fire_and_settle, serve_in_loop
 
 from vobiz_async import AsyncSession
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.protocol import sidecar_key
-from vobiz_async.receiver import ServeConfig, serve
+from vobiz_async.receiver import ServeConfig
 from vobiz_async.testing import FakeVobiz
 
 
@@ -43,18 +42,8 @@ async def serving(fake: FakeVobiz, dest: Path, spool: Path) -> AsyncIterator[str
         spool=str(spool),
         metadata="sidecar",
     )
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config, on_ready=ready.set_result))
-    try:
-        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when="FIRST_COMPLETED")
-        if task in done:
-            task.result()  # serve ended early: show why
-        assert ready in done, "serve never said where it listens"
-        yield ready.result()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with serve_in_loop(config) as url:
+        yield url
 
 
 async def test_serve_stores_each_recordings_sidecar(fake: FakeVobiz, tmp_path: Path) -> None:

@@ -75,6 +75,24 @@ def _gates(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 @contextlib.asynccontextmanager
+async def serve_in_loop(config: ServeConfig) -> AsyncIterator[str]:
+    """`receiver.serve(config)` in this loop; yields where callbacks go, and stops it (as
+    Ctrl-C does) on the way out."""
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(config, on_ready=ready.set_result))
+    try:
+        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when="FIRST_COMPLETED")
+        if task in done:
+            task.result()  # serve ended early: show why
+        assert ready in done, "serve never said where it listens"
+        yield ready.result()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
 async def serving(fake: FakeVobiz, dest: str, spool: Path) -> AsyncIterator[str]:
     """`serve` in this loop on 127.0.0.1 for `dest`; yields where callbacks go, and stops it
     (as Ctrl-C does) on the way out."""
@@ -88,18 +106,8 @@ async def serving(fake: FakeVobiz, dest: str, spool: Path) -> AsyncIterator[str]
         port=0,
         spool=str(spool),
     )
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config, on_ready=ready.set_result))
-    try:
-        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when="FIRST_COMPLETED")
-        if task in done:
-            task.result()  # serve ended early: show why
-        assert ready in done, "serve never said where it listens"
-        yield ready.result()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async with serve_in_loop(config) as url:
+        yield url
 
 
 async def fire_and_settle(url: str, rids: list[str]) -> dict[str, int]:

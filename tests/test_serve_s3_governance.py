@@ -32,6 +32,7 @@ import aiohttp
 import pytest
 from _waiting import eventually
 from test_cli import run_cli
+from test_receiver_batch import serve_in_loop
 from test_s3_governance import _kms_key, _locked, _plain  # buckets and a KMS key in moto
 from test_s3_sink import _admin, _aws_env  # the fake AWS environment (moto_url: conftest)
 from test_webhooks_serve import finish, spawn_serve, start_serve, stop
@@ -281,23 +282,6 @@ async def test_serve_refuses_a_retention_without_its_mode(env: dict[str, str]) -
 # ------------------------------------------------------------------ serve in this loop
 
 
-@contextlib.asynccontextmanager
-async def serving(config: ServeConfig) -> AsyncIterator[str]:
-    """`receiver.serve(config)` in this loop; yields where callbacks go."""
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(config, on_ready=ready.set_result))
-    try:
-        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when="FIRST_COMPLETED")
-        if task in done:
-            task.result()  # serve ended early: show why
-        assert ready in done, "serve never said where it listens"
-        yield ready.result()
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def config_for(fake: FakeVobiz, dest: str, spool: Path, **options: Any) -> ServeConfig:
     return ServeConfig(
         public_url=PUBLIC_URL,
@@ -324,7 +308,7 @@ async def test_healthz_counts_a_transcript_until_its_recording_lands(
     rid = fake.add_recording(size=2_000).recording_id
     out = tmp_path / "archive"
     config = config_for(fake, str(out), tmp_path / "spool.jsonl")
-    async with serving(config) as url, aiohttp.ClientSession() as client:
+    async with serve_in_loop(config) as url, aiohttp.ClientSession() as client:
         assert await post(client, url, transcription(rid, "tr-first")) == 200
         waiting = await health(client, origin_of(url))
         assert await post(client, url, record_stop(rid)) == 200
@@ -340,7 +324,7 @@ async def test_index_overrides_a_folders_own(fake: FakeVobiz, tmp_path: Path) ->
     rid = fake.add_recording(size=2_000).recording_id
     out, index = tmp_path / "archive", tmp_path / "elsewhere.sqlite"
     config = config_for(fake, str(out), tmp_path / "spool.jsonl", index=str(index))
-    async with serving(config) as url, aiohttp.ClientSession() as client:
+    async with serve_in_loop(config) as url, aiohttp.ClientSession() as client:
         assert await post(client, url, record_stop(rid)) == 200
         assert await post(client, url, transcription(rid, "tr-ix")) == 200
         await until(client, origin_of(url), "transcripts", 1)
@@ -379,7 +363,7 @@ async def test_waiting_transcripts_are_said_at_start_and_a_stale_one_warned_once
     out = tmp_path / "archive"
     with caplog.at_level(logging.INFO, logger="vobiz_async"):
         config = config_for(fake, str(out), spool)
-        async with serving(config) as url, aiohttp.ClientSession() as client:
+        async with serve_in_loop(config) as url, aiohttp.ClientSession() as client:
             # Another transcript of the same recording: it is looked up again.
             assert await post(client, url, transcription("rec-gone", "tr-again")) == 200
             counters = await health(client, origin_of(url))
