@@ -127,6 +127,44 @@ async def test_kill_9_mid_move_then_the_same_command_finishes(
         assert index.released_count() >= 9  # the killed DELETE may have gone unstamped
 
 
+async def test_ctrl_c_mid_move_then_the_same_command_finishes(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Ctrl-C at its third DELETE: exit 130 with no traceback, nothing deleted that the
+    archive and index do not hold, and every DELETE that answered is stamped; the same
+    command again deletes the rest."""
+    out = tmp_path / "out"
+    served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
+    proof = ProofAtDelete(fake, out)
+    proc = await start_cli("move", "--out", str(out), "--concurrency", "1", env=env)
+
+    def interrupt_at_the_third(rid: str) -> None:
+        proof(rid)
+        if len(proof.seen) == 3:
+            os.kill(proc.pid, signal.SIGINT)
+
+    fake.delete_hook = interrupt_at_the_third
+    first = await finish(proc)
+    assert first.code == 130, first.err
+    assert "Traceback" not in first.err
+    assert proof.problems == []
+    gone = set(served) - set(fake.recording_ids)
+    assert 0 < len(gone) < 10
+    with Manifest(out / MANIFEST_NAME) as index:
+        stamped = {e.recording_id for e in index if e.deleted_at is not None}
+    assert stamped <= gone
+    assert len(gone - stamped) <= 1  # only the DELETE the interrupt cut short may be unstamped
+
+    fake.delete_hook = proof
+    again = await run_cli("move", "--out", str(out), env=env)
+
+    assert again.code == 0, again.err
+    assert proof.problems == []
+    assert fake.recording_ids == []
+    files = {p.stem: sha256(p) for p in out.iterdir() if p.suffix in (".mp3", ".wav")}
+    assert files == served
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
