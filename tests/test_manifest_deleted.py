@@ -59,12 +59,15 @@ def test_old_index_gains_the_column_in_place(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.execute("DROP VIEW recordings")  # it names the column (the view came later too)
     db.execute("ALTER TABLE entries DROP COLUMN deleted_at")  # as written before it existed
+    db.execute("ALTER TABLE entries DROP COLUMN delete_requested_at")
     db.commit()
     db.close()
     with Manifest(path) as manifest:
         entry = manifest.get("r1")
         assert entry is not None
         assert entry.deleted_at is None
+        assert manifest.unsettled_deletions() == []
+        manifest.mark_delete_requested("r1")
         manifest.mark_deleted("r1")
         assert manifest.released_count() == 1
 
@@ -114,3 +117,17 @@ def test_mark_transcript_is_committed_on_return_within_a_group(tmp_path: Path) -
         finally:
             other.close()
         assert rows == [("r1.transcript.json",)]
+
+
+def test_a_delete_sent_but_never_stamped_is_unsettled_until_stamped(tmp_path: Path) -> None:
+    """`mark_delete_requested` before the DELETE, `mark_deleted` after: an entry with only
+    the first is what a stopped run leaves, and the next one settles it."""
+    with Manifest(tmp_path / "index.sqlite") as manifest:
+        _record(manifest, "r1")
+        _record(manifest, "r2")
+        manifest.mark_delete_requested("r1", "2026-12-06T03:00:00+00:00")
+        manifest.mark_delete_requested("r2", "2026-12-06T03:00:01+00:00")
+        manifest.mark_deleted("r2")
+        assert manifest.unsettled_deletions() == [("r1", "2026-12-06T03:00:00+00:00")]
+        manifest.mark_deleted("r1", "2026-12-06T03:00:00+00:00")
+        assert manifest.unsettled_deletions() == []

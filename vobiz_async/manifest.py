@@ -428,7 +428,7 @@ class Manifest:
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             _ensure_schema(db, self.path)
             _migrate(db)
-            _add_transcript_path(db)
+            _add_extra_columns(db)
         except sqlite3.Error as err:
             db.close()
             raise ManifestError(f"{self.path} is not a usable index: {err}") from err
@@ -597,6 +597,32 @@ class Manifest:
             self.commit()  # committed on return, even within a group
         return cursor.rowcount == 1
 
+    def mark_delete_requested(self, recording_id: str, when: str | None = None) -> None:
+        """Note, committed on return, that a DELETE of `recording_id` is about to be sent
+        (ISO 8601 UTC, default now): if the run stops before `mark_deleted`, the next one
+        asks Vobiz whether it went through (`unsettled_deletions`)."""
+        stamp = when if when is not None else datetime.now(UTC).isoformat()
+        db = self._connection(create=True)
+        assert db is not None
+        with self._lock:
+            try:
+                db.execute(
+                    "UPDATE entries SET delete_requested_at = ? WHERE recording_id = ?",
+                    (stamp, recording_id),
+                )
+            except sqlite3.Error as err:
+                raise ManifestError(f"cannot write the index {self.path}: {err}") from err
+            self.commit()  # committed on return, even within a group
+
+    def unsettled_deletions(self) -> list[tuple[str, str]]:
+        """(recording_id, delete_requested_at) of each entry whose DELETE was sent but never
+        stamped `deleted_at` (a run stopped in between, or the DELETE failed)."""
+        rows = self._query(
+            "SELECT recording_id, delete_requested_at FROM entries "
+            "WHERE delete_requested_at IS NOT NULL AND deleted_at IS NULL ORDER BY rowid"
+        )
+        return [(str(rid), str(when)) for rid, when in rows or []]
+
     def transcript_path(self, recording_id: str) -> str | None:
         """Where `recording_id`'s transcript is, if the index knows one."""
         rows = self._query(
@@ -690,17 +716,23 @@ def _current(db: sqlite3.Connection) -> bool:
     return set(_COLUMNS) <= columns and found is not None and found[0] == _VIEW
 
 
-def _add_transcript_path(db: sqlite3.Connection) -> None:
-    """Add the `transcript_path` column (where a recording's transcript is, relative to the
-    destination) to an index without it (old rows NULL)."""
+#: Columns of `entries` outside the `recordings` view, added in place to an index written
+#: before them (old rows NULL): where a recording's transcript is (relative to the
+#: destination), and when `move` sent its DELETE (stamped before the request, so a run
+#: stopped before `deleted_at` can tell which deletions may have gone through).
+_EXTRA_COLUMNS = ("transcript_path", "delete_requested_at")
+
+
+def _add_extra_columns(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-    if "transcript_path" in columns:
-        return
-    try:
-        db.execute("ALTER TABLE entries ADD COLUMN transcript_path TEXT")
-    except sqlite3.OperationalError as err:
-        if "duplicate column" not in str(err):  # another process added it meanwhile
-            raise
+    for name in _EXTRA_COLUMNS:
+        if name in columns:
+            continue
+        try:
+            db.execute(f"ALTER TABLE entries ADD COLUMN {name} TEXT")
+        except sqlite3.OperationalError as err:
+            if "duplicate column" not in str(err):  # another process added it meanwhile
+                raise
 
 
 def _check_version(db: sqlite3.Connection, path: Path) -> None:

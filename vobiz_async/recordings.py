@@ -322,8 +322,8 @@ class Recordings:
                 source, dest, on_progress=candidates, overwrite=overwrite, engine=engine, **options
             )
             await release.run(candidates.found)
-            del candidates
             replaced = await self._repair_and_release(release, dest, on_progress, options)
+            await release.settle_unfinished(self.get, skip=candidates.found.keys())
         finally:
             if index is not manifest:
                 index.close()

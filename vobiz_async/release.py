@@ -22,7 +22,7 @@ import contextlib
 import enum
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, datetime
 
 import attrs
@@ -163,6 +163,8 @@ class ReleaseOutcome:
 
 
 Delete = Callable[[str], Awaitable[None]]
+#: Fetches one recording at Vobiz (NotFoundError: gone).
+Get = Callable[[str], Awaitable[object]]
 
 
 class Release:
@@ -267,7 +269,13 @@ class Release:
         ):
             self.outcome.left += 1
             return
-        self._started += 1
+        self._started += 1  # before any await: the cap counts it at once
+        try:  # noted first: a run stopped before the stamp below leaves a trace to settle
+            await asyncio.to_thread(self.index.mark_delete_requested, rid)
+        except ManifestError as err:
+            self._started -= 1  # never sent
+            self.outcome.failures.append(DeleteFailure(rid, err))
+            return
         error: VobizError | None = None
         try:
             await self._delete(rid)
@@ -286,9 +294,35 @@ class Release:
                 assert error is not None
                 self.outcome.failures.append(DeleteFailure(rid, error))
 
-    def _stamp(self, rid: str) -> None:
+    async def settle_unfinished(self, get: Get, *, skip: Collection[str] = ()) -> int:
+        """Stamp `deleted_at` on each entry whose DELETE an earlier run sent but did not
+        live to stamp (`Manifest.unsettled_deletions`), once Vobiz answers 404 for it: at
+        the time that DELETE was sent. One still at Vobiz stays as it is (a run whose
+        listing has it deletes it). `skip`: the ids this run already handled. Returns how
+        many were stamped; nothing is deleted here."""
+        if self._stop is not None:
+            return 0
+        found = await asyncio.to_thread(self.index.unsettled_deletions)
+        queue = iter([(rid, when) for rid, when in found if rid not in skip])
+        stamped: list[str] = []
+
+        async def worker() -> None:
+            for rid, when in queue:  # one shared iterator: each id is asked about once
+                try:
+                    await get(rid)
+                except NotFoundError:
+                    self._stamp(rid, when)
+                    stamped.append(rid)
+                    logger.info("recording %s: the DELETE sent at %s had gone through", rid, when)
+                except VobizError as err:
+                    logger.info("recording %s: cannot ask whether it is deleted: %s", rid, err)
+
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        return len(stamped)
+
+    def _stamp(self, rid: str, when: str | None = None) -> None:
         try:
-            self.index.mark_deleted(rid, datetime.now(UTC).isoformat())
+            self.index.mark_deleted(rid, when or datetime.now(UTC).isoformat())
         except ManifestError as err:  # deleted at Vobiz all the same; the archive holds it
             logger.error("recording %s deleted at Vobiz, but %s", rid, err)
 
