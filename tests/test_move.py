@@ -118,6 +118,23 @@ async def test_over_a_thousand_recordings_in_pages_of_100_leave_none(
     assert len(list(out.glob("*.mp3"))) == 1_050
 
 
+async def test_deletes_slow_down_together_when_vobiz_rate_limits_them(tmp_path: Path) -> None:
+    """DELETEs answered 429 pass one pacing gate: the pass slows to the rate Vobiz allows
+    instead of spending each DELETE's retries, so every one goes through."""
+    async with (
+        FakeVobiz(recordings=30, seed=3, delete_rate_limit=15, rate_limit_burst=3) as fake,
+        AsyncSession(
+            auth_id=fake.auth_id, auth_token=fake.auth_token, base_url=fake.base_url
+        ) as session,
+    ):
+        report = await session.recordings.move_many(session.recordings.list(), tmp_path / "out")
+
+        assert report.delete_failures == []
+        assert report.counts["deleted"] == 30
+        assert fake.recording_ids == []
+        assert 0 < fake.stats.delete_rate_limited < 30  # limited, and paced after it
+
+
 async def test_a_file_corrupted_in_place_is_fetched_again_before_its_delete(
     fake: FakeVobiz, session: AsyncSession, tmp_path: Path
 ) -> None:

@@ -37,6 +37,7 @@ from .errors import (
     VobizError,
 )
 from .manifest import Manifest, ManifestEntry
+from .pacing import PacingGate, batch_gate
 from .results import DeleteFailure, DownloadStatus, ProgressCallback, ProgressEvent
 from .sinks import DirectorySink, Sink, Stored
 
@@ -188,6 +189,8 @@ class Release:
         self.max_delete = max_delete
         self.concurrency = max(1, concurrency)
         self.outcome = ReleaseOutcome()
+        #: The pass's one politeness: a 429 on a DELETE slows them all (`pacing.py`).
+        self.gate = PacingGate(self.concurrency)
         self._started = 0  # DELETEs sent (the cap counts these)
         self._stop: VobizError | None = None
 
@@ -203,7 +206,8 @@ class Release:
                 await self._one(rid, verified, repaired)
 
         async with self._sink_open():
-            workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+            with batch_gate(self.gate):  # the workers' requests pass it
+                workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
             try:
                 await asyncio.gather(*workers)
             except BaseException:
@@ -317,7 +321,8 @@ class Release:
                 except VobizError as err:
                     logger.info("recording %s: cannot ask whether it is deleted: %s", rid, err)
 
-        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        with batch_gate(self.gate):
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
         return len(stamped)
 
     def _stamp(self, rid: str, when: str | None = None) -> None:

@@ -111,6 +111,8 @@ class FakeStats:
     foreign_credentials_seen: int = 0
     #: Media requests answered 429 by the ``media_rate_limit`` token bucket
     rate_limited: int = 0
+    #: DELETEs of one recording answered 429 by the ``delete_rate_limit`` token bucket
+    delete_rate_limited: int = 0
     bulk_delete_queries: list[dict[str, str]] = attrs.Factory(list)
     export_bodies: list[Any] = attrs.Factory(list)
 
@@ -122,6 +124,7 @@ class FakeStats:
         self.api_requests = self.media_requests = self.foreign_requests = 0
         self.media_bytes_sent = self.foreign_credentials_seen = self.connections = 0
         self.rate_limited = 0
+        self.delete_rate_limited = 0
         self.media_in_flight_max = self.media_in_flight
         self.api_in_flight_max = self.api_in_flight
 
@@ -183,7 +186,9 @@ class FakeVobiz:
     ``media_rate_limit`` (requests per second, with bursts of ``rate_limit_burst``) makes
     the media hosts behave like a rate-limited CDN: a media request beyond the token bucket
     is answered 429 with ``Retry-After: rate_limit_retry_after`` and counted in
-    ``stats.rate_limited``.
+    ``stats.rate_limited``. ``delete_rate_limit`` does the same for the API's DELETE of
+    one recording (its own bucket, the same burst and Retry-After), counted in
+    ``stats.delete_rate_limited``.
 
     ``listing_fault`` (also settable later) makes list pages lie: ``"self_next"`` points
     every page's ``meta.next`` back at that page; ``"lying_total"`` claims a million more
@@ -211,6 +216,7 @@ class FakeVobiz:
         media_rate_limit: float | None = None,
         rate_limit_burst: int = 20,
         rate_limit_retry_after: int = 1,
+        delete_rate_limit: float | None = None,
         listing_fault: ListingFault | None = None,
         honour_filters: bool = False,
         on_delete: Callable[[str], object] | None = None,
@@ -223,17 +229,15 @@ class FakeVobiz:
         self.delete_hook: Callable[[str], object] | None = on_delete
         self._listing_fault: ListingFault | None = listing_fault
         self._bucket = TokenBucket(media_rate_limit, rate_limit_burst)
+        self._delete_bucket = TokenBucket(delete_rate_limit, rate_limit_burst)
         rates = dict(
             fault_rate=fault_rate,
             wav_as_mp3_rate=wav_as_mp3_rate,
             foreign_redirect_rate=foreign_redirect_rate,
         )
         _check_rates(recordings, rates)
-        self.seed = seed
-        self.auth_id = auth_id
-        self.auth_token = auth_token
-        self.latency = latency
-        self.media_latency = media_latency
+        self.seed, self.auth_id, self.auth_token = seed, auth_id, auth_token
+        self.latency, self.media_latency = latency, media_latency
         self.max_limit = max_limit
         self.export_busy_calls = export_busy_calls
         self.record_requests = record_requests
@@ -553,13 +557,18 @@ class FakeVobiz:
                 )
             )
 
+    def _too_many(self) -> web.Response:
+        return _error(429, "Too many requests", {"Retry-After": str(self.rate_limit_retry_after)})
+
     def _refusal(self, request: web.Request, *, media: bool, foreign: bool) -> web.Response | None:
         """The answer before any handler: the media rate limit, or an unknown path."""
         if media and not self._bucket.take():
             self.stats.rate_limited += 1
-            return _error(
-                429, "Too many requests", {"Retry-After": str(self.rate_limit_retry_after)}
-            )
+            return self._too_many()
+        deleting = self._ops.get(request.match_info.route) == "delete"
+        if deleting and not self._delete_bucket.take():
+            self.stats.delete_rate_limited += 1
+            return self._too_many()
         missing = request.match_info.http_exception
         if missing is None or missing.status != 404:
             return None

@@ -197,7 +197,7 @@ class TokenBucket:
 
     def __init__(self, rate: float | None, burst: int) -> None:
         if rate is not None and rate <= 0:
-            raise ValueError("media_rate_limit must be positive")
+            raise ValueError("a rate limit must be positive")
         if burst < 1:
             raise ValueError("rate_limit_burst must be at least 1")
         self.rate = rate
