@@ -441,8 +441,13 @@ class Batch:
     def record(self, result: DownloadResult, recording: Recording | None = None) -> DownloadResult:
         """Take one item's final result: index it, note a destination-wide stop, and emit
         its progress event (once)."""
+        # Downloaded under this process's claim after `stored` found no entry: no other
+        # process indexed that file before it was ours (as before, one may in the instant
+        # between our rename and this write). A skip may follow another process's download
+        # and `move`: it is compared with the index first, as before.
         unindexed = result.recording_id in self._unindexed
         self._unindexed.discard(result.recording_id)
+        unindexed = unindexed and result.status is DownloadStatus.DOWNLOADED
         if result.status is DownloadStatus.FAILED:
             logger.info("recording %s failed: %s", result.recording_id, result.error)
             if is_destination_wide(result.error) and self.stopped_by is None:
@@ -456,8 +461,7 @@ class Batch:
         self, result: DownloadResult, recording: Recording | None, *, unindexed: bool = False
     ) -> None:
         """Write a stored recording's entry, unless the index already says the same (not
-        asked again when `stored` found no entry: another writer meanwhile is replaced, as
-        it would be by a write an instant later)."""
+        asked again for a download `stored` found no entry for: `record`)."""
         assert self.index is not None
         assert result.sha256 is not None
         key = self.key_of(result)
