@@ -5,14 +5,18 @@ batch runs (and restored after it)."""
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from _download_helpers import add, recording
 
-from vobiz_async import AsyncSession, DownloadStatus, ProgressEvent, ProgressKind
+from vobiz_async import AsyncSession, DownloadResult, DownloadStatus, ProgressEvent, ProgressKind
+from vobiz_async.batch import Batch
 from vobiz_async.download import BATCH_GC_THRESHOLD, REMEMBER_ABOVE
+from vobiz_async.manifest import Manifest, ManifestEntry
+from vobiz_async.sinks import DirectorySink
 from vobiz_async.sinks.directory import VALIDATOR_SUFFIX
 from vobiz_async.testing import FakeVobiz
 
@@ -119,3 +123,68 @@ async def test_gc_of_a_process_that_froze_objects_itself_is_left_alone(
 
     assert set(during) == {threshold[0]}
     assert gc.get_freeze_count() > 0  # still frozen: the batch did not unfreeze it
+
+
+async def test_a_new_recording_costs_one_index_query(
+    fake: FakeVobiz,
+    session: AsyncSession,
+    dest: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The skip check's lookup (none found) is the only one before a download's entry is
+    written; a skip still compares with what the index holds before writing."""
+    rids = add(fake, 3, size=50_000)
+    asked: list[str] = []
+    get = Manifest.get
+
+    def counted(self: Manifest, recording_id: str) -> ManifestEntry | None:
+        asked.append(recording_id)
+        return get(self, recording_id)
+
+    monkeypatch.setattr(Manifest, "get", counted)
+    index = tmp_path / "index"
+    items = [recording(fake, r) for r in rids]
+
+    report = await session.recordings.download_many(items, dest, manifest=index)
+
+    assert len(report.downloaded) == 3
+    assert sorted(asked) == sorted(rids)
+    with Manifest(index) as manifest:
+        entries = [manifest.get(r) for r in rids]
+    assert [(e.path, e.size) for e in entries if e] == [(f"{r}.mp3", 50_000) for r in rids]
+    asked.clear()
+
+    again = await session.recordings.download_many(items, dest, manifest=index)
+
+    assert len(again.skipped) == 3
+    assert sorted(asked) == sorted(rids * 2)  # found, then compared before (not) writing
+    for path in tmp_path.glob("index*"):  # noqa: ASYNC240 - the index, its -wal/-shm
+        path.unlink()
+    asked.clear()
+
+    unindexed = await session.recordings.download_many(items, dest, manifest=index)
+
+    # Stored files the index does not know: skipped, and compared before they are written
+    # (another process may have indexed and moved one meanwhile).
+    assert len(unindexed.skipped) == 3
+    assert sorted(asked) == sorted(rids * 2)
+
+
+@pytest.mark.parametrize(
+    ("root", "path", "key"),
+    [
+        ("/a/out", "/a/out/x.mp3", "x.mp3"),
+        ("/a/out", "/a/out/2026/01/02/x.mp3", "2026/01/02/x.mp3"),
+        ("out", "out/x.mp3", "x.mp3"),
+        ("/a/out", "/a/out/./x.mp3", "x.mp3"),
+        ("/a/out", "/a/out/b/../x.mp3", "x.mp3"),
+        ("/a/out", "/a/out/.hidden/x.mp3", ".hidden/x.mp3"),
+        ("/a/out", "/a/outer/x.mp3", "../outer/x.mp3"),
+    ],
+)
+def test_a_result_key_is_its_path_relative_to_the_folder(root: str, path: str, key: str) -> None:
+    """`key_of`'s shortcut gives relpath's answer, and falls back to it off the plain case."""
+    batch = Batch(DirectorySink(root))
+    result = DownloadResult("x", DownloadStatus.DOWNLOADED, path=path)
+    assert batch.key_of(result) == key == os.path.relpath(path, root)

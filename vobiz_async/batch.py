@@ -238,6 +238,9 @@ class Batch:
         #: The destination refused the batch before it started: every item fails with it.
         self.refused: StorageError | None = None
         self._pending: set[str] = set()
+        #: Pending ids the index had no entry for when `stored` asked: `_index` writes
+        #: theirs without asking again (one query a new recording instead of two).
+        self._unindexed: set[str] = set()
         self._commit_timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -245,6 +248,7 @@ class Batch:
         self.tally = Tally()
         self.stopped_by = self.refused = None
         self._pending.clear()
+        self._unindexed.clear()
 
     @property
     def prove(self) -> bool:
@@ -315,6 +319,8 @@ class Batch:
         if self.overwrite:
             return None
         entry = self.entry(recording_id)
+        if entry is None and self.index is not None:
+            self._unindexed.add(recording_id)
         stored = await self.sink.lookup(
             recording_id, recording, key=entry.path if entry is not None else None
         )
@@ -376,7 +382,12 @@ class Batch:
         if isinstance(self.sink, DirectorySink):
             if result.path is None:
                 return None
-            return os.path.relpath(result.path, self.sink.root).replace(os.sep, "/")
+            path, root = str(result.path), str(self.sink.root)
+            if os.sep == "/" and path.startswith(root + "/"):
+                rest = path[len(root) + 1 :]
+                if not rest.startswith(".") and "/." not in rest and "//" not in rest:
+                    return rest  # what relpath would say, without its cost
+            return os.path.relpath(path, root).replace(os.sep, "/")
         base = self.locate("")
         if result.location is not None and base and result.location.startswith(base):
             return result.location[len(base) :]
@@ -430,17 +441,27 @@ class Batch:
     def record(self, result: DownloadResult, recording: Recording | None = None) -> DownloadResult:
         """Take one item's final result: index it, note a destination-wide stop, and emit
         its progress event (once)."""
+        # Downloaded under this process's claim after `stored` found no entry: no other
+        # process indexed that file before it was ours (as before, one may in the instant
+        # between our rename and this write). A skip may follow another process's download
+        # and `move`: it is compared with the index first, as before.
+        unindexed = result.recording_id in self._unindexed
+        self._unindexed.discard(result.recording_id)
+        unindexed = unindexed and result.status is DownloadStatus.DOWNLOADED
         if result.status is DownloadStatus.FAILED:
             logger.info("recording %s failed: %s", result.recording_id, result.error)
             if is_destination_wide(result.error) and self.stopped_by is None:
                 self.stopped_by = result.error
         elif self.index is not None and result.sha256:
-            self._index(result, recording)
+            self._index(result, recording, unindexed=unindexed)
         self.emit(result_event(result))
         return result
 
-    def _index(self, result: DownloadResult, recording: Recording | None) -> None:
-        """Write a stored recording's entry, unless the index already says the same."""
+    def _index(
+        self, result: DownloadResult, recording: Recording | None, *, unindexed: bool = False
+    ) -> None:
+        """Write a stored recording's entry, unless the index already says the same (not
+        asked again for a download `stored` found no entry for: `record`)."""
         assert self.index is not None
         assert result.sha256 is not None
         key = self.key_of(result)
@@ -448,7 +469,7 @@ class Batch:
             return
         add_time = None if recording is None else recording.add_time
         try:
-            known = self.index.get(result.recording_id)
+            known = None if unindexed else self.index.get(result.recording_id)
             if (
                 known is not None
                 and (known.path, known.size, known.sha256) == (key, result.size, result.sha256)
