@@ -415,7 +415,8 @@ async def test_a_skipped_id_gone_from_vobiz_stays_skipped_without_its_sidecar(
 
 async def test_cli_download_hive_sidecars_and_verify(fake: FakeVobiz, tmp_path: Path) -> None:
     """`download --layout hive --metadata sidecar`, then `verify --metadata sidecar` passes,
-    and names a recording whose sidecar went missing (exit 1); plain `verify` does not."""
+    and names a recording whose sidecar went missing (exit 1); so does plain `verify`, the
+    archive keeping sidecars, with the command that writes it again, which then does."""
     ids = _add_calls(fake)
     env = _env(fake)
     out = tmp_path / "out"
@@ -439,5 +440,16 @@ async def test_cli_download_hive_sidecars_and_verify(fake: FakeVobiz, tmp_path: 
             "path": f"year=2026/month=05/day=03/{ids['midnight']}.json",
         }
     ]
+    result = await run_cli("verify", str(out), env=env)
+    assert result.code == 1, result.out + result.err
+    assert f"missing sidecar: year=2026/month=05/day=03/{ids['midnight']}.json" in result.out
+    assert "--repair" not in result.out
+    fix = f"vobiz-recordings download --out {out} --metadata sidecar"
+    assert fix in result.out
+    result = await run_cli(
+        "download", "--out", str(out), "--layout", "hive", "--metadata", "sidecar", env=env
+    )
+    assert result.code == 0, result.err
+    assert sidecar.is_file()
     result = await run_cli("verify", str(out), env=env)
     assert result.code == 0, result.out + result.err

@@ -116,8 +116,10 @@ async def test_verify_names_a_missing_sidecar_in_a_bucket(
     fake: FakeVobiz, session: AsyncSession, bucket: str, admin: Any, tmp_path: Path
 ) -> None:
     """`verify s3://... --index --metadata sidecar` passes a complete archive and names a
-    recording whose sidecar is gone (exit 1); `download` puts it back."""
+    recording whose sidecar is gone (exit 1), as plain `verify --index` does once another
+    recording has one (the archive keeps sidecars); `download` puts it back."""
     rid = fake.add_recording(add_time=NEAR_MIDNIGHT).recording_id
+    fake.add_recording(add_time=NEAR_MIDNIGHT)
     dest = f"s3://{bucket}/calls/"
     index = str(tmp_path / "index")
     env = env_for({k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}, fake)
@@ -131,9 +133,11 @@ async def test_verify_names_a_missing_sidecar_in_a_bucket(
     admin.delete_object(Bucket=bucket, Key=f"calls/{rid}.json")
     result = await run_cli(*verify, env=env)
     assert result.code == 1, result.out + result.err
-    assert json.loads(result.out)["problems"] == [
-        {"kind": "missing sidecar", "id": rid, "path": f"s3://{bucket}/calls/{rid}.json"}
-    ]
+    missing = [{"kind": "missing sidecar", "id": rid, "path": f"s3://{bucket}/calls/{rid}.json"}]
+    assert json.loads(result.out)["problems"] == missing
+    plain = await run_cli("verify", dest, "--index", index, "--json", env=env)
+    assert plain.code == 1, plain.out + plain.err
+    assert json.loads(plain.out)["problems"] == missing
 
     result = await run_cli(*download, env=env)
     assert result.code == 0, result.err

@@ -15,7 +15,7 @@ import os
 import re
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -29,7 +29,14 @@ from ..errors import (
     StoragePermissionError,
     VobizError,
 )
-from ..manifest import MANIFEST_NAME, VIEW_COLUMNS, Manifest, VerifyProblem, verify_manifest
+from ..manifest import (
+    MANIFEST_NAME,
+    VIEW_COLUMNS,
+    Manifest,
+    ManifestEntry,
+    VerifyProblem,
+    verify_manifest,
+)
 from ..models import Recording
 from ..pager import AsyncPager
 from ..protocol import quote_path_segment, sidecar_key
@@ -289,7 +296,7 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
         checked = audit.checked
         if index is not None:
             checked = len(index)
-            problems += await _missing_objects(sink, index, sidecars=args.metadata == "sidecar")
+            problems += _missing_objects(sink, index, audit.keys, sidecars=args.metadata)
     _report_verify(args, checked, problems)
     if not args.json:
         counted = "" if index is not None else f"{checked} object(s) in "
@@ -297,34 +304,49 @@ async def _verify_s3(args: argparse.Namespace) -> Outcome:
     return Outcome(failed=bool(problems))
 
 
-async def _missing_objects(
-    sink: S3Sink, index: Manifest, *, sidecars: bool
+def _missing_objects(
+    sink: S3Sink, index: Manifest, keys: frozenset[str], *, sidecars: str | None
 ) -> list[dict[str, Any]]:
-    """The recordings the index has and the bucket lacks (and, with `sidecars`, those
-    whose `<id>.json` it lacks)."""
-    problems: list[dict[str, Any]] = []
-    await sink.prepare(writing=False)
-    try:
-        for entry in index:
-            wanted = [("missing", entry.path)]
-            if sidecars:
-                wanted.append(("missing sidecar", sidecar_key(entry.path)))
-            for kind, key in wanted:
-                if await sink.lookup(entry.recording_id, None, key=key) is None:
-                    problems.append(_problem(kind, entry.recording_id, sink.location(key)))
-    finally:
-        await sink.close()
+    """The recordings the index has and the bucket's listing (`keys`) lacks, and those
+    whose `<id>.json` it lacks when sidecars are on (`_sidecars_on`)."""
+    entries = list(index)
+    problems = [
+        _problem("missing", entry.recording_id, sink.location(entry.path))
+        for entry in entries
+        if entry.path not in keys
+    ]
+    if _sidecars_on(sidecars, entries, keys.__contains__):
+        problems += [
+            _problem("missing sidecar", entry.recording_id, sink.location(key))
+            for entry in entries
+            if (key := sidecar_key(entry.path)) not in keys
+        ]
     return problems
 
 
-def _missing_sidecars(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
-    """`verify --metadata sidecar`: the indexed recordings without their `<id>.json`."""
+def _sidecars_on(
+    given: str | None, entries: list[ManifestEntry], present: Callable[[str], bool]
+) -> bool:
+    """Whether `verify` checks sidecars: `--metadata sidecar`, or an archive that keeps them
+    (any indexed recording has its `<id>.json` beside it)."""
+    return given == "sidecar" or any(present(sidecar_key(entry.path)) for entry in entries)
+
+
+def _missing_sidecars(root: Path, manifest_path: Path, given: str | None) -> list[dict[str, Any]]:
+    """The indexed recordings without their `<id>.json`, when sidecars are on."""
     with Manifest(manifest_path) as manifest:
-        return [
-            _problem("missing sidecar", entry.recording_id, key)
-            for entry in manifest
-            if not (root / (key := sidecar_key(entry.path))).is_file()
-        ]
+        entries = list(manifest)
+
+    def present(key: str) -> bool:
+        return (root / key).is_file()
+
+    if not _sidecars_on(given, entries, present):
+        return []
+    return [
+        _problem("missing sidecar", entry.recording_id, key)
+        for entry in entries
+        if not present(key := sidecar_key(entry.path))
+    ]
 
 
 def _unindexed(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
@@ -341,6 +363,18 @@ def _unindexed(root: Path, manifest_path: Path) -> list[dict[str, Any]]:
     ]
 
 
+def _print_verify_hints(root: Path, problems: list[dict[str, Any]]) -> None:
+    """The command that fixes each kind of problem found in a folder."""
+    out = shlex.quote(str(root))
+    if any(problem["kind"] != "missing sidecar" for problem in problems):
+        print(f"to re-fetch them: vobiz-recordings download --out {out} --repair")
+    if any(problem["kind"] == "missing sidecar" for problem in problems):
+        print(
+            "to write the missing sidecars: vobiz-recordings download --out "
+            f"{out} --metadata sidecar"
+        )
+
+
 async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     args.dir = destination(str(args.dir))
     if args.dir.startswith("s3://"):
@@ -355,19 +389,16 @@ async def cmd_verify(args: argparse.Namespace, interruption: Interruption) -> Ou
     found, count = await check_archive(root, manifest_path)
     problems = [_problem(p.problem, p.recording_id, p.path) for p in found]
     unknown = await asyncio.to_thread(_unindexed, root, manifest_path)
-    if getattr(args, "metadata", None) == "sidecar":
-        problems += await asyncio.to_thread(_missing_sidecars, root, manifest_path)
+    problems += await asyncio.to_thread(
+        _missing_sidecars, root, manifest_path, getattr(args, "metadata", None)
+    )
     _report_verify(args, count, problems + unknown)
     if not args.json:
         print(
             f"verified {count - len(problems)} of {count} files; {len(problems)} problem(s)"
             + (f"; {len(unknown)} file(s) the index does not know" if unknown else "")
         )
-        if problems:
-            print(
-                "to re-fetch them: vobiz-recordings download --out "
-                f"{shlex.quote(str(root))} --repair"
-            )
+        _print_verify_hints(root, problems)
     return Outcome(failed=bool(problems or unknown))
 
 

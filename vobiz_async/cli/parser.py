@@ -414,7 +414,11 @@ def _verify_options(verify: argparse.ArgumentParser) -> None:
     _s3_options(verify)
     verify.add_argument("--index", help=f"the index file (default: DIR/{INDEX_NAME})")
     verify.add_argument("--manifest", dest="index", help=argparse.SUPPRESS)  # the old name
-    _metadata_option(verify, "sidecar: also report recordings whose <id>.json is missing")
+    _metadata_option(
+        verify,
+        "sidecar: also report recordings whose <id>.json is missing (done without it too "
+        "when any indexed recording has its sidecar: the archive keeps them)",
+    )
     _json_option(verify, "one JSON object: checked, problems (kind, id), error on failure")
 
 

@@ -175,10 +175,12 @@ class ObjectProblem:
 
 @attrs.frozen
 class ObjectAudit:
-    """What `audit_objects` found: how many objects it checked, and their problems."""
+    """What `audit_objects` found: how many objects it checked, and their problems; `keys`,
+    every key it listed, relative to the sink's prefix (what an index's `path` holds)."""
 
     checked: int
     problems: list[ObjectProblem]
+    keys: frozenset[str] = frozenset()
 
 
 class ByteBudget:
@@ -1759,6 +1761,7 @@ async def audit_objects(sink: S3Sink) -> ObjectAudit:
         client = sink._require_client()
         problems: list[ObjectProblem] = []
         checked = 0
+        keys: set[str] = set()
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Bucket": sink.bucket, "Prefix": sink.prefix}
@@ -1770,13 +1773,14 @@ async def audit_objects(sink: S3Sink) -> ObjectAudit:
                 raise sink._translate(err, "listing the prefix") from None
             for item in page.get("Contents", ()):
                 problems += await _verify_one(sink, client, item["Key"])
+                keys.add(item["Key"][len(sink.prefix) :])
                 checked += 1
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
         if await sink._is_versioned():
             problems += await _extra_versions(sink, client)
-        return ObjectAudit(checked=checked, problems=problems)
+        return ObjectAudit(checked=checked, problems=problems, keys=frozenset(keys))
     finally:
         if owned:
             await sink.close()
