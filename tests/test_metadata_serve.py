@@ -13,12 +13,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_receiver_batch import CALLBACKS, PUBLIC_URL, TOKEN, fire_and_settle, serve_in_loop
+from test_receiver_batch import (
+    CALLBACKS,
+    PUBLIC_URL,
+    TOKEN,
+    fire_and_settle,
+    serve_config,
+    serve_in_loop,
+)
 
 from vobiz_async import AsyncSession
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.protocol import sidecar_key
-from vobiz_async.receiver import ServeConfig
 from vobiz_async.testing import FakeVobiz
 
 
@@ -31,17 +37,7 @@ async def _fake() -> AsyncIterator[FakeVobiz]:
 @contextlib.asynccontextmanager
 async def serving(fake: FakeVobiz, dest: Path, spool: Path) -> AsyncIterator[str]:
     """`serve --metadata sidecar` in this loop on 127.0.0.1; yields where callbacks go."""
-    config = ServeConfig(
-        public_url=PUBLIC_URL,
-        dest=str(dest),
-        auth_id=fake.auth_id,
-        auth_token=TOKEN,
-        base_url=fake.base_url,
-        host="127.0.0.1",
-        port=0,
-        spool=str(spool),
-        metadata="sidecar",
-    )
+    config = serve_config(fake, dest, spool, metadata="sidecar")
     async with serve_in_loop(config) as url:
         yield url
 

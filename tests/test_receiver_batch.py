@@ -74,6 +74,21 @@ def _gates(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return made
 
 
+def serve_config(fake: FakeVobiz, dest: str | Path, spool: Path, **options: Any) -> ServeConfig:
+    """`serve` for `dest` on 127.0.0.1 (a free port) against `fake`, with its credentials."""
+    return ServeConfig(
+        public_url=PUBLIC_URL,
+        dest=str(dest),
+        auth_id=fake.auth_id,
+        auth_token=fake.auth_token,
+        base_url=fake.base_url,
+        host="127.0.0.1",
+        port=0,
+        spool=str(spool),
+        **options,
+    )
+
+
 @contextlib.asynccontextmanager
 async def serve_in_loop(config: ServeConfig) -> AsyncIterator[str]:
     """`receiver.serve(config)` in this loop; yields where callbacks go, and stops it (as
@@ -96,16 +111,7 @@ async def serve_in_loop(config: ServeConfig) -> AsyncIterator[str]:
 async def serving(fake: FakeVobiz, dest: str, spool: Path) -> AsyncIterator[str]:
     """`serve` in this loop on 127.0.0.1 for `dest`; yields where callbacks go, and stops it
     (as Ctrl-C does) on the way out."""
-    config = ServeConfig(
-        public_url=PUBLIC_URL,
-        dest=dest,
-        auth_id=fake.auth_id,
-        auth_token=TOKEN,
-        base_url=fake.base_url,
-        host="127.0.0.1",
-        port=0,
-        spool=str(spool),
-    )
+    config = serve_config(fake, dest, spool)
     async with serve_in_loop(config) as url:
         yield url
 

@@ -32,7 +32,7 @@ import aiohttp
 import pytest
 from _waiting import eventually
 from test_cli import run_cli
-from test_receiver_batch import serve_in_loop
+from test_receiver_batch import serve_config, serve_in_loop
 from test_s3_governance import _kms_key, _locked, _plain  # buckets and a KMS key in moto
 from test_s3_sink import _admin, _aws_env  # the fake AWS environment (moto_url: conftest)
 from test_webhooks_serve import finish, spawn_serve, start_serve, stop
@@ -40,7 +40,7 @@ from test_webhooks_serve import finish, spawn_serve, start_serve, stop
 from vobiz_async.errors import ConfigurationError
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.protocol import sidecar_key
-from vobiz_async.receiver import ServeConfig, serve, transcript_key
+from vobiz_async.receiver import serve, transcript_key
 from vobiz_async.sinks.s3 import retain_until
 from vobiz_async.testing import FakeVobiz
 
@@ -282,20 +282,6 @@ async def test_serve_refuses_a_retention_without_its_mode(env: dict[str, str]) -
 # ------------------------------------------------------------------ serve in this loop
 
 
-def config_for(fake: FakeVobiz, dest: str, spool: Path, **options: Any) -> ServeConfig:
-    return ServeConfig(
-        public_url=PUBLIC_URL,
-        dest=dest,
-        auth_id=fake.auth_id,
-        auth_token=TOKEN,
-        base_url=fake.base_url,
-        host="127.0.0.1",
-        port=0,
-        spool=str(spool),
-        **options,
-    )
-
-
 def origin_of(url: str) -> str:
     return url.removesuffix("/vobiz/recording")
 
@@ -307,7 +293,7 @@ async def test_healthz_counts_a_transcript_until_its_recording_lands(
     `/healthz`; once the recording lands and the transcript is stored beside it, 0."""
     rid = fake.add_recording(size=2_000).recording_id
     out = tmp_path / "archive"
-    config = config_for(fake, str(out), tmp_path / "spool.jsonl")
+    config = serve_config(fake, str(out), tmp_path / "spool.jsonl")
     async with serve_in_loop(config) as url, aiohttp.ClientSession() as client:
         assert await post(client, url, transcription(rid, "tr-first")) == 200
         waiting = await health(client, origin_of(url))
@@ -323,7 +309,7 @@ async def test_index_overrides_a_folders_own(fake: FakeVobiz, tmp_path: Path) ->
     """For a folder, `index=` (`--index`) is the index serve writes, not `OUT/<index>`."""
     rid = fake.add_recording(size=2_000).recording_id
     out, index = tmp_path / "archive", tmp_path / "elsewhere.sqlite"
-    config = config_for(fake, str(out), tmp_path / "spool.jsonl", index=str(index))
+    config = serve_config(fake, str(out), tmp_path / "spool.jsonl", index=str(index))
     async with serve_in_loop(config) as url, aiohttp.ClientSession() as client:
         assert await post(client, url, record_stop(rid)) == 200
         assert await post(client, url, transcription(rid, "tr-ix")) == 200
@@ -362,7 +348,7 @@ async def test_waiting_transcripts_are_said_at_start_and_a_stale_one_warned_once
     spool_transcript(spool, "rec-later", "tr-new", time.time())
     out = tmp_path / "archive"
     with caplog.at_level(logging.INFO, logger="vobiz_async"):
-        config = config_for(fake, str(out), spool)
+        config = serve_config(fake, str(out), spool)
         async with serve_in_loop(config) as url, aiohttp.ClientSession() as client:
             # Another transcript of the same recording: it is looked up again.
             assert await post(client, url, transcription("rec-gone", "tr-again")) == 200
@@ -389,7 +375,7 @@ async def test_library_refuses_s3_settings_for_a_folder(fake: FakeVobiz, tmp_pat
     """`ServeConfig` with an S3 setting and a folder `dest`: `ConfigurationError` naming
     the setting, before anything listens or is written."""
     out = tmp_path / "archive"
-    config = config_for(fake, str(out), tmp_path / "spool.jsonl", object_lock_legal_hold=True)
+    config = serve_config(fake, str(out), tmp_path / "spool.jsonl", object_lock_legal_hold=True)
 
     with pytest.raises(ConfigurationError, match="object_lock_legal_hold applies to s3://"):
         await serve(config, on_ready=lambda url: pytest.fail(f"listened on {url}"))
