@@ -11,7 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_cli import env_for, finish, run_cli, sha256, start_cli
+from test_cli import Result, env_for, finish, run_cli, sha256, start_cli
 from test_move import ProofAtDelete
 
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
@@ -94,39 +94,60 @@ async def test_refused_credentials_on_delete_say_one_line_and_exit_3(
     assert len(fake.recording_ids) == 10
 
 
-async def test_kill_9_mid_move_then_the_same_command_finishes(
-    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
-) -> None:
-    """Killed at its third DELETE: nothing was deleted that the archive and index do not
-    hold; the same command again deletes the rest, and every recording is archived whole."""
-    out = tmp_path / "out"
-    served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
+async def stop_at_the_third_delete(
+    fake: FakeVobiz, env: dict[str, str], out: Path, signum: int
+) -> tuple[Result, ProofAtDelete]:
+    """`move` into `out`, sent `signum` inside the fake's third DELETE (after the proof of
+    every DELETE is taken); its result, and the proof, hooked up for the re-run."""
     proof = ProofAtDelete(fake, out)
     proc = await start_cli("move", "--out", str(out), "--concurrency", "1", env=env)
 
-    def kill_at_the_third(rid: str) -> None:
+    def stop_at_the_third(rid: str) -> None:
         proof(rid)
         if len(proof.seen) == 3:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signum)
 
-    fake.delete_hook = kill_at_the_third
+    fake.delete_hook = stop_at_the_third
     first = await finish(proc)
-    assert first.code == -signal.SIGKILL
-    assert 0 < len(fake.recording_ids) < 10
-
     fake.delete_hook = proof
+    return first, proof
+
+
+def archived(out: Path) -> dict[str, str]:
+    """Each archived recording's sha256, by id."""
+    return {p.stem: sha256(p) for p in out.iterdir() if p.suffix in (".mp3", ".wav")}
+
+
+async def finish_the_job(
+    fake: FakeVobiz, env: dict[str, str], out: Path, served: dict[str, str], proof: ProofAtDelete
+) -> None:
+    """The same command again: every recording deleted at Vobiz, each proven first, every
+    file whole, every deletion stamped in the index."""
     again = await run_cli("move", "--out", str(out), env=env)
 
     assert again.code == 0, again.err
     assert proof.problems == []
     assert fake.recording_ids == []
-    files = {p.stem: sha256(p) for p in out.iterdir() if p.suffix in (".mp3", ".wav")}
-    assert files == served
+    assert archived(out) == served
     with Manifest(out / MANIFEST_NAME) as index:
         assert {e.recording_id: e.sha256 for e in index} == served
-        # the DELETE the kill cut short went through: the re-run asked Vobiz and stamped it
         assert index.released_count() == 10
         assert index.unsettled_deletions() == []
+
+
+async def test_kill_9_mid_move_then_the_same_command_finishes(
+    fake: FakeVobiz, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Killed at its third DELETE: nothing was deleted that the archive and index do not
+    hold; the same command again deletes the rest, every recording is archived whole, and
+    the DELETE the kill cut short (it went through) is stamped: the re-run asked Vobiz."""
+    out = tmp_path / "out"
+    served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
+    first, proof = await stop_at_the_third_delete(fake, env, out, signal.SIGKILL)
+    assert first.code == -signal.SIGKILL
+    assert 0 < len(fake.recording_ids) < 10
+
+    await finish_the_job(fake, env, out, served, proof)
 
 
 async def test_ctrl_c_mid_move_then_the_same_command_finishes(
@@ -137,16 +158,7 @@ async def test_ctrl_c_mid_move_then_the_same_command_finishes(
     command again deletes the rest."""
     out = tmp_path / "out"
     served = {rid: fake.sha256(rid) for rid in fake.recording_ids}
-    proof = ProofAtDelete(fake, out)
-    proc = await start_cli("move", "--out", str(out), "--concurrency", "1", env=env)
-
-    def interrupt_at_the_third(rid: str) -> None:
-        proof(rid)
-        if len(proof.seen) == 3:
-            os.kill(proc.pid, signal.SIGINT)
-
-    fake.delete_hook = interrupt_at_the_third
-    first = await finish(proc)
+    first, proof = await stop_at_the_third_delete(fake, env, out, signal.SIGINT)
     assert first.code == 130, first.err
     assert "Traceback" not in first.err
     assert proof.problems == []
@@ -157,16 +169,7 @@ async def test_ctrl_c_mid_move_then_the_same_command_finishes(
     assert stamped <= gone
     assert len(gone - stamped) <= 1  # only the DELETE the interrupt cut short may be unstamped
 
-    fake.delete_hook = proof
-    again = await run_cli("move", "--out", str(out), env=env)
-
-    assert again.code == 0, again.err
-    assert proof.problems == []
-    assert fake.recording_ids == []
-    files = {p.stem: sha256(p) for p in out.iterdir() if p.suffix in (".mp3", ".wav")}
-    assert files == served
-    with Manifest(out / MANIFEST_NAME) as index:
-        assert index.released_count() == 10
+    await finish_the_job(fake, env, out, served, proof)
 
 
 @pytest.mark.parametrize(
