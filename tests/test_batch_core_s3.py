@@ -4,33 +4,17 @@ size disagrees with its index entry is fetched again."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from test_download_s3 import _endpoint, _fake, media_gets  # the same fake, endpoint and counts
 from test_s3_sink import _admin, _aws_env, _bucket  # the fake AWS environment
 
 from vobiz_async import AsyncSession, DownloadStatus
 from vobiz_async.manifest import Manifest
 from vobiz_async.testing import FakeVobiz
 
-__all__ = ["_admin", "_aws_env", "_bucket"]  # fixtures, imported for use here
-
-
-@pytest.fixture(name="fake")
-async def _fake() -> AsyncIterator[FakeVobiz]:
-    async with FakeVobiz(recordings=0, seed=0) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-
-
-def media_gets(fake: FakeVobiz) -> int:
-    return sum(1 for r in fake.stats.requests if r.operation in ("media", "storage"))
+__all__ = ["_admin", "_aws_env", "_bucket", "_endpoint", "_fake"]  # fixtures, imported for use here
 
 
 async def test_objects_stored_without_an_index_are_indexed_without_a_media_request(

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_cli import env_for, run_cli
+from test_download_s3 import _endpoint, _fake, media_gets  # the same fake, endpoint and counts
 from test_s3_sink import _admin, _aws_env, _bucket  # the fake AWS environment
 
 from vobiz_async import AsyncSession, DownloadStatus, ProgressEvent, ProgressKind
@@ -20,26 +20,11 @@ from vobiz_async.manifest import Manifest
 from vobiz_async.sinks import S3Sink
 from vobiz_async.testing import FakeVobiz
 
-__all__ = ["_admin", "_aws_env", "_bucket"]  # fixtures, imported for use here
+__all__ = ["_admin", "_aws_env", "_bucket", "_endpoint", "_fake"]  # fixtures, imported for use here
 
 #: Ten past midnight in India: 18:40 the day before in UTC.
 NEAR_MIDNIGHT = "2026-05-03 00:10:00.79276+05:30"
 DAY = "year=2026/month=05/day=03/"
-
-
-@pytest.fixture(name="fake")
-async def _fake() -> AsyncIterator[FakeVobiz]:
-    async with FakeVobiz(recordings=0, seed=0) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
-
-
-def media_gets(fake: FakeVobiz) -> int:
-    return sum(1 for r in fake.stats.requests if r.operation in ("media", "storage"))
 
 
 def keys(admin: Any, bucket: str) -> list[str]:

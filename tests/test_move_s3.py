@@ -5,11 +5,10 @@ committed; an object changed after archiving is fetched again before its DELETE.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from test_download_s3 import _endpoint, _fake  # the same fake, endpoint and counts
 from test_move import committed_sha256
 from test_s3_sink import _admin, _aws_env, _bucket  # the fake AWS environment
 
@@ -17,21 +16,10 @@ from vobiz_async import AsyncSession, DownloadStatus
 from vobiz_async.sinks import S3Sink
 from vobiz_async.testing import FakeVobiz
 
-__all__ = ["_admin", "_aws_env", "_bucket"]  # fixtures, imported for use here
+__all__ = ["_admin", "_aws_env", "_bucket", "_endpoint", "_fake"]  # fixtures, imported for use here
 
 MiB = 1024 * 1024
 PART = 5 * MiB
-
-
-@pytest.fixture(name="fake")
-async def _fake() -> AsyncIterator[FakeVobiz]:
-    async with FakeVobiz(recordings=0, seed=0) as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
 
 
 class ObjectProofAtDelete:
