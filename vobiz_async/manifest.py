@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, Literal, Self
 
 import attrs
 
@@ -365,6 +365,10 @@ def _row(entry: ManifestEntry) -> tuple[Any, ...]:
     return tuple(_ROW(entry))
 
 
+#: The columns set one at a time after an entry is written (`Manifest._set`).
+_Stamp = Literal["deleted_at", "transcript_path", "delete_requested_at"]
+
+
 class Manifest:
     """The archive's index at `path`: a SQLite database, opened (and imported) on demand.
 
@@ -568,56 +572,40 @@ class Manifest:
             finally:
                 self._pending = 0
 
-    def mark_deleted(self, recording_id: str, when: str | None = None) -> None:
-        """Stamp `recording_id` as deleted at Vobiz at `when` (ISO 8601 UTC, default now),
-        committed on return; an id the index does not hold is refused."""
-        stamp = when if when is not None else datetime.now(UTC).isoformat()
+    def _set(self, column: _Stamp, value: str, recording_id: str) -> bool:
+        """Set one of `recording_id`'s columns, committed on return (even within a group);
+        False when the index holds no such entry."""
         db = self._connection(create=True)
         assert db is not None
         with self._lock:
             try:
                 cursor = db.execute(
-                    "UPDATE entries SET deleted_at = ? WHERE recording_id = ?",
-                    (stamp, recording_id),
+                    f"UPDATE entries SET {column} = ? WHERE recording_id = ?",  # noqa: S608 (a _Stamp name)
+                    (value, recording_id),
                 )
             except sqlite3.Error as err:
                 raise ManifestError(f"cannot write the index {self.path}: {err}") from err
-            self.commit()  # committed on return, even within a group
-        if cursor.rowcount != 1:
+            self.commit()
+        return cursor.rowcount == 1
+
+    def mark_deleted(self, recording_id: str, when: str | None = None) -> None:
+        """Stamp `recording_id` as deleted at Vobiz at `when` (ISO 8601 UTC, default now),
+        committed on return; an id the index does not hold is refused."""
+        stamp = when if when is not None else datetime.now(UTC).isoformat()
+        if not self._set("deleted_at", stamp, recording_id):
             raise ManifestError(f"the index {self.path} holds no entry for {recording_id}")
 
     def mark_transcript(self, recording_id: str, path: str) -> bool:
         """Record where `recording_id`'s transcript is (relative to the destination, as
         `path` is), committed on return; False when the index holds no such recording."""
-        db = self._connection(create=True)
-        assert db is not None
-        with self._lock:
-            try:
-                cursor = db.execute(
-                    "UPDATE entries SET transcript_path = ? WHERE recording_id = ?",
-                    (path, recording_id),
-                )
-            except sqlite3.Error as err:
-                raise ManifestError(f"cannot write the index {self.path}: {err}") from err
-            self.commit()  # committed on return, even within a group
-        return cursor.rowcount == 1
+        return self._set("transcript_path", path, recording_id)
 
     def mark_delete_requested(self, recording_id: str, when: str | None = None) -> None:
         """Note, committed on return, that a DELETE of `recording_id` is about to be sent
         (ISO 8601 UTC, default now): if the run stops before `mark_deleted`, the next one
         asks Vobiz whether it went through (`unsettled_deletions`)."""
         stamp = when if when is not None else datetime.now(UTC).isoformat()
-        db = self._connection(create=True)
-        assert db is not None
-        with self._lock:
-            try:
-                db.execute(
-                    "UPDATE entries SET delete_requested_at = ? WHERE recording_id = ?",
-                    (stamp, recording_id),
-                )
-            except sqlite3.Error as err:
-                raise ManifestError(f"cannot write the index {self.path}: {err}") from err
-            self.commit()  # committed on return, even within a group
+        self._set("delete_requested_at", stamp, recording_id)
 
     def unsettled_deletions(self) -> list[tuple[str, str]]:
         """(recording_id, delete_requested_at) of each entry whose DELETE was sent but never
