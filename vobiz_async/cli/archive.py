@@ -435,26 +435,37 @@ def dry_run_source(session: AsyncSession, job: DownloadJob) -> AsyncIterable[Rec
     )
 
 
-async def _dry_run(args: argparse.Namespace) -> Outcome:
+async def dry_run(args: argparse.Namespace, out: str, *, deleting: bool = False) -> Outcome:
+    """`download --dry-run` (and, `deleting`, `move --dry-run`): what a real run would
+    fetch, skip and delete, and the storage it would release; no media request, no
+    DELETE, nothing written."""
     from ..dryrun import plan
 
     job = DownloadJob.from_args(args)
     async with job.session() as session:
-        source = dry_run_source(session, job)
-        result = await plan(session, source, args.out, index=args.index, layout=job.layout)
+        result = await plan(
+            session,
+            dry_run_source(session, job),
+            out,
+            index=args.index,
+            layout=job.layout,
+            deleting=deleting,
+            max_delete=getattr(args, "max_delete", None),
+        )
     if args.json:
         print(json.dumps(result.to_json(), separators=(",", ":")))
     else:
+        deletes = f"{len(result.would_delete)} at Vobiz" if deleting else "0"
         print(
             f"would download {len(result.would_download)}, skip {len(result.would_skip)} "
-            f"(already archived), delete 0; releasable {result.releasable_amount}"
+            f"(already archived), delete {deletes}; releasable {result.releasable_amount}"
         )
     return Outcome()
 
 
 async def cmd_download(args: argparse.Namespace, interruption: Interruption) -> Outcome:
     if getattr(args, "dry_run", False):
-        return await _dry_run(args)
+        return await dry_run(args, args.out)
     job = attrs.evolve(DownloadJob.from_args(args), out=destination(args.out))
     ran: list[str] = []
     report, progress = await _download(job, interruption, ran.append)

@@ -18,7 +18,7 @@ import attrs
 
 from ..errors import AuthenticationError
 from ..results import DownloadReport
-from .archive import DownloadJob, dry_run_source, run_download
+from .archive import DownloadJob, dry_run, run_download
 from .commands import destination
 from .output import print_summary, stdout_may_close, summary_json
 from .progress import Progress
@@ -36,34 +36,6 @@ def _check(args: argparse.Namespace, out: str) -> None:
             "move --out s3://... needs --index PATH: the index each deletion is proven "
             "against and recorded in"
         )
-
-
-async def _dry_run(args: argparse.Namespace, out: str) -> Outcome:
-    """What a real move would fetch, skip and delete, and the storage it would release:
-    no media request, no DELETE, nothing written."""
-    from ..dryrun import plan
-
-    job = DownloadJob.from_args(args)
-    async with job.session() as session:
-        source = dry_run_source(session, job)
-        result = await plan(
-            session,
-            source,
-            out,
-            index=args.index,
-            layout=job.layout,
-            deleting=True,
-            max_delete=args.max_delete,
-        )
-    if args.json:
-        print(json.dumps(result.to_json(), separators=(",", ":")))
-    else:
-        print(
-            f"would download {len(result.would_download)}, skip {len(result.would_skip)} "
-            f"(already archived), delete {len(result.would_delete)} at Vobiz; "
-            f"releasable {result.releasable_amount}"
-        )
-    return Outcome()
 
 
 async def _move(job: DownloadJob, interruption: Interruption) -> tuple[DownloadReport | None, int]:
@@ -96,7 +68,7 @@ async def cmd_move(args: argparse.Namespace, interruption: Interruption) -> Outc
     out = destination(args.out)
     _check(args, out)
     if args.dry_run:
-        return await _dry_run(args, out)
+        return await dry_run(args, out, deleting=True)
     interruption.keeps_partials = True
     job = attrs.evolve(DownloadJob.from_args(args), out=out, move=True)
     report, transferred = await _move(job, interruption)
