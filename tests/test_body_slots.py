@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from _download_helpers import HELPERS, add, assert_verified, recording
 from aiohttp import web
+from test_robustness import serve
 from yarl import URL
 
 from vobiz_async import AsyncSession, DownloadStatus, ProgressEvent, ProgressKind
@@ -195,27 +196,19 @@ async def test_the_first_read_of_a_new_connection_is_small(tmp_path: Path) -> No
     del tmp_path
     app = web.Application()
     app.router.add_get("/big", _big_body)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with AsyncSession("MA_TEST", "token", base_url=f"http://127.0.0.1:{port}/") as s:
-            url = URL(f"http://127.0.0.1:{port}/big")
-            resp = await s.stream("GET", url, read_bufsize=SMALL_READ)
-            async with resp:
-                # Let the socket fill aiohttp's buffer until flow control pauses it.
-                for _ in range(200):
-                    if resp.content.total_bytes >= 2 * SMALL_READ:
-                        break
-                    await asyncio.sleep(0.005)
-                await asyncio.sleep(0.05)
-                buffered = resp.content.total_bytes
-                transport = resp.connection.transport if resp.connection else None
-                assert getattr(transport, "max_size", SMALL_READ) == SMALL_READ
-                # The pause comes once the buffer exceeds twice the read size: one more
-                # socket read at most, never a 256 KiB one.
-                assert buffered <= 3 * SMALL_READ < FULL_READ
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base, AsyncSession("MA_TEST", "token", base_url=f"{base}/") as s:
+        url = URL(f"{base}/big")
+        resp = await s.stream("GET", url, read_bufsize=SMALL_READ)
+        async with resp:
+            # Let the socket fill aiohttp's buffer until flow control pauses it.
+            for _ in range(200):
+                if resp.content.total_bytes >= 2 * SMALL_READ:
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+            buffered = resp.content.total_bytes
+            transport = resp.connection.transport if resp.connection else None
+            assert getattr(transport, "max_size", SMALL_READ) == SMALL_READ
+            # The pause comes once the buffer exceeds twice the read size: one more
+            # socket read at most, never a 256 KiB one.
+            assert buffered <= 3 * SMALL_READ < FULL_READ
