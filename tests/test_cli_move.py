@@ -6,28 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from test_cli import Result, env_for, finish, run_cli, sha256, start_cli
+from test_cli import Result, finish, run_cli, sha256, start_cli
+from test_cli_dryrun import _env, _fake  # ten recordings, and the CLI's environment for them
 from test_move import ProofAtDelete
 
 from vobiz_async.manifest import MANIFEST_NAME, Manifest
 from vobiz_async.testing import FakeVobiz
 
-
-@pytest.fixture(name="fake")
-async def _fake() -> AsyncIterator[FakeVobiz]:
-    async with FakeVobiz(recordings=10, seed=5) as fake:
-        yield fake
-
-
-@pytest.fixture(name="env")
-def _env(fake: FakeVobiz) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("VOBIZ_")}
-    return env_for(base, fake)
+__all__ = ["_env", "_fake"]  # fixtures, imported for use here
 
 
 def operations(fake: FakeVobiz, *names: str) -> int:
