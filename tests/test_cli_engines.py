@@ -30,6 +30,7 @@ from vobiz_async.engines import (
     PROCESS_MIN_RECORDINGS,
     choose_engine,
     shard_size_for,
+    usable_cpus,
 )
 from vobiz_async.manifest import MANIFEST_NAME, Manifest, verify_manifest
 from vobiz_async.testing import FakeVobiz
@@ -224,21 +225,23 @@ async def test_no_worker_process_holds_the_token(base_env: dict[str, str], tmp_p
         assert TOKEN.encode() not in text, pid
 
 
+@pytest.mark.parametrize("workers", [("--workers", "2"), ()], ids=["workers-2", "in-driver"])
 async def test_ctrl_c_stops_the_workers_keeps_part_files_and_exits_130(
-    base_env: dict[str, str], tmp_path: Path
+    base_env: dict[str, str], tmp_path: Path, workers: tuple[str, ...]
 ) -> None:
     """SIGINT mid-download on the process engine: exit 130, the .part kept, no worker left;
-    a re-run completes the archive."""
+    a re-run completes the archive. Without `--workers` the command downloads too, and
+    the slow recording may be its own."""
     async with FakeVobiz(recordings=4, seed=13, auth_token=TOKEN) as fake:
         big = fake.add_recording(size=2_000_000).recording_id
         fake.media_fault(big, "slow")  # about 25 s at the fake's "slow" rate
         env = env_for(base_env, fake)
         out = tmp_path / "archive"
         proc = await start_cli(
-            "download", "--out", str(out), "--engine", "process", "--workers", "2", env=env
+            "download", "--out", str(out), "--engine", "process", *workers, env=env
         )
         assert await eventually(lambda: size_of(out / f"{big}.part") > 0)
-        workers = workers_of(proc.pid)
+        spawned = workers_of(proc.pid)
         proc.send_signal(signal.SIGINT)
         interrupted = await finish(proc)
 
@@ -247,12 +250,35 @@ async def test_ctrl_c_stops_the_workers_keeps_part_files_and_exits_130(
         assert "Traceback" not in interrupted.output
         assert out / f"{big}.part" in parts(out)
         assert big not in saved(out)
-        assert workers
-        assert await eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+        assert spawned
+        assert await eventually(lambda: not any(Path(f"/proc/{pid}").exists() for pid in spawned))
 
         rerun = await run_cli("download", "--out", str(out), env=env)
         assert rerun.code == 0, rerun.output
         assert_archived(fake, out, fake.recording_ids)
+
+
+async def test_without_workers_the_command_downloads_beside_its_workers(
+    base_env: dict[str, str], fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """`--engine process` without `--workers`: the command is one of the workers (its pid
+    has a share), beside at least one spawned worker; every file whole, the index whole."""
+    out = tmp_path / "archive"
+    proc = await start_cli(
+        "download",
+        *("--out", str(out), "--engine", "process", "--concurrency", "4", "--json"),
+        env=env_for(base_env, fake),
+    )
+    result = await finish(proc)
+    assert result.code == 0, result.output
+    summary = json.loads(result.out)
+    shares = {share["pid"]: share["recordings"] for share in summary["workers"]}
+    assert proc.pid in shares
+    assert 2 <= len(shares) <= max(2, usable_cpus())
+    assert sum(shares.values()) == 24
+    assert_archived(fake, out, fake.recording_ids)
+    with Manifest(out / MANIFEST_NAME) as index:
+        assert verify_manifest(out, index) == []
 
 
 # -- demo --json ----------------------------------------------------------------------------

@@ -97,14 +97,15 @@ async def test_every_recording_archived_once_and_indexed_by_the_driver(
     assert set(media_gets(fake).values()) == {1}
 
 
+@pytest.mark.parametrize("in_driver", [False, True])
 async def test_the_token_is_in_no_workers_command_line_name_or_environment(
-    session: AsyncSession, dest: Path, monkeypatch: pytest.MonkeyPatch
+    session: AsyncSession, dest: Path, monkeypatch: pytest.MonkeyPatch, in_driver: bool
 ) -> None:
     monkeypatch.setenv("VOBIZ_AUTH_TOKEN", TOKEN)  # as the CLI's users pass it
     async with FakeVobiz(recordings=0, seed=4, auth_token=TOKEN, media_latency=0.2) as slow:
         for _ in range(16):
             slow.add_recording(size=5_000)
-        engine = ProcessEngine(workers=2, shard_size=4)
+        engine = ProcessEngine(workers=3 if in_driver else 2, shard_size=4, in_driver=in_driver)
         async with AsyncSession(**slow.session_kwargs()) as fast_session:
             job = asyncio.create_task(download(fast_session, dest, engine, concurrency=2))
             assert await eventually(lambda: slow.stats.media_requests > 0)
@@ -123,14 +124,15 @@ async def test_the_token_is_in_no_workers_command_line_name_or_environment(
     assert os.environ["VOBIZ_AUTH_TOKEN"] == TOKEN  # the driver's environment is as it was
 
 
+@pytest.mark.parametrize("in_driver", [False, True])
 async def test_a_killed_worker_fails_only_shards_in_flight_and_a_rerun_completes(
-    dest: Path,
+    dest: Path, in_driver: bool
 ) -> None:
     async with FakeVobiz(recordings=0, seed=5, auth_token=TOKEN, media_latency=0.1) as fake:
         for _ in range(24):
             fake.add_recording(size=8_000)
         index = dest / MANIFEST_NAME
-        engine = ProcessEngine(workers=2, shard_size=4, max_retries=0)
+        engine = ProcessEngine(workers=2, shard_size=4, max_retries=0, in_driver=in_driver)
         async with AsyncSession(**fake.session_kwargs()) as session:
             job = asyncio.create_task(download(session, dest, engine, manifest=index))
             assert await eventually(lambda: fake.stats.media_requests > 0)
@@ -176,7 +178,10 @@ async def test_a_429_seen_by_one_workers_gate_holds_and_slows_the_others() -> No
     await asyncio.gather(held, again, return_exceptions=True)
 
 
-async def test_a_rate_limited_job_finishes_with_the_workers_pacing_reported(dest: Path) -> None:
+@pytest.mark.parametrize("in_driver", [False, True])
+async def test_a_rate_limited_job_finishes_with_the_workers_pacing_reported(
+    dest: Path, in_driver: bool
+) -> None:
     """The fake's CDN allows 40 media requests a second in bursts of 10."""
     async with FakeVobiz(
         recordings=0, seed=6, auth_token=TOKEN, media_rate_limit=40, rate_limit_burst=10
@@ -184,9 +189,8 @@ async def test_a_rate_limited_job_finishes_with_the_workers_pacing_reported(dest
         for _ in range(120):
             fake.add_recording(size=2_000)
         async with AsyncSession(**fake.session_kwargs()) as session:
-            report = await download(
-                session, dest, ProcessEngine(workers=2, shard_size=60), concurrency=32
-            )
+            engine = ProcessEngine(workers=2, shard_size=60, in_driver=in_driver)
+            report = await download(session, dest, engine, concurrency=32)
     assert report.ok
     assert fake.stats.rate_limited > 0
     assert report.rate_limit is not None
@@ -284,3 +288,66 @@ async def test_shards_start_while_the_listing_runs_and_a_rerun_fetches_nothing(
     again = await download(session, dest, ProcessEngine(workers=2, shard_size=10), manifest=index)
     assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
     assert set(media_gets(fake).values()) == {1}
+
+
+async def test_in_driver_the_driver_runs_shards_beside_its_worker_and_indexes_all(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """`in_driver=True`: the driver is one of the two workers (one process is spawned) and
+    runs shards on its own loop while it lists and writes the index."""
+    for _ in range(40):
+        fake.add_recording(size=30_000)
+    listing = [r.recording_id async for r in session.recordings.list()]
+    engine = ProcessEngine(workers=2, shard_size=7, in_driver=True)
+    index = dest / MANIFEST_NAME
+    report = await download(session, dest, engine, manifest=index, concurrency=8)
+
+    assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
+    assert [r.recording_id for r in report.results] == listing
+    for result in report.results:
+        assert_verified(fake, result)
+    assert set(media_gets(fake).values()) == {1}
+    assert len(engine.pids) == 1
+    assert os.getpid() not in engine.pids
+    shares = {share.pid: share.recordings for share in report.workers}
+    assert set(shares) == engine.pids | {os.getpid()}  # both lanes ran shards
+    assert sum(shares.values()) == 40
+    with Manifest(index) as manifest:
+        assert all(manifest.get(rid) is not None for rid in listing)
+        assert verify_manifest(dest, manifest) == []
+    again = await download(session, dest, engine, manifest=index, concurrency=8)
+    assert again.shards_skipped == 6
+    assert set(media_gets(fake).values()) == {1}
+
+
+async def test_in_driver_with_one_worker_spawns_no_process(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    for _ in range(12):
+        fake.add_recording(size=3_000)
+    engine = ProcessEngine(workers=1, shard_size=5, in_driver=True)
+    report = await download(session, dest, engine, concurrency=4)
+    assert report.ok
+    assert report.shards == 3
+    assert engine.pids == set()
+    assert [share.pid for share in report.workers] == [os.getpid()]
+
+
+async def test_a_cancelled_run_stops_the_drivers_lane_too(dest: Path) -> None:
+    """Cancelling the job (Ctrl-C in the CLI) stops the driver's own transfers with the
+    workers': no media request starts afterwards, and no worker is left."""
+    async with FakeVobiz(recordings=0, seed=8, auth_token=TOKEN, media_latency=0.3) as fake:
+        for _ in range(40):
+            fake.add_recording(size=2_000)
+        engine = ProcessEngine(workers=2, shard_size=10, in_driver=True)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            job = asyncio.create_task(download(session, dest, engine, concurrency=2))
+            assert await eventually(lambda: fake.stats.media_requests > 0)
+            job.cancel()
+            done, _ = await asyncio.wait([job], timeout=1.5)  # not after the lane's 3 s shard
+            assert done == {job}
+            assert job.cancelled()
+            stopped_at = fake.stats.media_requests
+            await asyncio.sleep(0.8)
+            assert fake.stats.media_requests == stopped_at
+    assert not alive(engine.pids)

@@ -18,6 +18,12 @@ recorded as finished in the shard journal (`journal.ShardJournal`, beside the in
 its recordings are indexed, so a re-run skips finished shards and redoes the rest (a
 redone shard fetches only what is not stored yet, resuming `.part` files).
 
+The driver's lane (`in_driver=True`, the CLI's way): the driver is one of the workers. It
+runs shards with the local engine on its own loop and session, beside its listing and
+index writes, and one process fewer is spawned; its results reach the batch core as a
+worker's do. Helper threads (`offload.py`) are left out of every lane when the lanes cover
+every CPU: each core then runs a lane of its own, and a hand-over only costs.
+
 Credentials: the session's `SessionConfig` reaches the workers through the pool's
 initializer, pickled over the pipe a spawned worker reads at start: never in a command line
 (`/proc/<pid>/cmdline` is `python -c 'from multiprocessing.spawn import spawn_main; ...'`),
@@ -66,6 +72,7 @@ from .errors import ConfigurationError, DownloadError
 from .journal import SHARDS_SUFFIX, ShardJournal
 from .manifest import Manifest, ManifestEntry
 from .models import Recording
+from .offload import OffloadPolicy
 from .pacing import PacingGate, PacingPolicy, PacingReport
 from .results import DownloadResult, DownloadStatus, ProgressEvent, ProgressKind
 from .scaleout import ScaleOutReport, WorkerShare, plan_shards
@@ -233,6 +240,8 @@ class _ShardJob:
     options: BatchOptions
     known: tuple[ManifestEntry, ...]
     prove: bool
+    #: The helper threads' policy for this job's lanes (none when every CPU runs a lane).
+    offload: OffloadPolicy | None = None
 
 
 @attrs.frozen
@@ -292,6 +301,23 @@ def _worker_session() -> tuple[AsyncSession, SharedGate | None]:
 
 
 async def _shard_main(job: _ShardJob) -> tuple[list[DownloadResult], PacingReport | None]:
+    session, gate = _worker_session()
+    if gate is None:  # a job's shards all have one concurrency: the first shard's gate
+        gate = _WORKER["gate"] = SharedGate(
+            job.options.concurrency, _WORKER["pace"], policy=_policy(job.options)
+        )
+    return await _run_lane(session, gate, job)
+
+
+def _policy(options: BatchOptions) -> PacingPolicy:
+    return PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
+
+
+async def _run_lane(
+    session: AsyncSession, gate: PacingGate, job: _ShardJob
+) -> tuple[list[DownloadResult], PacingReport | None]:
+    """One shard on this process's loop (a worker's, or the driver's own lane): the local
+    engine without an index, its results collected as plain data."""
     results: list[DownloadResult] = []
 
     def collect(event: ProgressEvent) -> None:
@@ -299,10 +325,6 @@ async def _shard_main(job: _ShardJob) -> tuple[list[DownloadResult], PacingRepor
             results.append(event.result)
 
     options = attrs.evolve(job.options, on_progress=collect, manifest=None)
-    session, gate = _worker_session()
-    if gate is None:  # a job's shards all have one concurrency: the first shard's gate
-        policy = PacingPolicy(options.concurrency, max_hold=max(0.0, options.max_paced_wait))
-        gate = _WORKER["gate"] = SharedGate(options.concurrency, _WORKER["pace"], policy=policy)
     downloader = Downloader(
         session,
         job.dest,
@@ -310,10 +332,11 @@ async def _shard_main(job: _ShardJob) -> tuple[list[DownloadResult], PacingRepor
         known={entry.recording_id: entry for entry in job.known},
         prove_stored=job.prove,
         gate=gate,
+        offload=job.offload,
         **attrs.asdict(options, recurse=False),
     )
     report = await downloader.run(job.items)
-    return results, report.rate_limit  # the worker's gate so far: the latest one counts
+    return results, report.rate_limit  # the lane's gate so far: the latest one counts
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -333,10 +356,22 @@ class ProcessEngine:
     evenly among them. `shard_size` recordings make a shard (None: sized from the listing by
     `shard_size_for`, about SHARDS_PER_WORKER shards a worker); a shard whose worker died is
     retried in a fresh pool up to `max_retries` times.
+
+    `in_driver=True` makes the driver one of the `workers`: it runs shards on its own loop
+    and session beside its listing and index writes, and `workers - 1` processes are
+    spawned (none for `workers=1`). That saves an interpreter's start-up and memory (about
+    0.3 s of CPU and 45 MB on this project's machine) and the driver's idle core; the CLI
+    runs the process engine this way. Its shares in the report then carry the driver's pid,
+    which `pids` (the spawned workers) does not hold.
     """
 
     def __init__(
-        self, workers: int | None = None, *, shard_size: int | None = None, max_retries: int = 1
+        self,
+        workers: int | None = None,
+        *,
+        shard_size: int | None = None,
+        max_retries: int = 1,
+        in_driver: bool = False,
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
@@ -347,11 +382,18 @@ class ProcessEngine:
         self.workers = default_workers() if workers is None else workers
         self.shard_size = shard_size
         self.max_retries = max_retries
+        self.in_driver = in_driver
         #: The pids of the current run's workers (for a person, or a test, to look at).
         self.pids: set[int] = set()
 
     def __repr__(self) -> str:
-        return f"ProcessEngine(workers={self.workers}, shard_size={self.shard_size})"
+        driver = ", in_driver=True" if self.in_driver else ""
+        return f"ProcessEngine(workers={self.workers}, shard_size={self.shard_size}{driver})"
+
+    @property
+    def processes(self) -> int:
+        """The worker processes a run spawns: `workers`, less the driver's own lane."""
+        return self.workers - 1 if self.in_driver else self.workers
 
     async def run(
         self,
@@ -363,7 +405,7 @@ class ProcessEngine:
         """List once, cut shards, run them in worker processes, record results."""
         if options.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        config = _travelling_config(session)
+        driver = _travelling(session, self.processes)
         target = _target(dest)
         started = time.monotonic()
         index = _open_index(options.manifest)
@@ -374,7 +416,7 @@ class ProcessEngine:
             overwrite=options.overwrite,
         )
         journal = None
-        run = _Run(self, config, batch, target, options)
+        run = _Run(self, driver, batch, target, options)
         run.warm_up()
         try:
             journal = None if index is None else ShardJournal(Path(str(index.path) + SHARDS_SUFFIX))
@@ -405,16 +447,16 @@ def _raise_if_failed(lister: asyncio.Future[None]) -> None:
         lister.result()
 
 
-def _travelling_config(session: ApiClient) -> SessionConfig:
+def _travelling(session: ApiClient, processes: int) -> AsyncSession:
+    """The driver's session, once its settings are known to travel to `processes` workers."""
     if not isinstance(session, AsyncSession):
         raise ConfigurationError("the process engine needs an AsyncSession, to open one per worker")
-    config = session.config
-    if config.resolver is not None:
+    if processes and session.config.resolver is not None:
         raise ConfigurationError(
             "the session's custom resolver cannot travel to worker processes; run this job "
             "with the local engine or without a resolver"
         )
-    return config
+    return session
 
 
 def _target(dest: Destination) -> str:
@@ -450,18 +492,20 @@ def _without(secret: str) -> Iterator[None]:
 
 
 class _Run:
-    """One job's driver state: the batch core, the places, the journal, the pool."""
+    """One job's driver state: the batch core, the places, the journal, the pool, the
+    driver's own lane."""
 
     def __init__(
         self,
         engine: ProcessEngine,
-        config: SessionConfig,
+        session: AsyncSession,
         batch: Batch,
         target: str,
         options: BatchOptions,
     ) -> None:
         self.engine = engine
-        self.config = config
+        self.session = session
+        self.config = session.config
         self.batch = batch
         self.target = target
         hosts = None if options.trusted_hosts is None else frozenset(options.trusted_hosts)
@@ -473,7 +517,7 @@ class _Run:
         #: Each worker's pacing so far (its gate lives across its shards): the latest report.
         self._reports: dict[int, PacingReport] = {}
         self._tries: dict[int, int] = {}
-        self._warm: asyncio.Future[ProcessPoolExecutor] | None = None
+        self._warm: asyncio.Future[ProcessPoolExecutor | None] | None = None
         #: Shards cut so far (their numbers), and how many an earlier run had finished.
         self.cut = 0
         self.skipped = 0
@@ -489,6 +533,15 @@ class _Run:
         #: (pool size, transfers a shard), fixed at the job's first submission.
         self._split: tuple[int, int] | None = None
         self._source: Source | None = None
+        #: What every lane of the job shares of its pacing (made with the first pool).
+        self._pace: SharedPace | None = None
+        #: The driver's own lane (`in_driver`): its gate, and the shard it runs now.
+        self._lane_gate: PacingGate | None = None
+        self._lane: asyncio.Task[_ShardOutcome] | None = None
+        self._pool_broke = False
+        #: Helper threads only help when a CPU has no lane of its own to run.
+        lanes = engine.workers
+        self._offload = OffloadPolicy(threads=0) if lanes >= usable_cpus() else None
 
     async def _list(self, source: Source, finished: set[str]) -> None:
         """The listing, once, through the batch core, in listing order. While it runs and a
@@ -615,42 +668,51 @@ class _Run:
         return self._split
 
     async def _pool_run(self, lister: asyncio.Future[None]) -> list[_Shard]:
-        """Run shards from `waiting` in one pool until none is left and the listing ended,
-        the batch stops or the pool breaks; return the shards a broken pool held."""
+        """Run shards from `waiting` in one pool (and the driver's lane) until none is left
+        and the listing ended, the batch stops or the pool breaks; return the shards a
+        broken pool held."""
         try:
-            pool = await self._take_pool(self.engine.workers)
+            pool = await self._take_pool(self.engine.processes)
         except BrokenProcessPool:  # a worker died starting: no shard ran
             return []
         running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
         broken: list[_Shard] = []
+        self._pool_broke = False
         try:
             while running or (
-                (self.waiting or not lister.done()) and not broken and self.batch.stopped_by is None
+                (self.waiting or not lister.done())
+                and not (broken or self._pool_broke)
+                and self.batch.stopped_by is None
             ):
                 _raise_if_failed(lister)
-                if broken or not self._fill(pool, running, lister.done()):
+                if broken or self._pool_broke or not self._fill(pool, running, lister.done()):
                     broken += await self._next(running)
-        except BrokenProcessPool:  # at a submit or the start: no shard ran in it
-            pass
         finally:
             self._idle = 0
+            await self._stop_lane()
             self._end(pool, running)
         return broken
 
     def _fill(
         self,
-        pool: ProcessPoolExecutor,
+        pool: ProcessPoolExecutor | None,
         running: dict[asyncio.Future[_ShardOutcome], _Shard],
         listed: bool,
     ) -> bool:
-        """Submit waiting shards to free workers; while the listing runs, cut a shard of
-        what was listed for a worker still free. Whether a shard was cut for a free worker
-        (to be submitted at once)."""
+        """Give waiting shards to free lanes (the driver's first, then the pool's); while
+        the listing runs, cut a shard of what was listed for a lane still free. Whether a
+        shard was cut for a free lane (to be given at once)."""
         workers, per_shard = self._split_for(listed)
-        while self.waiting and len(running) < workers and self.batch.stopped_by is None:
-            shard = self.waiting.popleft()
-            future = pool.submit(_run_shard, self._job(shard, per_shard))
-            running[asyncio.wrap_future(future)] = shard
+        self._start_lane(running, per_shard)
+        while pool is not None and self.waiting and len(running) < workers:
+            if self.batch.stopped_by is not None:
+                break
+            try:
+                future = pool.submit(_run_shard, self._job(self.waiting[0], per_shard))
+            except BrokenProcessPool:  # a worker died: the shards it held end broken
+                self._pool_broke = True
+                break
+            running[asyncio.wrap_future(future)] = self.waiting.popleft()
         self._idle = 0 if listed else workers - len(running)
         cut = False
         while self._idle > len(self.waiting) and self._cut_early():
@@ -675,10 +737,48 @@ class _Run:
                 self._collect(shard, ended.result())
         return broken
 
+    def _start_lane(
+        self, running: dict[asyncio.Future[_ShardOutcome], _Shard], per_shard: int
+    ) -> None:
+        """The driver's lane (`in_driver`) takes the next waiting shard when it is free."""
+        if not self.engine.in_driver or not self.waiting or self.batch.stopped_by is not None:
+            return
+        if self._lane is not None and not self._lane.done():
+            return
+        shard = self.waiting.popleft()
+        self._lane = asyncio.ensure_future(self._drive(self._job(shard, per_shard)))
+        running[self._lane] = shard
+
+    async def _drive(self, job: _ShardJob) -> _ShardOutcome:
+        """A shard on the driver's loop and session, beside its listing and index writes;
+        its gate shares the workers' pace."""
+        started = time.monotonic()
+        if self._lane_gate is None:
+            policy = _policy(job.options)
+            concurrency = job.options.concurrency
+            self._lane_gate = (
+                PacingGate(concurrency, policy=policy)
+                if self._pace is None
+                else SharedGate(concurrency, self._pace, policy=policy)
+            )
+        results, rate_limit = await _run_lane(self.session, self._lane_gate, job)
+        return _ShardOutcome(os.getpid(), results, time.monotonic() - started, rate_limit)
+
+    async def _stop_lane(self) -> None:
+        """Stop the driver's lane if it still runs (the run ends early): its `.part` files
+        stay, as a worker's do."""
+        lane, self._lane = self._lane, None
+        if lane is None or lane.done():
+            return
+        lane.cancel()
+        await asyncio.wait([lane])
+        if not lane.cancelled():
+            lane.exception()  # retrieved: the run's own error is the one raised
+
     def warm_up(self) -> None:
         """Start the workers now, while the driver lists: spawning them and their imports
         (about 0.3 s each) then overlap the listing instead of following it."""
-        self._warm = asyncio.ensure_future(self._open_pool(self.engine.workers))
+        self._warm = asyncio.ensure_future(self._open_pool(self.engine.processes))
 
     async def cool_down(self) -> None:
         """Shut a warm pool no shard took (the listing failed, or had nothing to run)."""
@@ -689,15 +789,18 @@ class _Run:
         with contextlib.suppress(BaseException):
             self._end(await warm, {})
 
-    async def _take_pool(self, workers: int) -> ProcessPoolExecutor:
+    async def _take_pool(self, workers: int) -> ProcessPoolExecutor | None:
         """The warm pool, the first time; a fresh one after a pool broke."""
         warm, self._warm = self._warm, None
         if warm is not None:
             return await warm
         return await self._open_pool(workers)
 
-    async def _open_pool(self, workers: int) -> ProcessPoolExecutor:
-        """A pool of `workers` started processes (shut again if starting them fails)."""
+    async def _open_pool(self, workers: int) -> ProcessPoolExecutor | None:
+        """A pool of `workers` started processes (shut again if starting them fails); none
+        for no worker (the driver's lane alone)."""
+        if workers < 1:
+            return None
         context = multiprocessing.get_context("spawn")
         # The first lock made here starts multiprocessing's resource tracker, a process of
         # its own that inherits this environment: it, too, starts without the token.
@@ -706,7 +809,7 @@ class _Run:
                 workers,
                 mp_context=context,
                 initializer=_worker_start,
-                initargs=(self.config, SharedPace(context)),
+                initargs=(self.config, self._shared_pace(context)),
             )
         try:
             await self._spawn(pool, workers)
@@ -714,6 +817,13 @@ class _Run:
             self._end(pool, {}, kill=True)
             raise
         return pool
+
+    def _shared_pace(self, context: SpawnContext) -> SharedPace:
+        """The job's one pace, shared by every pool (a fresh one after a pool broke) and
+        the driver's lane."""
+        if self._pace is None:
+            self._pace = SharedPace(context)
+        return self._pace
 
     async def _spawn(self, pool: ProcessPoolExecutor, workers: int) -> None:
         """Start every worker now, without the token in their environment: a spawn-context
@@ -727,13 +837,15 @@ class _Run:
 
     def _end(
         self,
-        pool: ProcessPoolExecutor,
+        pool: ProcessPoolExecutor | None,
         running: dict[asyncio.Future[_ShardOutcome], _Shard],
         *,
         kill: bool = False,
     ) -> None:
         """Shut the pool; workers still busy (a cancelled run) are terminated, their `.part`
         files left for a re-run."""
+        if pool is None:
+            return
         if running or kill:
             for future in running:
                 future.cancel()
@@ -755,6 +867,7 @@ class _Run:
             options=attrs.evolve(self.options, concurrency=concurrency),
             known=tuple(known),
             prove=self.batch.index is not None,
+            offload=self._offload,
         )
 
     def _collect(self, shard: _Shard, outcome: _ShardOutcome) -> None:

@@ -25,7 +25,9 @@ first read), and `VOBIZ_BENCH_NOGROUP=1` commits each index entry alone, through
 `sitecustomize` this script writes into a scratch folder; the library reads no such
 variable itself. `VOBIZ_BENCH_ENGINE=process` in a variant's environment runs the library
 peer on `ProcessEngine()` (`peer_vobiz_async.py --engine process`) instead of the local
-engine. `--out DIR` (or `VOBIZ_WAN_AB_OUT`) puts the peers' outputs in a folder of one's own.
+engine, and `VOBIZ_BENCH_ENGINE=cli` the shipped command line with its defaults (the
+CLI peer of `benchmarks/run --profile wan`). `--out DIR` (or `VOBIZ_WAN_AB_OUT`) puts the
+peers' outputs in a folder of one's own.
 """
 
 from __future__ import annotations
@@ -47,7 +49,16 @@ from harness.data import Dataset, ensure_dataset
 from harness.measure import measure
 from harness.peers import Peer, download_peers, process_peer
 from harness.services import fake_api, media_server
-from harness.wan import EXPERT_SCRIPT, RATE, WAN, library_peer, scripted, wan_job, wan_nginx
+from harness.wan import (
+    EXPERT_SCRIPT,
+    RATE,
+    WAN,
+    cli_peer,
+    library_peer,
+    scripted,
+    wan_job,
+    wan_nginx,
+)
 
 SITE = Path("/dev/shm/vobiz-wan-ab-site")
 #: The wan server's count of 429s answered so far, once it runs.
@@ -108,16 +119,18 @@ def run_one(
 ) -> dict[str, Any]:
     """One measured run, the tree first on PYTHONPATH."""
     dataset, media_base, api = job_args
-    base_env = dict(os.environ)
+    base_env, base_dir = dict(os.environ), os.getcwd()
     os.environ.update(env)
     if tree is not None:
         os.environ["PYTHONPATH"] = f"{tree}:{SITE}"
+        os.chdir(tree)  # `python -m` (the CLI peer) puts the working folder first on sys.path
     try:
         before = COUNT_429[0]() if COUNT_429 else 0
         record = measure(peer, wan_job(dataset, media_base, api, peer, level), 600)
         record["http_429"] = COUNT_429[0]() - before if COUNT_429 else 0
         return record
     finally:
+        os.chdir(base_dir)
         os.environ.clear()
         os.environ.update(base_env)
 
@@ -147,7 +160,7 @@ def main() -> None:
     SITE.mkdir(parents=True, exist_ok=True)
     (SITE / "sitecustomize.py").write_text(SITECUSTOMIZE)
     variants = [variant(v) for v in args.variants]
-    library, process = library_peer(), process_peer()
+    library, process, cli = library_peer(), process_peer(), cli_peer()
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with servers(args) as (dataset, media_base, api, peers):
         job_args = (dataset, media_base, api)
@@ -161,6 +174,8 @@ def main() -> None:
                     peer = peers[label] if tree is None else library
                     if tree is not None and env.get("VOBIZ_BENCH_ENGINE") == "process":
                         peer = process
+                    if tree is not None and env.get("VOBIZ_BENCH_ENGINE") == "cli":
+                        peer = cli
                     record = run_one(job_args, peer, tree, env, level)
                     runs.setdefault((label, level), []).append(record)
                     print(

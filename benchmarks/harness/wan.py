@@ -253,19 +253,19 @@ def library_peer() -> Peer:
     )
 
 
+def cli_peer() -> Peer:
+    """The shipped command line with its defaults (`cli_default_command`)."""
+    return Peer(
+        CLI_NAME, "cli", cli_default_command, LIBRARY, python=True, allowed_extra=CLI_MANIFEST
+    )
+
+
 def wan_peers(smoke: bool) -> list[Peer]:
     """Every peer lists through the fake API itself, downloads and verifies."""
     peers = [
         library_peer(),
         process_peer(),
-        Peer(
-            CLI_NAME,
-            "cli",
-            cli_default_command,
-            LIBRARY,
-            python=True,
-            allowed_extra=CLI_MANIFEST,
-        ),
+        cli_peer(),
         Peer(SEQUENTIAL_SCRIPT, "sequential-script", scripted("sequential"), "jq"),
         Peer(EXPERT_SCRIPT, "expert-script", scripted("expert"), "jq"),
         Peer(ARIA2, "aria2c", scripted("aria2"), "aria2c"),

@@ -78,7 +78,8 @@ class DownloadJob:
     s3_legal_hold: bool = False
     #: `--engine`: local, process or ray; None lets `_engine` choose (`choose_engine`).
     engine: str | None = None
-    #: `--workers`: the process engine's worker processes (None: one per CPU).
+    #: `--workers`: the process engine's worker processes (None: this process and one
+    #: spawned worker per other CPU).
     workers: int | None = None
     ray_address: str | None = None
     shard_size: int | None = None
@@ -257,8 +258,15 @@ def _engine(job: DownloadJob, name: str, recordings: int | None) -> Any:
     if name == "process":
         from ..engines import ProcessEngine, default_workers, shard_size_for
 
-        workers = job.workers or default_workers()
-        return ProcessEngine(workers, shard_size=shard_size_for(recordings, workers))
+        if job.workers is not None:  # exactly that many worker processes do the work
+            size = shard_size_for(recordings, job.workers)
+            return ProcessEngine(job.workers, shard_size=size)
+        # Else this process is one of one-per-CPU workers (an interpreter fewer to start and
+        # feed), beside at least one spawned worker.
+        workers = max(2, default_workers())
+        return ProcessEngine(
+            workers, shard_size=shard_size_for(recordings, workers), in_driver=True
+        )
     return None
 
 

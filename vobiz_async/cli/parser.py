@@ -277,7 +277,9 @@ def _download_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--workers",
         type=_positive,
-        help="with --engine process: worker processes (default: one per CPU, at most 8)",
+        help="with --engine process: worker processes, this one then only lists and indexes "
+        "(default: this one downloads too, beside a worker for each other CPU; 8 in all at "
+        "most)",
     )
 
 
