@@ -259,26 +259,46 @@ async def test_ctrl_c_stops_the_workers_keeps_part_files_and_exits_130(
 
 
 async def test_without_workers_the_command_downloads_beside_its_workers(
-    base_env: dict[str, str], fake: FakeVobiz, tmp_path: Path
+    base_env: dict[str, str], tmp_path: Path
 ) -> None:
     """`--engine process` without `--workers`: the command is one of the workers (its pid
-    has a share), beside at least one spawned worker; every file whole, the index whole."""
-    out = tmp_path / "archive"
-    proc = await start_cli(
-        "download",
-        *("--out", str(out), "--engine", "process", "--concurrency", "4", "--json"),
-        env=env_for(base_env, fake),
-    )
-    result = await finish(proc)
-    assert result.code == 0, result.output
+    has a share), beside at least one spawned worker; every file whole, the index whole.
+    (Each media answer waits 0.3 s, so the worker is ready before the command's own lane
+    has done the whole job.)"""
+    async with FakeVobiz(recordings=24, seed=11, auth_token=TOKEN, media_latency=0.3) as fake:
+        out = tmp_path / "archive"
+        proc = await start_cli(
+            "download",
+            *("--out", str(out), "--engine", "process", "--concurrency", "4", "--json"),
+            env=env_for(base_env, fake),
+        )
+        result = await finish(proc)
+        assert result.code == 0, result.output
+        assert_archived(fake, out, fake.recording_ids)
     summary = json.loads(result.out)
     shares = {share["pid"]: share["recordings"] for share in summary["workers"]}
     assert proc.pid in shares
     assert 2 <= len(shares) <= max(2, usable_cpus())
     assert sum(shares.values()) == 24
-    assert_archived(fake, out, fake.recording_ids)
     with Manifest(out / MANIFEST_NAME) as index:
         assert verify_manifest(out, index) == []
+
+
+async def test_a_small_job_at_high_concurrency_closes_the_workers_started_ahead(
+    base_env: dict[str, str], fake: FakeVobiz, tmp_path: Path
+) -> None:
+    """At `--concurrency 128` on 2+ CPUs the command starts its workers while it reads the
+    first page; 24 recordings are too few for them: the job runs locally, exit 0."""
+    out = tmp_path / "archive"
+    proc = await start_cli(
+        "download",
+        *("--out", str(out), "--concurrency", str(PROCESS_MIN_CONCURRENCY), "--json"),
+        env=env_for(base_env, fake),
+    )
+    result = await finish(proc)
+    assert result.code == 0, result.output
+    assert json.loads(result.out)["engine"] == "local"
+    assert_archived(fake, out, fake.recording_ids)
 
 
 # -- demo --json ----------------------------------------------------------------------------

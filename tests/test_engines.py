@@ -128,14 +128,17 @@ async def test_the_token_is_in_no_workers_command_line_name_or_environment(
 async def test_a_killed_worker_fails_only_shards_in_flight_and_a_rerun_completes(
     dest: Path, in_driver: bool
 ) -> None:
-    async with FakeVobiz(recordings=0, seed=5, auth_token=TOKEN, media_latency=0.1) as fake:
+    # With the driver's lane, which starts before the pool is ready, the first shard's 4
+    # requests wait 1 s: a fifth request is the worker's.
+    latency, lanes_alone = (1.0, 4) if in_driver else (0.1, 0)
+    async with FakeVobiz(recordings=0, seed=5, auth_token=TOKEN, media_latency=latency) as fake:
         for _ in range(24):
             fake.add_recording(size=8_000)
         index = dest / MANIFEST_NAME
         engine = ProcessEngine(workers=2, shard_size=4, max_retries=0, in_driver=in_driver)
         async with AsyncSession(**fake.session_kwargs()) as session:
             job = asyncio.create_task(download(session, dest, engine, manifest=index))
-            assert await eventually(lambda: fake.stats.media_requests > 0)
+            assert await eventually(lambda: fake.stats.media_requests > lanes_alone)
             victim = min(engine.pids)
             os.kill(victim, signal.SIGKILL)
             first = await job
@@ -291,33 +294,38 @@ async def test_shards_start_while_the_listing_runs_and_a_rerun_fetches_nothing(
 
 
 async def test_in_driver_the_driver_runs_shards_beside_its_worker_and_indexes_all(
-    fake: FakeVobiz, session: AsyncSession, dest: Path
+    dest: Path,
 ) -> None:
     """`in_driver=True`: the driver is one of the two workers (one process is spawned) and
-    runs shards on its own loop while it lists and writes the index."""
-    for _ in range(40):
-        fake.add_recording(size=30_000)
-    listing = [r.recording_id async for r in session.recordings.list()]
-    engine = ProcessEngine(workers=2, shard_size=7, in_driver=True)
-    index = dest / MANIFEST_NAME
-    report = await download(session, dest, engine, manifest=index, concurrency=8)
+    runs shards on its own loop while it lists and writes the index, from before the
+    worker is ready (each media answer waits 0.2 s: the worker's start is not over first)."""
+    async with FakeVobiz(recordings=0, seed=3, auth_token=TOKEN, media_latency=0.2) as fake:
+        for _ in range(40):
+            fake.add_recording(size=30_000)
+        async with AsyncSession(**fake.session_kwargs()) as session:
+            listing = [r.recording_id async for r in session.recordings.list()]
+            engine = ProcessEngine(workers=2, shard_size=7, in_driver=True)
+            index = dest / MANIFEST_NAME
+            report = await download(session, dest, engine, manifest=index, concurrency=8)
+            assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
+            spawned = set(engine.pids)
+            again = await download(session, dest, engine, manifest=index, concurrency=8)
 
-    assert report.ok, [(r.recording_id, str(r.error)) for r in report.failed]
     assert [r.recording_id for r in report.results] == listing
     for result in report.results:
         assert_verified(fake, result)
-    assert set(media_gets(fake).values()) == {1}
-    assert len(engine.pids) == 1
-    assert os.getpid() not in engine.pids
+    assert set(media_gets(fake).values()) == {1}  # the re-run fetched nothing either
+    # (Shards cut while the listing ran need not match the re-run's cut: those it sends
+    # again are skipped file by file.)
+    assert {r.status for r in again.results} == {DownloadStatus.SKIPPED}
+    assert len(spawned) == 1
+    assert os.getpid() not in spawned
     shares = {share.pid: share.recordings for share in report.workers}
-    assert set(shares) == engine.pids | {os.getpid()}  # both lanes ran shards
+    assert set(shares) == spawned | {os.getpid()}  # both lanes ran shards
     assert sum(shares.values()) == 40
     with Manifest(index) as manifest:
         assert all(manifest.get(rid) is not None for rid in listing)
         assert verify_manifest(dest, manifest) == []
-    again = await download(session, dest, engine, manifest=index, concurrency=8)
-    assert again.shards_skipped == 6
-    assert set(media_gets(fake).values()) == {1}
 
 
 async def test_in_driver_with_one_worker_spawns_no_process(
@@ -351,3 +359,29 @@ async def test_a_cancelled_run_stops_the_drivers_lane_too(dest: Path) -> None:
             await asyncio.sleep(0.8)
             assert fake.stats.media_requests == stopped_at
     assert not alive(engine.pids)
+
+
+async def test_workers_started_ahead_are_the_runs_or_closed(
+    fake: FakeVobiz, session: AsyncSession, dest: Path
+) -> None:
+    """`start` spawns the workers before `run` (the CLI, while it reads the first page):
+    the run takes those very processes; `close` shuts workers no run took."""
+    for _ in range(12):
+        fake.add_recording(size=3_000)
+    unused = ProcessEngine(workers=2)
+    unused.start(session)
+    assert await eventually(lambda: len(unused.pids) == 2)
+    spawned_unused = set(unused.pids)
+    await unused.close()
+    assert await eventually(lambda: not alive(spawned_unused))
+
+    engine = ProcessEngine(workers=2, shard_size=3)
+    engine.start(session)
+    assert await eventually(lambda: len(engine.pids) == 2)
+    spawned = set(engine.pids)
+    report = await download(session, dest, engine, concurrency=4)
+    assert report.ok
+    assert {share.pid for share in report.workers} <= spawned
+    assert engine.pids == spawned  # no second pool
+    await engine.close()  # nothing left to close: the run took them
+    assert not alive(spawned)

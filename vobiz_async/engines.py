@@ -383,6 +383,7 @@ class ProcessEngine:
         self.shard_size = shard_size
         self.max_retries = max_retries
         self.in_driver = in_driver
+        self._ahead: _Workers | None = None
         #: The pids of the current run's workers (for a person, or a test, to look at).
         self.pids: set[int] = set()
 
@@ -394,6 +395,20 @@ class ProcessEngine:
     def processes(self) -> int:
         """The worker processes a run spawns: `workers`, less the driver's own lane."""
         return self.workers - 1 if self.in_driver else self.workers
+
+    def start(self, session: ApiClient) -> None:
+        """Start spawning the workers now, ahead of `run`, which takes them (the CLI does
+        while it reads the listing's first page to choose its engine). Call it from the
+        event loop `run` will use; `close` shuts workers no run took."""
+        if self._ahead is None:
+            self._ahead = _Workers(self, _travelling(session, self.processes).config)
+            self._ahead.warm_up()
+
+    async def close(self) -> None:
+        """Shut the workers `start` spawned when no `run` took them."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            await ahead.cool_down()
 
     async def run(
         self,
@@ -416,15 +431,16 @@ class ProcessEngine:
             overwrite=options.overwrite,
         )
         journal = None
-        run = _Run(self, driver, batch, target, options)
-        run.warm_up()
+        pools, self._ahead = self._ahead or _Workers(self, driver.config), None
+        pools.warm_up()
+        run = _Run(self, driver, pools, batch, target, options)
         try:
             journal = None if index is None else ShardJournal(Path(str(index.path) + SHARDS_SUFFIX))
             run.journal = journal
             finished = set() if journal is None or options.overwrite else journal.finished()
             await run.execute(source, finished)
         finally:
-            await run.cool_down()
+            await pools.cool_down()
             if journal is not None:
                 journal.close()
             if index is not None and index is not options.manifest:
@@ -439,6 +455,13 @@ class ProcessEngine:
             shards_skipped=run.skipped,
             shard_seconds=run.shard_seconds,
         )
+
+
+def _made(opening: asyncio.Future[ProcessPoolExecutor | None]) -> ProcessPoolExecutor | None:
+    """The pool a finished `opening` made (None if it failed or was cancelled)."""
+    if opening.cancelled() or opening.exception() is not None:
+        return None
+    return opening.result()
 
 
 def _raise_if_failed(lister: asyncio.Future[None]) -> None:
@@ -491,6 +514,93 @@ def _without(secret: str) -> Iterator[None]:
         os.environ.update(hidden)
 
 
+class _Workers:
+    """A job's worker processes: the pool (started ahead of the run, or while the driver
+    lists; a fresh one after a pool broke) and the job's one pace, which every pool and the
+    driver's lane share."""
+
+    def __init__(self, engine: ProcessEngine, config: SessionConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self.pace: SharedPace | None = None
+        self._warm: asyncio.Future[ProcessPoolExecutor | None] | None = None
+
+    def warm_up(self) -> None:
+        """Start the workers now: spawning them and their imports (about 0.3 s each) then
+        overlap the listing (or the CLI's first page) instead of following it."""
+        if self._warm is None:
+            self._warm = asyncio.ensure_future(self._open(self.engine.processes))
+
+    async def cool_down(self) -> None:
+        """Shut a warm pool no shard took (the listing failed, or had nothing to run)."""
+        warm, self._warm = self._warm, None
+        if warm is None:
+            return
+        warm.cancel()
+        with contextlib.suppress(BaseException):
+            self.end(await warm, {})
+
+    async def take(self) -> ProcessPoolExecutor | None:
+        """The warm pool, the first time; a fresh one after a pool broke."""
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            return await warm
+        return await self._open(self.engine.processes)
+
+    async def _open(self, workers: int) -> ProcessPoolExecutor | None:
+        """A pool of `workers` started processes (shut again if starting them fails); none
+        for no worker (the driver's lane alone)."""
+        if workers < 1:
+            return None
+        context = multiprocessing.get_context("spawn")
+        # The first lock made here starts multiprocessing's resource tracker, a process of
+        # its own that inherits this environment: it, too, starts without the token.
+        with _without(self.config.auth_token.value):
+            if self.pace is None:
+                self.pace = SharedPace(context)
+            pool = ProcessPoolExecutor(
+                workers,
+                mp_context=context,
+                initializer=_worker_start,
+                initargs=(self.config, self.pace),
+            )
+        try:
+            await self._spawn(pool, workers)
+        except BaseException:
+            self.end(pool, {}, kill=True)
+            raise
+        return pool
+
+    async def _spawn(self, pool: ProcessPoolExecutor, workers: int) -> None:
+        """Start every worker now, without the token in their environment: a spawn-context
+        pool starts one per submission while none is idle."""
+        before = {p.pid for p in multiprocessing.active_children()}
+        with _without(self.config.auth_token.value):
+            hellos = [asyncio.wrap_future(pool.submit(_hello)) for _ in range(workers)]
+        started = {p.pid for p in multiprocessing.active_children()} - before
+        self.engine.pids = {pid for pid in started if pid is not None}
+        await asyncio.gather(*hellos)
+
+    def end(
+        self,
+        pool: ProcessPoolExecutor | None,
+        running: dict[asyncio.Future[_ShardOutcome], _Shard],
+        *,
+        kill: bool = False,
+    ) -> None:
+        """Shut the pool; workers still busy (a cancelled run) are terminated, their `.part`
+        files left for a re-run."""
+        if pool is None:
+            return
+        if running or kill:
+            for future in running:
+                future.cancel()
+            for pid in self.engine.pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Run:
     """One job's driver state: the batch core, the places, the journal, the pool, the
     driver's own lane."""
@@ -499,13 +609,14 @@ class _Run:
         self,
         engine: ProcessEngine,
         session: AsyncSession,
+        pools: _Workers,
         batch: Batch,
         target: str,
         options: BatchOptions,
     ) -> None:
         self.engine = engine
         self.session = session
-        self.config = session.config
+        self.pools = pools
         self.batch = batch
         self.target = target
         hosts = None if options.trusted_hosts is None else frozenset(options.trusted_hosts)
@@ -517,7 +628,6 @@ class _Run:
         #: Each worker's pacing so far (its gate lives across its shards): the latest report.
         self._reports: dict[int, PacingReport] = {}
         self._tries: dict[int, int] = {}
-        self._warm: asyncio.Future[ProcessPoolExecutor | None] | None = None
         #: Shards cut so far (their numbers), and how many an earlier run had finished.
         self.cut = 0
         self.skipped = 0
@@ -533,8 +643,6 @@ class _Run:
         #: (pool size, transfers a shard), fixed at the job's first submission.
         self._split: tuple[int, int] | None = None
         self._source: Source | None = None
-        #: What every lane of the job shares of its pacing (made with the first pool).
-        self._pace: SharedPace | None = None
         #: The driver's own lane (`in_driver`): its gate, and the shard it runs now.
         self._lane_gate: PacingGate | None = None
         self._lane: asyncio.Task[_ShardOutcome] | None = None
@@ -553,7 +661,8 @@ class _Run:
                 async for place, item in items:
                     self.places[item_id(item)] = (item, place)
                     self._unassigned.append(item)
-                    self._cut_early()
+                    if not self._cut_early() and not self.cut:
+                        self._fed.set()  # an idle lane may take what is listed so far
             rest, self._unassigned = self._unassigned, []
             size = self.engine.shard_size or shard_size_for(len(self.places), self.engine.workers)
             for key, chunk in plan_shards(rest, size):
@@ -566,17 +675,18 @@ class _Run:
         finally:
             self._fed.set()
 
-    def _cut_early(self) -> bool:
-        """A shard of the items listed so far, when a worker would otherwise wait for the
+    def _cut_early(self, first: bool = False) -> bool:
+        """A shard of the items listed so far, when a lane would otherwise wait for the
         listing's end (whether one was cut): as large as the job's shards, sized from the
         listing's `total_count` when the source tells it (an `AsyncPager` does after its
-        first page)."""
+        first page). With `first` (between two pages), the job's first shard is whatever
+        is listed, up to that size: an idle lane starts on the first page."""
         if not self._early or self._idle <= len(self.waiting):
             return False
         total = getattr(self._source, "total_count", None)
         known = total if isinstance(total, int) and total > 0 else None
         size = self.engine.shard_size or shard_size_for(known, self.engine.workers)
-        if len(self._unassigned) < size:
+        if len(self._unassigned) < size and not (first and self._unassigned and not self.cut):
             return False
         chunk, self._unassigned = self._unassigned[:size], self._unassigned[size:]
         digest = hashlib.sha256("\n".join(item_id(i) for i in chunk).encode()).hexdigest()
@@ -668,13 +778,11 @@ class _Run:
         return self._split
 
     async def _pool_run(self, lister: asyncio.Future[None]) -> list[_Shard]:
-        """Run shards from `waiting` in one pool (and the driver's lane) until none is left
-        and the listing ended, the batch stops or the pool breaks; return the shards a
-        broken pool held."""
-        try:
-            pool = await self._take_pool(self.engine.processes)
-        except BrokenProcessPool:  # a worker died starting: no shard ran
-            return []
+        """Run shards from `waiting` in one pool (and the driver's lane, which starts
+        without waiting for the pool) until none is left and the listing ended, the batch
+        stops or the pool breaks; return the shards a broken pool held."""
+        opening = asyncio.ensure_future(self.pools.take())
+        pool: ProcessPoolExecutor | None = None
         running: dict[asyncio.Future[_ShardOutcome], _Shard] = {}
         broken: list[_Shard] = []
         self._pool_broke = False
@@ -685,23 +793,41 @@ class _Run:
                 and self.batch.stopped_by is None
             ):
                 _raise_if_failed(lister)
-                if broken or self._pool_broke or not self._fill(pool, running, lister.done()):
-                    broken += await self._next(running)
+                pool = pool or self._ready(opening)
+                ready = opening.done()
+                if broken or self._pool_broke or not self._fill(pool, ready, running, lister):
+                    broken += await self._next(running, opening)
         finally:
             self._idle = 0
             await self._stop_lane()
-            self._end(pool, running)
+            if not opening.done():
+                opening.cancel()  # a pool still starting is shut as it stops
+                await asyncio.wait([opening])
+            self.pools.end(pool or _made(opening), running)
         return broken
+
+    def _ready(self, opening: asyncio.Future[ProcessPoolExecutor | None]) -> Any:
+        """The pool `opening` started, once it did (None before, or for no process; a
+        worker that died starting breaks this pool: no shard ran in it)."""
+        if not opening.done():
+            return None
+        error = opening.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._pool_broke = True
+            return None
+        return opening.result()
 
     def _fill(
         self,
         pool: ProcessPoolExecutor | None,
+        ready: bool,
         running: dict[asyncio.Future[_ShardOutcome], _Shard],
-        listed: bool,
+        lister: asyncio.Future[None],
     ) -> bool:
-        """Give waiting shards to free lanes (the driver's first, then the pool's); while
-        the listing runs, cut a shard of what was listed for a lane still free. Whether a
-        shard was cut for a free lane (to be given at once)."""
+        """Give waiting shards to free lanes (the driver's first, then the pool's once it
+        is `ready`); while the listing runs, cut a shard of what was listed for a lane
+        still free. Whether a shard was cut for a free lane (to be given at once)."""
+        listed = lister.done()
         workers, per_shard = self._split_for(listed)
         self._start_lane(running, per_shard)
         while pool is not None and self.waiting and len(running) < workers:
@@ -713,19 +839,25 @@ class _Run:
                 self._pool_broke = True
                 break
             running[asyncio.wrap_future(future)] = self.waiting.popleft()
-        self._idle = 0 if listed else workers - len(running)
+        lanes = self.engine.in_driver + (self.engine.processes if ready else 0)
+        self._idle = 0 if listed else min(workers, lanes) - len(running)
         cut = False
-        while self._idle > len(self.waiting) and self._cut_early():
-            cut = True  # what was listed before the workers were free
+        while self._idle > len(self.waiting) and self._cut_early(first=True):
+            cut = True  # what was listed before the lanes were free
         return cut and self.batch.stopped_by is None
 
-    async def _next(self, running: dict[asyncio.Future[_ShardOutcome], _Shard]) -> list[_Shard]:
-        """Wait for a shard to end (collected here) or one to be cut; the shards that ended
-        with the pool broken."""
+    async def _next(
+        self,
+        running: dict[asyncio.Future[_ShardOutcome], _Shard],
+        opening: asyncio.Future[ProcessPoolExecutor | None],
+    ) -> list[_Shard]:
+        """Wait for a shard to end (collected here), one to be cut or the pool to be ready;
+        the shards that ended with the pool broken."""
         self._fed.clear()
         fed: asyncio.Future[Any] = asyncio.ensure_future(self._fed.wait())
+        waits = [*running, fed] if opening.done() else [*running, fed, opening]
         try:
-            await asyncio.wait([*running, fed], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             fed.cancel()
         broken = []
@@ -758,8 +890,8 @@ class _Run:
             concurrency = job.options.concurrency
             self._lane_gate = (
                 PacingGate(concurrency, policy=policy)
-                if self._pace is None
-                else SharedGate(concurrency, self._pace, policy=policy)
+                if self.pools.pace is None
+                else SharedGate(concurrency, self.pools.pace, policy=policy)
             )
         results, rate_limit = await _run_lane(self.session, self._lane_gate, job)
         return _ShardOutcome(os.getpid(), results, time.monotonic() - started, rate_limit)
@@ -774,85 +906,6 @@ class _Run:
         await asyncio.wait([lane])
         if not lane.cancelled():
             lane.exception()  # retrieved: the run's own error is the one raised
-
-    def warm_up(self) -> None:
-        """Start the workers now, while the driver lists: spawning them and their imports
-        (about 0.3 s each) then overlap the listing instead of following it."""
-        self._warm = asyncio.ensure_future(self._open_pool(self.engine.processes))
-
-    async def cool_down(self) -> None:
-        """Shut a warm pool no shard took (the listing failed, or had nothing to run)."""
-        warm, self._warm = self._warm, None
-        if warm is None:
-            return
-        warm.cancel()
-        with contextlib.suppress(BaseException):
-            self._end(await warm, {})
-
-    async def _take_pool(self, workers: int) -> ProcessPoolExecutor | None:
-        """The warm pool, the first time; a fresh one after a pool broke."""
-        warm, self._warm = self._warm, None
-        if warm is not None:
-            return await warm
-        return await self._open_pool(workers)
-
-    async def _open_pool(self, workers: int) -> ProcessPoolExecutor | None:
-        """A pool of `workers` started processes (shut again if starting them fails); none
-        for no worker (the driver's lane alone)."""
-        if workers < 1:
-            return None
-        context = multiprocessing.get_context("spawn")
-        # The first lock made here starts multiprocessing's resource tracker, a process of
-        # its own that inherits this environment: it, too, starts without the token.
-        with _without(self.config.auth_token.value):
-            pool = ProcessPoolExecutor(
-                workers,
-                mp_context=context,
-                initializer=_worker_start,
-                initargs=(self.config, self._shared_pace(context)),
-            )
-        try:
-            await self._spawn(pool, workers)
-        except BaseException:
-            self._end(pool, {}, kill=True)
-            raise
-        return pool
-
-    def _shared_pace(self, context: SpawnContext) -> SharedPace:
-        """The job's one pace, shared by every pool (a fresh one after a pool broke) and
-        the driver's lane."""
-        if self._pace is None:
-            self._pace = SharedPace(context)
-        return self._pace
-
-    async def _spawn(self, pool: ProcessPoolExecutor, workers: int) -> None:
-        """Start every worker now, without the token in their environment: a spawn-context
-        pool starts one per submission while none is idle."""
-        before = {p.pid for p in multiprocessing.active_children()}
-        with _without(self.config.auth_token.value):
-            hellos = [asyncio.wrap_future(pool.submit(_hello)) for _ in range(workers)]
-        started = {p.pid for p in multiprocessing.active_children()} - before
-        self.engine.pids = {pid for pid in started if pid is not None}
-        await asyncio.gather(*hellos)
-
-    def _end(
-        self,
-        pool: ProcessPoolExecutor | None,
-        running: dict[asyncio.Future[_ShardOutcome], _Shard],
-        *,
-        kill: bool = False,
-    ) -> None:
-        """Shut the pool; workers still busy (a cancelled run) are terminated, their `.part`
-        files left for a re-run."""
-        if pool is None:
-            return
-        if running or kill:
-            for future in running:
-                future.cancel()
-            for pid in self.engine.pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        pool.shutdown(wait=True, cancel_futures=True)
 
     def _job(self, shard: _Shard, concurrency: int) -> _ShardJob:
         known: list[ManifestEntry] = []

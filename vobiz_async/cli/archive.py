@@ -249,25 +249,48 @@ def engine_name(job: DownloadJob, recordings: int | None) -> str:
     return choose_engine(usable_cpus(), recordings, job.concurrency)
 
 
-def _engine(job: DownloadJob, name: str, recordings: int | None) -> Any:
-    """The engine object `download_many` takes for `name` (None: the local engine)."""
+def _engine(job: DownloadJob, name: str, recordings: int | None, ahead: Any = None) -> Any:
+    """The engine object `download_many` takes for `name` (None: the local engine); a
+    process engine started `ahead` is the one used."""
     if name == "ray":
         from ..scaleout import RayEngine  # Ray itself: only when a job runs
 
         return RayEngine(address=job.ray_address, shard_size=job.shard_size)
     if name == "process":
-        from ..engines import ProcessEngine, default_workers, shard_size_for
+        from ..engines import shard_size_for
 
-        if job.workers is not None:  # exactly that many worker processes do the work
-            size = shard_size_for(recordings, job.workers)
-            return ProcessEngine(job.workers, shard_size=size)
-        # Else this process is one of one-per-CPU workers (an interpreter fewer to start and
-        # feed), beside at least one spawned worker.
-        workers = max(2, default_workers())
-        return ProcessEngine(
-            workers, shard_size=shard_size_for(recordings, workers), in_driver=True
-        )
+        engine = ahead or _process_engine(job)
+        engine.shard_size = shard_size_for(recordings, engine.workers)
+        return engine
     return None
+
+
+def _process_engine(job: DownloadJob) -> Any:
+    """`--workers N`: exactly N worker processes do the work. Else this process is one of
+    one-per-CPU workers (an interpreter fewer to start and feed), beside at least one
+    spawned worker."""
+    from ..engines import ProcessEngine, default_workers
+
+    if job.workers is not None:
+        return ProcessEngine(job.workers)
+    return ProcessEngine(max(2, default_workers()), in_driver=True)
+
+
+def _start_ahead(session: AsyncSession, job: DownloadJob, source: Any) -> Any:
+    """A process engine whose workers start spawning now, while the listing's first page
+    is read to size the job, when the job may run on it (`--engine process`, `--workers`,
+    or the default rule on 2+ CPUs at PROCESS_MIN_CONCURRENCY or more in flight); None
+    otherwise. The caller closes it if the job runs elsewhere."""
+    if isinstance(source, list) or job.engine not in (None, "process"):
+        return None  # an id list's size is known: the engine is chosen at once
+    if job.engine is None and job.workers is None:
+        from ..engines import PROCESS_MIN_CONCURRENCY, usable_cpus
+
+        if usable_cpus() < 2 or job.concurrency < PROCESS_MIN_CONCURRENCY:
+            return None
+    engine = _process_engine(job)
+    engine.start(session)
+    return engine
 
 
 async def _sized(source: Any, progress: Progress) -> tuple[Any, int | None]:
@@ -377,13 +400,34 @@ async def run_download(
             return None
         overwrite = True  # only these ids: each is missing or its bytes changed
     source = await _source(session, job, progress, ids)
+    ahead = _start_ahead(session, job, source)
+    try:
+        return await _run_folder_job(session, job, progress, on_engine, source, ahead, overwrite)
+    finally:
+        if ahead is not None:
+            await ahead.close()  # its workers, if no run took them
+
+
+async def _run_folder_job(
+    session: AsyncSession,
+    job: DownloadJob,
+    progress: Progress,
+    on_engine: Callable[[str], None] | None,
+    source: Any,
+    ahead: Any,
+    overwrite: bool,
+) -> DownloadReport:
+    """A folder job once its source is known: size it, choose its engine, run it."""
+    out = Path(job.out)
     size = None
     if job.engine in (None, "process"):  # the default rule and the shards need the size
         source, size = await _sized(source, progress)
     name = engine_name(job, size)
     if on_engine is not None:
         on_engine(name)
-    engine = _engine(job, name, size)
+    if ahead is not None and name != "process":
+        await ahead.close()  # a small job after all: its workers go now
+    engine = _engine(job, name, size, ahead)
     options: dict[str, Any] = {
         "concurrency": job.concurrency,
         "on_progress": progress,
