@@ -181,6 +181,23 @@ async def test_a_429_seen_by_one_workers_gate_holds_and_slows_the_others() -> No
     await asyncio.gather(held, again, return_exceptions=True)
 
 
+async def test_a_gate_with_no_success_yet_takes_the_signalling_gates_rate() -> None:
+    """B has seen no success when A's 429 arrives: after the hold B starts paced at A's
+    measured rate (0.9 of it), not unpaced with its whole concurrency at once."""
+    pace = SharedPace(multiprocessing.get_context("spawn"))
+    policy = PacingPolicy(8)
+    a, b = SharedGate(8, pace, policy=policy), SharedGate(8, pace, policy=policy)
+    for _ in range(20):  # A: 20 successes in its first second
+        a.on_success(await a.acquire())
+        a.release()
+    ticket = await a.acquire()
+    a.on_rate_limited(0.05, ticket)
+    a.release()
+    await b.acquire()  # takes A's news, waits out the hold, starts paced
+    b.release()
+    assert b.state.rate == pytest.approx(0.9 * 20.0, rel=0.05)
+
+
 @pytest.mark.parametrize("in_driver", [False, True])
 async def test_a_rate_limited_job_finishes_with_the_workers_pacing_reported(
     dest: Path, in_driver: bool

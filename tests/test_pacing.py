@@ -490,6 +490,25 @@ def test_start_rate(
     assert current.threshold == threshold
 
 
+@pytest.mark.parametrize(
+    ("own", "hint", "rate"),
+    [
+        (0, 30.0, 15.0),  # nothing measured here: paced from the other gate's 30/s
+        (20, 10.0, 10.0),  # this gate measured more (20/s): its own figure
+        (0, 0.0, None),  # nothing measured anywhere: unpaced, as before
+    ],
+)
+def test_a_rate_hint_paces_a_gate_that_measured_less(
+    own: int, hint: float, rate: float | None
+) -> None:
+    """A signal another gate of the job saw (its measured successes per second as the
+    hint) sets this gate's start rate after the hold when this gate measured less."""
+    current = run_events([(0.5, "ok")] * own)
+    current = RATED.rate_limited(current, 0.6, 1.0, ticket=None, rate_hint=hint)
+    current = RATED.started(current, 1.6)
+    assert current.rate == pytest.approx(rate)
+
+
 def test_second_signal_ends_slow_start() -> None:
     """A signal while paced sets the threshold: the rate then grows by rate_step / rate."""
     events = [(0.5, "ok")] * 20 + [(0.6, "429"), (1.6, "start")]

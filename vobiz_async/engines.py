@@ -32,10 +32,12 @@ variable holding the token is left out while the workers are spawned (they all a
 the first shard: `_spawn`), and while the pool is made, whose first lock starts
 multiprocessing's resource tracker, another process inheriting the environment.
 
-One politeness: the workers of a job share a `SharedPace` (two numbers in shared memory:
-the rate-limit decreases seen so far and the time new requests are held until). A 429 on
-one worker's request holds every worker's new requests for its Retry-After and lowers each
-worker's limit and start rate once (`SharedGate`).
+One politeness: the workers of a job share a `SharedPace` (three numbers in shared memory:
+the rate-limit decreases seen so far, the time new requests are held until, and the rate
+the latest signalling worker had measured). A 429 on one worker's request holds every
+worker's new requests for its Retry-After and lowers each worker's limit and start rate
+once (`SharedGate`); a worker that has measured no success yet sets its start rate from the
+signalling worker's rate instead of starting unpaced after the hold.
 
 Stops: the workers ignore SIGINT (the driver decides) and die with the driver
 (`PR_SET_PDEATHSIG`); a cancelled run (Ctrl-C, SIGTERM in the CLI) terminates them, and
@@ -166,31 +168,36 @@ def choose_engine(cpus: int, recordings: int | None, concurrency: int) -> str:
 
 class SharedPace:
     """What the workers of one job share of their pacing, in shared memory: how many fresh
-    rate-limit decreases any worker applied, and until when (`time.monotonic`, the same
-    clock in every process of the machine) new requests are held. It travels to a worker
+    rate-limit decreases any worker applied, until when (`time.monotonic`, the same clock
+    in every process of the machine) new requests are held, and the successes per second
+    the worker that published the latest fresh one had measured. It travels to a worker
     only when the worker is spawned (the pool's initializer)."""
 
     def __init__(self, context: SpawnContext) -> None:
-        self._cells = context.Array("d", 2)
+        self._cells = context.Array("d", 3)
 
-    def publish(self, fresh: bool, hold_until: float) -> None:
-        """A worker saw a rate-limit signal: count it if it lowered that worker's pace, and
-        hold everyone's new requests until `hold_until` at least."""
+    def publish(self, fresh: bool, hold_until: float, rate: float = 0.0) -> None:
+        """A worker saw a rate-limit signal: count it if it lowered that worker's pace (with
+        the rate it measured then), and hold everyone's new requests until `hold_until` at
+        least."""
         with self._cells.get_lock():
             if fresh:
                 self._cells[0] += 1
+                self._cells[2] = rate
             self._cells[1] = max(self._cells[1], hold_until)
 
-    def read(self) -> tuple[int, float]:
-        """`(fresh decreases published by every worker, hold until)`."""
+    def read(self) -> tuple[int, float, float]:
+        """`(fresh decreases published by every worker, hold until, the latest one's
+        measured rate)`."""
         with self._cells.get_lock():
-            return int(self._cells[0]), self._cells[1]
+            return int(self._cells[0]), self._cells[1], self._cells[2]
 
 
 class SharedGate(PacingGate):
     """A worker's pacing gate that shares its signals through a `SharedPace`: a signal here
     is published; before each request, another worker's news is taken in, one decrease per
-    fresh signal published elsewhere, and their hold."""
+    fresh signal published elsewhere, and their hold; a gate that has measured no success
+    yet takes the signalling gate's measured rate for its start rate after the hold."""
 
     def __init__(self, concurrency: int, pace: SharedPace, *, policy: PacingPolicy) -> None:
         super().__init__(concurrency, policy=policy)
@@ -202,24 +209,27 @@ class SharedGate(PacingGate):
         self._take_news()
         return await super().acquire()
 
-    def on_rate_limited(self, retry_after: float | None = None, ticket: int | None = None) -> None:
+    def on_rate_limited(
+        self, retry_after: float | None = None, ticket: int | None = None, rate_hint: float = 0.0
+    ) -> None:
         before = self.state.decreases
-        super().on_rate_limited(retry_after, ticket)
-        fresh = self.state.decreases != before
+        super().on_rate_limited(retry_after, ticket, rate_hint)
+        state = self.state
+        fresh = state.decreases != before
         self._own += fresh
-        self._pace.publish(fresh, self._to_shared(self.state.hold_until))
+        self._pace.publish(fresh, self._to_shared(state.hold_until), state.signalled_at_rate)
 
     def _to_shared(self, loop_time: float) -> float:
         loop = asyncio.get_running_loop()
         return loop_time - loop.time() + time.monotonic()
 
     def _take_news(self) -> None:
-        decreases, hold_until = self._pace.read()
+        decreases, hold_until, rate = self._pace.read()
         hold = max(0.0, hold_until - time.monotonic())
         others = decreases - self._own
         if others > self._taken:
             self._taken = others
-            PacingGate.on_rate_limited(self, hold)  # counted as current: one decrease
+            PacingGate.on_rate_limited(self, hold, None, rate)  # current: one decrease
         elif hold > 0 and self._to_shared(self.state.hold_until) < hold_until - 0.001:
             PacingGate.on_rate_limited(self, hold, -1)  # an old round's: the hold only
 

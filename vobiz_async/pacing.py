@@ -270,10 +270,14 @@ class PacingPolicy:
         now: float,
         retry_after: float | None = None,
         ticket: int | None = None,
+        rate_hint: float = 0.0,
     ) -> PacingState:
         """A rate-limit signal at ``now`` for a request let go with ``ticket`` (None:
         unknown, counted as current): hold new requests, and lower the limit and the start
-        rate unless the request predates the latest decrease."""
+        rate unless the request predates the latest decrease. ``rate_hint``: successes per
+        second another gate of the job measured when it saw this signal; the start rate
+        after the hold is set from it if this gate measured less (a gate that has seen no
+        success yet would otherwise start unpaced)."""
         hold_until = max(state.hold_until, now + self.hold_for(retry_after))
         signals = state.signals + 1
         if is_stale(state, ticket):
@@ -292,7 +296,7 @@ class PacingPolicy:
             below_since=below_since,
             next_start=hold_until,
             rate_due=True,
-            signalled_at_rate=self.measured(state, now),
+            signalled_at_rate=max(self.measured(state, now), rate_hint),
         )
 
     def succeeded(self, state: PacingState, now: float, ticket: int | None = None) -> PacingState:
@@ -434,9 +438,14 @@ class PacingGate:
         self._in_flight -= 1
         self._dispatch()
 
-    def on_rate_limited(self, retry_after: float | None = None, ticket: int | None = None) -> None:
-        """A 429 (or 503 with Retry-After) answered the request let go with ``ticket``."""
-        self._state = self.policy.rate_limited(self._current(), self._now(), retry_after, ticket)
+    def on_rate_limited(
+        self, retry_after: float | None = None, ticket: int | None = None, rate_hint: float = 0.0
+    ) -> None:
+        """A 429 (or 503 with Retry-After) answered the request let go with ``ticket``
+        (``rate_hint``: see `PacingPolicy.rate_limited`)."""
+        self._state = self.policy.rate_limited(
+            self._current(), self._now(), retry_after, ticket, rate_hint
+        )
         self._dispatch()
 
     def on_success(self, ticket: int | None = None) -> None:

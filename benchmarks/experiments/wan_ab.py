@@ -26,7 +26,8 @@ first read), and `VOBIZ_BENCH_NOGROUP=1` commits each index entry alone, through
 variable itself. `VOBIZ_BENCH_ENGINE=process` in a variant's environment runs the library
 peer on `ProcessEngine()` (`peer_vobiz_async.py --engine process`) instead of the local
 engine, and `VOBIZ_BENCH_ENGINE=cli` the shipped command line with its defaults (the
-CLI peer of `benchmarks/run --profile wan`). `--out DIR` (or `VOBIZ_WAN_AB_OUT`) puts the
+CLI peer of `benchmarks/run --profile wan`), given `VOBIZ_BENCH_CLI_ARGS` (split on blanks,
+such as `--engine=process`) as more options. `--out DIR` (or `VOBIZ_WAN_AB_OUT`) puts the
 peers' outputs in a folder of one's own.
 """
 

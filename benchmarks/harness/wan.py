@@ -14,6 +14,7 @@ own, so the harness counts them per run without touching the client.
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import subprocess
 import sys
@@ -226,6 +227,7 @@ def cli_default_command(job: Job) -> list[str]:
         *("-m", "vobiz_async", "download", "--out", str(job.out_dir)),
         *("--concurrency", str(job.concurrency)),
         *("--auth-id", AUTH_ID, "--auth-token", AUTH_TOKEN, "--base-url", job.api_base),
+        *os.environ.get("VOBIZ_BENCH_CLI_ARGS", "").split(),  # wan_ab.py's variants
     ]
 
 
