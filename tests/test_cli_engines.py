@@ -290,12 +290,11 @@ async def test_a_small_job_at_high_concurrency_closes_the_workers_started_ahead(
     """At `--concurrency 128` on 2+ CPUs the command starts its workers while it reads the
     first page; 24 recordings are too few for them: the job runs locally, exit 0."""
     out = tmp_path / "archive"
-    proc = await start_cli(
+    result = await run_cli(
         "download",
         *("--out", str(out), "--concurrency", str(PROCESS_MIN_CONCURRENCY), "--json"),
         env=env_for(base_env, fake),
     )
-    result = await finish(proc)
     assert result.code == 0, result.output
     assert json.loads(result.out)["engine"] == "local"
     assert_archived(fake, out, fake.recording_ids)

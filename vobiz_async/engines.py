@@ -816,7 +816,9 @@ class _Run:
             self.pools.end(pool or _made(opening), running)
         return broken
 
-    def _ready(self, opening: asyncio.Future[ProcessPoolExecutor | None]) -> Any:
+    def _ready(
+        self, opening: asyncio.Future[ProcessPoolExecutor | None]
+    ) -> ProcessPoolExecutor | None:
         """The pool `opening` started, once it did (None before, or for no process; a
         worker that died starting breaks this pool: no shard ran in it)."""
         if not opening.done():
